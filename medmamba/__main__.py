@@ -1,0 +1,5 @@
+"""``python -m medmamba`` (what torchrun launches) runs the CLI."""
+
+from medmamba.cli import app
+
+app()

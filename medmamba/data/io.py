@@ -1,0 +1,153 @@
+"""Reading and writing images with their geometry.
+
+Arrays are in numpy axis order (z, y, x) as SimpleITK returns them; ``Geometry.spacing``
+is in the same array order, while ``origin`` and ``direction`` keep SimpleITK's
+(x, y, z) convention so that a written mask carries the input's geometry exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmamba.errors import DatasetError
+
+#: File endings SimpleITK reads and writes that we accept in a raw dataset.
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels lie in physical space."""
+
+    spacing: tuple[float, ...]  # array axis order (z, y, x)
+    origin: tuple[float, ...]  # SimpleITK order (x, y, z)
+    direction: tuple[float, ...]  # SimpleITK row-major direction cosines
+    shape: tuple[int, ...]  # array axis order (z, y, x)
+
+    def to_dict(self) -> dict:
+        return {
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+            "shape": list(self.shape),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Geometry:
+        return cls(
+            spacing=tuple(float(v) for v in data["spacing"]),
+            origin=tuple(float(v) for v in data["origin"]),
+            direction=tuple(float(v) for v in data["direction"]),
+            shape=tuple(int(v) for v in data["shape"]),
+        )
+
+
+def file_ending(path: Path) -> str:
+    """The supported ending of ``path`` ('.nii.gz' counts as one ending)."""
+    name = path.name.lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    raise DatasetError(
+        f"unsupported file type; expected one of {', '.join(SUPPORTED_ENDINGS)}", path
+    )
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read one 3D (or 2D) single-channel image in its stored dtype."""
+    sitk = _sitk()
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise DatasetError(f"cannot read image ({first_line.strip()})", path) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DatasetError(
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "expected one channel per file (convert 4D/vector images with convert-msd)",
+            path,
+        )
+    array = sitk.GetArrayFromImage(image)
+    geometry = Geometry(
+        spacing=tuple(float(v) for v in reversed(image.GetSpacing())),
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+        shape=tuple(int(v) for v in array.shape),
+    )
+    return array, geometry
+
+
+def read_channels(paths: list[Path] | tuple[Path, ...]) -> tuple[np.ndarray, Geometry]:
+    """Read a case's channel files into one float32 array (C, z, y, x).
+
+    The geometry is the first channel's; channels must have the same shape.
+    """
+    arrays = []
+    geometry = None
+    for path in paths:
+        array, this_geometry = read_image(path)
+        if geometry is None:
+            geometry = this_geometry
+        elif array.shape != geometry.shape:
+            raise DatasetError(
+                f"shape {array.shape} differs from channel 0 {geometry.shape}", path
+            )
+        arrays.append(array.astype(np.float32, copy=False))
+    if geometry is None:
+        raise DatasetError("case has no image channels")
+    return np.stack(arrays), geometry
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique name next to ``path`` keeping its ending (writers choose by ending)."""
+    try:
+        ending = file_ending(path)
+    except DatasetError:
+        ending = path.suffix
+    stem = path.name[: len(path.name) - len(ending)] if ending else path.name
+    return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{ending}")
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write ``array`` with ``geometry`` atomically (temporary name, then rename)."""
+    sitk = _sitk()
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(geometry.spacing)))
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write bytes to ``path`` through a temporary sibling and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,39 @@
+"""Shared test fixtures and markers.
+
+Triton kernels run through Triton's interpreter on machines without a GPU; the variable
+must be set before triton is first imported, hence here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset under ../shared/data, or skip the test with a message."""
+    path = SHARED_DATA / name
+    if not (path / "dataset.json").is_file():
+        pytest.skip(f"real dataset {name} not found under {SHARED_DATA}")
+    return path
