@@ -8,7 +8,10 @@ is in the same array order, while ``origin`` and ``direction`` keep SimpleITK's
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,44 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
+_SITK_DTYPES = {
+    "sitkUInt8": np.uint8, "sitkInt8": np.int8, "sitkUInt16": np.uint16, "sitkInt16": np.int16,
+    "sitkUInt32": np.uint32, "sitkInt32": np.int32, "sitkUInt64": np.uint64, "sitkInt64": np.int64,
+    "sitkFloat32": np.float32, "sitkFloat64": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, without reading its voxels."""
+
+    geometry: Geometry
+    dtype: np.dtype | None  # None for pixel types numpy has no plain dtype for (complex, vector)
+    components: int
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Geometry, voxel type and components per voxel of an image, from its header only."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise DatasetError(f"cannot read image header ({first_line.strip()})", path) from None
+    names = {getattr(sitk, name): dtype for name, dtype in _SITK_DTYPES.items()}
+    dtype = names.get(reader.GetPixelID())
+    geometry = Geometry(
+        spacing=tuple(float(v) for v in reversed(reader.GetSpacing())),
+        origin=tuple(float(v) for v in reader.GetOrigin()),
+        direction=tuple(float(v) for v in reader.GetDirection()),
+        shape=tuple(int(v) for v in reversed(reader.GetSize())),
+    )
+    return ImageHeader(geometry, np.dtype(dtype) if dtype is not None else None,
+                       int(reader.GetNumberOfComponents()))
+
+
 def read_channels(paths: list[Path] | tuple[Path, ...]) -> tuple[np.ndarray, Geometry]:
     """Read a case's channel files into one float32 array (C, z, y, x).
 
@@ -151,3 +192,26 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """Build a new folder under a hidden temporary sibling name, renamed to ``path`` at the end.
+
+    ``path`` must not exist (an empty folder is replaced). If the block raises, the
+    temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise DatasetError("already exists and is not empty; choose a new folder", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    stage.mkdir()
+    try:
+        yield stage
+        if path.exists():
+            path.rmdir()
+        os.replace(stage, path)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)

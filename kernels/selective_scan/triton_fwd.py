@@ -1,0 +1,132 @@
+"""Triton forward of the selective scan, parallel over the sequence in chunks.
+
+Three launches (maths in README.md, "Triton kernels"): chunk aggregates and the carry
+scan over chunks (triton_common.py) give the true state entering every chunk; then
+`_fwd_output_kernel` rescans each chunk from that state and writes the output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (
+    _affine_combine,
+    _decompose_pid,
+    _load_dt,
+    chunk_boundary_states,
+    plan_launch,
+)
+
+
+@triton.jit
+def _fwd_output_kernel(
+    u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, out_ptr,
+    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    N, NP: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """One chunk of one (batch, group), looping over a block of its channels.
+
+    out is contiguous (batch, dim, L). H[b, d, c] is the state leaving chunk c.
+    """
+    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_l = c * CHUNK + tl.arange(0, CHUNK)
+    mask_l = offs_l < length
+    mask_nl = mask_n[:, None] & mask_l[None, :]
+    Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
+                 + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
+                 + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
+    # the state entering this chunk leaves the previous chunk in scan order
+    if REVERSE:
+        has_prev = c + 1 < n_chunks
+        c_prev = tl.minimum(c + 1, n_chunks - 1)
+    else:
+        has_prev = c > 0
+        c_prev = tl.maximum(c - 1, 0)
+    d0 = g * per_group + cblk * channel_block
+    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    for d in range(d0, d_end):
+        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                      HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                    other=0.0).to(tl.float32)
+        A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+        row = b * dim + d
+        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
+        h0 = tl.where(has_prev, h0, 0.0)
+        decay = tl.exp2(A2[:, None] * dt[None, :])
+        drive = Bt * (dt * u)[None, :]
+        acum, hs = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
+                                       reverse=REVERSE)
+        h = acum * h0[:, None] + hs
+        y = tl.sum(Ct * h, axis=0)
+        if HAS_D:
+            y += tl.load(D_ptr + d) * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                         other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+
+
+def selective_scan_fwd_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+    *,
+    out: torch.Tensor | None = None,
+    chunk: int | None = None,
+    channel_block: int | None = None,
+    carry_block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward host function (contract: .coord/kernel_contract.md, interface.py).
+
+    `out`, if given, is a contiguous (batch, dim, L) tensor of u's dtype that receives the
+    output (tests pass a NaN-filled one). `chunk`, `channel_block` and `carry_block`
+    override the launch plan (tests use small ones); defaults suit the GPU.
+    Returns (out, last_state fp32 (batch, dim, N)).
+    """
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block)
+    A = A.contiguous()
+    if out is None:
+        out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+    elif out.shape != u.shape or out.dtype != u.dtype or not out.is_contiguous():
+        raise ValueError(
+            f"out must be a contiguous {tuple(u.shape)} {u.dtype} tensor, got "
+            f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}"
+        )
+    last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+    H, _ = chunk_boundary_states(
+        u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
+        forward=True, adjoint=False, last_state=last_state,
+    )
+    zz = z if z is not None else u
+    dummy = last_state
+    _fwd_output_kernel[(plan.programs(batch, groups),)](
+        u, delta, zz, A, B, C, D if D is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, H, out,
+        dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
+        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
+        N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+        HAS_D=D is not None, REVERSE=reverse, num_warps=4,
+    )
+    return out, last_state

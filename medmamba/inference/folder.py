@@ -1,0 +1,128 @@
+"""Predict every case of a folder: parts, skip-existing, per-case errors, progress."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medmamba.data.dataset import Case, discover_images
+from medmamba.data.io import read_channels
+from medmamba.errors import ConfigError, DatasetError, MedMambaError
+from medmamba.inference.export import write_prediction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictionReport:
+    """What ``predict`` did: written, skipped (already there) and failed cases."""
+
+    output_folder: Path
+    network: str = ""
+    configuration: str = ""
+    folds: list[int] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # case id -> one-line reason
+    seconds_per_case: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def select_part(cases: Sequence[Case], num_parts: int, part_id: int) -> list[Case]:
+    """Cases of part ``part_id`` of ``num_parts``: every num_parts-th of the sorted list."""
+    if num_parts < 1:
+        raise ConfigError(f"num_parts must be >= 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise ConfigError(f"part_id must be in 0..{num_parts - 1}, got {part_id}")
+    ordered = sorted(cases, key=lambda case: case.case_id)
+    return ordered[part_id::num_parts]
+
+
+def list_input_cases(input_folder: Path, file_ending: str, num_channels: int) -> list[Case]:
+    """The cases of an input folder in the dataset's channel layout (CASE_XXXX<ending>)."""
+    input_folder = Path(input_folder)
+    if not input_folder.is_dir():
+        raise DatasetError("input folder does not exist", input_folder)
+    cases = discover_images(input_folder, file_ending, num_channels)
+    if not cases:
+        raise DatasetError(f"no images named CASE_0000{file_ending} found", input_folder)
+    return cases
+
+
+def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_ending: str,
+                  report: PredictionReport, *, overwrite: bool = False,
+                  save_probabilities: bool = False, progress: bool = True) -> PredictionReport:
+    """Predict ``cases`` into ``output_folder``; a case that fails is recorded and skipped."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    columns = (TextColumn("predict {task.fields[case]}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("predict", total=len(cases), case="")
+        for case in cases:
+            bar.update(task, case=case.case_id)
+            target = output_folder / f"{case.case_id}{file_ending}"
+            if target.exists() and not overwrite:
+                logger.warning("%s exists; skipped (use --overwrite to replace it)", target)
+                report.skipped.append(target)
+                bar.advance(task)
+                continue
+            start = time.perf_counter()
+            try:
+                images, geometry = read_channels(case.images)
+                probabilities = predictor.predict_case(images, geometry)
+                mask = predictor.labels(probabilities)
+                write_prediction(mask, geometry, target,
+                                 probabilities if save_probabilities else None,
+                                 predictor.label_values)
+            except MedMambaError as error:
+                report.failed[case.case_id] = str(error)
+                logger.error("case %s failed: %s", case.case_id, error)
+            else:
+                report.written.append(target)
+                report.seconds_per_case[case.case_id] = time.perf_counter() - start
+            bar.advance(task)
+    return report
+
+
+def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
+                   configuration: str | None = None, network: str | None = None,
+                   folds: Sequence[int] | None = None, tta: bool = True,
+                   save_probabilities: bool = False, device=None, overwrite: bool = False,
+                   num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
+                   checkpoint: str = "latest", progress: bool = True) -> PredictionReport:
+    """Predict every case of ``input_folder`` with the trained folds in ``work``.
+
+    Errors that concern the whole run (no plans, missing fold, mismatched checkpoint, wrong
+    channel layout of the folder) raise; a case that cannot be read is recorded in the
+    report's ``failed`` and the others continue.
+    """
+    from medmamba.inference.predictor import Predictor, load_fold_models, resolve_device, resolve_run
+    from medmamba.planning.plans import Plans
+
+    if batch_windows < 1:
+        raise ConfigError(f"batch_windows must be >= 1, got {batch_windows}")
+    if checkpoint not in ("latest", "best"):
+        raise ConfigError(f"unknown checkpoint '{checkpoint}'; allowed: latest, best")
+    plans = Plans.load(Path(work))
+    cases = select_part(list_input_cases(input_folder, plans.file_ending, plans.num_channels),
+                        num_parts, part_id)
+    network, configuration, fold_dirs = resolve_run(work, network, configuration, folds, checkpoint)
+    torch_device = resolve_device(device)
+    models = load_fold_models(fold_dirs, plans, configuration, torch_device, checkpoint)
+    predictor = Predictor(models, plans.configuration(configuration), models[0].meta["label_values"],
+                          torch_device, tta=tta, sw_batch_size=batch_windows)
+    report = PredictionReport(Path(output_folder), network=network, configuration=configuration,
+                              folds=[m.fold for m in models])
+    return predict_cases(predictor, cases, output_folder, plans.file_ending, report,
+                         overwrite=overwrite, save_probabilities=save_probabilities,
+                         progress=progress)

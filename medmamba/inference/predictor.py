@@ -1,0 +1,210 @@
+"""Trained folds -> probabilities of one case: preprocessing, windows, TTA, fold ensemble.
+
+A :class:`Predictor` holds one network per fold (each loaded once) and the configuration
+plan they were trained with. ``predict_case`` takes the raw channels and geometry of a case
+and returns probabilities in the input's voxel grid; :mod:`medmamba.inference.folder` runs
+it over a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmamba.data.io import Geometry
+from medmamba.errors import CheckpointError, ConfigError, PlansError
+from medmamba.inference.export import labels_from_probabilities, to_original_grid
+from medmamba.inference.sliding_window import sliding_window_logits
+
+logger = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    fold: int
+    network: torch.nn.Module
+    meta: dict
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; an unavailable CUDA is a ConfigError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"unsupported device '{device}'; allowed: cuda, cpu")
+    return device
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def resolve_run(work: Path, network: str | None, configuration: str | None,
+                folds: Sequence[int] | None, checkpoint: str) -> tuple[str, str, list[Path]]:
+    """Pick the trained network, configuration and fold folders under WORK/results.
+
+    ``None`` means: the only one trained (network), ``3d_fullres`` if trained else the only
+    one (configuration), every fold that has the checkpoint (folds).
+    """
+    results = Path(work) / RESULTS_DIR
+    networks = _subfolders(results)
+    if not networks:
+        raise CheckpointError("no trained networks; run `medmamba train` first", results)
+    if network is None:
+        if len(networks) > 1:
+            raise ConfigError(f"several trained networks in {results}; choose one with -n: "
+                              f"{', '.join(networks)}")
+        network = networks[0]
+    elif network not in networks:
+        from medmamba.options import suggest
+
+        raise suggest(network, networks, f"trained network in {results}")
+    configurations = _subfolders(results / network)
+    if configuration is None:
+        if "3d_fullres" in configurations or len(configurations) != 1:
+            configuration = "3d_fullres"
+        else:
+            configuration = configurations[0]
+    if configuration not in configurations:
+        raise CheckpointError(
+            f"network '{network}' has no trained configuration '{configuration}' "
+            f"(trained: {', '.join(configurations) or 'none'})", results / network)
+    base = results / network / configuration
+    name = f"checkpoint_{checkpoint}.pt"
+    if folds is None:
+        found = sorted(int(d[5:]) for d in _subfolders(base)
+                       if d.startswith("fold_") and d[5:].isdigit() and (base / d / name).is_file())
+        if not found:
+            raise CheckpointError(f"no fold has {name}; train a fold first", base)
+        folds = found
+    fold_dirs = []
+    for fold in folds:
+        fold_dir = base / f"fold_{int(fold)}"
+        if not (fold_dir / name).is_file():
+            raise CheckpointError(f"fold {fold} is missing (no {name})", fold_dir / name)
+        fold_dirs.append(fold_dir)
+    return network, configuration, fold_dirs
+
+
+def load_fold_models(fold_dirs: Sequence[Path], plans, configuration: str,
+                     device: torch.device, checkpoint: str = "latest") -> list[FoldModel]:
+    """Load each fold's network once, checking it matches the plans and the other folds."""
+    from medmamba.training.checkpoint import build_inference_network, load_checkpoint_for_inference
+
+    plan = plans.configuration(configuration)
+    expected_hash = plan.data_hash()
+    models = []
+    for fold_dir in fold_dirs:
+        state_dict, meta = load_checkpoint_for_inference(fold_dir, checkpoint=checkpoint)
+        source = fold_dir / f"checkpoint_{checkpoint}.pt"
+        if meta.get("configuration") != configuration:
+            raise CheckpointError(
+                f"trained for configuration '{meta.get('configuration')}', not '{configuration}'",
+                source)
+        if meta.get("plans_hash") != expected_hash:
+            raise PlansError(
+                f"checkpoint was trained with plans hash {meta.get('plans_hash')} but "
+                f"plans.json's '{configuration}' now hashes to {expected_hash}; re-train or "
+                "restore the plans it was trained with", source)
+        if meta.get("num_input_channels") != plans.num_channels:
+            raise CheckpointError(
+                f"network expects {meta.get('num_input_channels')} channel(s), plans have "
+                f"{plans.num_channels}", source)
+        if list(meta.get("label_values", [])) != sorted(plans.labels.values()):
+            raise CheckpointError(
+                f"network predicts labels {meta.get('label_values')}, plans have "
+                f"{sorted(plans.labels.values())}", source)
+        if models and (meta["patch_size"] != models[0].meta["patch_size"]
+                       or meta["network"] != models[0].meta["network"]):
+            raise CheckpointError("folds disagree on network or patch size", source)
+        network = build_inference_network(meta, state_dict, device=device)
+        models.append(FoldModel(int(meta.get("fold", -1)), network, meta))
+    return models
+
+
+class Predictor:
+    """Probabilities of a case from an ensemble of fold networks under one configuration plan."""
+
+    def __init__(self, models: Sequence[FoldModel], plan, label_values: Sequence[int],
+                 device: torch.device, *, tta: bool = True, sw_batch_size: int = 4,
+                 overlap: float = 0.5, mirror_axes: Sequence[int] | None = None) -> None:
+        if not models:
+            raise ConfigError("no fold networks to predict with")
+        self.models = list(models)
+        self.plan = plan
+        self.label_values = [int(v) for v in label_values]
+        self.device = device
+        self.tta = tta
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = overlap
+        self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
+        self.spatial_dims = len(self.patch_size)
+        self.mirror_axes = mirror_axes
+
+    def _autocast(self):
+        # bf16 on CUDA (tensor cores, no overflow); plain fp32 on the CPU.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def probabilities(self, data: np.ndarray) -> torch.Tensor:
+        """Fold-averaged softmax of preprocessed ``data`` (C, *spatial) -> (K, *spatial), on device.
+
+        3d: the volume is one sliding-window input. 2d: the volume's axis-0 slices form the
+        batch, so windows of several slices share a forward pass.
+        """
+        image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(self.device)
+        if self.spatial_dims == 2:
+            if image.ndim != 4:
+                raise ValueError(f"2d prediction needs (C, z, y, x) data, got {tuple(image.shape)}")
+            image = image.permute(1, 0, 2, 3)  # slices as batch: (z, C, y, x)
+        else:
+            image = image[None]
+        total = None
+        for model in self.models:
+            def network(windows: torch.Tensor, net=model.network) -> torch.Tensor:
+                with self._autocast():
+                    return net(windows)
+
+            logits = sliding_window_logits(
+                network, image, self.patch_size, sw_batch_size=self.sw_batch_size,
+                overlap=self.overlap, device=self.device, mirror_axes=self.mirror_axes,
+                tta=self.tta)
+            probabilities = torch.softmax(logits, dim=1)
+            total = probabilities if total is None else total + probabilities
+        total /= len(self.models)
+        if self.spatial_dims == 2:
+            return total.permute(1, 0, 2, 3)
+        return total[0]
+
+    def predict_case(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Probabilities (K, *geometry.shape) of raw channels ``images`` (C, *geometry.shape)."""
+        from medmamba.preprocessing.preprocess import preprocess_case
+        from medmamba.preprocessing.resampling import resample_to_shape
+
+        data, _, properties = preprocess_case(images, geometry, self.plan)
+        probabilities = self.probabilities(data).float().cpu().numpy()
+        resampling = self.plan.resampling
+
+        def back_to_crop(p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+            # Linear on probabilities; the coarse axis of anisotropic data as in preprocessing.
+            return resample_to_shape(
+                p, shape, properties["spacing_after_resampling"], properties["spacing_after_crop"],
+                order=1, is_seg=False, order_out_of_plane=resampling.image_order_out_of_plane,
+                anisotropy_threshold=resampling.anisotropy_threshold)
+
+        return to_original_grid(probabilities, properties["crop_bbox"], geometry, back_to_crop)
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        return labels_from_probabilities(probabilities, self.label_values)

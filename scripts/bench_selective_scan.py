@@ -1,0 +1,228 @@
+"""Check and time the Triton selective scan on a GPU against the mamba_ssm anchor table.
+
+Run from the repository root on a CUDA machine (the package need not be installed):
+
+    python scripts/bench_selective_scan.py            # checks, copy bandwidth, 6 rows x 2 dtypes
+    python scripts/bench_selective_scan.py --quick    # rows 1, 4, 6 only, shorter timing
+    python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
+
+Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
+softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
+inputs read once plus the outputs written once, at the copy bandwidth measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (batch, dim, L): mamba_ssm 2.3.2 ms for fp32 fwd, fp32 fwd+bwd, bf16 fwd, bf16 fwd+bwd
+ANCHORS = {
+    (2, 64, 262144): (3.03, 9.36, 2.55, 8.31),
+    (2, 128, 32768): (0.422, 1.30, 0.338, 1.18),
+    (2, 256, 4096): (0.128, 0.413, 0.054, 0.480),
+    (2, 512, 512): (0.030, 0.350, 0.025, 0.348),
+    (8, 128, 16384): (0.715, 2.31, 0.372, 1.79),
+    (1, 48, 2097152): (22.9, 68.4, 20.2, 64.2),
+}
+N_STATE = 16
+DEVICE = "cuda"
+
+
+def _import_kernels():
+    """Import medmamba_kernels whether or not it is installed (kernels/ is its source)."""
+    if importlib.util.find_spec("medmamba_kernels") is None:
+        spec = importlib.util.spec_from_file_location(
+            "medmamba_kernels", REPO / "kernels" / "__init__.py",
+            submodule_search_locations=[str(REPO / "kernels")],
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["medmamba_kernels"] = module
+        spec.loader.exec_module(module)
+    from medmamba_kernels.selective_scan.reference import selective_scan_reference
+    from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton
+    from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton
+
+    return selective_scan_reference, selective_scan_fwd_triton, selective_scan_bwd_triton
+
+
+reference, fwd, bwd = _import_kernels()
+
+
+def make_inputs(batch, dim, length, dtype, groups=1, seed=0, n_state=N_STATE):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    dev = DEVICE
+
+    def rnd(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, device=dev, generator=g) * scale).to(dt)
+
+    return dict(
+        u=rnd(batch, dim, length),
+        delta=rnd(batch, dim, length, scale=0.5),
+        A=-torch.exp(torch.rand(dim, n_state, device=dev, generator=g) * 2.0),
+        B=rnd(batch, groups, n_state, length),
+        C=rnd(batch, groups, n_state, length),
+        D=rnd(dim, dt=torch.float32),
+        z=rnd(batch, dim, length),
+        delta_bias=rnd(dim, scale=0.5, dt=torch.float32) - 1.0,
+        delta_softplus=True,
+        reverse=False,
+    )
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
+    x = make_inputs(batch, dim, length, dtype, groups, seed)
+    x["reverse"] = reverse
+    if noncontig:
+        for k in ("u", "delta", "z"):
+            x[k] = torch.cat([x[k], x[k]], dim=-1)[..., :length]  # stride(1) = 2L
+    out, last = fwd(**x)
+    dout = torch.randn_like(out)
+    grads = bwd(dout, **x)
+    ref_in = {k: (v.double().requires_grad_() if torch.is_tensor(v) else v) for k, v in x.items()}
+    ref_out, ref_last = reference(**ref_in, return_last_state=True)
+    ref_out.backward(dout.double())
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    errs = {"out": rel(out, ref_out), "last": rel(last, ref_last)}
+    errs.update({n: rel(gr, ref_in[n].grad) for n, gr in zip(names, grads)})
+    finite = all(torch.isfinite(t).all().item() for t in (out, last, *grads))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    ok = finite and max(errs.values()) < tol
+    desc = f"B{batch}-D{dim}-L{length}-G{groups}-{str(dtype)[6:]}{'-rev' if reverse else ''}"
+    desc += "-noncontig" if noncontig else ""
+    worst = max(errs, key=errs.get)
+    print(f"check {desc:<34} {'ok  ' if ok else 'FAIL'} worst {worst}={errs[worst]:.1e}")
+    return ok
+
+
+def check_chunking(batch, dim, length, dtype):
+    """Same result with a much smaller chunk: carries at scale (no sequential reference)."""
+    x = make_inputs(batch, dim, length, dtype, seed=2)
+    out1, last1 = fwd(**x)
+    out2, last2 = fwd(**x, chunk=32)
+    dout = torch.randn_like(out1)
+    g1 = bwd(dout, **x)
+    g2 = bwd(dout, **x, chunk=32)
+    errs = [rel(out1, out2), rel(last1, last2)] + [rel(a, b) for a, b in zip(g1, g2)]
+    ok = max(errs) < (1e-4 if dtype == torch.float32 else 2e-2)
+    print(f"check chunk 256 vs 32 B{batch}-D{dim}-L{length} {'ok  ' if ok else 'FAIL'} "
+          f"worst {max(errs):.1e}")
+    return ok
+
+
+def copy_bandwidth():
+    from triton.testing import do_bench
+
+    n = 1 << 28  # 1 GiB of fp32
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    del src, dst
+    return 2 * n * 4 / (ms * 1e-3)  # bytes read + written per second
+
+
+def floors(batch, dim, length, dtype, bw):
+    """(fwd, fwd+bwd) byte floors in ms."""
+    e = torch.finfo(dtype).bits // 8
+    act = batch * dim * length * e  # one (batch, dim, L) tensor
+    bc = batch * N_STATE * length * e  # one B or C (G=1)
+    fwd_bytes = 3 * act + 2 * bc + act  # u, delta, z, B, C in; out
+    bwd_bytes = 4 * act + 2 * bc + 3 * act + 2 * bc  # dout, u, delta, z, B, C in; du, ddelta, dz, dB, dC
+    return fwd_bytes / bw * 1e3, (fwd_bytes + bwd_bytes) / bw * 1e3
+
+
+def bench_row(shape, dtype, bw, quick):
+    from triton.testing import do_bench
+
+    x = make_inputs(*shape, dtype)
+    out, _ = fwd(**x)
+    dout = torch.randn_like(out)
+    rep = 30 if quick else 100
+
+    def run_fwd():
+        fwd(**x)
+
+    def run_fwd_bwd():
+        fwd(**x)
+        bwd(dout, **x)
+
+    t_f = do_bench(run_fwd, warmup=10, rep=rep, return_mode="median")
+    t_fb = do_bench(run_fwd_bwd, warmup=10, rep=rep, return_mode="median")
+    fl_f, fl_fb = floors(*shape, dtype, bw)
+    a = ANCHORS[shape]
+    a_f, a_fb = (a[0], a[1]) if dtype == torch.float32 else (a[2], a[3])
+    return t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
+    p.add_argument("--only", type=int, default=None, help="time one row (1-6) only, no checks")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="with --only: run fwd and bwd a few times untimed (for ncu)")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+          f"triton {triton.__version__}")
+    shapes = list(ANCHORS)
+    dtypes = {"fp32": [torch.float32], "bf16": [torch.bfloat16], None:
+              [torch.float32, torch.bfloat16]}[args.dtype]
+    if args.only is not None:
+        shapes = [shapes[args.only - 1]]
+        if args.profile:
+            for dt in dtypes:
+                x = make_inputs(*shapes[0], dt)
+                out, _ = fwd(**x)
+                dout = torch.randn_like(out)
+                for _ in range(3):
+                    fwd(**x)
+                    bwd(dout, **x)
+            torch.cuda.synchronize()
+            return 0
+    elif args.quick:
+        shapes = [shapes[0], shapes[3], shapes[5]]
+
+    ok = True
+    if args.only is None:
+        for dt in (torch.float32, torch.bfloat16):
+            ok &= check(2, 64, 1000, dt)
+            ok &= check(2, 64, 1000, dt, reverse=True)
+            ok &= check(1, 8, 3001, dt, groups=2, noncontig=True)
+        ok &= check(2, 4, 7, torch.float32)
+        ok &= check_chunking(2, 64, 262144, torch.float32)
+    bw = copy_bandwidth()
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
+              f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
+    lines = []
+    for dt in dtypes:
+        for shape in shapes:
+            r = bench_row(shape, dt, bw, args.quick)
+            lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
+                         f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
+            print(lines[-1], flush=True)
+    print()
+    print(header)
+    print("\n".join(lines))
+    print("checks:", "all ok" if ok else "SOME FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

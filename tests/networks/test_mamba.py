@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import medmamba_kernels
+from medmamba.networks.blocks.mamba import MambaLayer, dt_rank_for
+
+
+@pytest.fixture
+def scan_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record every call of the kernel (and still run it)."""
+    real = medmamba_kernels.selective_scan
+    calls: list[dict] = []
+
+    def counting(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        calls.append({"shapes": [tuple(a.shape) for a in args], **kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(medmamba_kernels, "selective_scan", counting)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 5)], ids=["2d", "3d"])
+def test_layer_calls_the_kernel(scan_calls: list[dict], shape: tuple[int, ...]) -> None:
+    layer = MambaLayer(8)
+    x = torch.randn(2, 8, *shape)
+    out = layer(x)
+    assert out.shape == x.shape
+    assert len(scan_calls) == 1
+    call = scan_calls[0]
+    length = x[0, 0].numel()
+    assert call["shapes"][0] == (2, 16, length)  # u: (batch, expand * C, L)
+    assert call["shapes"][2] == (16, 16)  # A: (dim, d_state)
+    assert call["delta_softplus"] is True and call["reverse"] is False
+    assert call["backend"] == "auto"
+
+
+def test_bidirectional_uses_the_reverse_flag(scan_calls: list[dict]) -> None:
+    layer = MambaLayer(8, bidirectional=True)
+    layer(torch.randn(1, 8, 4, 6))
+    assert sorted(call["reverse"] for call in scan_calls) == [False, True]
+
+
+def test_ssm_off_never_calls_the_kernel(scan_calls: list[dict]) -> None:
+    MambaLayer(8, ssm=False)(torch.randn(1, 8, 4, 6))
+    assert scan_calls == []
+
+
+def test_reverse_branch_sees_the_future() -> None:
+    """Causality: forward layer output at token t ignores tokens > t; reverse ignores < t."""
+    torch.manual_seed(0)
+    for bidirectional, expect_future in ((False, False), (True, True)):
+        layer = MambaLayer(4, bidirectional=bidirectional)
+        x = torch.randn(1, 4, 1, 10, requires_grad=True)
+        layer(x)[0, :, 0, 3].sum().backward()
+        future = x.grad[0, :, 0, 4:].abs().sum().item()
+        assert (future > 0) is expect_future
+        assert x.grad[0, :, 0, :4].abs().sum() > 0
+
+
+def test_mamba_hyperparameters() -> None:
+    layer = MambaLayer(40)
+    branch = layer.mamba.branches[0]
+    assert dt_rank_for(40) == 3 == branch.dt_rank
+    assert branch.d_inner == 80 and branch.d_state == 16 and branch.conv1d.kernel_size == (4,)
+    assert torch.allclose(-torch.exp(branch.A_log[0]), -torch.arange(1.0, 17.0))
+    assert torch.all(branch.D == 1)
+
+
+def test_state_stays_finite_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    layer = MambaLayer(16, bidirectional=True)
+    # Activations of realistic magnitude deep in a network, incl. large outliers.
+    x = torch.randn(2, 16, 6, 8, 10) * 20
+    x[0, :, 0, 0, 0] = 500
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for key, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), key
