@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test container-check clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n 2 --durations=15
+
+# A real image build and run with rootful podman (docker/README.md, "CI check").
+container-check:
+	bash docker/ci-check.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

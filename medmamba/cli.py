@@ -53,7 +53,7 @@ def main(
 
 WorkersOption = Annotated[
     int | None,
-    typer.Option("--workers", "-j", min=1, help="Worker processes [default: min(4, CPU count)]."),
+    typer.Option("--workers", "-j", min=0, help="Worker processes (default: min(4, CPU count)); 0 = none."),
 ]
 
 

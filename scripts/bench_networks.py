@@ -48,7 +48,8 @@ def plans() -> dict[str, tuple[dict, tuple[int, ...]]]:
 def bench(name: str, kwargs: dict, patch: tuple[int, ...], batch: int, steps: int, device: torch.device) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
-    network = build_network(name, deep_supervision=True, **kwargs)
+    with device:
+        network = build_network(name, deep_supervision=True, **kwargs)
     row = {"network": name, "parameters": count_parameters(network)}
     try:
         step = measure_training_step(network, batch, kwargs["in_channels"], patch, kwargs["num_classes"],
@@ -59,6 +60,31 @@ def bench(name: str, kwargs: dict, patch: tuple[int, ...], batch: int, steps: in
     except torch.cuda.OutOfMemoryError:
         row.update(step_ms=None, peak_gb=None, inference_ms=None)
     return row
+
+
+def check_backends(device: torch.device) -> None:
+    """The layers through Triton (backend auto on CUDA) against the chunked torch path."""
+    import medmamba_kernels
+    from medmamba.networks.blocks.mamba import MambaLayer
+    from medmamba.networks.blocks.mhs import MHSLayer
+
+    real = medmamba_kernels.selective_scan
+    for layer in (MambaLayer(32, bidirectional=True), MHSLayer(32, spatial_dims=3)):
+        layer.to(device)
+        x = torch.randn(2, 32, 12, 20, 16, device=device)
+        results = []
+        for backend in ("auto", "torch"):
+            medmamba_kernels.selective_scan = lambda *a, _forced=backend, **k: real(*a, **{**k, "backend": _forced})
+            layer.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = layer(x)
+            out.float().square().mean().backward()
+            results.append((out.float(), [p.grad.float().clone() for p in layer.parameters()]))
+        medmamba_kernels.selective_scan = real
+        (a, ga), (b, gb) = results
+        grad_error = max(((g1 - g2).abs().max() / g2.abs().max().clamp_min(1e-6)).item() for g1, g2 in zip(ga, gb))
+        print(f"{type(layer).__name__}: triton vs torch max |out diff| {(a - b).abs().max().item():.3g}, "
+              f"max relative grad diff {grad_error:.3g}", flush=True)
 
 
 def ratio(value: float | None, reference: float | None) -> str:
@@ -94,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "plans": {}}
+    check_backends(device)
     for plan, (kwargs, patch) in plans().items():
         rows = []
         for name in args.families:

@@ -165,11 +165,34 @@ def bench_row(shape, dtype, bw, quick):
     return t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb
 
 
+def sweep(dtypes):
+    from triton.testing import do_bench
+
+    variants = [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2), (256, 2)]
+    small = [(512, 2), (512, 4), (512, 8), (64, 2), (64, 1)]
+    for dt in dtypes:
+        for row in (1, 5, 6, 3, 4):
+            shape = list(ANCHORS)[row - 1]
+            x = make_inputs(*shape, dt)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+            for chunk, warps in (variants if row in (1, 5, 6) else small):
+                kw = dict(chunk=chunk, num_warps=warps)
+                t_f = do_bench(lambda: fwd(**x, **kw), warmup=5, rep=30, return_mode="median")
+                t_b = do_bench(lambda: bwd(dout, **x, **kw), warmup=5, rep=30,
+                               return_mode="median")
+                print(f"sweep row {row} {str(dt)[6:]:<9} chunk {chunk:>4} warps {warps:>2}  "
+                      f"fwd {t_f:8.3f} ms  bwd {t_b:8.3f} ms", flush=True)
+            del x, out, dout
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
     p.add_argument("--only", type=int, default=None, help="time one row (1-6) only, no checks")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--sweep", action="store_true",
+                   help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
     p.add_argument("--profile", action="store_true",
                    help="with --only: run fwd and bwd a few times untimed (for ncu)")
     args = p.parse_args()
@@ -198,6 +221,10 @@ def main() -> int:
     elif args.quick:
         shapes = [shapes[0], shapes[3], shapes[5]]
 
+    if args.sweep:
+        sweep(dtypes)
+        return 0
+
     ok = True
     if args.only is None:
         for dt in (torch.float32, torch.bfloat16):
@@ -205,6 +232,7 @@ def main() -> int:
             ok &= check(2, 64, 1000, dt, reverse=True)
             ok &= check(1, 8, 3001, dt, groups=2, noncontig=True)
         ok &= check(2, 4, 7, torch.float32)
+        ok &= check(1, 70_000, 3, torch.float32)  # batch * dim > 65,535
         ok &= check_chunking(2, 64, 262144, torch.float32)
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")

@@ -33,7 +33,7 @@ def _bwd_kernel(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_D: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -94,10 +94,16 @@ def _bwd_kernel(
         A = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0)
         A2 = A * 1.4426950408889634
         row = b * dim + d
-        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
-        h0 = tl.where(has_prev, h0, 0.0)
-        q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n, other=0.0)
-        q0 = tl.where(has_next, q0, 0.0)
+        if MULTI_CHUNK:
+            h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
+                         other=0.0)
+            h0 = tl.where(has_prev, h0, 0.0)
+            q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n,
+                         other=0.0)
+            q0 = tl.where(has_next, q0, 0.0)
+        else:
+            h0 = tl.zeros([NP], dtype=tl.float32)
+            q0 = tl.zeros([NP], dtype=tl.float32)
 
         # forward states h_t
         x = dt * u
@@ -167,6 +173,7 @@ def selective_scan_bwd_triton(
     chunk: int | None = None,
     channel_block: int | None = None,
     carry_block: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: .coord/kernel_contract.md, interface.py).
 
@@ -175,13 +182,18 @@ def selective_scan_bwd_triton(
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block)
+    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
+                       num_warps, n_state)
     A = A.contiguous()
-    H, Q = chunk_boundary_states(
-        u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,
-        forward=True, adjoint=True,
-    )
     dev, f32 = u.device, torch.float32
+    multi = plan.n_chunks > 1
+    if multi:
+        H, Q = chunk_boundary_states(
+            u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,
+            forward=True, adjoint=True,
+        )
+    else:
+        H = Q = torch.empty(1, device=dev, dtype=f32)
     nc, ncb = plan.n_chunks, plan.n_channel_blocks
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
@@ -206,7 +218,7 @@ def selective_scan_bwd_triton(
         *B.stride(), *C.stride(),
         N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, num_warps=4,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, num_warps=plan.num_warps,
     )
     dB = (dB_part[0] if ncb == 1 else dB_part.sum(0)).to(B.dtype)
     dC = (dC_part[0] if ncb == 1 else dC_part.sum(0)).to(C.dtype)

@@ -26,7 +26,8 @@ LOG2E = math.log2(math.e)
 
 # Programs wanted per launch: enough to fill 132 SMs several times over.
 _TARGET_PROGRAMS = 2048
-_MAX_CHUNK = 256
+_MAX_CHUNK = 64
+_MAX_SINGLE_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class LaunchPlan:
     channel_block: int  # channels one program loops over (all in one group)
     n_channel_blocks: int  # per group
     carry_block: int  # chunks per tile in the carry scan
+    num_warps: int  # warps per program of the chunk kernels
 
     def programs(self, batch: int, groups: int) -> int:
         return self.n_chunks * batch * groups * self.n_channel_blocks
@@ -51,6 +53,8 @@ def plan_launch(
     chunk: int | None = None,
     channel_block: int | None = None,
     carry_block: int | None = None,
+    num_warps: int | None = None,
+    n_state: int = 16,
 ) -> LaunchPlan:
     """Pick chunk and channel-block sizes so one launch has enough programs.
 
@@ -59,7 +63,9 @@ def plan_launch(
     give enough programs. Every count stays on grid axis 0 (limit 2**31 - 1).
     """
     if chunk is None:
-        chunk = min(_MAX_CHUNK, max(16, triton.next_power_of_2(length)))
+        whole = max(16, triton.next_power_of_2(length))
+        # a sequence that fits one tile runs as one chunk: one launch, no carries
+        chunk = whole if whole <= _MAX_SINGLE_CHUNK else _MAX_CHUNK
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     n_chunks = triton.cdiv(length, chunk)
@@ -71,8 +77,11 @@ def plan_launch(
     channel_block = max(1, min(channel_block, per_group))
     n_channel_blocks = triton.cdiv(per_group, channel_block)
     if carry_block is None:
-        carry_block = min(128, max(16, triton.next_power_of_2(n_chunks)))
-    plan = LaunchPlan(chunk, n_chunks, channel_block, n_channel_blocks, carry_block)
+        carry_block = min(512, max(16, triton.next_power_of_2(n_chunks)))
+    if num_warps is None:
+        # about 16 tile elements per thread: measured best (.coord/kernel_notes.md)
+        num_warps = max(1, min(8, chunk * triton.next_power_of_2(n_state) // 512))
+    plan = LaunchPlan(chunk, n_chunks, channel_block, n_channel_blocks, carry_block, num_warps)
     if plan.programs(batch, groups) >= 2**31:
         raise ValueError(
             f"selective scan too large for one launch: {plan.programs(batch, groups)} programs; "
@@ -264,20 +273,20 @@ def chunk_boundary_states(
         *B.stride(), *C.stride(),
         N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_Z=z is not None, DO_FWD=forward, DO_BWD=adjoint,
-        REVERSE=reverse, num_warps=4,
+        REVERSE=reverse, num_warps=plan.num_warps,
     )
     if forward:
         _carry_kernel[(batch * dim,)](
             S, H, A, last_state if last_state is not None else dummy, dim, nc,
             N=n_state, NP=triton.next_power_of_2(n_state), BLOCK=plan.carry_block,
             REVERSE=reverse,
-            STORE_LAST=last_state is not None, num_warps=4,
+            STORE_LAST=last_state is not None, num_warps=8,
         )
     if adjoint:
         _carry_kernel[(batch * dim,)](
             S, Q, A, dummy, dim, nc,
             N=n_state, NP=triton.next_power_of_2(n_state), BLOCK=plan.carry_block,
             REVERSE=not reverse, STORE_LAST=False,
-            num_warps=4,
+            num_warps=8,
         )
     return H, Q

@@ -28,11 +28,12 @@ def _fwd_output_kernel(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_D: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
-    out is contiguous (batch, dim, L). H[b, d, c] is the state leaving chunk c.
+    out is contiguous (batch, dim, L). With several chunks, H[b, d, c] is the state
+    leaving chunk c; with one chunk, H is the last state (batch, dim, N), written here.
     """
     c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
     offs_n = tl.arange(0, NP)
@@ -60,13 +61,24 @@ def _fwd_output_kernel(
                     other=0.0).to(tl.float32)
         A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
         row = b * dim + d
-        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
-        h0 = tl.where(has_prev, h0, 0.0)
+        if MULTI_CHUNK:
+            h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
+                         other=0.0)
+            h0 = tl.where(has_prev, h0, 0.0)
+        else:
+            h0 = tl.zeros([NP], dtype=tl.float32)
         decay = tl.exp2(A2[:, None] * dt[None, :])
         drive = Bt * (dt * u)[None, :]
         acum, hs = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
                                        reverse=REVERSE)
         h = acum * h0[:, None] + hs
+        if not MULTI_CHUNK:
+            if REVERSE:
+                at_end = offs_l == 0
+            else:
+                at_end = offs_l == length - 1
+            tl.store(H_ptr + row * N + offs_n, tl.sum(tl.where(at_end[None, :], h, 0.0), axis=1),
+                     mask=mask_n)
         y = tl.sum(Ct * h, axis=0)
         if HAS_D:
             y += tl.load(D_ptr + d) * u
@@ -93,17 +105,20 @@ def selective_scan_fwd_triton(
     chunk: int | None = None,
     channel_block: int | None = None,
     carry_block: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward host function (contract: .coord/kernel_contract.md, interface.py).
 
     `out`, if given, is a contiguous (batch, dim, L) tensor of u's dtype that receives the
-    output (tests pass a NaN-filled one). `chunk`, `channel_block` and `carry_block`
-    override the launch plan (tests use small ones); defaults suit the GPU.
+    output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
+    `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
+    A sequence of one chunk needs no carries: one launch does everything.
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block)
+    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
+                       num_warps, n_state)
     A = A.contiguous()
     if out is None:
         out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
@@ -113,10 +128,14 @@ def selective_scan_fwd_triton(
             f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}"
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
-    H, _ = chunk_boundary_states(
-        u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
-        forward=True, adjoint=False, last_state=last_state,
-    )
+    multi = plan.n_chunks > 1
+    if multi:
+        H, _ = chunk_boundary_states(
+            u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
+            forward=True, adjoint=False, last_state=last_state,
+        )
+    else:
+        H = last_state
     zz = z if z is not None else u
     dummy = last_state
     _fwd_output_kernel[(plan.programs(batch, groups),)](
@@ -127,6 +146,6 @@ def selective_scan_fwd_triton(
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
         N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, num_warps=4,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, num_warps=plan.num_warps,
     )
     return out, last_state

@@ -122,7 +122,7 @@ def _case_id(path: Path) -> str:
 def _source_file(src: Path, entry: object, what: str) -> Path:
     if not isinstance(entry, str) or not entry:
         raise DatasetError(f"{what} must be a relative file path, got {entry!r}", src / "dataset.json")
-    path = (src / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
+    path = src / entry  # "./imagesTr/x.nii.gz" -> SRC/imagesTr/x.nii.gz
     if not path.is_file():
         raise DatasetError(f"listed in dataset.json '{what}' but missing", path)
     return path

@@ -1,7 +1,8 @@
 """Run one function over many cases in worker processes, with a rich progress bar.
 
-Reading NIfTI files is CPU-bound (gzip), so processes rather than threads. With one
-worker (or one item) everything runs in this process: simpler to debug, no pool start-up.
+Reading NIfTI files is CPU-bound (gzip), so processes rather than threads. With 0 or 1
+worker (or one item) everything runs in this process: simpler to debug, no pool start-up,
+no /dev/shm.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ def default_workers() -> int:
 
 
 def check_workers(workers: int | None) -> int:
-    """``workers`` as a positive int (None -> default_workers()); ConfigError otherwise."""
+    """``workers`` as an int >= 0 (None -> default_workers(); 0 = this process only)."""
     if workers is None:
         return default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be a non-negative integer, got {workers!r}")
     return workers
 
 
@@ -55,10 +56,10 @@ def map_with_progress(function: Callable[[T], R], items: Sequence[T], workers: i
 
     ``function`` and the items must be picklable (a module-level function, dataclasses).
     """
-    workers = min(check_workers(workers), max(1, len(items)))
+    workers = min(check_workers(workers), len(items))
     with progress_bar(description, progress) as bar:
         task = bar.add_task(description, total=len(items))
-        if workers == 1:
+        if workers <= 1:
             results = []
             for item in items:
                 results.append(function(item))

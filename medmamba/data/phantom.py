@@ -17,6 +17,7 @@ so cropping to the nonzero region has something to do. Everything comes from one
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,11 @@ def phantom_case(rng: np.random.Generator, shape: tuple[int, int, int] = DEFAULT
     for index in range(num_distractors):
         radii = rng.uniform(3.0, 6.0, 3) * np.array([1.3, 1.0, 1.0])
         grid.paint(classes, 5 + index, _Ellipsoid(rng, _point_in(rng, inner), radii, deform_mm=1.0))
-    if num_labels == 3:
-        grid.paint(classes, _VESSEL, _TorusArc(rng, _point_in(rng, inner)))
     core_radii = rng.uniform(6.0, 10.0, 3) * np.array([1.4, 1.0, 1.0])
     rim_mm = rng.uniform(2.0, 4.0)
     core = _Ellipsoid(rng, _point_in(rng, inner * 0.8), core_radii, deform_mm=1.5)
+    if num_labels == 3:
+        grid.paint(classes, _VESSEL, _TorusArc(rng, _away_from(rng, inner, core.centre, core_radii.max())))
     grid.paint(classes, _RIM, core.grown(rim_mm))
     grid.paint(classes, _CORE, core)
 
@@ -112,6 +113,16 @@ def _point_in(rng: np.random.Generator, radii: np.ndarray) -> np.ndarray:
         point = rng.uniform(-1.0, 1.0, 3)
         if point @ point <= 1.0:
             return point * radii
+
+
+def _away_from(rng: np.random.Generator, radii: np.ndarray, centre: np.ndarray, distance: float) -> np.ndarray:
+    """A point as in ``_point_in`` at least ``distance`` from ``centre`` where one of 20
+    tries allows (so the core and rim, painted over the vessel, rarely hide it)."""
+    for _ in range(20):
+        point = _point_in(rng, radii)
+        if np.linalg.norm(point - centre) >= distance:
+            break
+    return point
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -194,6 +205,8 @@ class _Shape:
 
     centre: np.ndarray
     bound: float  # radius (mm) of a ball about ``centre`` holding the solid
+    rotation: np.ndarray  # world -> solid frame
+    deformation: _Deformation
 
     def inside(self, p: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -222,8 +235,7 @@ class _Ellipsoid(_Shape):
 
     def grown(self, margin_mm: float) -> _Ellipsoid:
         """The same ellipsoid enlarged by about ``margin_mm`` (the rim around a core)."""
-        grown = object.__new__(_Ellipsoid)
-        grown.__dict__.update(self.__dict__)
+        grown = copy.copy(self)
         grown.scale = self.scale + margin_mm / float(self.radii.mean())
         grown.bound = self.bound + margin_mm * float(self.radii.max() / self.radii.mean())
         return grown

@@ -34,6 +34,8 @@ ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
 #: Origins that agree to this many decimals (mm) count as the same across cases.
 ORIGIN_DECIMALS = 3
+_HEADER_ONLY_ENDINGS = (".mhd", ".nhdr")
+_DETACHED_DATA_ENDINGS = (".raw", ".zraw", ".raw.gz")
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ def _dataset_files(folder: Path, ending: str, report: ValidationReport) -> list[
             kept.append(path)
         elif any(path.name.lower().endswith(other) for other in SUPPORTED_ENDINGS):
             report.error(path, f"file ending differs from dataset.json file_ending '{ending}'")
+        elif ending in _HEADER_ONLY_ENDINGS and path.name.lower().endswith(_DETACHED_DATA_ENDINGS):
+            continue  # the voxels of a .mhd/.nhdr header
         else:
             report.warning(path, "ignored: not an image file of this dataset")
     return kept
@@ -295,7 +299,7 @@ def _count_nonfinite(array: np.ndarray) -> int:
 
 
 def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+    return "(" + ", ".join(f"{v + 0.0:g}" for v in values) + ")"  # + 0.0: no "-0"
 
 
 def _compare_geometry(path: Path, geometry: Geometry, ref_path: Path, ref: Geometry) -> list[Problem]:

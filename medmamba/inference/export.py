@@ -7,12 +7,13 @@ cropped original -> paste into the full original shape (background outside the c
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medmamba.data.io import Geometry, atomic_write_bytes, write_image
+from medmamba.data.io import Geometry, atomic_write_bytes, file_ending, write_image
 
 Resampler = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 
@@ -59,8 +60,6 @@ def write_prediction(mask: np.ndarray, geometry: Geometry, path: Path,
         raise ValueError(f"mask shape {mask.shape} differs from the input's {geometry.shape}")
     write_image(mask, geometry, path)
     if probabilities is not None:
-        import io
-
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer, probabilities=probabilities.astype(np.float16),
@@ -71,7 +70,6 @@ def write_prediction(mask: np.ndarray, geometry: Geometry, path: Path,
 
 
 def probabilities_path(mask_path: Path) -> Path:
-    from medmamba.data.io import file_ending
-
+    """``CASE.npz`` beside ``CASE<ending>``."""
     name = mask_path.name[: -len(file_ending(mask_path))]
     return mask_path.with_name(f"{name}.npz")

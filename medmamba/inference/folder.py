@@ -27,6 +27,7 @@ class PredictionReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # case id -> one-line reason
+    # Skips and failures are logged at INFO only: the report carries them, the CLI prints them.
     seconds_per_case: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -72,7 +73,7 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
             bar.update(task, case=case.case_id)
             target = output_folder / f"{case.case_id}{file_ending}"
             if target.exists() and not overwrite:
-                logger.warning("%s exists; skipped (use --overwrite to replace it)", target)
+                logger.info("%s exists; skipped (use --overwrite to replace it)", target)
                 report.skipped.append(target)
                 bar.advance(task)
                 continue
@@ -86,7 +87,7 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                                  predictor.label_values)
             except MedMambaError as error:
                 report.failed[case.case_id] = str(error)
-                logger.error("case %s failed: %s", case.case_id, error)
+                logger.info("case %s failed: %s", case.case_id, error)
             else:
                 report.written.append(target)
                 report.seconds_per_case[case.case_id] = time.perf_counter() - start

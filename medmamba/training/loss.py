@@ -57,4 +57,8 @@ class DeepSupervisionDiceCE(nn.Module):
         for weight, output in zip(weights, outputs):
             if weight > 0:
                 total = total + weight * self.dice_ce(output.float(), downsample_target(target, output.shape[2:]))
+            else:
+                # Zero gradient, but the head stays in the graph: DDP expects a gradient
+                # for every parameter (no find_unused_parameters search each step).
+                total = total + 0.0 * output.float().mean()
         return total

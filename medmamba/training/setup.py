@@ -46,9 +46,13 @@ def resolve_run(
     network_plan = config_plan.network(network)
     kwargs = network_plan.network_kwargs()
     if ssm is not None:
-        if not get_family(network).has_ssm and ssm != "none":
+        from medmamba.networks.families import SSM
+        from medmamba.options import parse_enum
+
+        ssm = parse_enum(SSM, ssm, "ssm").value
+        if not get_family(network).has_ssm:
             raise ConfigError(f"network {network} has no SSM layer; --ssm applies to Mamba families only")
-        if get_family(network).has_ssm:
+        if ssm == SSM.NONE.value:  # "mamba" is the family default: same kwargs, same folder
             kwargs["ssm"] = ssm
     if network_overrides:
         unknown = sorted(set(network_overrides) - set(kwargs) - set(get_family(network).knobs) - {"ssm"})

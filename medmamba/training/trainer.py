@@ -218,7 +218,15 @@ class Trainer:
             if self.dist.is_main:
                 self._write_outputs(epoch + 1, step, improved)
             barrier(self.dist)
-            log.info("epoch %d: loss %.4f, val loss %.4f, mean Dice %.4f", epoch + 1, train_loss, val_loss, mean)
+            summary = ", ".join(f"{name} {d:.3f}" for name, d in dice.items())
+            log.info("epoch %d: loss %.4f, val loss %.4f, Dice %s", epoch + 1, train_loss, val_loss, summary)
+            if self.show_progress and self.dist.is_main:
+                from rich.console import Console
+
+                Console(stderr=True).print(
+                    f"  loss {train_loss:.4f}  val loss {val_loss:.4f}  Dice {summary}  (EMA {self.ema:.3f}"
+                    f"{', best' if improved else ''}) lr {lr:.2e}, {self.history[-1]['iters_per_s']:.2f} it/s"
+                )
 
     def _train_epoch(self, loader: Any, epoch: int) -> float:
         self.model.train()
@@ -262,7 +270,7 @@ class Trainer:
                 totals[base] += float((p & t).sum())
                 totals[base + 1] += float((p & ~t).sum())
                 totals[base + 2] += float((~p & t).sum())
-        totals = all_reduce_sum(totals.to(self.device, torch.float32), self.dist).double().cpu()
+        totals = all_reduce_sum(totals.to(self.device), self.dist).cpu()
         dice = {}
         for c in range(1, n_classes):
             tp, fp, fn = totals[3 * (c - 1) : 3 * c].tolist()
@@ -294,6 +302,7 @@ class _progress_bar:
     def __enter__(self) -> Callable[[int, float], None]:
         if not self.enabled:
             return lambda done, loss: None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -302,7 +311,7 @@ class _progress_bar:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"),
             TimeRemainingColumn(),
-            transient=False,
+            console=Console(stderr=True),
         )
         self.progress.start()
         task = self.progress.add_task("train", total=self.config.iters_per_epoch, loss=float("nan"))

@@ -35,29 +35,29 @@ def image_array(seed: int, shape=SHAPE) -> np.ndarray:
     return np.random.default_rng(seed).normal(100.0, 10.0, shape).astype(np.float32)
 
 
-def make_dataset(root: Path, channels: int = 2) -> Path:
+def make_dataset(root: Path, channels: int = 2, ending: str = ".nii.gz") -> Path:
     """A valid 2-case, 2-channel dataset with labels 0, 1, 2 (no warnings either)."""
     dataset = {
         "channel_names": {str(c): f"MR{c}" for c in range(channels)},
         "labels": {"background": 0, "a": 1, "b": 2},
         "numTraining": len(CASES),
-        "file_ending": ".nii.gz",
+        "file_ending": ending,
     }
     root.mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps(dataset))
     for index, case in enumerate(CASES):
         for channel in range(channels):
-            write_image(image_array(10 * index + channel), geometry(), image_path(root, case, channel))
-        write_image(label_array(), geometry(), label_path(root, case))
+            write_image(image_array(10 * index + channel), geometry(), image_path(root, case, channel, ending))
+        write_image(label_array(), geometry(), label_path(root, case, ending))
     return root
 
 
-def image_path(root: Path, case: str = "case_001", channel: int = 0) -> Path:
-    return root / "imagesTr" / f"{case}_{channel:04d}.nii.gz"
+def image_path(root: Path, case: str = "case_001", channel: int = 0, ending: str = ".nii.gz") -> Path:
+    return root / "imagesTr" / f"{case}_{channel:04d}{ending}"
 
 
-def label_path(root: Path, case: str = "case_001") -> Path:
-    return root / "labelsTr" / f"{case}.nii.gz"
+def label_path(root: Path, case: str = "case_001", ending: str = ".nii.gz") -> Path:
+    return root / "labelsTr" / f"{case}{ending}"
 
 
 def edit_json(root: Path, **changes) -> None:
@@ -84,6 +84,24 @@ def test_valid_dataset_passes_without_warnings(tmp_path: Path) -> None:
     result = validate_cli(root)
     assert result.exit_code == 0, result.output
     assert "2 case(s), 0 error(s), 0 warning(s)" in result.output
+
+
+@pytest.mark.parametrize("ending", [".nii", ".nrrd", ".mha", ".mhd"])
+def test_other_formats_validate(tmp_path: Path, ending: str) -> None:
+    root = make_dataset(tmp_path / "data", ending=ending)
+    report = validate_dataset(root, workers=1)
+    assert report.ok and report.warnings == [], (report.errors, report.warnings)
+    assert report.num_cases == 2
+
+
+def test_unrelated_files_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    (root / "imagesTr" / "notes.txt").write_text("scanner protocol")
+    (root / "labelsTr" / ".DS_Store").write_bytes(b"")
+    report = validate_dataset(root, workers=1)
+    assert report.ok
+    assert [str(problem) for problem in report.warnings] == [
+        f"{root / 'imagesTr' / 'notes.txt'}: ignored: not an image file of this dataset"]
 
 
 # Each problem: how to break the valid dataset, which file the message must name, and

@@ -91,3 +91,19 @@ def test_bad_arguments_name_themselves(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sliding_window_logits(pointwise, torch.zeros(1, 1, 8, 8, 8), arguments.pop("patch_size"),
                               **arguments)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_windows_match_cpu_fp32():
+    from medmamba.inference.predictor import FoldModel, Predictor
+
+    torch.manual_seed(5)
+    conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+    data = torch.randn(1, 19, 26, 21).numpy()
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = FoldModel(0, conv.to(device), {"patch_size": [8, 16, 16]})
+        predictor = Predictor([model], None, [0, 1, 2], torch.device(device), sw_batch_size=4)
+        results[device] = predictor.probabilities(data).cpu()
+    assert results["cuda"].dtype == torch.float32
+    torch.testing.assert_close(results["cuda"], results["cpu"], atol=2e-2, rtol=0)

@@ -1,0 +1,95 @@
+"""The loop on tiny in-memory-sized data (real plainconv_unet with 4-8 features)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from medmamba.errors import CheckpointError
+from medmamba.training import checkpoint as ckpt
+from medmamba.training.config import TrainingConfig
+from medmamba.training.optim import poly_lr
+from medmamba.training.trainer import Trainer
+
+CPU = torch.device("cpu")
+FAST = TrainingConfig(epochs=2, iters_per_epoch=2, val_batches=2)
+
+
+def _losses(fold_dir):
+    log = json.loads((fold_dir / "training_log.json").read_text())
+    return [(e["epoch"], e["train_loss"], e["val_loss"], e["lr"]) for e in log["epochs"]]
+
+
+def test_two_epochs_write_every_output(tiny_spec):
+    fold_dir = Trainer(tiny_spec, FAST, CPU).run()
+    assert {p.name for p in fold_dir.iterdir()} >= {
+        "checkpoint_latest.pt", "checkpoint_best.pt", "training_log.json", "progress.png"}
+    log = json.loads((fold_dir / "training_log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert set(log["epochs"][0]["val_dice"]) == {"a", "b"}
+    assert [e["lr"] for e in log["epochs"]] == pytest.approx([1e-2, poly_lr(1e-2, 1, 2)])
+    state_dict, meta = ckpt.load_checkpoint_for_inference(fold_dir, "latest")
+    assert meta["epoch"] == 2 and meta["label_values"] == [0, 1, 2] and meta["plans_hash"] == "abc"
+    assert meta["network_kwargs"]["features_per_stage"] == [4, 8]
+    net = ckpt.build_inference_network(meta, state_dict)
+    with torch.no_grad():
+        out = net(torch.randn(1, 1, 16, 16, 16))
+    assert out.shape == (1, 3, 16, 16, 16)
+
+
+def test_existing_checkpoint_needs_resume(tiny_spec):
+    Trainer(tiny_spec, FAST.replace(epochs=1), CPU).run()
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_spec, FAST.replace(epochs=1), CPU).run()
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tiny_spec, tmp_path, monkeypatch):
+    config = TrainingConfig(epochs=3, iters_per_epoch=2, val_batches=2)
+    reference = Trainer(dataclasses.replace(tiny_spec, fold_dir=tmp_path / "ref"), config, CPU).run()
+
+    crashed = dataclasses.replace(tiny_spec, fold_dir=tmp_path / "crash")
+    original = Trainer._train_epoch
+
+    def crash_in_epoch_3(self, loader, epoch):
+        if epoch == 2:
+            next(loader)  # consume a batch, as a killed process would have
+            raise KeyboardInterrupt
+        return original(self, loader, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(crashed, config, CPU).run()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert len(_losses(crashed.fold_dir)) == 2
+    Trainer(crashed, config, CPU).run(resume=True)
+    assert _losses(crashed.fold_dir) == _losses(reference)
+    a = ckpt.load_checkpoint(reference / ckpt.LATEST)
+    b = ckpt.load_checkpoint(crashed.fold_dir / ckpt.LATEST)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_extend_a_finished_run(tiny_spec):
+    fold_dir = Trainer(tiny_spec, FAST, CPU).run()
+    Trainer(tiny_spec, FAST, CPU).run(resume=True)  # finished: nothing to do
+    assert len(_losses(fold_dir)) == 2
+    Trainer(tiny_spec, FAST.replace(epochs=3), CPU).run(resume=True)
+    epochs = _losses(fold_dir)
+    assert [e[0] for e in epochs] == [1, 2, 3]
+    assert epochs[2][3] == pytest.approx(poly_lr(1e-2, 2, 3))  # schedule over the new total
+    assert ckpt.load_checkpoint(fold_dir / ckpt.LATEST)["metadata"]["epochs"] == 3
+
+
+def test_resume_refuses_another_network(tiny_spec):
+    Trainer(tiny_spec, FAST.replace(epochs=1), CPU).run()
+    other = dataclasses.replace(tiny_spec, network_kwargs={**tiny_spec.network_kwargs, "features_per_stage": [4, 16]})
+    with pytest.raises(CheckpointError, match="network_kwargs"):
+        Trainer(other, FAST, CPU).run(resume=True)
+
+
+def test_adamw_selectable(tiny_spec):
+    fold_dir = Trainer(tiny_spec, FAST.replace(epochs=1, optimizer="adamw"), CPU).run()
+    state = ckpt.load_checkpoint(fold_dir / ckpt.LATEST)
+    assert "exp_avg" in state["optimizer"]["state"][0]
+    assert _losses(fold_dir)[0][3] == pytest.approx(1e-3)
