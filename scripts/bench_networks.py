@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure_memory import bootstrap  # noqa: E402
+from measure_memory import bootstrap, force_backend  # noqa: E402
 
 bootstrap()
 
@@ -117,10 +117,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--families", nargs="*", default=available_networks())
+    parser.add_argument("--backend", default="auto", help="kernel backend for every scan (auto, torch)")
+    parser.add_argument("--check-only", action="store_true", help="only compare Triton with torch, then exit")
     args = parser.parse_args()
     device = torch.device("cuda")
-    results = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "plans": {}}
     check_backends(device)
+    if args.check_only:
+        return
+    force_backend(args.backend)
+    results = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+               "backend": args.backend, "plans": {}}
     for plan, (kwargs, patch) in plans().items():
         rows = []
         for name in args.families:

@@ -36,6 +36,16 @@ def bootstrap() -> None:
         sys.modules["medmamba_kernels"] = importlib.import_module("kernels")
 
 
+def force_backend(backend: str) -> None:
+    """Send every kernel call to ``backend`` ("auto" leaves the networks' choice alone)."""
+    if backend == "auto":
+        return
+    import medmamba_kernels
+
+    real = medmamba_kernels.selective_scan
+    medmamba_kernels.selective_scan = lambda *a, **k: real(*a, **{**k, "backend": backend})
+
+
 bootstrap()
 
 import numpy as np  # noqa: E402
@@ -196,10 +206,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--verify", nargs="*", type=float, default=[8.0, 16.0, 40.0])
+    parser.add_argument("--backend", default="auto", help="kernel backend for every scan (auto, torch)")
     args = parser.parse_args()
+    force_backend(args.backend)
     device = torch.device("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "families": {}}
+    report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                    "backend": args.backend, "families": {}}
 
     def log(line: str) -> None:
         print(line, flush=True)

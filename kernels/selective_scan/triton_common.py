@@ -26,8 +26,11 @@ LOG2E = math.log2(math.e)
 
 # Programs wanted per launch: enough to fill 132 SMs several times over.
 _TARGET_PROGRAMS = 2048
-_MAX_CHUNK = 64
-_MAX_SINGLE_CHUNK = 512
+# Measured on an H100 (.coord/kernel_notes.md): one warp per program and a 128-position
+# chunk for the forward, 64 for the backward (its larger live set spills beyond that).
+_MAX_CHUNK = {False: 128, True: 64}
+_MAX_SINGLE_CHUNK = {False: 512, True: 64}
+_ELEMENTS_PER_WARP = {False: 2048, True: 1024}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def plan_launch(
     carry_block: int | None = None,
     num_warps: int | None = None,
     n_state: int = 16,
+    backward: bool = False,
 ) -> LaunchPlan:
     """Pick chunk and channel-block sizes so one launch has enough programs.
 
@@ -65,7 +69,7 @@ def plan_launch(
     if chunk is None:
         whole = max(16, triton.next_power_of_2(length))
         # a sequence that fits one tile runs as one chunk: one launch, no carries
-        chunk = whole if whole <= _MAX_SINGLE_CHUNK else _MAX_CHUNK
+        chunk = whole if whole <= _MAX_SINGLE_CHUNK[backward] else _MAX_CHUNK[backward]
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     n_chunks = triton.cdiv(length, chunk)
@@ -79,8 +83,8 @@ def plan_launch(
     if carry_block is None:
         carry_block = min(512, max(16, triton.next_power_of_2(n_chunks)))
     if num_warps is None:
-        # about 16 tile elements per thread: measured best (.coord/kernel_notes.md)
-        num_warps = max(1, min(8, chunk * triton.next_power_of_2(n_state) // 512))
+        tile = chunk * triton.next_power_of_2(n_state)
+        num_warps = max(1, min(8, tile // _ELEMENTS_PER_WARP[backward]))
     plan = LaunchPlan(chunk, n_chunks, channel_block, n_channel_blocks, carry_block, num_warps)
     if plan.programs(batch, groups) >= 2**31:
         raise ValueError(
@@ -290,3 +294,190 @@ def chunk_boundary_states(
             num_warps=8,
         )
     return H, Q
+
+
+# --------------------------------------------------------------------------------------
+# Sequential-in-chunk kernels (README.md, "Triton kernels"): channels across threads.
+#
+# A program owns BLOCK_D channels of one (batch, group) and one chunk of the sequence;
+# each thread holds one channel's N fp32 states in registers (one variable per state,
+# so the kernel source is generated for each N) and walks the chunk in scan order, TT
+# positions at a time: a (BLOCK_D, TT) tile of u/delta/z per channel row (one vector
+# load per thread), B and C rows broadcast to every thread. Per position and state:
+# one ex2, one multiply for the drive and one FMA for the state; no cross-lane work.
+# --------------------------------------------------------------------------------------
+
+_SEQ_CACHE: dict[tuple[int, int], object] = {}
+
+
+def _col_src(x: str, j: int) -> str:
+    # column j of a (BLOCK_D, TT) tile whose rows live in one thread (folds to a move;
+    # -0.0 is the exact identity of the sum)
+    return f"tl.sum(tl.where(col[None, :] == {j}, {x}, -0.0), axis=1)"
+
+
+def _gen_seq_source(ns: int, tt: int) -> str:
+    """Source of `_seq_kernel` for N = ns states and TT = tt positions per sub-block."""
+    ind = " " * 4
+    L: list[str] = []
+    a = L.append
+    a("import triton")
+    a("import triton.language as tl")
+    a(f"from {__name__} import _softplus, _decompose_pid")
+    a("")
+    a("")
+    a("@triton.jit")
+    a("def _seq_kernel(")
+    a("    u_ptr, delta_ptr, z_ptr, dout_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,")
+    a("    H_ptr, out_ptr, last_ptr, S_ptr, E_ptr, Q_ptr,")
+    a("    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group,")
+    a("    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,")
+    a("    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,")
+    a("    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,")
+    a("    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,")
+    a("    HAS_D: tl.constexpr, REVERSE: tl.constexpr, OUTPUT: tl.constexpr,")
+    a("    DO_FWD: tl.constexpr, DO_BWD: tl.constexpr, MULTI_CHUNK: tl.constexpr,")
+    a("    STORE_LAST: tl.constexpr,")
+    a("):")
+    a(f"    TT: tl.constexpr = {tt}")
+    a("    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)")
+    a("    lane = tl.arange(0, BLOCK_D)")
+    a("    dl = cblk * BLOCK_D + lane")
+    a("    mask_d = dl < per_group")
+    a("    d = g * per_group + dl")
+    a("    row = b * dim + d")
+    a("    col = tl.arange(0, TT)")
+    a("    zero2 = (lane * 0)[:, None]")
+    a("    delta_row = delta_ptr + b * s_db + d * s_dd")
+    a("    u_row = u_ptr + b * s_ub + d * s_ud")
+    a("    z_row = z_ptr + b * s_zb + d * s_zd")
+    a("    o_row = dout_ptr + b * s_ob + d * s_od")
+    a("    B_base = B_ptr + b * s_Bb + g * s_Bg")
+    a("    C_base = C_ptr + b * s_Cb + g * s_Cg")
+    for n in range(ns):
+        a(f"    A2_{n} = tl.load(A_ptr + d * {ns} + {n}, mask=mask_d, other=0.0) * 1.4426950408889634")
+    a("    if HAS_BIAS:")
+    a("        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0)")
+    a("    if HAS_D:")
+    a("        Dd = tl.load(D_ptr + d, mask=mask_d, other=0.0)")
+    # start states
+    a("    if REVERSE:")
+    a("        has_prev = c + 1 < n_chunks")
+    a("        c_prev = tl.minimum(c + 1, n_chunks - 1)")
+    a("    else:")
+    a("        has_prev = c > 0")
+    a("        c_prev = tl.maximum(c - 1, 0)")
+    a("    hp = H_ptr + (row * n_chunks + c_prev) * " + str(ns))
+    for n in range(ns):
+        a("    if OUTPUT and MULTI_CHUNK:")
+        a(f"        h_{n} = tl.where(has_prev, tl.load(hp + {n}, mask=mask_d, other=0.0), 0.0)")
+        a("    else:")
+        a(f"        h_{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        a(f"    p_{n} = tl.full([BLOCK_D], 1.0, dtype=tl.float32)")
+        a(f"    q_{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    a("    ssum = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    a("    NSUB: tl.constexpr = CHUNK // TT")
+    a("    for i in range(NSUB):")
+    a("        if REVERSE:")
+    a("            k = NSUB - 1 - i")
+    a("        else:")
+    a("            k = i")
+    a("        offs_t = c * CHUNK + k * TT + col")
+    a("        mask_t = offs_t < length")
+    a("        m2 = mask_d[:, None] & mask_t[None, :]")
+    a("        dt = tl.load(delta_row[:, None] + offs_t[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)")
+    a("        if HAS_BIAS:")
+    a("            dt = dt + bias[:, None]")
+    a("        if SOFTPLUS:")
+    a("            dt = _softplus(dt)")
+    a("        dt = tl.where(m2, dt, 0.0)")
+    a("        ssum += tl.sum(dt, axis=1)")
+    a("        if OUTPUT or DO_FWD:")
+    a("            uu = tl.load(u_row[:, None] + offs_t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)")
+    a("            xx = dt * uu")
+    a("        bmask = mask_t[None, :] & (zero2 == 0)")
+    a("        if DO_BWD:")
+    a("            dy = tl.load(o_row[:, None] + offs_t[None, :] * s_ol, mask=m2, other=0.0).to(tl.float32)")
+    a("            if HAS_Z:")
+    a("                zb = tl.load(z_row[:, None] + offs_t[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)")
+    a("                dy = dy * zb * tl.sigmoid(zb)")
+    for j in range(tt):
+        a(f"        dt_{j} = {_col_src('dt', j)}")
+        a("        if OUTPUT or DO_FWD:")
+        a(f"            x_{j} = {_col_src('xx', j)}")
+        a("        if DO_BWD:")
+        a(f"            dy_{j} = {_col_src('dy', j)}")
+        a("        if OUTPUT:")
+        a(f"            y_{j} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    orders = (list(range(tt)), list(reversed(range(tt))))
+    for n in range(ns):
+        a("        if OUTPUT or DO_FWD:")
+        a(f"            Bn = tl.load(B_base + {n} * s_Bn + offs_t[None, :] * s_Bl + zero2, mask=bmask, other=0.0).to(tl.float32)")
+        a("        if OUTPUT or DO_BWD:")
+        a(f"            Cn = tl.load(C_base + {n} * s_Cn + offs_t[None, :] * s_Cl + zero2, mask=bmask, other=0.0).to(tl.float32)")
+        for rev, order in ((False, orders[0]), (True, orders[1])):
+            a(f"        if {'' if rev else 'not '}REVERSE:")
+            for j in order:
+                a(f"            a_ = tl.exp2(A2_{n} * dt_{j})")
+                a("            if OUTPUT or DO_FWD:")
+                a(f"                h_{n} = a_ * h_{n} + x_{j} * {_col_src('Bn', j)}")
+                a("            if OUTPUT:")
+                a(f"                y_{j} += {_col_src('Cn', j)} * h_{n}")
+                a("            if DO_BWD:")
+                a(f"                p_{n} = p_{n} * a_")
+                a(f"                q_{n} += p_{n} * ({_col_src('Cn', j)} * dy_{j})")
+    a("        if OUTPUT:")
+    expr = "y_0[:, None]"
+    for j in range(1, tt):
+        expr = f"tl.where(col[None, :] == {j}, y_{j}[:, None], {expr})"
+    a(f"            y = {expr}")
+    a("            if HAS_D:")
+    a("                y += Dd[:, None] * uu")
+    a("            if HAS_Z:")
+    a("                zz = tl.load(z_row[:, None] + offs_t[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)")
+    a("                y = y * zz * tl.sigmoid(zz)")
+    a("            tl.store(out_ptr + row[:, None] * length + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)")
+    a("    if OUTPUT:")
+    a("        if STORE_LAST:")
+    for n in range(ns):
+        a(f"            tl.store(last_ptr + row * {ns} + {n}, h_{n}, mask=mask_d)")
+    a("    else:")
+    a("        crow = row * n_chunks + c")
+    a("        tl.store(S_ptr + crow, ssum, mask=mask_d)")
+    for n in range(ns):
+        a("        if DO_FWD:")
+        a(f"            tl.store(E_ptr + crow * {ns} + {n}, h_{n}, mask=mask_d)")
+        a("        if DO_BWD:")
+        a(f"            tl.store(Q_ptr + crow * {ns} + {n}, q_{n}, mask=mask_d)")
+    return "\n".join(L) + "\n"
+
+
+def seq_kernel(n_state: int, tt: int):
+    """The generated `_seq_kernel` for n_state states and tt positions per sub-block.
+
+    The source is written once per (n_state, tt) under the temp directory and imported
+    from there (Triton reads a kernel's source from its file).
+    """
+    key = (n_state, tt)
+    if key not in _SEQ_CACHE:
+        import hashlib
+        import importlib.util
+        import os
+        import tempfile
+
+        src = _gen_seq_source(n_state, tt)
+        digest = hashlib.sha1(src.encode()).hexdigest()[:12]
+        folder = os.path.join(tempfile.gettempdir(), f"medmamba_scan_{os.getuid()}")
+        os.makedirs(folder, exist_ok=True)
+        name = f"seq_n{n_state}_t{tt}_{digest}"
+        path = os.path.join(folder, name + ".py")
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SEQ_CACHE[key] = module._seq_kernel
+    return _SEQ_CACHE[key]

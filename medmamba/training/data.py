@@ -192,7 +192,11 @@ class StepSampler(Sampler[int]):
 
 
 def make_loader(
-    dataset: PatchBatchDataset, start_step: int, workers: int, generator: torch.Generator | None = None
+    dataset: PatchBatchDataset,
+    start_step: int,
+    workers: int,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """An endless loader of batches starting at ``start_step``."""
     if workers > 0:
@@ -205,7 +209,7 @@ def make_loader(
         num_workers=workers,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
-        pin_memory=False,
+        pin_memory=pin_memory,
         generator=generator,
     )
 

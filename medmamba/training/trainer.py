@@ -110,6 +110,9 @@ class Trainer:
 
     # set-up -------------------------------------------------------------------------
     def _setup(self) -> None:
+        if self.device.type == "cuda":
+            # Fastest kernels for the fixed patch shape; exact reproducibility is a CPU promise.
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and run
         kwargs = {**self.spec.network_kwargs, "deep_supervision": self.config.deep_supervision}
         self.network = self.build_network(self.spec.network, **kwargs).to(self.device)
@@ -191,7 +194,7 @@ class Trainer:
 
     def _train(self, start_epoch: int, step: int) -> None:
         generator = torch.Generator().manual_seed(self.config.seed)  # keeps the global RNG untouched
-        loader = iter(make_loader(self.train_data, step, self.workers, generator))
+        loader = iter(make_loader(self.train_data, step, self.workers, generator, self.device.type == "cuda"))
         for epoch in range(start_epoch, self.config.epochs):
             lr = self.scheduler.set_epoch(epoch)
             start = time.perf_counter()

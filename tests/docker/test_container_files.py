@@ -143,9 +143,10 @@ def test_training_examples_requeue_and_resume(path: Path) -> None:
     text = path.read_text()
     assert re.search(r"^#SBATCH --signal=B:USR1@\d+$", text, re.MULTILINE)
     assert re.search(r"^#SBATCH --requeue$", text, re.MULTILINE)
-    assert "trap " in text and "scontrol requeue" in text
+    assert "trap on_time_limit USR1" in text and "scontrol requeue" in text
+    assert 'kill -TERM "$pid"' in text, "stop training before the requeue: it need not end every process"
     assert "--resume" in text and "checkpoint_latest.pt" in text
-    assert "&\nwait $!" in text, "the trap only runs while bash waits in the background"
+    assert '&\npid=$!\nwait "$pid"' in text, "the trap only runs while bash waits in the background"
 
 
 def medmamba_invocations(path: Path) -> list[tuple[str, set[str]]]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from .scan_cases import GRAD_NAMES, ScanCase, assert_close_all, run_with_grads
+from scan_cases import GRAD_NAMES, ScanCase, assert_close_all, run_with_grads
 
 triton = pytest.importorskip("triton")
 

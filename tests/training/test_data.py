@@ -24,18 +24,24 @@ def _patch_has_foreground(case, center, patch=(8, 8, 8)):
     return crop_padded(np.asarray(case.label), center, patch).max() > 0
 
 
-def test_oversampling_fraction(store):
-    rng = np.random.default_rng(0)
-    forced = 0
-    n = 3000
-    for _ in range(n):
-        case = store.get(store.case_ids[rng.integers(6)])
-        foreground = rng.random() < 1 / 3
-        forced += foreground
-        center = choose_center(case, (8, 8, 8), foreground, rng)
-        if foreground:  # a forced patch is centred on a voxel of a present class
-            assert np.asarray(case.label)[(0, *center)] > 0
-    assert forced / n == pytest.approx(1 / 3, abs=0.03)
+def test_oversampling_fraction(store, monkeypatch):
+    import medmamba.training.data as data_module
+
+    calls = []
+    original = data_module.choose_center
+
+    def recording(case, patch_size, force_foreground, rng):
+        center = original(case, patch_size, force_foreground, rng)
+        calls.append((force_foreground, int(np.asarray(case.label)[(0, *center)])))
+        return center
+
+    monkeypatch.setattr(data_module, "choose_center", recording)
+    data = PatchBatchDataset(store, (8, 8, 8), batch_size=10, seed=0, augment=False)
+    for step in range(60):
+        data[step]
+    forced = [label for force, label in calls if force]
+    assert len(forced) / len(calls) == pytest.approx(1 / 3, abs=0.05)
+    assert all(label > 0 for label in forced)  # centred on a voxel of a present class
 
 
 def test_foreground_classes_chosen_uniformly(store):
