@@ -7,6 +7,7 @@ must be set before triton is first imported, hence here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-def shared_dataset(name: str) -> Path:
-    """Path of a real dataset under ../shared/data, or skip the test with a message."""
-    path = SHARED_DATA / name
-    if not (path / "dataset.json").is_file():
-        pytest.skip(f"real dataset {name} not found under {SHARED_DATA}")
-    return path
+@pytest.fixture
+def shared_dataset() -> Callable[[str], Path]:
+    """``shared_dataset(name)``: a real dataset under ../shared/data, or skip with a message.
+
+    A fixture rather than a function: test folders cannot import this module by name
+    (every conftest.py is a module called ``conftest``).
+    """
+
+    def find(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not (path / "dataset.json").is_file():
+            pytest.skip(f"real dataset {name} not found under {SHARED_DATA}")
+        return path
+
+    return find
+
+
+@pytest.fixture
+def anchors_dir() -> Path:
+    """../shared/anchors (nnU-Net's own plans for the shared data)."""
+    return SHARED_DATA.parent / "anchors"

@@ -33,9 +33,11 @@ def trained_work(tmp_path_factory: pytest.TempPathFactory) -> TrainedWork:
     data, work = root / "data", root / "work"
     api.make_phantom(data, cases=8, seed=3, shape=(16, 24, 24), workers=1)
     hold_out(data, 3)
-    api.plan(data, work, families=[NETWORK], validate=False, workers=1)
+    plans = api.plan(data, work, families=[NETWORK], validate=False, workers=1)
+    stages = plans.configuration(CONFIGURATION).network(NETWORK).num_stages
     api.preprocess(work, [CONFIGURATION], workers=1)
     api.train(work, configuration=CONFIGURATION, network=NETWORK, fold=0, epochs=1,
               iters_per_epoch=2, val_batches=1, device="cpu", workers=0,
-              network_overrides={"features_per_stage": [4, 8, 16, 32]})  # fast on a CPU
+              # 4 features in the first stage: fast on a CPU
+              network_overrides={"features_per_stage": [4 * 2**i for i in range(stages)]})
     return TrainedWork(data, work)

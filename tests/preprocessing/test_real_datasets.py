@@ -19,30 +19,18 @@ from medmamba.planning.plans import NormScheme
 from medmamba.preprocessing.preprocess import preprocess_case
 from medmamba.preprocessing.storage import load_case, save_case
 
-# Same place as tests/conftest.py's SHARED_DATA (that module cannot be imported by name).
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ANCHORS = SHARED_DATA.parent / "anchors"
-
-
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not (path / "dataset.json").is_file():
-        pytest.skip(f"real dataset {name} not found under {SHARED_DATA}")
-    return path
-
-
-def _nnunet_plans(name):
-    path = ANCHORS / f"nnunet_{name}_plans.json"
+def _nnunet_plans(anchors: Path, name: str) -> dict:
+    path = anchors / f"nnunet_{name}_plans.json"
     if not path.is_file():
         pytest.skip(f"nnU-Net anchor plans not found: {path}")
     return json.loads(path.read_text())["configurations"]
 
 
 @pytest.mark.slow
-def test_hippocampus_plan_matches_nnunet(tmp_path):
+def test_hippocampus_plan_matches_nnunet(tmp_path, shared_dataset, anchors_dir):
     data = shared_dataset("Dataset004_Hippocampus")
     plans = api.plan(data, tmp_path, workers=2, validate=False)
-    theirs = _nnunet_plans("Dataset004_Hippocampus")
+    theirs = _nnunet_plans(anchors_dir, "Dataset004_Hippocampus")
     assert set(plans.configurations) == set(theirs)  # no 3d_lowres on either
     for name, configuration in plans.configurations.items():
         ours = configuration.network("plainconv_unet")
@@ -68,10 +56,10 @@ def test_hippocampus_plan_matches_nnunet(tmp_path):
 
 
 @pytest.mark.slow
-def test_brats_plan_and_two_cases(tmp_path):
+def test_brats_plan_and_two_cases(tmp_path, shared_dataset, anchors_dir):
     data = shared_dataset("Dataset101_BraTS2015DeepMedicSample")
     plans = api.plan(data, tmp_path, workers=2, validate=False)
-    theirs = _nnunet_plans("Dataset101_BraTS2015DeepMedicSample")
+    theirs = _nnunet_plans(anchors_dir, "Dataset101_BraTS2015DeepMedicSample")
     assert set(plans.configurations) == set(theirs)
     full = plans.configuration("3d_fullres")
     assert list(full.target_spacing) == theirs["3d_fullres"]["spacing"]
