@@ -170,6 +170,7 @@ def train(
     lr: float | None = None,
     val_batches: int | None = None,
     batch_size: int | None = None,
+    augment: bool | None = None,
     network_overrides: dict | None = None,
     patch_size: tuple[int, ...] | None = None,
     progress: bool = False,
@@ -184,6 +185,7 @@ def train(
     50). ``resume`` continues checkpoint_latest.pt exactly, and with a larger ``epochs``
     extends a finished run (the poly schedule is recomputed over the new total).
     ``workers=0`` loads batches in the main process (for a small /dev/shm).
+    ``augment=False`` only crops patches (no rotation, intensity or mirroring transforms).
     ``rank``/``world_size``/``local_rank``/``init_method`` come from torchrun (the CLI
     reads them from the environment). ``network_overrides`` replaces network kwargs of the
     plan (e.g. ``{"features_per_stage": [8, 16, 32, 64]}`` for a quick CPU run) and
@@ -196,7 +198,7 @@ def train(
 
     overrides = {
         "epochs": epochs, "iters_per_epoch": iters_per_epoch, "optimizer": optimizer, "lr": lr,
-        "val_batches": val_batches, "batch_size": batch_size, "workers": workers,
+        "val_batches": val_batches, "batch_size": batch_size, "workers": workers, "augment": augment,
     }
     config = TrainingConfig(seed=seed, **{k: v for k, v in overrides.items() if v is not None})
     dist = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, init_method=init_method)

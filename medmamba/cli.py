@@ -273,6 +273,18 @@ def networks(
     Console().print(table)
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    from medmamba.errors import ConfigError
+
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} needs comma-separated integers, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{option} values must be positive, got '{text}'")
+    return values
+
+
 def _distributed_env() -> dict:
     """torchrun's variables (this is the only place that reads them)."""
     import os
@@ -306,16 +318,22 @@ def train(
     optimizer: Annotated[str | None, typer.Option(help="sgd (default) or adamw.")] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate (default 1e-2 SGD, 1e-3 AdamW).")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of all training randomness.")] = 0,
+    features: Annotated[str | None, typer.Option(
+        help="Override the plan's features per stage, e.g. 16,32,64,128 (small = fast on CPU).")] = None,
+    patch_size: Annotated[str | None, typer.Option(help="Override the plan's patch size, e.g. 16,32,32.")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Data augmentation.")] = True,
 ) -> None:
     """Train one fold; results in WORK/results/NETWORK/CONFIG/fold_F (torchrun for several GPUs)."""
     from medmamba import api
 
+    overrides = {"features_per_stage": run_or_exit(lambda: _int_list(features, "--features"))} if features else None
+    patch = tuple(run_or_exit(lambda: _int_list(patch_size, "--patch-size"))) if patch_size else None
     dist = _distributed_env()
     fold_dir = run_or_exit(lambda: api.train(
         work, configuration=configuration, network=network, fold=fold, epochs=epochs,
         iters_per_epoch=iters_per_epoch, val_batches=val_batches, device=device, resume=resume,
         split_file=split_file, workers=workers, seed=seed, ssm=ssm, optimizer=optimizer, lr=lr,
-        progress=dist.get("rank", 0) == 0, **dist))
+        augment=augment, network_overrides=overrides, patch_size=patch, progress=dist.get("rank", 0) == 0, **dist))
     if dist.get("rank", 0) == 0:
         typer.echo(f"wrote {fold_dir}")
 

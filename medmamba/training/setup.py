@@ -59,6 +59,11 @@ def resolve_run(
         if unknown:
             raise ConfigError(f"network override {unknown[0]!r} is not a keyword of network {network}")
         kwargs.update({k: list(v) if isinstance(v, tuple) else v for k, v in network_overrides.items()})
+        if len(kwargs["features_per_stage"]) != len(kwargs["strides"]):
+            raise ConfigError(
+                f"features per stage {kwargs['features_per_stage']} need {len(kwargs['strides'])} values "
+                f"(one per stage of the plan)"
+            )
     patch = tuple(int(p) for p in (patch_size or network_plan.patch_size))
     _check_patch(patch, kwargs)
     data_folder = plans.preprocessed_folder(work, configuration)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 import typer.main
 
 from medmamba.cli import app
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -16,8 +16,9 @@ from medmamba.data.io import read_image
 from medmamba.errors import CheckpointError, DatasetError, PlansError
 from medmamba.inference.folder import select_part
 
-from conftest import CONFIGURATION, NETWORK
-
+# The session fixture `trained_work` (conftest.py beside this file) trains these.
+NETWORK = "plainconv_unet"
+CONFIGURATION = "3d_fullres"
 runner = CliRunner()
 
 

@@ -83,6 +83,10 @@ def test_train_command_writes_a_usable_fold(phantom_work: Path, tmp_path: Path):
         (["-f", "9"], "fold 9 does not exist"),
         (["-f", "0", "--ssm", "none"], "has no SSM layer"),
         (["-f", "0", "-c", "3d_lowrez"], "did you mean"),
+        (["-f", "0", "--features", "4,8"], "one per stage"),
+        (["-f", "0", "--patch-size", "15,24,24"], "not divisible"),
+        (["-f", "0", "--features", "4,x"], "comma-separated integers"),
+        (["-f", "0", "--optimizer", "adam"], "did you mean 'adamw'"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(phantom_work: Path, args: list[str], message: str):
@@ -105,7 +109,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(phantom_work: Path, 
         except (FileNotFoundError, json.JSONDecodeError):
             pass
         time.sleep(0.1)
-    time.sleep(0.5)  # into epoch 3
+    time.sleep(0.2)  # into epoch 3 (an epoch here takes > 1 s: training, validation, plot)
     assert proc.poll() is None, proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
