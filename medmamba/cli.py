@@ -171,12 +171,12 @@ def predict(
     work: Annotated[Path, typer.Argument(help="WORK folder with plans.json and results/.")],
     input_folder: Annotated[Path, typer.Argument(help="Images CASE_XXXX<ending> in the dataset's channel layout.")],
     output_folder: Annotated[Path, typer.Argument(help="Where the masks go (created if needed).")],
-    configuration: Annotated[str | None, typer.Option("--configuration", "-c", help="2d, 3d_fullres or 3d_lowres [default: 3d_fullres if trained].")] = None,
-    network: Annotated[str | None, typer.Option("--network", "-n", help="Trained network folder name [default: the only one].")] = None,
-    folds: Annotated[list[int] | None, typer.Option("--folds", "-f", help="Folds to ensemble (repeat) [default: all trained].")] = None,
+    configuration: Annotated[str | None, typer.Option("--configuration", "-c", help="2d, 3d_fullres or 3d_lowres (default: 3d_fullres if trained).")] = None,
+    network: Annotated[str | None, typer.Option("--network", "-n", help="Trained network folder name (default: the only one).")] = None,
+    folds: Annotated[list[int] | None, typer.Option("--folds", "-f", help="Folds to ensemble (repeat) (default: all trained).")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation.")] = True,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write CASE.npz with class probabilities.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cuda or cpu [default: cuda if available].")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cuda or cpu (default: cuda if available).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     num_parts: Annotated[int, typer.Option("--num-parts", min=1, help="Split the sorted cases into this many parts.")] = 1,
     part_id: Annotated[int, typer.Option("--part-id", min=0, help="Which part this process predicts (0-based).")] = 0,
@@ -208,7 +208,7 @@ def evaluate(
     labels: Annotated[Path, typer.Argument(help="Folder of reference masks (same names).")],
     dataset_json: Annotated[Path | None, typer.Option("--dataset-json", help="dataset.json for label names.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Surface Dice tolerance (mm).")] = 1.0,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="summary.json path [default: PRED/summary.json].")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="summary.json path (default: PRED/summary.json).")] = None,
 ) -> None:
     """Dice, HD95 and normalised surface Dice per label and case -> summary.json + summary.csv."""
     import json

@@ -35,23 +35,24 @@ class DemoSettings:
     shape: tuple[int, int, int] = (32, 48, 48)
     network: str = "plainconv_unet"
     configuration: str = "3d_fullres"
-    # Features of the first stage, doubling per stage: the planned 32 (nnU-Net's) costs
-    # seconds per iteration on 2 CPU cores; 8 trains ~16x faster and suffices for the phantom.
-    base_features: int | None = 8
-    # AdamW at 1e-2 leaves the all-background plateau within ~100 iterations on the phantom;
-    # SGD (nnU-Net's choice for long runs) stayed there for 300.
+    # A CPU recipe measured by the training helper (.coord/training_api.md): the planned
+    # 32..256 features and 32x48x48 patch cost seconds per iteration on 2 cores; 16..128
+    # features on 16x32x32 patches run ~6 it/s there. AdamW leaves the all-background
+    # plateau within ~100 iterations; nnU-Net's SGD recipe stays on it for ~300.
+    base_features: int | None = 16
+    patch_size: tuple[int, int, int] | None = (16, 32, 32)
     optimizer: str = "adamw"
-    lr: float = 1e-2
+    lr: float = 3e-3
     epochs: int = 20
-    iters_per_epoch: int = 25
-    val_batches: int = 2
+    iters_per_epoch: int = 60
+    val_batches: int = 4
     tta: bool = True
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(train_cases=5, test_cases=2, shape=(16, 24, 24), epochs=1, iters_per_epoch=2,
-                   val_batches=1, tta=False)
+        return cls(train_cases=5, test_cases=2, shape=(16, 24, 24), base_features=4,
+                   patch_size=None, epochs=1, iters_per_epoch=2, val_batches=1, tta=False)
 
 
 @dataclass
@@ -161,7 +162,7 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, device: str | 
         epochs=settings.epochs, iters_per_epoch=settings.iters_per_epoch,
         val_batches=settings.val_batches, device=device, seed=settings.seed,
         optimizer=settings.optimizer, lr=settings.lr, network_overrides=overrides,
-        progress=progress))
+        patch_size=settings.patch_size, progress=progress))
     stage("predict", lambda: api.predict(work, data / "imagesTs", predictions,
                                          configuration=settings.configuration,
                                          network=settings.network, folds=[0], tta=settings.tta,

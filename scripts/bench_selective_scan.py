@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-import triton
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,35 +186,6 @@ def sweep(dtypes):
             del x, out, dout
 
 
-def compare(dtypes):
-    """Old (associative-scan) vs sequential kernels, with a sweep of the sequential plan."""
-    from triton.testing import do_bench
-
-    def t(fn):
-        return do_bench(fn, warmup=5, rep=25, return_mode="median")
-
-    for dt in dtypes:
-        for row, shape in enumerate(ANCHORS, 1):
-            x = make_inputs(*shape, dt)
-            out, _ = fwd(**x)
-            dout = torch.randn_like(out)
-            res = [f"old f {t(lambda: fwd(**x, impl='old')):.3f} b {t(lambda: bwd(dout, **x, impl='old')):.3f}"]
-            res.append(f"seq b {t(lambda: bwd(dout, **x)):.3f}")
-            batch, dim, length = shape
-            for tt in (1, 2):
-                res.append(f"tt{tt} {t(lambda: fwd(**x, tt=tt)):.3f}")
-            for bd in (32, 64):
-                for target in (4096, 16384):
-                    nb = batch * triton.cdiv(dim, bd)
-                    ch = max(32, min(4096, triton.next_power_of_2(triton.cdiv(length * nb, target))))
-                    kw = dict(chunk=ch, channel_block=bd)
-                    res.append(f"bd{bd} c{ch} {t(lambda: fwd(**x, **kw)):.3f}")
-            a = ANCHORS[shape]
-            print(f"cmp row {row} {str(dt)[6:]:<8} mamba f {a[0] if dt == torch.float32 else a[2]} "
-                  + " | ".join(res), flush=True)
-            del x, out, dout
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
@@ -223,8 +193,6 @@ def main() -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     p.add_argument("--sweep", action="store_true",
                    help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
-    p.add_argument("--compare", action="store_true",
-                   help="old vs sequential kernels and a sweep of the sequential plan")
     p.add_argument("--profile", action="store_true",
                    help="with --only: run fwd and bwd a few times untimed (for ncu)")
     args = p.parse_args()
@@ -255,9 +223,6 @@ def main() -> int:
 
     if args.sweep:
         sweep(dtypes)
-        return 0
-    if args.compare:
-        compare(dtypes)
         return 0
 
     ok = True

@@ -17,13 +17,11 @@ import triton.language as tl
 
 from .triton_common import (
     _affine_combine,
-    _carry_kernel,
     _decompose_pid,
     _softplus,
     chunk_boundary_states,
     plan_launch,
 )
-from .triton_fwd import _seq_plan, seq_launch
 
 
 @triton.jit
@@ -159,36 +157,6 @@ def _bwd_kernel(
     tl.store(dC_ptr + acc_off, dC_acc, mask=mask_nl)
 
 
-def _boundary_states_seq(dout, u, delta, A, B, C, z, delta_bias, delta_softplus, reverse,
-                         plan, tt):
-    """H (forward state leaving each chunk) and Q (adjoint leaving each chunk), as
-    chunk_boundary_states, with one sequential aggregate launch (both at once) and the
-    two carry scans."""
-    batch, dim, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
-    nc = plan.n_chunks
-    if tt is None:
-        tt = max(1, 16 // u.element_size())
-    tt = min(tt, plan.chunk)
-    splan = _seq_plan(batch, dim, groups, length, u.element_size(), plan.chunk, None, tt)
-    assert splan[0] == plan.chunk and splan[1] == nc, (splan, plan)
-    dev, f32 = u.device, torch.float32
-    S = torch.empty(batch, dim, nc, device=dev, dtype=f32)
-    H = torch.empty(batch, dim, nc, n_state, device=dev, dtype=f32)
-    Q = torch.empty(batch, dim, nc, n_state, device=dev, dtype=f32)
-    seq_launch(S, u=u, delta=delta, z=z, dout=dout, A=A, B=B, C=C, D=None,
-               delta_bias=delta_bias, H=None, out=None, last=None, S=S, E=H, Q=Q,
-               batch=batch, dim=dim, groups=groups, length=length, plan=splan,
-               delta_softplus=delta_softplus, reverse=reverse, output=False, do_fwd=True,
-               do_bwd=True, multi=True, store_last=False, num_warps=max(1, splan[2] // 32))
-    for E, rev in ((H, reverse), (Q, not reverse)):
-        _carry_kernel[(batch * dim,)](
-            S, E, A, S, dim, nc, N=n_state, NP=triton.next_power_of_2(n_state),
-            BLOCK=plan.carry_block, REVERSE=rev, STORE_LAST=False, num_warps=8,
-        )
-    return H, Q
-
-
 def selective_scan_bwd_triton(
     dout: torch.Tensor,
     u: torch.Tensor,
@@ -206,8 +174,6 @@ def selective_scan_bwd_triton(
     channel_block: int | None = None,
     carry_block: int | None = None,
     num_warps: int | None = None,
-    tt: int | None = None,
-    impl: str = "seq",
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: .coord/kernel_contract.md, interface.py).
 
@@ -221,10 +187,7 @@ def selective_scan_bwd_triton(
     A = A.contiguous()
     dev, f32 = u.device, torch.float32
     multi = plan.n_chunks > 1
-    if multi and impl == "seq":
-        H, Q = _boundary_states_seq(dout, u, delta, A, B, C, z, delta_bias, delta_softplus,
-                                    reverse, plan, tt)
-    elif multi:
+    if multi:
         H, Q = chunk_boundary_states(
             u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,
             forward=True, adjoint=True,

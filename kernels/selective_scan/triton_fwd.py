@@ -13,8 +13,6 @@ import triton.language as tl
 
 from .triton_common import (
     _affine_combine,
-    _carry_kernel,
-    seq_kernel,
     _decompose_pid,
     _load_dt,
     chunk_boundary_states,
@@ -91,96 +89,6 @@ def _fwd_output_kernel(
         tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
 
 
-def _seq_plan(batch, dim, groups, length, itemsize, chunk=None, block_d=None, tt=None,
-              target_programs=None):
-    """(chunk, n_chunks, block_d, n_cblk, tt) for the sequential-in-chunk kernels."""
-    per_group = dim // groups
-    if tt is None:
-        tt = max(1, 16 // itemsize)  # one 16-byte vector per thread and tile row
-    if block_d is None:
-        block_d = min(32, triton.next_power_of_2(per_group))
-    block_d = triton.next_power_of_2(max(1, block_d))
-    n_cblk = triton.cdiv(per_group, block_d)
-    if chunk is None:
-        target = target_programs or SEQ_TARGET_PROGRAMS
-        want = max(1, target // (batch * groups * n_cblk))
-        chunk = triton.next_power_of_2(triton.cdiv(length, want))
-        chunk = max(SEQ_MIN_CHUNK, min(SEQ_MAX_CHUNK, chunk))
-    chunk = triton.cdiv(chunk, tt) * tt
-    if chunk >= length:  # one chunk: no carries
-        chunk = triton.cdiv(length, tt) * tt
-    n_chunks = triton.cdiv(length, chunk)
-    if n_chunks * batch * groups * n_cblk >= 2**31:
-        raise ValueError("selective scan too large for one launch; use a larger chunk")
-    return chunk, n_chunks, block_d, n_cblk, tt
-
-
-# Defaults measured on an H100 (.coord/kernel_notes.md).
-SEQ_TARGET_PROGRAMS = 4096
-SEQ_MIN_CHUNK = 32
-SEQ_MAX_CHUNK = 2048
-
-
-def seq_launch(kernel_args, *, u, delta, z, dout, A, B, C, D, delta_bias, H, out, last,
-               S, E, Q, batch, dim, groups, length, plan, delta_softplus, reverse, output,
-               do_fwd, do_bwd, multi, store_last, num_warps):
-    """Launch the generated sequential kernel (triton_common.seq_kernel)."""
-    chunk, n_chunks, block_d, n_cblk, tt = plan
-    n_state = A.shape[1]
-    kern = seq_kernel(n_state, tt)
-    dummy = kernel_args
-    zz = z if z is not None else delta
-    oo = dout if dout is not None else delta
-    uu = u if u is not None else delta
-    kern[(n_chunks * batch * groups * n_cblk,)](
-        uu, delta, zz, oo, A, B, C, D if D is not None else dummy,
-        delta_bias if delta_bias is not None else dummy,
-        H if H is not None else dummy, out if out is not None else dummy,
-        last if last is not None else dummy, S if S is not None else dummy,
-        E if E is not None else dummy, Q if Q is not None else dummy,
-        dim, groups, length, n_chunks, n_cblk, batch * groups * n_cblk, dim // groups,
-        *uu.stride(), *delta.stride(), *zz.stride(), *oo.stride(),
-        *B.stride(), *C.stride(),
-        BLOCK_D=block_d, CHUNK=chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None, REVERSE=reverse,
-        OUTPUT=output, DO_FWD=do_fwd, DO_BWD=do_bwd, MULTI_CHUNK=multi,
-        STORE_LAST=store_last, num_warps=num_warps,
-    )
-
-
-def _fwd_seq(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
-             chunk, channel_block, carry_block, num_warps, tt):
-    batch, dim, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
-    plan = _seq_plan(batch, dim, groups, length, u.element_size(), chunk, channel_block, tt)
-    chunk, n_chunks, block_d, n_cblk, tt = plan
-    if num_warps is None:
-        num_warps = max(1, block_d // 32)
-    last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
-    multi = n_chunks > 1
-    common = dict(u=u, delta=delta, z=z, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
-                  batch=batch, dim=dim, groups=groups, length=length, plan=plan,
-                  delta_softplus=delta_softplus, reverse=reverse, num_warps=num_warps)
-    H = None
-    if multi:
-        S = torch.empty(batch, dim, n_chunks, device=u.device, dtype=torch.float32)
-        H = torch.empty(batch, dim, n_chunks, n_state, device=u.device, dtype=torch.float32)
-        seq_launch(S, dout=None, H=None, out=None, last=None, S=S, E=H, Q=None,
-                   output=False, do_fwd=True, do_bwd=False, multi=True, store_last=False,
-                   **common)
-        if carry_block is None:
-            carry_block = min(512, max(16, triton.next_power_of_2(n_chunks)))
-        _carry_kernel[(batch * dim,)](
-            S, H, A, last_state, dim, n_chunks,
-            N=n_state, NP=triton.next_power_of_2(n_state), BLOCK=carry_block,
-            REVERSE=reverse, STORE_LAST=True, num_warps=8,
-        )
-    seq_launch(last_state, dout=None, H=H, out=out, last=last_state, S=None, E=None,
-               Q=None, output=True, do_fwd=False, do_bwd=False, multi=multi,
-               store_last=not multi, **common)
-    return out, last_state
-
-
 def selective_scan_fwd_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -198,8 +106,6 @@ def selective_scan_fwd_triton(
     channel_block: int | None = None,
     carry_block: int | None = None,
     num_warps: int | None = None,
-    tt: int | None = None,
-    impl: str = "seq",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward host function (contract: .coord/kernel_contract.md, interface.py).
 
@@ -211,6 +117,8 @@ def selective_scan_fwd_triton(
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
+    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
+                       num_warps, n_state)
     A = A.contiguous()
     if out is None:
         out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
@@ -219,11 +127,6 @@ def selective_scan_fwd_triton(
             f"out must be a contiguous {tuple(u.shape)} {u.dtype} tensor, got "
             f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}"
         )
-    if impl == "seq":
-        return _fwd_seq(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
-                        chunk, channel_block, carry_block, num_warps, tt)
-    plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
-                       num_warps, n_state)
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
     multi = plan.n_chunks > 1
     if multi:

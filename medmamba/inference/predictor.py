@@ -9,7 +9,6 @@ it over a folder.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ import numpy as np
 import torch
 
 from medmamba.data.io import Geometry
-from medmamba.errors import CheckpointError, ConfigError, PlansError
+from medmamba.errors import CheckpointError, ConfigError, DatasetError, PlansError
 from medmamba.inference.export import labels_from_probabilities, to_original_grid
 from medmamba.inference.sliding_window import sliding_window_logits
-
-logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 
@@ -193,6 +190,9 @@ class Predictor:
         from medmamba.preprocessing.preprocess import preprocess_case
         from medmamba.preprocessing.resampling import resample_to_shape
 
+        if images.ndim != 4:
+            raise DatasetError(f"image has {images.ndim - 1} spatial axes; medmamba predicts 3D "
+                               "volumes (save 2D images as volumes of one slice)")
         data, _, properties = preprocess_case(images, geometry, self.plan)
         probabilities = self.probabilities(data).float().cpu().numpy()
         resampling = self.plan.resampling

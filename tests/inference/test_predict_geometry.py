@@ -84,3 +84,16 @@ def test_mask_has_input_geometry_and_lands_on_the_box(tmp_path, dims, target, pa
     probabilities = np.load(tmp_path / "out" / "oblique.npz")["probabilities"]
     assert probabilities.shape == (2, *SHAPE)
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(0), 1.0, atol=2e-3)
+
+
+def test_two_d_image_is_reported_not_crashed(tmp_path):
+    geometry = Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0),
+                        shape=(12, 14))
+    path = tmp_path / "flat_0000.nii.gz"
+    write_image(np.ones((12, 14), np.float32), geometry, path)
+    model = FoldModel(0, Threshold(), {"patch_size": [8, 8, 8]})
+    predictor = Predictor([model], configuration_plan(3, (1.0, 1.0, 1.0)), [0, 1],
+                          torch.device("cpu"))
+    report = predict_cases(predictor, [Case("flat", (path,), None)], tmp_path / "out", ".nii.gz",
+                           PredictionReport(tmp_path / "out"), progress=False)
+    assert not report.ok and "3D volumes" in report.failed["flat"]
