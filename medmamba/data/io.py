@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -176,18 +178,46 @@ def write_image(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write bytes to ``path`` through a temporary sibling and an atomic rename."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary sibling, fsync it, then rename it onto ``path``.
+
+    A reader (or a resume after SIGKILL) sees the old file or the new one, never a
+    half-written one; a leftover ``.tmp`` file from a killed writer is never read.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                                  dir=path.parent)
+    temporary = Path(temporary_name)
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(payload)
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform/filesystem allows it.
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write bytes to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(payload))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

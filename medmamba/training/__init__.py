@@ -3,5 +3,5 @@ loop with exact resume, checkpoints, DDP. Entry point: :func:`medmamba.api.train
 
 Modules: config (TrainingConfig), setup (WORK -> RunSpec), trainer (the loop), data
 (batches as a pure function of the step), augment, loss, optim (poly lr), checkpoint,
-fileio (atomic writes), splits, distributed, progress (log + plot), paths.
+splits, distributed, progress (log + plot), paths.
 """

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medmamba.errors import CheckpointError
-from medmamba.training.fileio import atomic_write_bytes
+from medmamba.data.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medmamba.training.fileio import atomic_write_bytes, atomic_write_text
+from medmamba.data.io import atomic_write_bytes, atomic_write_text
 
 LOG_FILE = "training_log.json"
 PLOT_FILE = "progress.png"

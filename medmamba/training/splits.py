@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medmamba.errors import ConfigError
-from medmamba.training.fileio import atomic_write_text
+from medmamba.data.io import atomic_write_text
 
 SPLITS_FILE = "splits_final.json"
 DEFAULT_FOLDS = 5

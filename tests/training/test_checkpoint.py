@@ -13,7 +13,7 @@ import torch
 
 from medmamba.errors import CheckpointError
 from medmamba.training import checkpoint as ckpt
-from medmamba.training.fileio import atomic_write
+from medmamba.data.io import atomic_write
 
 
 def _state() -> dict:
@@ -109,7 +109,7 @@ def test_sigkill_during_write_keeps_the_previous_file(tmp_path: Path):
         f"""
         import time
         from pathlib import Path
-        from medmamba.training.fileio import atomic_write
+        from medmamba.data.io import atomic_write
 
         def slow(handle):
             for _ in range(1000):
