@@ -175,7 +175,7 @@ ok "shellcheck: ${#scripts[@]} scripts"
 
 # --------------------------------------------------------------------------------------
 step "build $IMAGE (podman build --pull=never, CPU torch from the wheelhouse)"
-VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1)
+VERSION=$(sed -n '/^version *=/{s/^version *= *"\(.*\)"/\1/p;q}' "$REPO/pyproject.toml")
 REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 # --no-cache: the wheelhouse is a bind mount, which the layer cache does not key on.
 podman build --pull=never --no-cache \
@@ -269,22 +269,23 @@ else
     echo "    skipped train and predict: this build's CLI has no such commands yet"
 fi
 
-not_owned=$(find "$RUN_DIR"/raw "$RUN_DIR"/work "$RUN_DIR"/pred ! -uid "$RUN_UID" | head -5)
+not_owned=$(find "$RUN_DIR"/raw "$RUN_DIR"/work "$RUN_DIR"/pred ! -uid "$RUN_UID" | sed -n 1,5p)
 [ -z "$not_owned" ] || fail "outputs not owned by uid $RUN_UID: $not_owned"
 ok "all $(find "$RUN_DIR"/{raw,work,pred} | wc -l) files and folders written are owned by uid $RUN_UID"
 
 # --------------------------------------------------------------------------------------
 step "Apptainer definition: sections, spython conversion built with podman, %test, %runscript"
 DEF=$REPO/docker/apptainer.def
-head_line() { sed -n "s/^$1: *//p" "$DEF" | head -1; }
+head_line() { sed -n "/^$1:/{s/^$1: *//p;q}" "$DEF"; }
 [ "$(head_line Bootstrap)" = docker-archive ] || fail "Bootstrap is '$(head_line Bootstrap)', want docker-archive"
 for section in %labels %runscript %test %help; do
     grep -q "^$section" "$DEF" || fail "apptainer.def has no $section section"
 done
 # A section's body: the lines after its header up to the next section.
 section_body() { awk -v s="$1" '/^%/ { on = ($1 == s); next } on' "$DEF"; }
+help_text=$(section_body %help)
 for path in /data /work /output; do
-    section_body %help | grep -q "$path" || fail "%help does not document the bind path $path"
+    grep -q "$path" <<<"$help_text" || fail "%help does not document the bind path $path"
 done
 ok "Bootstrap docker-archive; %labels %runscript %test %help; %help documents /data /work /output"
 CONVERTED=$CACHE/apptainer.Dockerfile
@@ -302,8 +303,9 @@ apptainer_run() { # like Apptainer: the calling user, read-only image, no networ
 }
 tested=$(apptainer_run /tests.sh) || fail "the %test section failed"
 ok "%test passed (printed: $tested)"
-apptainer_run -c "$(section_body %runscript)" runscript --help | grep -q "preprocess" ||
-    fail "%runscript with --help did not print medmamba's help"
+runscript_help=$(apptainer_run -c "$(section_body %runscript)" runscript --help) ||
+    fail "%runscript with --help exited non-zero"
+grep -q "preprocess" <<<"$runscript_help" || fail "%runscript with --help did not print medmamba's help"
 ok "%runscript passes its arguments to medmamba"
 podman rmi "$APPTAINER_IMAGE" >/dev/null
 
