@@ -41,7 +41,7 @@ def run_or_exit(action: Callable[[], T]) -> T:
 
 @app.callback()
 def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     """medmamba: plan, preprocess, train, predict and evaluate."""
     logging.basicConfig(
