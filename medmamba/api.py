@@ -193,7 +193,8 @@ def train(
     """
     from medmamba.training.config import TrainingConfig
     from medmamba.training.distributed import DistInfo
-    from medmamba.training.setup import default_workers, resolve_device, resolve_run
+    from medmamba.devices import resolve_device
+    from medmamba.training.setup import default_workers, resolve_run
     from medmamba.training.trainer import Trainer
 
     overrides = {

@@ -289,14 +289,23 @@ def _distributed_env() -> dict:
     """torchrun's variables (this is the only place that reads them)."""
     import os
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    from medmamba.errors import ConfigError
+
+    def number(name: str, default: str) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            raise ConfigError(f"environment variable {name} must be an integer, "
+                              f"got '{os.environ[name]}'") from None
+
+    world_size = number("WORLD_SIZE", "1")
     if world_size <= 1:
         return {}
     address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     return {
-        "rank": int(os.environ.get("RANK", "0")),
+        "rank": number("RANK", "0"),
         "world_size": world_size,
-        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "local_rank": number("LOCAL_RANK", "0"),
         "init_method": f"tcp://{address}:{port}" if address and port else None,
     }
 
@@ -328,7 +337,7 @@ def train(
 
     overrides = {"features_per_stage": run_or_exit(lambda: _int_list(features, "--features"))} if features else None
     patch = tuple(run_or_exit(lambda: _int_list(patch_size, "--patch-size"))) if patch_size else None
-    dist = _distributed_env()
+    dist = run_or_exit(_distributed_env)
     fold_dir = run_or_exit(lambda: api.train(
         work, configuration=configuration, network=network, fold=fold, epochs=epochs,
         iters_per_epoch=iters_per_epoch, val_batches=val_batches, device=device, resume=resume,

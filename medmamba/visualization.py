@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from medmamba.data.io import read_image, temporary_sibling
+from medmamba.data.io import atomic_write, read_image
 from medmamba.errors import DatasetError
 
 #: Label value -> colour (RGB, 0..1); values beyond the table cycle through it.
@@ -74,34 +73,30 @@ def save_montage(image: np.ndarray, prediction: np.ndarray | None, reference: np
     rows = max(1, len(overlays))
     low, high = _window(image)
     aspect = float(spacing[-2]) / float(spacing[-1])
+    output = Path(output)
     fig, axes = plt.subplots(rows, len(slices), figsize=(2.4 * len(slices), 2.6 * rows),
                              squeeze=False)
-    for column, z in enumerate(slices):
-        for row in range(rows):
-            ax = axes[row][column]
-            ax.imshow(image[z], cmap="gray", vmin=low, vmax=high, aspect=aspect,
-                      interpolation="nearest")
-            if overlays:
-                name, mask = overlays[row]
-                ax.imshow(_rgba(mask[z], alpha), aspect=aspect, interpolation="nearest")
-                if column == 0:
-                    ax.set_ylabel(name)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"z = {z}", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(output)
     try:
-        fig.savefig(temporary, dpi=100, format="png")
-        os.replace(temporary, output)
+        for column, z in enumerate(slices):
+            for row in range(rows):
+                ax = axes[row][column]
+                ax.imshow(image[z], cmap="gray", vmin=low, vmax=high, aspect=aspect,
+                          interpolation="nearest")
+                if overlays:
+                    name, mask = overlays[row]
+                    ax.imshow(_rgba(mask[z], alpha), aspect=aspect, interpolation="nearest")
+                    if column == 0:
+                        ax.set_ylabel(name)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(f"z = {z}", fontsize=9)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        atomic_write(output, lambda handle: fig.savefig(handle, dpi=100, format="png"))
     finally:
-        plt.close(fig)
-        temporary.unlink(missing_ok=True)
+        plt.close(fig)  # pyplot keeps every open figure alive otherwise
     return output
 
 

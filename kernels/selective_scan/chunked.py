@@ -153,7 +153,8 @@ class _Problem:
         return raw, F.softplus(raw)
 
     def states(self, dt, u_t, B_t, d0, d1, reverse: bool):
-        """(a, v, h): decays exp(dt*A), drives dt*u*B, states h (in v's place: v is lost)."""
+        """(a, dtu, h): decays exp(dt*A), dt*u, and the states h (built in place of the
+        drives dt*u*B, which are not kept)."""
         shape = (*dt.shape, self.nstate)
         a = self.buffers.take("a", shape)
         torch.mul(dt.unsqueeze(-1), self.A[:, d0:d1], out=a).exp_()

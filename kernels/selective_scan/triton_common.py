@@ -70,8 +70,7 @@ def plan_launch(
         whole = max(16, triton.next_power_of_2(length))
         # a sequence that fits one tile runs as one chunk: one launch, no carries
         chunk = whole if whole <= _MAX_SINGLE_CHUNK[backward] else _MAX_CHUNK[backward]
-    if chunk < 1 or chunk & (chunk - 1):
-        raise ValueError(f"chunk must be a power of two, got {chunk}")
+    _check_power_of_two("chunk", chunk)
     n_chunks = triton.cdiv(length, chunk)
     per_group = dim // groups
     if channel_block is None:
@@ -82,6 +81,7 @@ def plan_launch(
     n_channel_blocks = triton.cdiv(per_group, channel_block)
     if carry_block is None:
         carry_block = min(512, max(16, triton.next_power_of_2(n_chunks)))
+    _check_power_of_two("carry_block", carry_block)  # a tl.arange length
     if num_warps is None:
         tile = chunk * triton.next_power_of_2(n_state)
         num_warps = max(1, min(8, tile // _ELEMENTS_PER_WARP[backward]))
@@ -92,6 +92,11 @@ def plan_launch(
             "use a larger chunk"
         )
     return plan
+
+
+def _check_power_of_two(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two, got {value}")
 
 
 @triton.jit

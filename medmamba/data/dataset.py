@@ -58,34 +58,42 @@ def load_dataset_json(root: Path) -> DatasetInfo:
         raise DatasetError("dataset folder does not exist", root)
     if not path.is_file():
         raise DatasetError("missing dataset.json (nnU-Net v2 raw layout expected)", path)
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"not valid JSON ({error})", path) from None
-    if not isinstance(raw, dict):
-        raise DatasetError("must hold a JSON object", path)
+    raw = read_json_object(path)
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise DatasetError(f"missing key(s): {', '.join(missing)}", path)
     return DatasetInfo(
         root=Path(root),
         name=str(raw.get("name", Path(root).name)),
-        channel_names=_parse_channels(raw["channel_names"], path),
+        channel_names=parse_channel_map(raw["channel_names"], path),
         labels=_parse_labels(raw["labels"], path),
         num_training=_parse_int(raw["numTraining"], "numTraining", path),
         file_ending=_parse_ending(raw["file_ending"], path),
     )
 
 
-def _parse_channels(value: object, path: Path) -> tuple[str, ...]:
-    if not isinstance(value, dict) or not value:
-        raise DatasetError("'channel_names' must be a non-empty object {\"0\": \"CT\", ...}", path)
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; DatasetError if it is not valid JSON or not an object."""
     try:
-        indexed = {int(key): str(name) for key, name in value.items()}
+        raw = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"not valid JSON ({error})", path) from None
+    if not isinstance(raw, dict):
+        raise DatasetError("must hold a JSON object", path)
+    return raw
+
+
+def parse_channel_map(value: object, path: Path, key: str = "channel_names",
+                      example: str = "CT") -> tuple[str, ...]:
+    """``{"0": name, "1": name, ...}`` (keys exactly 0..n-1) -> names in channel order."""
+    if not isinstance(value, dict) or not value:
+        raise DatasetError(f"'{key}' must be a non-empty object {{\"0\": \"{example}\", ...}}", path)
+    try:
+        indexed = {int(k): str(name) for k, name in value.items()}
     except ValueError:
-        raise DatasetError("'channel_names' keys must be channel numbers \"0\", \"1\", ...", path) from None
+        raise DatasetError(f"'{key}' keys must be channel numbers \"0\", \"1\", ...", path) from None
     if sorted(indexed) != list(range(len(indexed))):
-        raise DatasetError(f"'channel_names' keys must be 0..{len(indexed) - 1}", path)
+        raise DatasetError(f"'{key}' keys must be 0..{len(indexed) - 1}", path)
     return tuple(indexed[i] for i in range(len(indexed)))
 
 

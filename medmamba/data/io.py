@@ -69,14 +69,19 @@ def _sitk():
     return sitk
 
 
+def read_sitk(path: Path):
+    """The SimpleITK image in ``path``; DatasetError naming the file when it cannot be read."""
+    try:
+        return _sitk().ReadImage(str(path))
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise DatasetError(f"cannot read image ({lines[-1].strip() if lines else ''})", path) from None
+
+
 def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read one 3D (or 2D) single-channel image in its stored dtype."""
     sitk = _sitk()
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise DatasetError(f"cannot read image ({first_line.strip()})", path) from None
+    image = read_sitk(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(
             f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medmamba.data.io import staged_directory
+from medmamba.data.dataset import parse_channel_map, read_json_object
+from medmamba.data.io import read_sitk, staged_directory
 from medmamba.data.parallel import map_with_progress
 from medmamba.errors import DatasetError
 
@@ -39,7 +40,7 @@ def convert_msd(src: Path, dst: Path, workers: int | None = None, progress: bool
     """Convert the Decathlon task folder ``src`` into a new nnU-Net v2 raw dataset ``dst``."""
     src, dst = Path(src), Path(dst)
     raw = _read_msd_json(src)
-    channels = _parse_modality(raw["modality"], src / "dataset.json")
+    channels = parse_channel_map(raw["modality"], src / "dataset.json", "modality", "FLAIR")
     labels = _invert_labels(raw["labels"], src / "dataset.json")
     training = _training_pairs(raw["training"], src)
     test = _test_images(raw.get("test", []), src)
@@ -66,12 +67,7 @@ def _read_msd_json(src: Path) -> dict:
     path = src / "dataset.json"
     if not path.is_file():
         raise DatasetError("missing dataset.json (Decathlon task folder expected)", path)
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"not valid JSON ({error})", path) from None
-    if not isinstance(raw, dict):
-        raise DatasetError("must hold a JSON object", path)
+    raw = read_json_object(path)
     if "channel_names" in raw and "modality" not in raw:
         raise DatasetError("already in the nnU-Net v2 layout (has 'channel_names'); "
                            "no conversion needed", path)
@@ -79,18 +75,6 @@ def _read_msd_json(src: Path) -> dict:
     if missing:
         raise DatasetError(f"not a Decathlon dataset.json: missing key(s) {', '.join(missing)}", path)
     return raw
-
-
-def _parse_modality(value: object, path: Path) -> tuple[str, ...]:
-    if not isinstance(value, dict) or not value:
-        raise DatasetError("'modality' must be a non-empty object {\"0\": \"FLAIR\", ...}", path)
-    try:
-        indexed = {int(key): str(name) for key, name in value.items()}
-    except ValueError:
-        raise DatasetError("'modality' keys must be channel numbers \"0\", \"1\", ...", path) from None
-    if sorted(indexed) != list(range(len(indexed))):
-        raise DatasetError(f"'modality' keys must be 0..{len(indexed) - 1}", path)
-    return tuple(indexed[i] for i in range(len(indexed)))
 
 
 def _invert_labels(value: object, path: Path) -> dict[str, int]:
@@ -183,7 +167,7 @@ def _convert_case(job: _Job) -> None:
 def _split_channels(path: Path, out: Path, case_id: str, num_channels: int) -> None:
     import SimpleITK as sitk
 
-    image = _read_sitk(path)
+    image = read_sitk(path)
     dimension = image.GetDimension()
     if dimension == 3 and image.GetNumberOfComponentsPerPixel() == 1:
         if num_channels != 1:
@@ -217,14 +201,4 @@ def _copy_as_nifti_gz(path: Path, target: Path) -> None:
         return
     import SimpleITK as sitk
 
-    sitk.WriteImage(_read_sitk(path), str(target), useCompression=True)
-
-
-def _read_sitk(path: Path):
-    import SimpleITK as sitk
-
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        lines = str(error).strip().splitlines()
-        raise DatasetError(f"cannot read image ({lines[-1].strip() if lines else ''})", path) from None
+    sitk.WriteImage(read_sitk(path), str(target), useCompression=True)

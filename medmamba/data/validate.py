@@ -8,7 +8,6 @@ do not fail validation. Each problem names one file.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 from medmamba.data.dataset import (
     REQUIRED_KEYS,
     _CHANNEL_SUFFIX,
-    _parse_channels,
     _parse_ending,
     _parse_int,
     _parse_labels,
+    parse_channel_map,
+    read_json_object,
 )
 from medmamba.data.io import SUPPORTED_ENDINGS, Geometry, read_header, read_image
 from medmamba.data.parallel import map_with_progress
@@ -130,12 +130,9 @@ def _check_dataset_json(root: Path, report: ValidationReport) -> _Header:
         report.error(path, "missing dataset.json (nnU-Net v2 raw layout expected)")
         return nothing
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        report.error(path, f"not valid JSON ({error})")
-        return nothing
-    if not isinstance(raw, dict):
-        report.error(path, "must hold a JSON object")
+        raw = read_json_object(path)
+    except DatasetError as error:
+        report.error(path, error.message)
         return nothing
     decathlon = "modality" in raw and "channel_names" not in raw
     hint = " (this looks like a Decathlon dataset.json: convert it with medmamba convert-msd)" if decathlon else ""
@@ -152,7 +149,7 @@ def _check_dataset_json(root: Path, report: ValidationReport) -> _Header:
             report.error(path, error.message)
             return None
 
-    channels = parse("channel_names", _parse_channels)
+    channels = parse("channel_names", parse_channel_map)
     return _Header(
         num_channels=len(channels) if channels is not None else None,
         labels=parse("labels", _parse_labels),

@@ -107,7 +107,8 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
     channel layout of the folder) raise; a case that cannot be read is recorded in the
     report's ``failed`` and the others continue.
     """
-    from medmamba.inference.predictor import Predictor, load_fold_models, resolve_device, resolve_run
+    from medmamba.devices import resolve_device
+    from medmamba.inference.predictor import Predictor, load_fold_models, resolve_run
     from medmamba.planning.plans import Plans
 
     if batch_windows < 1:

@@ -20,8 +20,7 @@ from medmamba.data.io import Geometry
 from medmamba.errors import CheckpointError, ConfigError, DatasetError, PlansError
 from medmamba.inference.export import labels_from_probabilities, to_original_grid
 from medmamba.inference.sliding_window import sliding_window_logits
-
-RESULTS_DIR = "results"
+from medmamba.training.paths import RESULTS_DIR
 
 
 @dataclass(frozen=True)
@@ -29,18 +28,6 @@ class FoldModel:
     fold: int
     network: torch.nn.Module
     meta: dict
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; an unavailable CUDA is a ConfigError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    if device.type not in ("cuda", "cpu"):
-        raise ConfigError(f"unsupported device '{device}'; allowed: cuda, cpu")
-    return device
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -97,14 +84,16 @@ def resolve_run(work: Path, network: str | None, configuration: str | None,
 def load_fold_models(fold_dirs: Sequence[Path], plans, configuration: str,
                      device: torch.device, checkpoint: str = "latest") -> list[FoldModel]:
     """Load each fold's network once, checking it matches the plans and the other folds."""
-    from medmamba.training.checkpoint import build_inference_network, load_checkpoint_for_inference
+    from medmamba.training.checkpoint import (
+        build_inference_network, load_checkpoint_for_inference, resolve_checkpoint_path,
+    )
 
     plan = plans.configuration(configuration)
     expected_hash = plan.data_hash()
     models = []
     for fold_dir in fold_dirs:
         state_dict, meta = load_checkpoint_for_inference(fold_dir, checkpoint=checkpoint)
-        source = fold_dir / f"checkpoint_{checkpoint}.pt"
+        source = resolve_checkpoint_path(fold_dir, checkpoint)
         if meta.get("configuration") != configuration:
             raise CheckpointError(
                 f"trained for configuration '{meta.get('configuration')}', not '{configuration}'",

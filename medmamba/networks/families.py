@@ -207,11 +207,13 @@ def mhs_unet(
     """A plain conv U-Net whose encoder stages end in multi-head-scan token mixers
     (none at full resolution by default: the first stage holds the most tokens)."""
     use_ssm = parse_ssm(ssm, True, "mhs_unet")
+    if mhs_heads < 1:
+        raise ConfigError(f"mhs_heads must be >= 1, got {mhs_heads}")
     ops = ops_for(spatial_dims)
     features, kernels, steps = stage_spec(features_per_stage, kernel_sizes, strides, spatial_dims)
     n = len(features)
     convs = per_stage(n_conv_per_stage, n, "n_conv_per_stage")
-    mixers = per_stage(n_mhs_per_stage, n, "n_mhs_per_stage")
+    mixers = per_stage(n_mhs_per_stage, n, "n_mhs_per_stage", minimum=0)
     stages = nn.ModuleList()
     previous = in_channels
     for s in range(n):

@@ -116,8 +116,8 @@ def lightm_unet(
     use_ssm = parse_ssm(ssm, True, "lightm_unet")
     ops = ops_for(spatial_dims)
     features, kernels, steps = stage_spec(features_per_stage, kernel_sizes, strides, spatial_dims)
-    n_rvm = per_stage(n_rvm_per_stage, len(features), "n_rvm_per_stage")
-    if any(count < 1 for count in n_rvm[1:]) or n_rvm[0] < 0:
+    n_rvm = per_stage(n_rvm_per_stage, len(features), "n_rvm_per_stage", minimum=0)
+    if any(count < 1 for count in n_rvm[1:]):
         raise ConfigError(f"n_rvm_per_stage needs >= 1 layer in every stage after the first, got {list(n_rvm)}")
     net = LightMUNet(ops, in_channels, num_classes, features, kernels, steps, n_rvm, deep_supervision, use_ssm, bidirectional)
     he_init(net)

@@ -64,8 +64,7 @@ def build_network(name: str, **kwargs: object) -> nn.Module:
     params = inspect.signature(family.builder).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        allowed = [k for k in params]
-        raise suggest(unknown[0], allowed, f"keyword for network {name}")
+        raise suggest(unknown[0], list(params), f"keyword for network {name}")
     missing = [k for k in STAGE_SPEC if k not in kwargs]
     if missing:
         raise ConfigError(f"network {name} needs {', '.join(missing)}")

@@ -12,13 +12,11 @@ own bytes).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from medmamba.data.io import atomic_write_text
+from medmamba.data.io import atomic_write, atomic_write_text
 from medmamba.errors import PlansError
 
 MANIFEST = "manifest.json"
@@ -31,16 +29,7 @@ def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def save_case(folder: Path, case_id: str, data: np.ndarray, seg: np.ndarray | None,

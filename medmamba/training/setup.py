@@ -88,19 +88,6 @@ def resolve_run(
     )
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
-        raise ConfigError(f"unknown device '{device}'; allowed: cuda, cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def default_workers(device: torch.device) -> int:
     """Worker processes when not given: on a GPU min(8, cores - 1); on the CPU the cores
     are busy training, so 1 worker (0 on a single core)."""

@@ -4,6 +4,7 @@ state and every gradient over a grid of shapes and flags, plus gradcheck in floa
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -67,7 +68,8 @@ def poisoned_empty(monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_chunked_matches_reference(case: ScanCase, poisoned_empty) -> None:
     inputs = case.inputs()
-    seed = hash(case.id) % 2**31
+    # crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
+    seed = zlib.crc32(case.id.encode())
     want = run_with_grads(selective_scan_reference, inputs, case.flags(), seed)
 
     def chunked_path(**kw):

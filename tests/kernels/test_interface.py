@@ -75,6 +75,7 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch) -> None:
 
 
 def test_auto_on_cpu_is_torch_and_float64_only_there() -> None:
+    assert interface._resolve(Backend.AUTO, torch.device("cpu")) is Backend.TORCH
     x = _inputs()
     torch.testing.assert_close(selective_scan(**x), selective_scan(**x, backend="torch"))
     x64 = {k: v.double() for k, v in x.items()}

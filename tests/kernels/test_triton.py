@@ -194,6 +194,13 @@ def test_launch_plan_keeps_large_channel_counts_on_one_grid_axis() -> None:
     assert plan.n_chunks * plan.chunk >= 2_097_152
 
 
+@pytest.mark.parametrize("override", [{"chunk": 24}, {"carry_block": 3}], ids=str)
+def test_launch_plan_refuses_tile_sizes_that_are_not_powers_of_two(override: dict) -> None:
+    (name,) = override
+    with pytest.raises(ValueError, match=f"^{name}: expected a power of two"):
+        plan_launch(batch=1, dim=4, groups=1, length=100, **override)
+
+
 @pytest.mark.slow
 def test_many_channels_small_length() -> None:
     # batch * dim > 65,535 end to end (tiny L, N = 1, one channel per program group block)

@@ -54,3 +54,17 @@ def test_knobs_are_the_keyword_only_arguments() -> None:
     assert get_family("mhs_unet").knobs["mhs_heads"] == 4
     assert "n_rvm_per_stage" in get_family("lightm_unet").knobs
     assert get_family("resenc_unet").knobs["n_blocks_per_stage"][:4] == (1, 3, 4, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "knob", "match"),
+    [
+        ("plainconv_unet", {"n_conv_per_stage": [2, 0, 2]}, "n_conv_per_stage must be >= 1"),
+        ("resenc_unet", {"n_blocks_per_stage": -1}, "n_blocks_per_stage must be >= 1"),
+        ("mhs_unet", {"n_mhs_per_stage": [0, -1, 1]}, "n_mhs_per_stage must be >= 0"),
+        ("mhs_unet", {"mhs_heads": 0}, "mhs_heads must be >= 1"),
+    ],
+)
+def test_bad_counts_name_the_knob(name: str, knob: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_network(name, **knob, **tiny_kwargs(2))

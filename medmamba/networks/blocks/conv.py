@@ -67,14 +67,16 @@ def stage_spec(
     return features, kernels, steps
 
 
-def per_stage(value: int | Sequence[int], n_stages: int, what: str) -> tuple[int, ...]:
-    """A per-stage knob: an int for every stage, or a list at least ``n_stages`` long."""
-    if isinstance(value, int):
-        return (value,) * n_stages
-    values = tuple(int(v) for v in value)
+def per_stage(value: int | Sequence[int], n_stages: int, what: str, minimum: int = 1) -> tuple[int, ...]:
+    """A per-stage count: an int for every stage, or a list at least ``n_stages`` long;
+    every used entry must be >= ``minimum``."""
+    values = (value,) * n_stages if isinstance(value, int) else tuple(int(v) for v in value)
     if len(values) < n_stages:
         raise ConfigError(f"{what} needs {n_stages} entries (one per stage), got {list(values)}")
-    return values[:n_stages]
+    values = values[:n_stages]
+    if any(v < minimum for v in values):
+        raise ConfigError(f"{what} must be >= {minimum} in every stage, got {list(values)}")
+    return values
 
 
 def padding_for(kernel: tuple[int, ...]) -> tuple[int, ...]:

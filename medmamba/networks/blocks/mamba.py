@@ -74,7 +74,7 @@ class ScanBranch(nn.Module):
     ) -> None:
         super().__init__()
         if d_inner % groups:
-            raise ValueError(f"d_inner {d_inner} is not divisible by groups {groups}")
+            raise ValueError(f"groups: expected a divisor of d_inner={d_inner}, got {groups}")
         self.d_inner, self.dt_rank, self.d_state, self.groups = d_inner, dt_rank, d_state, groups
         self.reverse, self.ssm, self.d_conv = reverse, ssm, d_conv
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)

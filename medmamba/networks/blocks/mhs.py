@@ -83,7 +83,7 @@ class MultiHeadScan(nn.Module):
         super().__init__()
         self.routes = routes if routes is not None else default_routes(spatial_dims, n_heads)
         if len(self.routes) != n_heads:
-            raise ValueError(f"need one route per head: {n_heads} heads, {len(self.routes)} routes")
+            raise ValueError(f"routes: expected one route per head ({n_heads}), got {len(self.routes)}")
         self.n_heads = n_heads
         self.d_head = math.ceil(expand * d_model / n_heads)
         d_inner = self.d_head * n_heads

@@ -8,14 +8,12 @@ decoder stage whether or not deep supervision is on, so one state dict serves bo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from medmamba.networks.blocks.conv import Ops, StackedConvBlocks
-
-DecoderBlock = Callable[[int, int, tuple[int, ...]], nn.Module]
 
 
 class UNetDecoder(nn.Module):
@@ -28,7 +26,6 @@ class UNetDecoder(nn.Module):
         num_classes: int,
         n_conv_per_stage: Sequence[int],
         deep_supervision: bool,
-        block: DecoderBlock | None = None,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -40,10 +37,7 @@ class UNetDecoder(nn.Module):
             below, here = features[-s], features[-(s + 1)]
             stride = strides[-s]
             self.upsample.append(ops.transposed_conv(below, here, stride, stride))
-            if block is None:
-                self.stages.append(StackedConvBlocks(ops, n_conv_per_stage[s - 1], 2 * here, here, kernels[-(s + 1)]))
-            else:
-                self.stages.append(block(2 * here, here, kernels[-(s + 1)]))
+            self.stages.append(StackedConvBlocks(ops, n_conv_per_stage[s - 1], 2 * here, here, kernels[-(s + 1)]))
             self.seg_heads.append(ops.conv(here, num_classes, 1))
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

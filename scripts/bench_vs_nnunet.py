@@ -1,0 +1,396 @@
+"""Accuracy and speed against nnU-Net on one GPU: hippocampus fold 0 at nnU-Net's wall time.
+
+    python scripts/bench_vs_nnunet.py OUT --data .devdata/bench/hippo/Dataset004_Hippocampus \
+        --split-file .devdata/bench/hippo/splits_final.json [--networks umamba_bot ...] \
+        [--budget 250] [--brats .devdata/bench/brats3]
+    python scripts/bench_vs_nnunet.py OUT --table-only     # the table from OUT/*.json
+    python scripts/bench_vs_nnunet.py OUT --smoke          # CPU, phantom, 2 iterations (CI)
+
+Plans and preprocesses --data with medmamba into OUT/work, then per network (``NAME`` or
+``NAME:none`` for ``ssm="none"``) trains fold 0 of --split-file within --budget seconds of
+wall time, start-up and final validation (predicting the fold's validation cases with TTA
+and scoring them) included, as nnU-Net's 250 s were. api.train has no wall-time limit, so
+the schedule is chosen here: a warm-up run (2 epochs of --warmup-iters iterations, then
+--calib-cases validation cases predicted with TTA) measures start-up, iterations/s,
+per-epoch validation and s/case; the real run gets as many epochs of --iters-per-epoch as
+fit (fewer iterations in one epoch when not even one fits), so its poly schedule ends on
+time. Reported per network: wall time used, iterations/s (median over epochs), peak GPU
+memory (torch max_memory_allocated / reserved during training: the CUDA context is not in
+them, nvidia-smi's anchor figure includes it), parameters, fold-0 Dice per label (api.predict
++ api.evaluate against labelsTr), inference s/case with and without TTA (api.predict call
+wall time / cases, model loading included) and, with --brats, the same on BraTS-sized cases
+(weights after one training step: speed does not depend on them; median per case, the
+first case excluded as warm-up). Each network's results go to OUT/<dataset>__<tag>.json,
+so runs split over several device calls merge into one table.
+
+Device (H100/H200 image: torch 2.11, triton 3.6, numpy, scipy, rich, typer, matplotlib are
+there; SimpleITK, monai, nibabel, pydantic and its three helpers are not; typing_extensions
+is carried because pydantic needs >= 4.16): carry .devdata/bench/env (sitk.tar.xz + wheels/)
+and .devdata/bench/hippo (or .devdata/bench/brats3: both with env would pass 64 MiB), and
+start the command with
+
+    mkdir -p /tmp/site; [ -d /tmp/site/SimpleITK ] || { tar xJf .devdata/bench/env/sitk.tar.xz -C /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .devdata/bench/env/wheels/*.whl; } || exit 1; python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || exit 1; export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1;
+
+.coord/bench_vs_nnunet.md has the pip download commands, the calls and the time plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG = "3d_fullres"
+DEFAULT_NETWORKS = ["lightm_unet", "umamba_bot", "umamba_bot:none", "resenc_unet"]
+ANCHOR_SOURCE = ("../shared/ANCHORS.md section 2: nnU-Net v2.8.1 measured on the H100 (torch 2.11, "
+                 "nnUNetTrainer_20epochs, fold 0 of its own split); inference s/case there is a whole "
+                 "`nnUNetv2_predict` command over 52 held-out cases, BraTS per case by "
+                 "anchors/nnunet_h100/infer_time.py; peak memory from nvidia-smi (CUDA context included)")
+# Constants copied from ANCHORS.md, not measured by this script.
+NNUNET_MEASURED = {"name": "nnU-Net v2.8.1 (anchor, measured)", "wall_s": 250, "schedule": "20x250",
+                   "iters_per_s": 45.0, "batch": 7, "peak_alloc_gib": None, "peak_reserved_gib": 1.7,
+                   "parameters_m": None, "dice": {"Anterior": 0.891, "Posterior": 0.875}, "mean_dice": 0.883,
+                   "val_s_per_case": 0.55, "val_s_per_case_tta": 0.6, "brats_s_per_case": 0.86,
+                   "brats_s_per_case_tta": 2.28}
+NNUNET_PUBLISHED = {"name": "nnU-Net (published, MSD test set, 1000 epochs; arXiv 1809.10486)",
+                    "dice": {"Anterior": 0.90, "Posterior": 0.89}, "mean_dice": 0.895}
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "cuda"
+    budget_s: float = 250.0
+    iters_per_epoch: int = 250
+    val_batches: int = 50
+    warmup_iters: int = 25
+    calib_cases: int = 4
+    max_iters: int | None = None  # cap on the real run's total iterations (smoke)
+    workers: int | None = None
+    features: int | None = None  # first stage's features instead of the plan's (smoke)
+    brats_cases: int = 3
+    gpu_memory_gb: float = 10.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    startup_s: float
+    iters_per_s: float
+    val_s: float  # per-epoch validation + checkpoint + log
+    final_s_per_case: float  # predict one validation case with TTA (+ scoring)
+
+
+def choose_schedule(cal: Calibration, budget_s: float, iters_per_epoch: int, val_cases: int,
+                    max_iters: int | None = None) -> tuple[int, int]:
+    """(epochs, iterations per epoch) that fit ``budget_s`` after start-up and final validation."""
+    left = budget_s - cal.startup_s - cal.final_s_per_case * val_cases
+    epochs = int(left // (iters_per_epoch / cal.iters_per_s + cal.val_s))
+    iters = iters_per_epoch
+    if epochs < 1:
+        epochs, iters = 1, max(1, int((left - cal.val_s) * cal.iters_per_s))
+    if max_iters is not None and epochs * iters > max_iters:
+        iters = min(iters, max_iters)
+        epochs = max(1, max_iters // iters)
+    return epochs, iters
+
+
+def parse_network(spec: str) -> tuple[str, str | None]:
+    name, _, ssm = spec.partition(":")
+    return name, (ssm or None)
+
+
+def tag_of(spec: str) -> str:
+    from medmamba.training.paths import network_tag
+
+    return network_tag(*parse_network(spec))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def prepare(data: Path, work: Path, networks: list[str], settings: Settings) -> dict[str, float]:
+    """Plan (all families asked for) and preprocess 3d_fullres; both skip finished work."""
+    from medmamba import api
+
+    families = sorted({parse_network(n)[0] for n in networks})
+    start = time.perf_counter()
+    api.plan(data, work, gpu_memory_gb=settings.gpu_memory_gb, families=families)
+    planned = time.perf_counter()
+    api.preprocess(work, [CONFIG])
+    return {"plan_s": planned - start, "preprocess_s": time.perf_counter() - planned}
+
+
+def overrides(work: Path, network: str, settings: Settings) -> dict | None:
+    if settings.features is None:
+        return None
+    from medmamba.planning.plans import Plans
+
+    stages = len(Plans.load(work).configuration(CONFIG).network(network).network_kwargs()["strides"])
+    return {"features_per_stage": [settings.features * 2 ** i for i in range(stages)]}
+
+
+def train(work: Path, spec: str, split_file: Path, settings: Settings, epochs: int, iters: int,
+          val_batches: int | None = None) -> Path:
+    from medmamba import api
+
+    network, ssm = parse_network(spec)
+    return api.train(work, CONFIG, network, 0, epochs=epochs, iters_per_epoch=iters, device=settings.device,
+                     split_file=split_file, workers=settings.workers, ssm=ssm,
+                     val_batches=val_batches or settings.val_batches,
+                     network_overrides=overrides(work, network, settings))
+
+
+def link_images(data: Path, cases: list[str], folder: Path) -> Path:
+    """A folder of symbolic links to the cases' channel files (an api.predict input)."""
+    from medmamba.data.dataset import load_dataset_json
+
+    info = load_dataset_json(data)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for case in cases:
+        for channel in range(len(info.channel_names)):
+            name = f"{case}_{channel:04d}{info.file_ending}"
+            os.symlink((data / "imagesTr" / name).resolve(), folder / name)
+    return folder
+
+
+def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings) -> dict[str, Any]:
+    """Time one api.predict call; s/case = call wall time / cases (model loading included)."""
+    from medmamba import api
+
+    shutil.rmtree(out, ignore_errors=True)
+    if settings.device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    report = api.predict(work, images, out, configuration=CONFIG, network=tag_of(spec), folds=[0], tta=tta,
+                         device=settings.device, overwrite=True)
+    wall = time.perf_counter() - start
+    if report.failed:
+        raise RuntimeError(f"prediction failed for {report.failed}")
+    per_case = list(report.seconds_per_case.values())
+    return {"cases": len(per_case), "call_s_per_case": wall / len(per_case),
+            "median_s_per_case_after_first": statistics.median(per_case[1:] or per_case),
+            "peak_alloc_gib": gpu_peaks(settings)[0]}
+
+
+def dice(data: Path, pred: Path) -> tuple[dict[str, float], float]:
+    from medmamba import api
+
+    summary = read_json(api.evaluate(pred, data / "labelsTr", dataset_json=data / "dataset.json"))
+    return {name: v["dice"]["mean"] for name, v in summary["per_label"].items()}, summary["mean"]["dice"]
+
+
+def gpu_peaks(settings: Settings) -> tuple[float | None, float | None]:
+    if settings.device != "cuda":
+        return None, None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+
+
+def calibrate(data: Path, work: Path, spec: str, split_file: Path, val_images: Path,
+              settings: Settings) -> Calibration:
+    """A short run measures what the budget must cover; its folder is deleted afterwards."""
+    start = time.perf_counter()
+    fold = train(work, spec, split_file, settings, 2, settings.warmup_iters)
+    wall = time.perf_counter() - start
+    epochs = read_json(fold / "training_log.json")["epochs"]
+    rate = epochs[-1]["iters_per_s"]
+    subset = sorted(p.name for p in val_images.iterdir())[: settings.calib_cases * len(_channels(data))]
+    calib_images = val_images.parent / "calib_images"
+    shutil.rmtree(calib_images, ignore_errors=True)
+    calib_images.mkdir()
+    for name in subset:
+        os.symlink(os.readlink(val_images / name), calib_images / name)
+    start = time.perf_counter()
+    timing = predict(work, spec, calib_images, val_images.parent / "calib_pred", True, settings)
+    dice(data, val_images.parent / "calib_pred")
+    final = (time.perf_counter() - start) / timing["cases"]
+    shutil.rmtree(fold.parents[1])  # the real run starts from scratch
+    return Calibration(startup_s=wall - sum(e["epoch_time_s"] for e in epochs), iters_per_s=rate,
+                       val_s=max(0.0, epochs[-1]["epoch_time_s"] - settings.warmup_iters / rate),
+                       final_s_per_case=final)
+
+
+def _channels(data: Path) -> dict:
+    return read_json(data / "dataset.json")["channel_names"]
+
+
+def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path,
+                  settings: Settings) -> dict[str, Any]:
+    from medmamba.networks import network_complexity
+
+    val_cases = read_json(split_file)[0]["val"]
+    scratch = out / "scratch" / tag_of(spec)
+    val_images = link_images(data, val_cases, scratch / "val_images")
+    cal = calibrate(data, work, spec, split_file, val_images, settings)
+    epochs, iters = choose_schedule(cal, settings.budget_s, settings.iters_per_epoch, len(val_cases),
+                                    settings.max_iters)
+    print(f"{spec}: warm-up {asdict(cal)} -> {epochs} epochs x {iters} iterations", flush=True)
+    if settings.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fold = train(work, spec, split_file, settings, epochs, iters)
+    train_s = time.perf_counter() - start
+    peak_alloc, peak_reserved = gpu_peaks(settings)
+    tta = predict(work, spec, val_images, scratch / "pred_tta", True, settings)
+    per_label, mean = dice(data, scratch / "pred_tta")
+    wall = time.perf_counter() - start
+    no_tta = predict(work, spec, val_images, scratch / "pred_notta", False, settings)
+    log = read_json(fold / "training_log.json")
+    meta = log["metadata"]
+    params = network_complexity(meta["network"], meta["patch_size"], **meta["network_kwargs"]).parameters
+    return {"name": tag_of(spec), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
+            "schedule": f"{epochs}x{iters}", "calibration": asdict(cal),
+            "iters_per_s": statistics.median(e["iters_per_s"] for e in log["epochs"]),
+            "batch": _batch(work, meta), "patch": meta["patch_size"], "peak_alloc_gib": peak_alloc,
+            "peak_reserved_gib": peak_reserved, "parameters_m": params / 1e6, "dice": per_label,
+            "mean_dice": mean, "val_s_per_case": no_tta["call_s_per_case"],
+            "val_s_per_case_tta": tta["call_s_per_case"], "val_timing": {"tta": tta, "no_tta": no_tta}}
+
+
+def _batch(work: Path, meta: dict) -> int:
+    from medmamba.planning.plans import Plans
+
+    return Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size
+
+
+def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, settings: Settings) -> dict[str, dict]:
+    """Inference s/case on BraTS-sized cases with each network's planned model (one training step)."""
+    from medmamba.planning.plans import Plans
+    from medmamba.training.setup import preprocessed_case_ids
+
+    prepare(brats, work, networks, settings)
+    folder = Plans.load(work).preprocessed_folder(work, CONFIG)
+    cases = preprocessed_case_ids(folder)[: settings.brats_cases]
+    split = out / "scratch" / "brats_split.json"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text(json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
+    images = link_images(brats, cases, out / "scratch" / "brats_images")
+    results = {}
+    for spec in networks:
+        fold = train(work, spec, split, settings, 1, 1, val_batches=1)
+        timing = {f"tta_{tta}": predict(work, spec, images, out / "scratch" / "brats_pred", tta, settings)
+                  for tta in (False, True)}
+        meta = read_json(fold / "training_log.json")["metadata"]
+        results[tag_of(spec)] = {"name": tag_of(spec), "patch": meta["patch_size"], "timing": timing,
+                                 "brats_s_per_case": timing["tta_False"]["median_s_per_case_after_first"],
+                                 "brats_s_per_case_tta": timing["tta_True"]["median_s_per_case_after_first"]}
+        shutil.rmtree(fold.parents[1])
+    return results
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[dict], brats: dict[str, dict]) -> str:
+    labels = list(NNUNET_MEASURED["dice"])
+    for row in rows:
+        labels += [k for k in row.get("dice", {}) if k not in labels]
+    head = (["network", "wall s", "epochs x it", "it/s", "batch", "peak alloc GiB", "peak reserved GiB",
+             "params M"] + [f"Dice {k}" for k in labels]
+            + ["mean Dice", "val s/case", "val s/case TTA", "BraTS s/case", "BraTS s/case TTA"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in [NNUNET_MEASURED, NNUNET_PUBLISHED, *rows]:
+        b = brats.get(row["name"], row)
+        cells = [row["name"], fmt(row.get("wall_s"), 0), fmt(row.get("schedule")), fmt(row.get("iters_per_s"), 1),
+                 fmt(row.get("batch")), fmt(row.get("peak_alloc_gib")), fmt(row.get("peak_reserved_gib")),
+                 fmt(row.get("parameters_m"))] + [fmt(row.get("dice", {}).get(k), 3) for k in labels]
+        cells += [fmt(row.get("mean_dice"), 3), fmt(row.get("val_s_per_case")), fmt(row.get("val_s_per_case_tta")),
+                  fmt(b.get("brats_s_per_case")), fmt(b.get("brats_s_per_case_tta"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nnnU-Net rows: constants from {ANCHOR_SOURCE}."
+
+
+def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
+    rows = [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))]
+    brats = {r["name"]: r for r in (read_json(p) for p in sorted(out.glob("brats__*.json")))}
+    return rows, brats
+
+
+def write_json(path: Path, value: Any) -> None:
+    from medmamba.data.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def smoke_inputs(out: Path) -> tuple[Path, Path, Path]:
+    """A tiny phantom, its one-fold split file and a 2-channel phantom standing in for BraTS."""
+    from medmamba import api
+
+    data = api.make_phantom(out / "phantom" / "Dataset900_Phantom", cases=6, shape=(16, 24, 24),
+                            spacing=(1.0, 1.0, 1.0), num_labels=2)
+    cases = [p.name[: -len("_0000.nii.gz")] for p in sorted((data / "imagesTr").glob("*_0000.nii.gz"))]
+    split = out / "phantom" / "splits_final.json"
+    split.write_text(json.dumps([{"train": cases[:-2], "val": cases[-2:]}]))
+    brats = api.make_phantom(out / "phantom" / "Dataset901_Phantom2ch", cases=3, shape=(16, 24, 24),
+                             spacing=(1.0, 1.0, 1.0), channels=2, num_labels=2, seed=1)
+    return data, split, brats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="results (JSON per network and dataset), work and scratch")
+    parser.add_argument("--data", type=Path, help="hippocampus raw dataset (nnU-Net v2 layout)")
+    parser.add_argument("--split-file", type=Path, help="nnU-Net splits_final.json (fold 0 is used)")
+    parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, help="NAME or NAME:none (ssm)")
+    parser.add_argument("--budget", type=float, default=250.0, help="wall seconds per network (nnU-Net's)")
+    parser.add_argument("--iters-per-epoch", type=int, default=250)
+    parser.add_argument("--val-batches", type=int, default=50)
+    parser.add_argument("--warmup-iters", type=int, default=25)
+    parser.add_argument("--calib-cases", type=int, default=4)
+    parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
+    parser.add_argument("--brats-cases", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
+    parser.add_argument("--smoke", action="store_true", help="CPU, phantom, tiny network, 2 iterations")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        settings = Settings(device="cpu", budget_s=60.0, iters_per_epoch=2, val_batches=1, warmup_iters=1,
+                            calib_cases=1, max_iters=2, workers=0, features=4, brats_cases=3)
+        args.data, args.split_file, args.brats = smoke_inputs(out)
+    else:
+        settings = Settings(budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
+                            val_batches=args.val_batches, warmup_iters=args.warmup_iters,
+                            calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases)
+    if not args.table_only:
+        run(args, out, settings)
+    print(table(*collect(out)), flush=True)
+
+
+def run(args: argparse.Namespace, out: Path, settings: Settings) -> None:
+    if args.data is not None:
+        if args.split_file is None:
+            raise SystemExit("--split-file is needed with --data (fold 0 of nnU-Net's split)")
+        work = out / "work"
+        print("prepare:", prepare(args.data.resolve(), work, args.networks, settings), flush=True)
+        for spec in args.networks:
+            result = bench_network(args.data.resolve(), work, spec, args.split_file.resolve(), out, settings)
+            write_json(out / f"hippocampus__{result['name']}.json", result)
+            print(json.dumps({k: v for k, v in result.items() if k != "val_timing"}), flush=True)
+    if args.brats is not None:
+        for name, result in bench_brats(args.brats.resolve(), out / "work_brats", args.networks, out,
+                                        settings).items():
+            write_json(out / f"brats__{name}.json", result)
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
