@@ -163,10 +163,14 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, device: str | 
         val_batches=settings.val_batches, device=device, seed=settings.seed,
         optimizer=settings.optimizer, lr=settings.lr, network_overrides=overrides,
         patch_size=settings.patch_size, progress=progress))
-    stage("predict", lambda: api.predict(work, data / "imagesTs", predictions,
-                                         configuration=settings.configuration,
-                                         network=settings.network, folds=[0], tta=settings.tta,
-                                         device=device, progress=progress))
+    predicted = stage("predict", lambda: api.predict(work, data / "imagesTs", predictions,
+                                                     configuration=settings.configuration,
+                                                     network=settings.network, folds=[0],
+                                                     tta=settings.tta, device=device,
+                                                     progress=progress))
+    if predicted.failed:  # phantom cases are valid by construction, like the validation above
+        case_id, reason = next(iter(predicted.failed.items()))
+        raise RuntimeError(f"predicting held-out phantom case {case_id} failed: {reason}")
     summary_path = stage("evaluate", lambda: api.evaluate(predictions, data / "labelsTs",
                                                           dataset_json=data / "dataset.json"))
     summary = json.loads(Path(summary_path).read_text())  # type: ignore[arg-type]

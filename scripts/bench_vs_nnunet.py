@@ -1,51 +1,64 @@
 """Accuracy and speed against nnU-Net on one GPU: hippocampus fold 0 at nnU-Net's wall time.
 
     python scripts/bench_vs_nnunet.py OUT --data .devdata/bench/hippo/Dataset004_Hippocampus \
-        --split-file .devdata/bench/hippo/splits_final.json [--networks umamba_bot ...] \
-        [--budget 250] [--brats .devdata/bench/brats3]
-    python scripts/bench_vs_nnunet.py OUT --table-only     # the table from OUT/*.json
-    python scripts/bench_vs_nnunet.py OUT --smoke          # CPU, phantom, 2 iterations (CI)
+        --split-file .devdata/bench/hippo/splits_final.json [--networks lightm_unet umamba_bot \
+        umamba_bot:none resenc_unet] [--budget 250] [--brats .devdata/bench/brats3]
+    python scripts/bench_vs_nnunet.py OUT --table-only   # one table from OUT/*.json
+    python scripts/bench_vs_nnunet.py OUT --smoke        # CPU, phantom, 2 iterations (CI)
 
-Plans and preprocesses --data with medmamba into OUT/work, then per network (``NAME`` or
-``NAME:none`` for ``ssm="none"``) trains fold 0 of --split-file within --budget seconds of
-wall time, start-up and final validation (predicting the fold's validation cases with TTA
-and scoring them) included, as nnU-Net's 250 s were. api.train has no wall-time limit, so
-the schedule is chosen here: a warm-up run (2 epochs of --warmup-iters iterations, then
---calib-cases validation cases predicted with TTA) measures start-up, iterations/s,
-per-epoch validation and s/case; the real run gets as many epochs of --iters-per-epoch as
-fit (fewer iterations in one epoch when not even one fits), so its poly schedule ends on
-time. Reported per network: wall time used, iterations/s (median over epochs), peak GPU
-memory (torch max_memory_allocated / reserved during training: the CUDA context is not in
-them, nvidia-smi's anchor figure includes it), parameters, fold-0 Dice per label (api.predict
-+ api.evaluate against labelsTr), inference s/case with and without TTA (api.predict call
-wall time / cases, model loading included) and, with --brats, the same on BraTS-sized cases
-(weights after one training step: speed does not depend on them; median per case, the
-first case excluded as warm-up). Each network's results go to OUT/<dataset>__<tag>.json,
-so runs split over several device calls merge into one table.
+Plans and preprocesses --data with medmamba (OUT/work), then per network (NAME, or NAME:none
+for ssm="none") trains fold 0 of --split-file within --budget wall seconds, start-up and
+final validation (the fold's validation cases predicted with TTA and scored) included, as
+nnU-Net's 250 s were. api.train has no wall-time limit, so the schedule is chosen here: a
+warm-up run (2 epochs of --warmup-iters, then --calib-cases cases predicted with TTA, plus a
+timed re-write of its checkpoint) measures start-up, iterations/s, per-epoch validation and
+writes, and final-validation s/case; the real run gets as many epochs of --iters-per-epoch
+as fit (one shorter epoch if none does), so its poly schedule ends on time. Reported per
+network: wall time used, iterations/s (median over epochs), peak GPU memory of training
+(torch max_memory_allocated/reserved: without the CUDA context, which the nvidia-smi anchor
+includes), parameters, fold-0 Dice per label (api.predict + api.evaluate against labelsTr),
+inference s/case with and without TTA (api.predict wall / cases, model loading included),
+and with --brats the same on BraTS-sized cases (weights after one training step; median per
+case, the first excluded as warm-up). Results go to OUT/<dataset>__<tag>.json, so runs
+spread over several device calls merge into one table, nnU-Net's anchor rows first.
 
-Device (H100/H200 image: torch 2.11, triton 3.6, numpy, scipy, rich, typer, matplotlib are
-there; SimpleITK, monai, nibabel, pydantic and its three helpers are not; typing_extensions
-is carried because pydantic needs >= 4.16): carry .devdata/bench/env (sitk.tar.xz + wheels/)
-and .devdata/bench/hippo (or .devdata/bench/brats3: both with env would pass 64 MiB), and
-start the command with
+Device (torch 2.11, triton 3.6, numpy, scipy, rich, typer there; SimpleITK, monai, nibabel,
+pydantic + pydantic_core, annotated_types, typing_inspection, typing_extensions>=4.16 carried):
+carry .devdata/bench/env and .devdata/bench/hippo (or .devdata/bench/brats3; all three pass
+64 MiB) and start with .coord/bench_vs_nnunet.md's set-up line (SimpleITK from sitk.tar.xz,
+the wheels, then medmamba itself built into /tmp/site). The wheels, for Python 3.12:
 
-    mkdir -p /tmp/site; [ -d /tmp/site/SimpleITK ] || { tar xJf .devdata/bench/env/sitk.tar.xz -C /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .devdata/bench/env/wheels/*.whl; } || exit 1; python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || exit 1; export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1;
-
-.coord/bench_vs_nnunet.md has the pip download commands, the calls and the time plan.
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d WHEELS SimpleITK==2.5.7 monai==1.6.1 nibabel==5.4.2 pydantic==2.14.4 pydantic_core==2.50.5 \
+        annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import hashlib
 import json
 import math
 import os
-import statistics
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from medmamba import api
+from medmamba.data.dataset import load_dataset_json
+from medmamba.data.io import atomic_write_text
+from medmamba.networks import network_complexity
+from medmamba.planning.plans import Plans
+from medmamba.training.paths import network_tag
+from medmamba.training.setup import preprocessed_case_ids
 
 CONFIG = "3d_fullres"
 DEFAULT_NETWORKS = ["lightm_unet", "umamba_bot", "umamba_bot:none", "resenc_unet"]
@@ -106,8 +119,6 @@ def parse_network(spec: str) -> tuple[str, str | None]:
 
 
 def tag_of(spec: str) -> str:
-    from medmamba.training.paths import network_tag
-
     return network_tag(*parse_network(spec))
 
 
@@ -116,10 +127,8 @@ def read_json(path: Path) -> Any:
 
 
 def prepare(data: Path, work: Path, networks: list[str], settings: Settings) -> dict[str, float]:
-    """Plan (all families asked for) and preprocess 3d_fullres; both skip finished work."""
-    from medmamba import api
-
-    families = sorted({parse_network(n)[0] for n in networks})
+    """Plan and preprocess 3d_fullres; both skip finished work."""
+    families = sorted({parse_network(n)[0] for n in [*DEFAULT_NETWORKS, *networks]})  # same plans every call
     start = time.perf_counter()
     api.plan(data, work, gpu_memory_gb=settings.gpu_memory_gb, families=families)
     planned = time.perf_counter()
@@ -130,16 +139,12 @@ def prepare(data: Path, work: Path, networks: list[str], settings: Settings) -> 
 def overrides(work: Path, network: str, settings: Settings) -> dict | None:
     if settings.features is None:
         return None
-    from medmamba.planning.plans import Plans
-
     stages = len(Plans.load(work).configuration(CONFIG).network(network).network_kwargs()["strides"])
     return {"features_per_stage": [settings.features * 2 ** i for i in range(stages)]}
 
 
 def train(work: Path, spec: str, split_file: Path, settings: Settings, epochs: int, iters: int,
           val_batches: int | None = None) -> Path:
-    from medmamba import api
-
     network, ssm = parse_network(spec)
     return api.train(work, CONFIG, network, 0, epochs=epochs, iters_per_epoch=iters, device=settings.device,
                      split_file=split_file, workers=settings.workers, ssm=ssm,
@@ -149,8 +154,6 @@ def train(work: Path, spec: str, split_file: Path, settings: Settings, epochs: i
 
 def link_images(data: Path, cases: list[str], folder: Path) -> Path:
     """A folder of symbolic links to the cases' channel files (an api.predict input)."""
-    from medmamba.data.dataset import load_dataset_json
-
     info = load_dataset_json(data)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -163,12 +166,8 @@ def link_images(data: Path, cases: list[str], folder: Path) -> Path:
 
 def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings) -> dict[str, Any]:
     """Time one api.predict call; s/case = call wall time / cases (model loading included)."""
-    from medmamba import api
-
     shutil.rmtree(out, ignore_errors=True)
     if settings.device == "cuda":
-        import torch
-
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     report = api.predict(work, images, out, configuration=CONFIG, network=tag_of(spec), folds=[0], tta=tta,
@@ -183,8 +182,6 @@ def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings:
 
 
 def dice(data: Path, pred: Path) -> tuple[dict[str, float], float]:
-    from medmamba import api
-
     summary = read_json(api.evaluate(pred, data / "labelsTr", dataset_json=data / "dataset.json"))
     return {name: v["dice"]["mean"] for name, v in summary["per_label"].items()}, summary["mean"]["dice"]
 
@@ -192,12 +189,10 @@ def dice(data: Path, pred: Path) -> tuple[dict[str, float], float]:
 def gpu_peaks(settings: Settings) -> tuple[float | None, float | None]:
     if settings.device != "cuda":
         return None, None
-    import torch
-
     return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
-def calibrate(data: Path, work: Path, spec: str, split_file: Path, val_images: Path,
+def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path,
               settings: Settings) -> Calibration:
     """A short run measures what the budget must cover; its folder is deleted afterwards."""
     start = time.perf_counter()
@@ -205,40 +200,43 @@ def calibrate(data: Path, work: Path, spec: str, split_file: Path, val_images: P
     wall = time.perf_counter() - start
     epochs = read_json(fold / "training_log.json")["epochs"]
     rate = epochs[-1]["iters_per_s"]
-    subset = sorted(p.name for p in val_images.iterdir())[: settings.calib_cases * len(_channels(data))]
-    calib_images = val_images.parent / "calib_images"
-    shutil.rmtree(calib_images, ignore_errors=True)
-    calib_images.mkdir()
-    for name in subset:
-        os.symlink(os.readlink(val_images / name), calib_images / name)
+    cases = read_json(split_file)[0]["val"][: settings.calib_cases]
     start = time.perf_counter()
-    timing = predict(work, spec, calib_images, val_images.parent / "calib_pred", True, settings)
-    dice(data, val_images.parent / "calib_pred")
+    timing = predict(work, spec, link_images(data, cases, scratch / "calib_images"), scratch / "calib_pred",
+                     True, settings)
+    dice(data, scratch / "calib_pred")
     final = (time.perf_counter() - start) / timing["cases"]
+    write_s = checkpoint_write_s(fold)
     shutil.rmtree(fold.parents[1])  # the real run starts from scratch
+    # Start-up = what the epochs' own timers miss: set-up plus the two epochs' writes (so it errs long).
     return Calibration(startup_s=wall - sum(e["epoch_time_s"] for e in epochs), iters_per_s=rate,
-                       val_s=max(0.0, epochs[-1]["epoch_time_s"] - settings.warmup_iters / rate),
+                       val_s=max(0.0, epochs[-1]["epoch_time_s"] - settings.warmup_iters / rate) + write_s,
                        final_s_per_case=final)
 
 
-def _channels(data: Path) -> dict:
-    return read_json(data / "dataset.json")["channel_names"]
+def checkpoint_write_s(fold: Path) -> float:
+    """Per-epoch checkpoint cost, which the epoch timer leaves out: re-read, hash and write the
+    warm-up's checkpoint with fsync, twice (latest, and best when the Dice EMA improves)."""
+    start = time.perf_counter()
+    payload = (fold / "checkpoint_latest.pt").read_bytes()
+    hashlib.sha256(payload).digest()
+    with open(fold / "rewrite.tmp", "wb") as handle:
+        handle.write(payload)
+        os.fsync(handle.fileno())
+    return 2 * (time.perf_counter() - start)
 
 
 def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path,
                   settings: Settings) -> dict[str, Any]:
-    from medmamba.networks import network_complexity
-
     val_cases = read_json(split_file)[0]["val"]
     scratch = out / "scratch" / tag_of(spec)
     val_images = link_images(data, val_cases, scratch / "val_images")
-    cal = calibrate(data, work, spec, split_file, val_images, settings)
+    cal = calibrate(data, work, spec, split_file, scratch, settings)
     epochs, iters = choose_schedule(cal, settings.budget_s, settings.iters_per_epoch, len(val_cases),
                                     settings.max_iters)
     print(f"{spec}: warm-up {asdict(cal)} -> {epochs} epochs x {iters} iterations", flush=True)
-    if settings.device == "cuda":
-        import torch
-
+    if settings.device == "cuda":  # peaks of this network's training alone
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -248,6 +246,8 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     tta = predict(work, spec, val_images, scratch / "pred_tta", True, settings)
     per_label, mean = dice(data, scratch / "pred_tta")
     wall = time.perf_counter() - start
+    if wall > 1.02 * settings.budget_s:
+        print(f"WARNING {spec}: {wall:.0f} s used of a {settings.budget_s:.0f} s budget", flush=True)
     no_tta = predict(work, spec, val_images, scratch / "pred_notta", False, settings)
     log = read_json(fold / "training_log.json")
     meta = log["metadata"]
@@ -255,23 +255,15 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     return {"name": tag_of(spec), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
             "schedule": f"{epochs}x{iters}", "calibration": asdict(cal),
             "iters_per_s": statistics.median(e["iters_per_s"] for e in log["epochs"]),
-            "batch": _batch(work, meta), "patch": meta["patch_size"], "peak_alloc_gib": peak_alloc,
-            "peak_reserved_gib": peak_reserved, "parameters_m": params / 1e6, "dice": per_label,
-            "mean_dice": mean, "val_s_per_case": no_tta["call_s_per_case"],
+            "batch": Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size,
+            "patch": meta["patch_size"], "peak_alloc_gib": peak_alloc, "peak_reserved_gib": peak_reserved,
+            "parameters_m": params / 1e6, "dice": per_label, "mean_dice": mean,
+            "val_s_per_case": no_tta["call_s_per_case"],
             "val_s_per_case_tta": tta["call_s_per_case"], "val_timing": {"tta": tta, "no_tta": no_tta}}
 
 
-def _batch(work: Path, meta: dict) -> int:
-    from medmamba.planning.plans import Plans
-
-    return Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size
-
-
-def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, settings: Settings) -> dict[str, dict]:
+def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, settings: Settings) -> Iterator[dict]:
     """Inference s/case on BraTS-sized cases with each network's planned model (one training step)."""
-    from medmamba.planning.plans import Plans
-    from medmamba.training.setup import preprocessed_case_ids
-
     prepare(brats, work, networks, settings)
     folder = Plans.load(work).preprocessed_folder(work, CONFIG)
     cases = preprocessed_case_ids(folder)[: settings.brats_cases]
@@ -279,23 +271,20 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text(json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
     images = link_images(brats, cases, out / "scratch" / "brats_images")
-    results = {}
     for spec in networks:
         fold = train(work, spec, split, settings, 1, 1, val_batches=1)
         timing = {f"tta_{tta}": predict(work, spec, images, out / "scratch" / "brats_pred", tta, settings)
                   for tta in (False, True)}
         meta = read_json(fold / "training_log.json")["metadata"]
-        results[tag_of(spec)] = {"name": tag_of(spec), "patch": meta["patch_size"], "timing": timing,
-                                 "brats_s_per_case": timing["tta_False"]["median_s_per_case_after_first"],
-                                 "brats_s_per_case_tta": timing["tta_True"]["median_s_per_case_after_first"]}
         shutil.rmtree(fold.parents[1])
-    return results
+        yield {"name": tag_of(spec), "patch": meta["patch_size"], "timing": timing,
+               "brats_s_per_case": timing["tta_False"]["median_s_per_case_after_first"],
+               "brats_s_per_case_tta": timing["tta_True"]["median_s_per_case_after_first"]}
 
 
 def fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "-" if missing else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def table(rows: list[dict], brats: dict[str, dict]) -> str:
@@ -318,21 +307,17 @@ def table(rows: list[dict], brats: dict[str, dict]) -> str:
 
 
 def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
-    rows = [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))]
+    """The hippocampus rows and the BraTS timings (by network tag) written so far to ``out``."""
     brats = {r["name"]: r for r in (read_json(p) for p in sorted(out.glob("brats__*.json")))}
-    return rows, brats
+    return [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))], brats
 
 
 def write_json(path: Path, value: Any) -> None:
-    from medmamba.data.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def smoke_inputs(out: Path) -> tuple[Path, Path, Path]:
     """A tiny phantom, its one-fold split file and a 2-channel phantom standing in for BraTS."""
-    from medmamba import api
-
     data = api.make_phantom(out / "phantom" / "Dataset900_Phantom", cases=6, shape=(16, 24, 24),
                             spacing=(1.0, 1.0, 1.0), num_labels=2)
     cases = [p.name[: -len("_0000.nii.gz")] for p in sorted((data / "imagesTr").glob("*_0000.nii.gz"))]
@@ -350,26 +335,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split-file", type=Path, help="nnU-Net splits_final.json (fold 0 is used)")
     parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, help="NAME or NAME:none (ssm)")
     parser.add_argument("--budget", type=float, default=250.0, help="wall seconds per network (nnU-Net's)")
-    parser.add_argument("--iters-per-epoch", type=int, default=250)
-    parser.add_argument("--val-batches", type=int, default=50)
-    parser.add_argument("--warmup-iters", type=int, default=25)
-    parser.add_argument("--calib-cases", type=int, default=4)
+    parser.add_argument("--device", default="cuda", help="cuda or cpu (smoke: cpu)")
+    parser.add_argument("--gpu-memory", type=float, default=10.0, help="planner's GB (api.plan's default)")
+    for name, default in [("iters-per-epoch", 250), ("val-batches", 50), ("warmup-iters", 25),
+                          ("calib-cases", 4), ("brats-cases", 3), ("workers", None)]:
+        parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
-    parser.add_argument("--brats-cases", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
     parser.add_argument("--smoke", action="store_true", help="CPU, phantom, tiny network, 2 iterations")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        settings = Settings(device="cpu", budget_s=60.0, iters_per_epoch=2, val_batches=1, warmup_iters=1,
+        # A budget no loaded CI machine can overrun: the 2-iteration cap decides the schedule.
+        settings = Settings(device="cpu", budget_s=3600.0, iters_per_epoch=2, val_batches=1, warmup_iters=1,
                             calib_cases=1, max_iters=2, workers=0, features=4, brats_cases=3)
         args.data, args.split_file, args.brats = smoke_inputs(out)
     else:
-        settings = Settings(budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
+        settings = Settings(device=args.device, budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
                             val_batches=args.val_batches, warmup_iters=args.warmup_iters,
-                            calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases)
+                            calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases,
+                            gpu_memory_gb=args.gpu_memory)
     if not args.table_only:
         run(args, out, settings)
     print(table(*collect(out)), flush=True)
@@ -386,9 +372,8 @@ def run(args: argparse.Namespace, out: Path, settings: Settings) -> None:
             write_json(out / f"hippocampus__{result['name']}.json", result)
             print(json.dumps({k: v for k, v in result.items() if k != "val_timing"}), flush=True)
     if args.brats is not None:
-        for name, result in bench_brats(args.brats.resolve(), out / "work_brats", args.networks, out,
-                                        settings).items():
-            write_json(out / f"brats__{name}.json", result)
+        for result in bench_brats(args.brats.resolve(), out / "work_brats", args.networks, out, settings):
+            write_json(out / f"brats__{result['name']}.json", result)
             print(json.dumps(result), flush=True)
 
 

@@ -28,7 +28,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords and not _HAS_CUDA:
+        if item.get_closest_marker("gpu") is not None and not _HAS_CUDA:
             item.add_marker(skip_gpu)
 
 

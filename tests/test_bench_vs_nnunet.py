@@ -1,0 +1,79 @@
+"""scripts/bench_vs_nnunet.py: the wall-time schedule, and its --smoke run end to end on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_vs_nnunet.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_vs_nnunet", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+
+def test_schedule_fills_the_budget_after_startup_and_final_validation():
+    cal = bench.Calibration(startup_s=10.0, iters_per_s=45.0, val_s=1.0, final_s_per_case=0.5)
+    epochs, iters = bench.choose_schedule(cal, 250.0, 250, 42)
+    assert iters == 250
+    epoch_s = 250 / 45 + 1.0
+    used = 10.0 + 21.0 + epochs * epoch_s
+    assert used <= 250.0 < used + epoch_s  # as many whole epochs as fit, not one more
+
+
+def test_schedule_shortens_the_only_epoch_when_none_fits_and_honours_the_cap():
+    slow = bench.Calibration(startup_s=100.0, iters_per_s=1.0, val_s=10.0, final_s_per_case=1.0)
+    assert bench.choose_schedule(slow, 250.0, 250, 40) == (1, 100)
+    fast = bench.Calibration(startup_s=1.0, iters_per_s=100.0, val_s=0.1, final_s_per_case=0.01)
+    epochs, iters = bench.choose_schedule(fast, 250.0, 250, 2, max_iters=2)
+    assert epochs * iters == 2
+
+
+def test_network_specs_name_the_ssm_ablation_folder():
+    assert bench.parse_network("umamba_bot:none") == ("umamba_bot", "none")
+    assert bench.tag_of("umamba_bot:none") == "umamba_bot__ssm-none"
+    assert bench.tag_of("resenc_unet") == "resenc_unet"
+
+
+def test_table_only_puts_the_nnunet_anchor_rows_first(tmp_path, capsys):
+    row = {"name": "resenc_unet", "wall_s": 240.0, "dice": {"Anterior": 0.8, "Posterior": 0.7}, "mean_dice": 0.75}
+    (tmp_path / "hippocampus__resenc_unet.json").write_text(json.dumps(row))
+    bench.main([str(tmp_path), "--table-only"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| nnU-Net v2.8.1 (anchor, measured) | 250 |")
+    assert "0.883" in rows[1] and rows[2].startswith("| nnU-Net (published")
+    assert rows[3].startswith("| resenc_unet | 240 |") and "0.750" in rows[3]
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys):
+    bench.main([str(tmp_path), "--smoke", "--networks", "umamba_bot:none"])
+    result = json.loads((tmp_path / "hippocampus__umamba_bot__ssm-none.json").read_text())
+    assert result["schedule"] == "1x2"  # the smoke cap, whatever the budget allowed
+    log = json.loads((tmp_path / "work" / "results" / "umamba_bot__ssm-none" / "3d_fullres" / "fold_0"
+                      / "training_log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1]  # the warm-up's folder was removed first
+    assert log["metadata"]["network_kwargs"]["ssm"] == "none"
+    assert set(result["dice"]) == {"core", "rim"}
+    assert all(0.0 <= d <= 1.0 for d in result["dice"].values())
+    assert result["val_timing"]["tta"]["cases"] == result["val_timing"]["no_tta"]["cases"] == 2
+    assert result["val_s_per_case"] > 0 and result["val_s_per_case_tta"] > 0
+    assert result["iters_per_s"] > 0 and result["parameters_m"] > 0 and result["peak_alloc_gib"] is None
+    cal = result["calibration"]
+    assert cal["iters_per_s"] > 0 and cal["startup_s"] > 0 and cal["final_s_per_case"] > 0
+    brats = json.loads((tmp_path / "brats__umamba_bot__ssm-none.json").read_text())
+    assert brats["timing"]["tta_True"]["cases"] == 3 and brats["brats_s_per_case_tta"] > 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert table[1].startswith("| nnU-Net v2.8.1 (anchor, measured)")
+    assert table[3].startswith("| umamba_bot__ssm-none | ")
