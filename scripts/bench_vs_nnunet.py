@@ -25,7 +25,7 @@ spread over several device calls merge into one table, nnU-Net's anchor rows fir
 Device (torch 2.11, triton 3.6, numpy, scipy, rich, typer there; SimpleITK, monai, nibabel,
 pydantic + pydantic_core, annotated_types, typing_inspection, typing_extensions>=4.16 carried):
 carry .devdata/bench/env and .devdata/bench/hippo (or .devdata/bench/brats3; all three pass
-64 MiB) and start with .coord/bench_vs_nnunet.md's set-up line (SimpleITK from sitk.tar.xz,
+64 MiB) and start with scripts/bench_vs_nnunet.md's set-up line (SimpleITK from sitk.tar.xz,
 the wheels, then medmamba itself built into /tmp/site). The wheels, for Python 3.12:
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
