@@ -35,7 +35,7 @@ class DemoSettings:
     shape: tuple[int, int, int] = (32, 48, 48)
     network: str = "plainconv_unet"
     configuration: str = "3d_fullres"
-    # A CPU recipe measured by the training helper (.coord/training_api.md): the planned
+    # A CPU recipe measured on the phantom (scripts/bench_train_cpu.py): the planned
     # 32..256 features and 32x48x48 patch cost seconds per iteration on 2 cores; 16..128
     # features on 16x32x32 patches run ~6 it/s there. AdamW leaves the all-background
     # plateau within ~100 iterations; nnU-Net's SGD recipe stays on it for ~300.

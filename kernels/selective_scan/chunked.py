@@ -1,6 +1,6 @@
 """Vectorised PyTorch selective scan: the CPU path, forward and hand-written backward.
 
-The host functions follow the contract in interface.py (and .coord/kernel_contract.md):
+The host functions follow the contract in interface.py's docstring:
 inputs arrive checked and normalised (B, C 4-D; A, D, delta_bias fp32). Everything is
 computed in fp32 in a time-major layout, (L, batch, G, dim/G, N), so that every slice
 along time is one contiguous slab and the scan works on whole slabs.

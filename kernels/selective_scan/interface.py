@@ -5,8 +5,7 @@ the expected vs got shape/dtype/device) and normalises -> the custom op
 `medmamba::selective_scan_fwd` (autograd registered; backward is the op
 `medmamba::selective_scan_bwd`) -> host functions of the chosen backend -> kernels.
 
-Host-function contract (shared by chunked.py and triton_fwd.py / triton_bwd.py; also in
-.coord/kernel_contract.md):
+Host-function contract (shared by chunked.py and triton_fwd.py / triton_bwd.py):
 
     selective_scan_fwd_<impl>(u, delta, A, B, C, D, z, delta_bias,
                               delta_softplus: bool, reverse: bool) -> (out, last_state)

@@ -175,7 +175,7 @@ def selective_scan_bwd_triton(
     carry_block: int | None = None,
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
-    """Backward host function (contract: .coord/kernel_contract.md, interface.py).
+    """Backward host function (contract: interface.py's docstring).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
     shape, None for an absent optional. Keyword-only sizes as in the forward.

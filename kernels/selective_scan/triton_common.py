@@ -26,7 +26,7 @@ LOG2E = math.log2(math.e)
 
 # Programs wanted per launch: enough to fill 132 SMs several times over.
 _TARGET_PROGRAMS = 2048
-# Measured on an H100 (.coord/kernel_notes.md): one warp per program and a 128-position
+# Measured on an H100 (README.md, "Triton kernels"): one warp per program and a 128-position
 # chunk for the forward, 64 for the backward (its larger live set spills beyond that).
 _MAX_CHUNK = {False: 128, True: 64}
 _MAX_SINGLE_CHUNK = {False: 512, True: 64}

@@ -107,7 +107,7 @@ def selective_scan_fwd_triton(
     carry_block: int | None = None,
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward host function (contract: .coord/kernel_contract.md, interface.py).
+    """Forward host function (contract: interface.py's docstring).
 
     `out`, if given, is a contiguous (batch, dim, L) tensor of u's dtype that receives the
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and

@@ -133,7 +133,7 @@ def resolve_checkpoint_path(fold_dir: Path, checkpoint: str | Path) -> Path:
 def load_checkpoint_for_inference(
     fold_dir: Path, checkpoint: str | Path = "latest"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict on CPU, metadata) of a trained fold; see .coord/training_api.md."""
+    """(state_dict on CPU, metadata) of a trained fold (metadata keys: RunSpec.metadata in trainer.py)."""
     path = resolve_checkpoint_path(fold_dir, checkpoint)
     state = load_checkpoint(path)
     if "model" not in state or "metadata" not in state:
