@@ -54,11 +54,12 @@ def write_prediction(mask: np.ndarray, geometry: Geometry, path: Path,
     """Write the mask with the input's geometry (atomic) and optionally ``CASE.npz``.
 
     The .npz holds ``probabilities`` (K, z, y, x) float16 in the input grid, plus
-    ``label_values`` and ``spacing`` to read them back without the dataset.
+    ``label_values`` and ``spacing`` to read them back without the dataset. It is written
+    first: the mask marks a finished case, so a kill between the two writes never leaves
+    a mask without its probabilities.
     """
     if tuple(mask.shape) != tuple(geometry.shape):
         raise ValueError(f"mask shape {mask.shape} differs from the input's {geometry.shape}")
-    write_image(mask, geometry, path)
     if probabilities is not None:
         buffer = io.BytesIO()
         np.savez_compressed(
@@ -67,6 +68,7 @@ def write_prediction(mask: np.ndarray, geometry: Geometry, path: Path,
                                     range(probabilities.shape[0])),
             spacing=np.asarray(geometry.spacing))
         atomic_write_bytes(probabilities_path(path), buffer.getvalue())
+    write_image(mask, geometry, path)
 
 
 def probabilities_path(mask_path: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 from medmamba.data.dataset import Case, discover_images
 from medmamba.data.io import read_channels
 from medmamba.errors import ConfigError, DatasetError, MedMambaError
-from medmamba.inference.export import write_prediction
+from medmamba.inference.export import probabilities_path, write_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
         for case in cases:
             bar.update(task, case=case.case_id)
             target = output_folder / f"{case.case_id}{file_ending}"
-            if target.exists() and not overwrite:
+            if _finished(target, save_probabilities) and not overwrite:
                 logger.info("%s exists; skipped (use --overwrite to replace it)", target)
                 report.skipped.append(target)
                 bar.advance(task)
@@ -93,6 +93,12 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                 report.seconds_per_case[case.case_id] = time.perf_counter() - start
             bar.advance(task)
     return report
+
+
+def _finished(mask_path: Path, save_probabilities: bool) -> bool:
+    """Every output asked for exists (a mask from a run without probabilities is redone)."""
+    return mask_path.exists() and (not save_probabilities
+                                   or probabilities_path(mask_path).exists())
 
 
 def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,

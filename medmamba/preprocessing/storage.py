@@ -58,7 +58,7 @@ def load_case(folder: Path, case_id: str, mmap: bool = True
     mode = "r" if mmap else None
     data = np.load(data_path, mmap_mode=mode, allow_pickle=False)
     seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
-    return data, seg, json.loads(json_path.read_text())
+    return data, seg, _read_json(json_path)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -69,7 +69,18 @@ def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise PlansError("no manifest: the folder was not preprocessed completely", path)
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; a damaged file is a one-line PlansError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PlansError(f"not valid JSON ({error}); run `medmamba preprocess` again", path) from None
+    if not isinstance(value, dict):
+        raise PlansError("must hold a JSON object; run `medmamba preprocess` again", path)
+    return value
 
 
 def list_cases(folder: Path) -> list[str]:

@@ -68,6 +68,20 @@ def test_cli_predict_writes_skips_and_overwrites(trained_work, tmp_path):
     assert all(p.stat().st_mtime_ns != s for p, s in zip(written, stamps))
 
 
+def test_mask_without_its_probabilities_is_predicted_again(trained_work, tmp_path):
+    out = tmp_path / "pred"
+    first = api.predict(trained_work.work, trained_work.data / "imagesTs", out, tta=False,
+                        device="cpu")
+    assert len(first.written) == 3 and not list(out.glob("*.npz"))
+    again = api.predict(trained_work.work, trained_work.data / "imagesTs", out, tta=False,
+                        device="cpu", save_probabilities=True)
+    assert len(again.written) == 3 and not again.skipped
+    assert len(list(out.glob("*.npz"))) == 3
+    third = api.predict(trained_work.work, trained_work.data / "imagesTs", out, tta=False,
+                        device="cpu", save_probabilities=True)
+    assert len(third.skipped) == 3 and not third.written
+
+
 def test_corrupt_case_is_reported_and_the_rest_are_written(trained_work, tmp_path):
     images = trained_work.images(tmp_path)
     victim = sorted(images.iterdir())[0]

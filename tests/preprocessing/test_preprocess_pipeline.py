@@ -116,6 +116,14 @@ def test_load_case_of_missing_case_names_it(tmp_path):
         load_case(tmp_path, "nope")
 
 
+def test_damaged_properties_file_is_a_one_line_error(tmp_path):
+    data = np.zeros((1, 2, 3, 4), dtype=np.float32)
+    save_case(tmp_path, "c1", data, None, {"case_id": "c1"})
+    (tmp_path / "c1.json").write_text('{"case_id": ')
+    with pytest.raises(PlansError, match="c1.json.*not valid JSON"):
+        load_case(tmp_path, "c1")
+
+
 def test_plan_refingerprints_only_when_the_dataset_changed(phantom_data, phantom_work, monkeypatch):
     calls = []
     original = api.fingerprint
