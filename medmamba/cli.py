@@ -331,6 +331,8 @@ def train(
         help="Override the plan's features per stage, e.g. 16,32,64,128 (small = fast on CPU).")] = None,
     patch_size: Annotated[str | None, typer.Option(help="Override the plan's patch size, e.g. 16,32,32.")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Data augmentation.")] = True,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the training steps (faster on a GPU after ~1 min of compiling).")] = False,
 ) -> None:
     """Train one fold; results in WORK/results/NETWORK/CONFIG/fold_F (torchrun for several GPUs)."""
     from medmamba import api
@@ -342,7 +344,8 @@ def train(
         work, configuration=configuration, network=network, fold=fold, epochs=epochs,
         iters_per_epoch=iters_per_epoch, val_batches=val_batches, device=device, resume=resume,
         split_file=split_file, workers=workers, seed=seed, ssm=ssm, optimizer=optimizer, lr=lr,
-        augment=augment, network_overrides=overrides, patch_size=patch, progress=dist.get("rank", 0) == 0, **dist))
+        augment=augment, network_overrides=overrides, patch_size=patch, compile=compile,
+        progress=dist.get("rank", 0) == 0, **dist))
     if dist.get("rank", 0) == 0:
         typer.echo(f"wrote {fold_dir}")
 

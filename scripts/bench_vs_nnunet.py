@@ -10,10 +10,15 @@ Plans and preprocesses --data with medmamba (OUT/work), then per network (NAME, 
 for ssm="none") trains fold 0 of --split-file within --budget wall seconds, start-up and
 final validation (the fold's validation cases predicted with TTA and scored) included, as
 nnU-Net's 250 s were. api.train has no wall-time limit, so the schedule is chosen here: a
-warm-up run (2 epochs of --warmup-iters, then --calib-cases cases predicted with TTA, plus a
-timed re-write of its checkpoint) measures start-up, iterations/s, per-epoch validation and
-writes, and final-validation s/case; the real run gets as many epochs of --iters-per-epoch
-as fit (one shorter epoch if none does), so its poly schedule ends on time. Reported per
+warm-up run (2 epochs of --warmup-iters, default a whole epoch, then --calib-cases cases
+predicted with TTA and scored) measures start-up, iterations/s, the rest of an epoch
+(validation, checkpoints, log, plot: from the epochs' wall-clock start times) and the final
+validation (once per call, and per case); the real run gets as many epochs of
+--iters-per-epoch as fit in 98% of the budget, the remainder spread over them as extra
+iterations (one shorter epoch if none fits), so its poly schedule ends on time. With
+--compile, training runs through torch.compile from empty Inductor and Triton caches, so the
+compile counts in the budget as nnU-Net's does. The warm-up runs in the same process and
+is not counted (CUDA context and cuDNN autotuning are warm for the real run). Reported per
 network: wall time used, iterations/s (median over epochs), peak GPU memory of training
 (torch max_memory_allocated/reserved: without the CUDA context, which the nvidia-smi anchor
 includes), parameters, fold-0 Dice per label (api.predict + api.evaluate against labelsTr),
@@ -38,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import os
@@ -82,30 +86,44 @@ class Settings:
     budget_s: float = 250.0
     iters_per_epoch: int = 250
     val_batches: int = 50
-    warmup_iters: int = 25
+    warmup_iters: int = 250  # a whole epoch: its rate then includes what a real epoch's does
     calib_cases: int = 4
     max_iters: int | None = None  # cap on the real run's total iterations (smoke)
     workers: int | None = None
     features: int | None = None  # first stage's features instead of the plan's (smoke)
+    compile: bool = False  # api.train(compile=True): torch.compile, its compile inside the budget
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
 
 
+# Share of the budget the schedule aims at: the estimates err by a few seconds either way,
+# and the script warns above 102%.
+BUDGET_TARGET = 0.98
+
+
 @dataclass(frozen=True)
 class Calibration:
-    startup_s: float
+    startup_s: float  # from the call to the first step of epoch 2 less one steady epoch (compile included)
     iters_per_s: float
-    val_s: float  # per-epoch validation + checkpoint + log
-    final_s_per_case: float  # predict one validation case with TTA (+ scoring)
+    val_s: float  # per-epoch validation, checkpoints, log and plot
+    final_s_per_case: float  # predict one more validation case with TTA, and score it
+    final_fixed_s: float = 0.0  # the final validation's cost whatever the cases (model loading)
 
 
 def choose_schedule(cal: Calibration, budget_s: float, iters_per_epoch: int, val_cases: int,
                     max_iters: int | None = None) -> tuple[int, int]:
-    """(epochs, iterations per epoch) that fit ``budget_s`` after start-up and final validation."""
-    left = budget_s - cal.startup_s - cal.final_s_per_case * val_cases
+    """(epochs, iterations per epoch) that fill ``budget_s`` after start-up and final validation.
+
+    As many epochs of ``iters_per_epoch`` as fit, then the time a whole epoch would not
+    fill is spread over them as extra iterations, so no budget is left unused.
+    """
+    left = (BUDGET_TARGET * budget_s - cal.startup_s - cal.final_fixed_s
+            - cal.final_s_per_case * val_cases)
     epochs = int(left // (iters_per_epoch / cal.iters_per_s + cal.val_s))
     iters = iters_per_epoch
-    if epochs < 1:
+    if epochs >= 1:
+        iters = max(iters_per_epoch, int((left / epochs - cal.val_s) * cal.iters_per_s))
+    else:
         epochs, iters = 1, max(1, int((left - cal.val_s) * cal.iters_per_s))
     if max_iters is not None and epochs * iters > max_iters:
         iters = min(iters, max_iters)
@@ -118,8 +136,17 @@ def parse_network(spec: str) -> tuple[str, str | None]:
     return name, (ssm or None)
 
 
-def tag_of(spec: str) -> str:
-    return network_tag(*parse_network(spec))
+def tag_of(spec: str, compiled: bool = False) -> str:
+    return network_tag(*parse_network(spec)) + ("__compile" if compiled else "")
+
+
+def fresh_compile_caches(folder: Path) -> None:
+    """Empty Inductor and Triton caches for what follows, so a compile costs what it costs a
+    user's first run (nnU-Net's measured 250 s include its cold compile)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        os.environ[name] = str(folder / name.lower())
+    torch._dynamo.reset()
 
 
 def read_json(path: Path) -> Any:
@@ -147,7 +174,7 @@ def train(work: Path, spec: str, split_file: Path, settings: Settings, epochs: i
           val_batches: int | None = None) -> Path:
     network, ssm = parse_network(spec)
     return api.train(work, CONFIG, network, 0, epochs=epochs, iters_per_epoch=iters, device=settings.device,
-                     split_file=split_file, workers=settings.workers, ssm=ssm,
+                     split_file=split_file, workers=settings.workers, ssm=ssm, compile=settings.compile,
                      val_batches=val_batches or settings.val_batches,
                      network_overrides=overrides(work, network, settings))
 
@@ -176,7 +203,7 @@ def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings:
     if report.failed:
         raise RuntimeError(f"prediction failed for {report.failed}")
     per_case = list(report.seconds_per_case.values())
-    return {"cases": len(per_case), "call_s_per_case": wall / len(per_case),
+    return {"cases": len(per_case), "call_s": wall, "call_s_per_case": wall / len(per_case),
             "median_s_per_case_after_first": statistics.median(per_case[1:] or per_case),
             "peak_alloc_gib": gpu_peaks(settings)[0]}
 
@@ -194,47 +221,48 @@ def gpu_peaks(settings: Settings) -> tuple[float | None, float | None]:
 
 def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path,
               settings: Settings) -> Calibration:
-    """A short run measures what the budget must cover; its folder is deleted afterwards."""
-    start = time.perf_counter()
+    """A short run of 2 epochs measures what the budget must cover; its folder is deleted.
+
+    Epoch 2 is the steady one: its rate, and its whole wall time (from its ``started_at`` to
+    the call's return: validation, checkpoints, log and plot) less its steps, per epoch.
+    Everything before epoch 2 less one steady epoch is start-up (set-up, worker start,
+    compile when compiling). Then ``calib_cases`` validation cases are predicted with TTA
+    and scored: the median case after the first, plus scoring, per case, and the rest of
+    the call once (model loading).
+    """
+    if settings.compile:
+        fresh_compile_caches(scratch / "compile_cache_warmup")
+    called_at = time.time()
     fold = train(work, spec, split_file, settings, 2, settings.warmup_iters)
-    wall = time.perf_counter() - start
+    returned_at = time.time()
     epochs = read_json(fold / "training_log.json")["epochs"]
-    rate = epochs[-1]["iters_per_s"]
+    rate = epochs[1]["iters_per_s"]
+    steady_epoch_s = returned_at - epochs[1]["started_at"]
     cases = read_json(split_file)[0]["val"][: settings.calib_cases]
-    start = time.perf_counter()
     timing = predict(work, spec, link_images(data, cases, scratch / "calib_images"), scratch / "calib_pred",
                      True, settings)
-    dice(data, scratch / "calib_pred")
-    final = (time.perf_counter() - start) / timing["cases"]
-    write_s = checkpoint_write_s(fold)
-    shutil.rmtree(fold.parents[1])  # the real run starts from scratch
-    # Start-up = what the epochs' own timers miss: set-up plus the two epochs' writes (so it errs long).
-    return Calibration(startup_s=wall - sum(e["epoch_time_s"] for e in epochs), iters_per_s=rate,
-                       val_s=max(0.0, epochs[-1]["epoch_time_s"] - settings.warmup_iters / rate) + write_s,
-                       final_s_per_case=final)
-
-
-def checkpoint_write_s(fold: Path) -> float:
-    """Per-epoch checkpoint cost, which the epoch timer leaves out: re-read, hash and write the
-    warm-up's checkpoint with fsync, twice (latest, and best when the Dice EMA improves)."""
     start = time.perf_counter()
-    payload = (fold / "checkpoint_latest.pt").read_bytes()
-    hashlib.sha256(payload).digest()
-    with open(fold / "rewrite.tmp", "wb") as handle:
-        handle.write(payload)
-        os.fsync(handle.fileno())
-    return 2 * (time.perf_counter() - start)
+    dice(data, scratch / "calib_pred")
+    score_s = time.perf_counter() - start
+    case_s = timing["median_s_per_case_after_first"]
+    shutil.rmtree(fold.parents[1])  # the real run starts from scratch
+    return Calibration(startup_s=max(0.0, epochs[1]["started_at"] - called_at - steady_epoch_s),
+                       iters_per_s=rate, val_s=max(0.0, steady_epoch_s - settings.warmup_iters / rate),
+                       final_s_per_case=case_s + score_s / timing["cases"],
+                       final_fixed_s=max(0.0, timing["call_s"] - case_s * timing["cases"]))
 
 
 def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path,
                   settings: Settings) -> dict[str, Any]:
     val_cases = read_json(split_file)[0]["val"]
-    scratch = out / "scratch" / tag_of(spec)
+    scratch = out / "scratch" / tag_of(spec, settings.compile)
     val_images = link_images(data, val_cases, scratch / "val_images")
     cal = calibrate(data, work, spec, split_file, scratch, settings)
     epochs, iters = choose_schedule(cal, settings.budget_s, settings.iters_per_epoch, len(val_cases),
                                     settings.max_iters)
     print(f"{spec}: warm-up {asdict(cal)} -> {epochs} epochs x {iters} iterations", flush=True)
+    if settings.compile:
+        fresh_compile_caches(scratch / "compile_cache")
     if settings.device == "cuda":  # peaks of this network's training alone
         gc.collect()
         torch.cuda.empty_cache()
@@ -252,7 +280,7 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     log = read_json(fold / "training_log.json")
     meta = log["metadata"]
     params = network_complexity(meta["network"], meta["patch_size"], **meta["network_kwargs"]).parameters
-    return {"name": tag_of(spec), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
+    return {"name": tag_of(spec, settings.compile), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
             "schedule": f"{epochs}x{iters}", "calibration": asdict(cal),
             "iters_per_s": statistics.median(e["iters_per_s"] for e in log["epochs"]),
             "batch": Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size,
@@ -337,9 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=250.0, help="wall seconds per network (nnU-Net's)")
     parser.add_argument("--device", default="cuda", help="cuda or cpu (smoke: cpu)")
     parser.add_argument("--gpu-memory", type=float, default=10.0, help="planner's GB (api.plan's default)")
-    for name, default in [("iters-per-epoch", 250), ("val-batches", 50), ("warmup-iters", 25),
+    for name, default in [("iters-per-epoch", 250), ("val-batches", 50), ("warmup-iters", 250),
                           ("calib-cases", 4), ("brats-cases", 3), ("workers", None)]:
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--compile", action="store_true",
+                        help="train with torch.compile (cold caches: the compile counts in the budget)")
     parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
     parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
     parser.add_argument("--smoke", action="store_true", help="CPU, phantom, tiny network, 2 iterations")
@@ -355,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(device=args.device, budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
                             val_batches=args.val_batches, warmup_iters=args.warmup_iters,
                             calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases,
+                            compile=args.compile,
                             gpu_memory_gb=args.gpu_memory)
     if not args.table_only:
         run(args, out, settings)

@@ -24,17 +24,18 @@ bench = _load()
 
 
 def test_schedule_fills_the_budget_after_startup_and_final_validation():
-    cal = bench.Calibration(startup_s=10.0, iters_per_s=45.0, val_s=1.0, final_s_per_case=0.5)
+    cal = bench.Calibration(startup_s=10.0, iters_per_s=45.0, val_s=1.0, final_s_per_case=0.5, final_fixed_s=2.0)
     epochs, iters = bench.choose_schedule(cal, 250.0, 250, 42)
-    assert iters == 250
-    epoch_s = 250 / 45 + 1.0
-    used = 10.0 + 21.0 + epochs * epoch_s
-    assert used <= 250.0 < used + epoch_s  # as many whole epochs as fit, not one more
+    assert iters >= 250  # whole epochs of at least nnU-Net's length
+    target = bench.BUDGET_TARGET * 250.0
+    used = 10.0 + 2.0 + 21.0 + epochs * (iters / 45.0 + 1.0)
+    assert used <= target < used + epochs / 45.0  # short of the target by less than a step per epoch
+    assert epochs * (250 / 45.0 + 1.0) + 33.0 <= target < (epochs + 1) * (250 / 45.0 + 1.0) + 33.0
 
 
 def test_schedule_shortens_the_only_epoch_when_none_fits_and_honours_the_cap():
     slow = bench.Calibration(startup_s=100.0, iters_per_s=1.0, val_s=10.0, final_s_per_case=1.0)
-    assert bench.choose_schedule(slow, 250.0, 250, 40) == (1, 100)
+    assert bench.choose_schedule(slow, 250.0, 250, 40) == (1, int(bench.BUDGET_TARGET * 250.0 - 100 - 40 - 10))
     fast = bench.Calibration(startup_s=1.0, iters_per_s=100.0, val_s=0.1, final_s_per_case=0.01)
     epochs, iters = bench.choose_schedule(fast, 250.0, 250, 2, max_iters=2)
     assert epochs * iters == 2
@@ -72,6 +73,7 @@ def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys)
     assert result["iters_per_s"] > 0 and result["parameters_m"] > 0 and result["peak_alloc_gib"] is None
     cal = result["calibration"]
     assert cal["iters_per_s"] > 0 and cal["startup_s"] > 0 and cal["final_s_per_case"] > 0
+    assert cal["val_s"] > 0 and cal["final_fixed_s"] >= 0
     brats = json.loads((tmp_path / "brats__umamba_bot__ssm-none.json").read_text())
     assert brats["timing"]["tta_True"]["cases"] == 3 and brats["brats_s_per_case_tta"] > 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

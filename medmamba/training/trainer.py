@@ -120,6 +120,9 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+        if self.config.compile:
+            # Training steps only; validation and checkpoints use the plain module.
+            self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.network.parameters(), self.config)
         self.scheduler = PolyLRScheduler(
             self.optimizer, self.config.learning_rate, self.config.epochs, self.config.poly_exponent
@@ -197,6 +200,7 @@ class Trainer:
         loader = iter(make_loader(self.train_data, step, self.workers, generator, self.device.type == "cuda"))
         for epoch in range(start_epoch, self.config.epochs):
             lr = self.scheduler.set_epoch(epoch)
+            started_at = time.time()
             start = time.perf_counter()
             train_loss = self._train_epoch(loader, epoch)
             step += self.config.iters_per_epoch
@@ -215,6 +219,7 @@ class Trainer:
                 "mean_dice": mean,
                 "ema_dice": self.ema,
                 "lr": lr,
+                "started_at": started_at,  # wall clock: differences give whole epochs, writes included
                 "epoch_time_s": time.perf_counter() - start,
                 "iters_per_s": self.config.iters_per_epoch / train_time,
             })
@@ -233,7 +238,10 @@ class Trainer:
 
     def _train_epoch(self, loader: Any, epoch: int) -> float:
         self.model.train()
-        losses = torch.zeros(self.config.iters_per_epoch, dtype=torch.float64)
+        # Losses stay on the device: reading one back each step would make the host wait
+        # for the GPU instead of queueing the next step (the bar reads them now and then).
+        losses = torch.zeros(self.config.iters_per_epoch, dtype=torch.float64, device=self.device)
+        last = self.config.iters_per_epoch - 1
         with _progress_bar(self.show_progress and self.dist.is_main, epoch, self.config) as bar:
             for iteration in range(self.config.iters_per_epoch):
                 batch = next(loader)
@@ -246,9 +254,11 @@ class Trainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
                 self.optimizer.step()
-                losses[iteration] = loss.detach().item()
-                bar(iteration + 1, float(losses[: iteration + 1].mean()))
-        mean = all_reduce_sum(losses.mean().reshape(1).to(self.device, torch.float32), self.dist)
+                losses[iteration] = loss.detach()
+                if bar.enabled:
+                    refresh = iteration % _BAR_REFRESH_STEPS == 0 or iteration == last
+                    bar(iteration + 1, float(losses[: iteration + 1].mean()) if refresh else None)
+        mean = all_reduce_sum(losses.mean().reshape(1).float(), self.dist)
         return float(mean.item()) / self.dist.world_size
 
     @torch.no_grad()
@@ -296,15 +306,19 @@ def _label_names(spec: RunSpec) -> dict[int, str]:
     return {i: by_value.get(v, f"label_{v}") for i, v in enumerate(spec.label_values)}
 
 
+# The bar's loss (a read-back from the GPU) is refreshed every this many steps.
+_BAR_REFRESH_STEPS = 10
+
+
 class _progress_bar:
     """A rich progress bar for one epoch (loss and ETA), or nothing."""
 
     def __init__(self, enabled: bool, epoch: int, config: TrainingConfig) -> None:
         self.enabled, self.epoch, self.config = enabled, epoch, config
 
-    def __enter__(self) -> Callable[[int, float], None]:
+    def __enter__(self) -> _progress_bar:
         if not self.enabled:
-            return lambda done, loss: None
+            return self
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -317,8 +331,14 @@ class _progress_bar:
             console=Console(stderr=True),
         )
         self.progress.start()
-        task = self.progress.add_task("train", total=self.config.iters_per_epoch, loss=float("nan"))
-        return lambda done, loss: self.progress.update(task, completed=done, loss=loss)
+        self.task = self.progress.add_task("train", total=self.config.iters_per_epoch, loss=float("nan"))
+        return self
+
+    def __call__(self, done: int, loss: float | None = None) -> None:
+        """Advance to ``done`` steps; ``loss`` None keeps the loss shown."""
+        if self.enabled:
+            fields = {} if loss is None else {"loss": loss}
+            self.progress.update(self.task, completed=done, **fields)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
