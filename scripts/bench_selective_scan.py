@@ -5,6 +5,8 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py            # checks, copy bandwidth, 6 rows x 2 dtypes
     python scripts/bench_selective_scan.py --quick    # rows 1, 4, 6 only, shorter timing
     python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
+    python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
+    python scripts/bench_selective_scan.py --bwd-variants   # backward variants side by side
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -186,6 +188,95 @@ def sweep(dtypes):
             del x, out, dout
 
 
+def compare_fwd_variants(dtypes, shapes):
+    """Forward variants side by side (same inputs, same run), and the host overhead of the
+    public call: eager path vs the torch.library op (the path every call took before).
+    True if every variant matches "chunked" within the dtype's tolerance."""
+    from triton.testing import do_bench
+
+    from medmamba_kernels.selective_scan import interface
+
+    variants = ("chunked", "fused", "deferred")
+    ok = True
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v + ' ms':>12}" for v in variants)
+          + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            ref_out, ref_last = fwd(**x, variant="chunked")
+            times = []
+            err = 0.0
+            for v in variants:
+                out, last = fwd(**x, variant=v)
+                err = max(err, rel(out, ref_out), rel(last, ref_last))
+                times.append(do_bench(lambda v=v: fwd(**x, variant=v), warmup=10, rep=50,
+                                      return_mode="median"))
+            args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+            leaves = [a.detach().requires_grad_() for a in args]
+            dout = torch.randn_like(ref_out)
+
+            def op_fb():
+                out, _ = interface._scan_fwd_op(*leaves, True, False, "triton")
+                out.backward(dout)
+
+            def eager_fb():
+                interface.selective_scan(*leaves, delta_softplus=True,
+                                         backend="triton").backward(dout)
+
+            def op_f():
+                interface._scan_fwd_op(*args, True, False, "triton")
+
+            def eager_f():
+                interface.selective_scan(*args, delta_softplus=True, backend="triton")
+
+            host = [do_bench(f, warmup=10, rep=50, return_mode="median")
+                    for f in (op_fb, eager_fb, op_f, eager_f)]
+            ok &= err < (1e-4 if dt == torch.float32 else 2e-2)
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>12.3f}" for t in times) + f"{err:>11.1e}"
+                  + f"{host[0]:>9.3f}{host[1]:>11.3f}{host[2]:>9.3f}{host[3]:>11.3f}",
+                  flush=True)
+            del x, leaves, args, dout
+    print("variant checks (max err vs chunked):", "all ok" if ok else "SOME FAILED")
+    return ok
+
+
+# --- backward variants (triton_bwd.py `variant` / `maxnreg`; added by the bwd helper) ---
+BWD_CONFIGS = [  # (variant, chunk, maxnreg); the first is the reference for the error column
+    ("v1", 64, None), ("v2", 64, None), ("v1", 32, None), ("v2", 32, None),
+    ("v2", 32, 168), ("v2", 32, 144), ("v2", 32, 128), ("v2", 64, 168),
+]
+
+
+def compare_bwd_variants(dtypes, shapes):
+    """Backward kernel variants side by side (same inputs, same run), bwd only."""
+    from triton.testing import do_bench
+
+    names = ["/".join(str(v) for v in cfg) for cfg in BWD_CONFIGS]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n in names)
+          + f"{'max err':>10}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+            times, err, ref = [], 0.0, None
+            for variant, chunk, maxnreg in BWD_CONFIGS:
+                kw = dict(variant=variant, chunk=chunk, maxnreg=maxnreg)
+                grads = bwd(dout, **x, **kw)
+                if ref is None:
+                    ref = grads
+                else:
+                    err = max([err] + [rel(a, b) for a, b in zip(grads, ref)
+                                       if a is not None])
+                times.append(do_bench(lambda kw=kw: bwd(dout, **x, **kw), warmup=5, rep=30,
+                                      return_mode="median"))
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>14.3f}" for t in times) + f"{err:>10.1e}", flush=True)
+            del x, out, dout, ref
+# --- end backward variants ---
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
@@ -195,6 +286,11 @@ def main() -> int:
                    help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
     p.add_argument("--profile", action="store_true",
                    help="with --only: run fwd and bwd a few times untimed (for ncu)")
+    p.add_argument("--fwd-variants", action="store_true",
+                   help="time the forward variants (chunked, fused, deferred) side by side, "
+                        "and the public call against the torch.library op path (host overhead)")
+    p.add_argument("--bwd-variants", action="store_true",
+                   help="time the backward variants (BWD_CONFIGS) side by side, bwd only")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -223,6 +319,11 @@ def main() -> int:
 
     if args.sweep:
         sweep(dtypes)
+        return 0
+    if args.fwd_variants:
+        return 0 if compare_fwd_variants(dtypes, shapes) else 1
+    if args.bwd_variants:
+        compare_bwd_variants(dtypes, shapes)
         return 0
 
     ok = True

@@ -22,14 +22,21 @@ group d // (dim // G). The host functions return out (batch, dim, L) of dtype x 
 last_state (batch, dim, N) float32 (h at t = L-1, or t = 0 when reverse); the backward
 returns one gradient per input with that input's shape and dtype (None for absent
 optional inputs); returned tensors should be contiguous (the op makes them so, at the
-cost of a copy, because its fake kernels promise contiguous outputs), recomputes from the inputs (the forward saves nothing big), and gets
-no gradient for last_state. Host functions never modify their inputs.
+cost of a copy, because its fake kernels promise contiguous outputs); the backward
+recomputes from the inputs (the forward saves nothing big) and gets no gradient for
+last_state. Host functions never modify their inputs.
+
+Eager calls on the Triton backend skip the op's Python dispatch (tens of microseconds, more
+than the GPU time of short rows): `_EagerTritonScan` runs the same host functions under
+plain autograd, and inference calls them directly. torch.compile and tensor subclasses
+(fake tensors) always take the op.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -37,10 +44,10 @@ from typing import Optional
 
 import torch
 
+from .checks import check_and_normalise
 from .chunked import selective_scan_bwd_chunked, selective_scan_fwd_chunked
 from .reference import selective_scan_reference
 
-_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # float64 is accepted by the torch and reference backends only, for gradcheck.
 _FLOAT64_BACKENDS = ("torch", "reference")
 
@@ -86,6 +93,11 @@ def _host_functions(backend: str, device: torch.device) -> HostFunctions:
     if backend == Backend.TORCH.value:
         return selective_scan_fwd_chunked, selective_scan_bwd_chunked
     _require_triton(device)
+    return _triton_host_functions()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_host_functions() -> HostFunctions:
     # Imported lazily so that CPU-only users never need triton to import the package.
     fwd = importlib.import_module(f"{__package__}.triton_fwd")
     bwd = importlib.import_module(f"{__package__}.triton_bwd")
@@ -193,6 +205,38 @@ def _backward(ctx, dout, _dlast_state):
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerTritonScan(torch.autograd.Function):
+    """The op's forward and backward for eager Triton calls, without torch.library's
+    Python dispatch: that costs tens of microseconds a call, more than the GPU time of the
+    short rows. torch.compile and tensor subclasses (fake tensors) still go through the op,
+    which runs the same host functions."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, fns):
+        out, last_state = _without_autocast(fns[0], u.device.type, u, delta, A, B, C, D, z,
+                                            delta_bias, delta_softplus, reverse)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.flags = (delta_softplus, reverse)
+        ctx.bwd = fns[1]
+        ctx.mark_non_differentiable(last_state)
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, dout, _dlast_state):
+        grads = _without_autocast(ctx.bwd, dout.device.type, dout, *ctx.saved_tensors,
+                                  *ctx.flags)
+        return (*grads, None, None, None)
+
+
+def _without_autocast(fn: Callable[..., tuple], device_type: str, *args) -> tuple:
+    # The scan runs on its input dtypes with an fp32 state whatever autocast says; entering
+    # the context costs microseconds, so only when autocast is on.
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+    return fn(*args)
+
+
 # --------------------------------------------------------------------------------------
 # public function
 # --------------------------------------------------------------------------------------
@@ -243,7 +287,7 @@ def selective_scan(
         BackendUnavailableError: the requested backend cannot run here.
     """
     chosen = Backend.parse(backend)
-    u, delta, A, B, C, D, z, delta_bias = _checked(
+    u, delta, A, B, C, D, z, delta_bias = check_and_normalise(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
     )
     chosen = _resolve(chosen, u.device)
@@ -260,116 +304,18 @@ def selective_scan(
     else:
         if chosen is Backend.TRITON:
             _require_triton(u.device)  # fail here, before any graph or autograd work
-        out, last_state = _scan_fwd_op(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value
-        )
-    return (out, last_state) if return_last_state else out
-
-
-# --------------------------------------------------------------------------------------
-# argument checks
-# --------------------------------------------------------------------------------------
-
-
-def _describe(x: torch.Tensor) -> str:
-    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
-
-
-def _tensor(name: str, x: object, optional: bool = False) -> None:
-    if x is None and optional:
-        return
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.is_complex() or not x.is_floating_point():
-        raise TypeError(f"{name}: expected a real floating-point tensor, got {_describe(x)}")
-
-
-def _shape(name: str, x: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
-    if tuple(x.shape) != expected:
-        raise ValueError(f"{name}: expected shape {meaning} = {expected}, got {tuple(x.shape)}")
-
-
-def _checked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    """Validate, then normalise: B, C -> 4-D; A, D, delta_bias -> fp32; dtypes aligned.
-
-    Casts and reshapes are ordinary differentiable ops, so gradients reach the caller's
-    tensors in their own shapes and dtypes.
-    """
-    for name, x, optional in (
-        ("u", u, False), ("delta", delta, False), ("A", A, False), ("B", B, False),
-        ("C", C, False), ("D", D, True), ("z", z, True), ("delta_bias", delta_bias, True),
-    ):
-        _tensor(name, x, optional)
-    for name, flag in (("delta_softplus", delta_softplus), ("reverse", reverse)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
-
-    if u.dim() != 3:
-        raise ValueError(f"u: expected 3 dimensions (batch, dim, L), got shape {tuple(u.shape)}")
-    batch, dim, length = u.shape
-    if min(batch, dim, length) < 1:
-        raise ValueError(f"u: expected batch, dim and L >= 1, got shape {tuple(u.shape)}")
-    if u.dtype not in (*_INPUT_DTYPES, torch.float64):
-        raise TypeError(f"u: expected dtype float32, bfloat16 or float16, got {u.dtype}")
-    device = u.device
-    for name, x in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        if x is not None and x.device != device:
-            raise ValueError(f"{name}: expected device {device} (u's device), got {x.device}")
-
-    _shape("delta", delta, (batch, dim, length), "(batch, dim, L)")
-    if z is not None:
-        _shape("z", z, (batch, dim, length), "(batch, dim, L)")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A: expected shape (dim, N) = ({dim}, N), got {tuple(A.shape)}")
-    nstate = A.shape[1]
-    if nstate < 1:
-        raise ValueError(f"A: expected N >= 1 states, got shape {tuple(A.shape)}")
-    for name, x in (("B", B), ("C", C)):
-        if x.dim() == 3:
-            _shape(name, x, (batch, nstate, length), "(batch, N, L)")
-        elif x.dim() == 4:
-            groups = x.shape[1]
-            if groups < 1 or dim % groups:
-                raise ValueError(
-                    f"{name}: expected groups G dividing dim={dim} in (batch, G, N, L), "
-                    f"got shape {tuple(x.shape)}"
-                )
-            _shape(name, x, (batch, groups, nstate, length), "(batch, G, N, L)")
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        if (chosen is Backend.TRITON and type(u) is torch.Tensor
+                and not torch.compiler.is_compiling()):
+            fns = _triton_host_functions()
+            if torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                               for x in inputs):
+                out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse, fns)
+            else:  # inference: no graph to record
+                out, last_state = _without_autocast(fns[0], u.device.type, *inputs,
+                                                    delta_softplus, reverse)
         else:
-            raise ValueError(
-                f"{name}: expected (batch, N, L) or (batch, G, N, L), got shape {tuple(x.shape)}"
+            out, last_state = _scan_fwd_op(
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value
             )
-    B4 = B if B.dim() == 4 else B.unsqueeze(1)
-    C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    if C4.shape[1] != B4.shape[1]:
-        raise ValueError(
-            f"C: expected the same number of groups as B ({B4.shape[1]}), got {C4.shape[1]} "
-            f"(shape {tuple(C.shape)})"
-        )
-    for name, x in (("D", D), ("delta_bias", delta_bias)):
-        if x is not None:
-            _shape(name, x, (dim,), "(dim,)")
-
-    # Dtypes: delta and z must share u's dtype, B and C u's dtype or fp32 (as mamba_ssm);
-    # under autocast the mixed dtypes autocast produces are aligned to u's instead.
-    autocast = torch.is_autocast_enabled(device.type)
-    x = u.dtype
-    state = torch.float64 if x == torch.float64 else torch.float32
-
-    def aligned(name: str, t: torch.Tensor | None, allowed: tuple[torch.dtype, ...]):
-        if t is None or t.dtype in allowed:
-            return t
-        if autocast:
-            return t.to(x)
-        names = " or ".join(str(a) for a in dict.fromkeys(allowed))
-        raise TypeError(f"{name}: expected dtype {names} (u is {x}), got {t.dtype}")
-
-    delta = aligned("delta", delta, (x,))
-    z = aligned("z", z, (x,))
-    B4 = aligned("B", B4, (x, state))
-    C4 = aligned("C", C4, (x, state))
-    A = A.to(state)
-    D = None if D is None else D.to(state)
-    delta_bias = None if delta_bias is None else delta_bias.to(state)
-    return u, delta, A, B4, C4, D, z, delta_bias
+    return (out, last_state) if return_last_state else out

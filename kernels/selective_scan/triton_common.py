@@ -15,14 +15,19 @@ of channels of that group, so the group's B/C tile is loaded once per program.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = math.log2(math.e)
+# Hardware log2 in _softplus where compiled (the interpreter has no libdevice).
+_FAST_LOG2 = tl.constexpr(hasattr(libdevice, "fast_log2f")
+                          and not triton.knobs.runtime.interpret)
 
 # Programs wanted per launch: enough to fill 132 SMs several times over.
 _TARGET_PROGRAMS = 2048
@@ -48,7 +53,36 @@ class LaunchPlan:
         return self.n_chunks * batch * groups * self.n_channel_blocks
 
 
+def _next_pow2(n: int) -> int:
+    # triton.next_power_of_2 / triton.cdiv are constexpr functions in Triton >= 3.5, a few
+    # microseconds a call on the host; these run once per launch plan.
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def plan_launch(
+    batch: int,
+    dim: int,
+    groups: int,
+    length: int,
+    chunk: int | None = None,
+    channel_block: int | None = None,
+    carry_block: int | None = None,
+    num_warps: int | None = None,
+    n_state: int = 16,
+    backward: bool = False,
+) -> LaunchPlan:
+    """Pick chunk and channel-block sizes so one launch has enough programs (cached: the
+    host cost of a call matters for short rows, and a training run sees few shapes)."""
+    return _plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
+                        num_warps, n_state, backward)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_launch(
     batch: int,
     dim: int,
     groups: int,
@@ -67,23 +101,23 @@ def plan_launch(
     give enough programs. Every count stays on grid axis 0 (limit 2**31 - 1).
     """
     if chunk is None:
-        whole = max(16, triton.next_power_of_2(length))
+        whole = max(16, _next_pow2(length))
         # a sequence that fits one tile runs as one chunk: one launch, no carries
         chunk = whole if whole <= _MAX_SINGLE_CHUNK[backward] else _MAX_CHUNK[backward]
     _check_power_of_two("chunk", chunk)
-    n_chunks = triton.cdiv(length, chunk)
+    n_chunks = _cdiv(length, chunk)
     per_group = dim // groups
     if channel_block is None:
         outer = batch * groups * n_chunks
-        splits = max(1, min(per_group, triton.cdiv(_TARGET_PROGRAMS, outer)))
-        channel_block = triton.cdiv(per_group, splits)
+        splits = max(1, min(per_group, _cdiv(_TARGET_PROGRAMS, outer)))
+        channel_block = _cdiv(per_group, splits)
     channel_block = max(1, min(channel_block, per_group))
-    n_channel_blocks = triton.cdiv(per_group, channel_block)
+    n_channel_blocks = _cdiv(per_group, channel_block)
     if carry_block is None:
-        carry_block = min(512, max(16, triton.next_power_of_2(n_chunks)))
+        carry_block = min(512, max(16, _next_pow2(n_chunks)))
     _check_power_of_two("carry_block", carry_block)  # a tl.arange length
     if num_warps is None:
-        tile = chunk * triton.next_power_of_2(n_state)
+        tile = chunk * _next_pow2(n_state)
         num_warps = max(1, min(8, tile // _ELEMENTS_PER_WARP[backward]))
     plan = LaunchPlan(chunk, n_chunks, channel_block, n_channel_blocks, carry_block, num_warps)
     if plan.programs(batch, groups) >= 2**31:
@@ -101,8 +135,16 @@ def _check_power_of_two(name: str, value: int) -> None:
 
 @triton.jit
 def _softplus(x):
-    # log1p(exp(x)) without overflow; x above 20 passes through as in torch.
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
+    # log1p(exp(x)) without overflow; x above 20 passes through as in torch. tl.log is
+    # libdevice's accurate logf (~25 instructions an element, in every pass); compiled,
+    # the hardware log2 (one MUFU op, error ~2**-22 on (1, 2], where its argument lies)
+    # does. The interpreter has no libdevice, and takes tl.log2.
+    e = 1.0 + tl.exp2(tl.abs(x) * -1.4426950408889634)
+    if _FAST_LOG2:
+        lg = libdevice.fast_log2f(e)
+    else:
+        lg = tl.log2(e)
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + 0.6931471805599453 * lg)
 
 
 @triton.jit
@@ -280,21 +322,21 @@ def chunk_boundary_states(
         plan.channel_block,
         *uu.stride(), *delta.stride(), *zz.stride(), *oo.stride(),
         *B.stride(), *C.stride(),
-        N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
+        N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_Z=z is not None, DO_FWD=forward, DO_BWD=adjoint,
         REVERSE=reverse, num_warps=plan.num_warps,
     )
     if forward:
         _carry_kernel[(batch * dim,)](
             S, H, A, last_state if last_state is not None else dummy, dim, nc,
-            N=n_state, NP=triton.next_power_of_2(n_state), BLOCK=plan.carry_block,
+            N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block,
             REVERSE=reverse,
             STORE_LAST=last_state is not None, num_warps=8,
         )
     if adjoint:
         _carry_kernel[(batch * dim,)](
             S, Q, A, dummy, dim, nc,
-            N=n_state, NP=triton.next_power_of_2(n_state), BLOCK=plan.carry_block,
+            N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block,
             REVERSE=not reverse, STORE_LAST=False,
             num_warps=8,
         )

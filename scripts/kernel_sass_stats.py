@@ -1,0 +1,150 @@
+"""Compile the Triton selective-scan forward kernels for sm_90 offline and count SASS.
+
+No GPU needed (Triton's bundled ptxas, cuobjdump and nvdisasm):
+
+    python scripts/kernel_sass_stats.py                 # every forward kernel, fp32 and bf16
+    python scripts/kernel_sass_stats.py --chunk 64 --dump /tmp/sass   # also write SASS/TTGIR
+
+Prints per kernel: registers, stack (spill) bytes, shared memory, total instructions and
+the counts that matter here (SHFL, MUFU, FFMA/FMUL/FADD, loads/stores, local memory).
+The chunk kernels run one channel-chunk per loop trip: divide by CHUNK * N / (32 *
+num_warps) for a per-element figure. Configuration as the GPU bench's rows (z, softplus,
+delta_bias, D, N = 16); integer arguments equal to 1 are specialised as Triton does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+# pointers to tensors of the input dtype; the others (A, D, bias, scratch) are fp32
+_IO = ("u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "B_ptr", "C_ptr", "out_ptr")
+KEYS = ("SHFL", "MUFU", "FFMA", "FMUL", "FADD", "FSEL", "LDG", "STG", "LDS", "STS", "BAR",
+        "LDL", "STL")
+
+
+def _import_kernels():
+    if importlib.util.find_spec("medmamba_kernels") is None:
+        spec = importlib.util.spec_from_file_location(
+            "medmamba_kernels", REPO / "kernels" / "__init__.py",
+            submodule_search_locations=[str(REPO / "kernels")])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["medmamba_kernels"] = module
+        spec.loader.exec_module(module)
+    from medmamba_kernels.selective_scan import triton_common, triton_fwd, triton_fwd_deferred
+
+    return triton_common, triton_fwd, triton_fwd_deferred
+
+
+def compile_sm90(fn, args: dict, num_warps: int):
+    """triton.compile for sm_90 with the signature Triton's launcher would derive."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    sig, consts, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = args[p.name]
+        if p.is_constexpr:
+            sig[p.name], consts[(i,)] = "constexpr", v
+        elif isinstance(v, torch.dtype):
+            sig[p.name], attrs[(i,)] = _PTR[v], [["tt.divisibility", 16]]
+        elif v == 1:
+            sig[p.name], consts[(i,)] = "constexpr", 1
+        else:
+            sig[p.name] = "i64" if abs(v) >= 2**31 else "i32"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps})
+
+
+def _tool(name: str, cubin: bytes, *flags: str) -> str:
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        return subprocess.run([path, *flags, f.name], capture_output=True, text=True,
+                              check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def stats(kernel) -> tuple[dict, str]:
+    cubin = kernel.asm["cubin"]
+    res = _tool("cuobjdump", cubin, "--dump-resource-usage")
+    sass = _tool("nvdisasm", cubin, "-c")
+    ops = collections.Counter(re.findall(
+        r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M))
+    out = {k: int(re.search(rf"{k}:(\d+)", res).group(1)) for k in ("REG", "STACK", "SHARED")}
+    out["total"] = sum(ops.values())
+    out.update({k: ops.get(k, 0) for k in KEYS})
+    return out, sass
+
+
+def configs(chunk: int):
+    """(label, module attribute path, args, num_warps) for every forward kernel."""
+    L, D = 262144, 64  # row 1 of DESIGN.md 7 (the fused kernel: row 5's channel count)
+    base = dict(dim=D, groups=1, length=L, n_chunks=L // chunk, n_cblk=1, n_bgd=2,
+                per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
+                s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
+                s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
+                s_Cl=1, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=False, MULTI_CHUNK=True)
+    warps = max(1, chunk * 16 // 2048)
+    yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
+    yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
+    yield "fused (channel_block 1)", ("triton_fwd", "_fwd_fused_kernel"), {
+        **base, "dim": 128, "n_cblk": 128, "channel_block": 1}, warps
+    yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
+    yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
+    yield "carry (block 512, 8 warps)", ("triton_common", "_carry_kernel"), {
+        **base, "BLOCK": 512, "STORE_LAST": True, "n_chunks": 2048}, 8
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
+    args = p.parse_args()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred"),
+                       _import_kernels()))
+    print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
+          + "".join(f"{k:>6}" for k in KEYS))
+    for dtype in (torch.float32, torch.bfloat16):
+        for label, (mod, name), values, warps in configs(args.chunk):
+            fn = getattr(modules[mod], name)
+            full = {}
+            for param in fn.params:
+                if param.name.endswith("_ptr"):
+                    full[param.name] = dtype if param.name in _IO else torch.float32
+                else:
+                    full[param.name] = values[param.name]
+            kernel = compile_sm90(fn, full, warps)
+            s, sass = stats(kernel)
+            print(f"{label:<28}{str(dtype)[6:]:<6}{s['REG']:>5}{s['STACK']:>6}{s['total']:>7}"
+                  + "".join(f"{s[k]:>6}" for k in KEYS), flush=True)
+            if args.dump is not None:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                stem = f"{name}_{str(dtype)[6:]}_c{args.chunk}"
+                (args.dump / f"{stem}.sass").write_text(sass)
+                (args.dump / f"{stem}.ttgir").write_text(kernel.asm["ttgir"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

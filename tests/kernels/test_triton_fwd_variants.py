@@ -1,0 +1,57 @@
+"""Triton forward variants ("fused", "deferred") vs the sequential reference.
+
+test_triton.py covers the default variant ("chunked") with gradients; the variants differ in the
+forward only (the backward is shared), so out and last_state are compared here. Cases
+span several chunks (one-chunk sequences take the same kernel in every variant).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from scan_cases import TOLERANCE, ScanCase, relative_error
+
+pytest.importorskip("triton")
+
+from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
+from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
+from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+CASES = [
+    (_all(ScanCase(2, 3, 100, 4)), {"chunk": 16}),
+    (_all(ScanCase(2, 4, 64, 16, groups=2, reverse=True)), {"chunk": 16}),
+    (ScanCase(1, 2, 70, 4, has_z=True, softplus=True, last_state=True),
+     {"chunk": 16, "carry_block": 2}),
+    (_all(ScanCase(1, 6, 300, 16, groups=3)), {"chunk": 32, "channel_block": 2}),
+    (_all(ScanCase(1, 2, 1100, 16, reverse=True)), {}),  # default plan: chunks of 128
+    (ScanCase(1, 4, 343, 8, groups=2, has_D=True, reverse=True, last_state=True),
+     {"chunk": 64}),
+    (_all(ScanCase(2, 4, 343, 16, dtype=torch.bfloat16, groups=2)), {"chunk": 64}),
+    (_all(ScanCase(1, 2, 200, 4, dtype=torch.bfloat16, reverse=True)), {"chunk": 32}),
+]
+
+
+@pytest.mark.parametrize("variant", ["fused", "deferred"])
+@pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
+def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: dict) -> None:
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    x = _four_d(inputs)
+    out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
+    got, last = selective_scan_fwd_triton(**x, **flags, out=out, variant=variant, **plan)
+    assert got.data_ptr() == out.data_ptr() and last.dtype == torch.float32
+    tol = TOLERANCE[case.dtype]
+    errors = {"out": relative_error(got, want), "last_state": relative_error(last, want_last)}
+    assert all(e <= tol for e in errors.values()), f"{variant} {case.id}: {errors}"
+
+
+def test_unknown_variant_is_refused() -> None:
+    x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
+    with pytest.raises(ValueError, match="^variant: expected one of"):
+        selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, variant="fast")
