@@ -72,7 +72,7 @@ def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys)
     assert result["val_s_per_case"] > 0 and result["val_s_per_case_tta"] > 0
     assert result["iters_per_s"] > 0 and result["parameters_m"] > 0 and result["peak_alloc_gib"] is None
     cal = result["calibration"]
-    assert cal["iters_per_s"] > 0 and cal["startup_s"] > 0 and cal["final_s_per_case"] > 0
+    assert cal["iters_per_s"] > 0 and cal["startup_s"] >= 0 and cal["final_s_per_case"] > 0
     assert cal["val_s"] > 0 and cal["final_fixed_s"] >= 0
     brats = json.loads((tmp_path / "brats__umamba_bot__ssm-none.json").read_text())
     assert brats["timing"]["tta_True"]["cases"] == 3 and brats["brats_s_per_case_tta"] > 0
