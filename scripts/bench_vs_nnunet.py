@@ -5,6 +5,8 @@
         umamba_bot:none resenc_unet] [--budget 250] [--brats .devdata/bench/brats3]
     python scripts/bench_vs_nnunet.py OUT --table-only   # one table from OUT/*.json
     python scripts/bench_vs_nnunet.py OUT --smoke        # CPU, phantom, 2 iterations (CI)
+    python scripts/bench_vs_nnunet.py OUT --data ... --split-file ... --prepare-only   # then, one
+        process per GPU: CUDA_VISIBLE_DEVICES=i python scripts/bench_vs_nnunet.py OUT ... --networks NAME
 
 Plans and preprocesses --data with medmamba (OUT/work), then per network (NAME, or NAME:none
 for ssm="none") trains fold 0 of --split-file within --budget wall seconds, start-up and
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="train with torch.compile (cold caches: the compile counts in the budget)")
     parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
     parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="plan and preprocess --data, then exit (before runs in parallel, one per GPU)")
     parser.add_argument("--smoke", action="store_true", help="CPU, phantom, tiny network, 2 iterations")
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -389,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
                             gpu_memory_gb=args.gpu_memory)
     if not args.table_only:
         run(args, out, settings)
-    print(table(*collect(out)), flush=True)
+    if not args.prepare_only:
+        print(table(*collect(out)), flush=True)
 
 
 def run(args: argparse.Namespace, out: Path, settings: Settings) -> None:
@@ -398,6 +403,8 @@ def run(args: argparse.Namespace, out: Path, settings: Settings) -> None:
             raise SystemExit("--split-file is needed with --data (fold 0 of nnU-Net's split)")
         work = out / "work"
         print("prepare:", prepare(args.data.resolve(), work, args.networks, settings), flush=True)
+        if args.prepare_only:
+            return
         for spec in args.networks:
             result = bench_network(args.data.resolve(), work, spec, args.split_file.resolve(), out, settings)
             write_json(out / f"hippocampus__{result['name']}.json", result)

@@ -79,3 +79,11 @@ def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert table[1].startswith("| nnU-Net v2.8.1 (anchor, measured)")
     assert table[3].startswith("| umamba_bot__ssm-none | ")
+
+
+def test_prepare_only_plans_and_preprocesses_and_trains_nothing(tmp_path, capsys):
+    bench.main([str(tmp_path), "--smoke", "--prepare-only"])
+    assert (tmp_path / "work" / "plans.json").is_file()
+    assert any((tmp_path / "work" / "preprocessed").iterdir())
+    assert not (tmp_path / "work" / "results").exists() and not list(tmp_path.glob("*__*.json"))
+    assert "| network |" not in capsys.readouterr().out
