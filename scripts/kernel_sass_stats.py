@@ -1,8 +1,8 @@
-"""Compile the Triton selective-scan forward kernels for sm_90 offline and count SASS.
+"""Compile the Triton selective-scan kernels for sm_90 offline and count SASS.
 
 No GPU needed (Triton's bundled ptxas, cuobjdump and nvdisasm):
 
-    python scripts/kernel_sass_stats.py                 # every forward kernel, fp32 and bf16
+    python scripts/kernel_sass_stats.py                 # every kernel and variant, fp32 and bf16
     python scripts/kernel_sass_stats.py --chunk 64 --dump /tmp/sass   # also write SASS/TTGIR
 
 Prints per kernel: registers, stack (spill) bytes, shared memory, total instructions and
@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 _PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 # pointers to tensors of the input dtype; the others (A, D, bias, scratch) are fp32
-_IO = ("u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "B_ptr", "C_ptr", "out_ptr")
+_IO = ("u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "B_ptr", "C_ptr", "out_ptr", "du_ptr",
+       "ddelta_ptr", "dz_ptr")
 KEYS = ("SHFL", "MUFU", "FFMA", "FMUL", "FADD", "FSEL", "LDG", "STG", "LDS", "STS", "BAR",
         "LDL", "STL")
 
@@ -42,9 +43,14 @@ def _import_kernels():
         module = importlib.util.module_from_spec(spec)
         sys.modules["medmamba_kernels"] = module
         spec.loader.exec_module(module)
-    from medmamba_kernels.selective_scan import triton_common, triton_fwd, triton_fwd_deferred
+    from medmamba_kernels.selective_scan import (
+        triton_bwd,
+        triton_common,
+        triton_fwd,
+        triton_fwd_deferred,
+    )
 
-    return triton_common, triton_fwd, triton_fwd_deferred
+    return triton_common, triton_fwd, triton_fwd_deferred, triton_bwd
 
 
 def compile_sm90(fn, args: dict, num_warps: int):
@@ -115,18 +121,37 @@ def configs(chunk: int):
         **base, "BLOCK": 512, "STORE_LAST": True, "n_chunks": 2048}, 8
 
 
+def backward_configs(chunk: int):
+    """The backward kernels at the host function's default plan for row 1 (one warp)."""
+    L, D = 262144, 64
+    base = dict(dim=D, groups=1, length=L, n_chunks=L // chunk, n_cblk=1, n_bgd=2,
+                per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
+                s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
+                s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
+                s_Cl=1, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=True, MULTI_CHUNK=True)
+    yield "bwd: aggregate (h and g)", ("triton_common", "_chunk_aggregate_kernel"), base, 1
+    for variant, fold, flip in (("v1", False, False), ("v2", True, False), ("v3", True, True)):
+        for reverse in (False, True):
+            label = f"bwd {variant}{' reverse' if reverse else ''}"
+            yield label, ("triton_bwd", "_bwd_kernel"), {
+                **base, "FOLD": fold, "FLIP": flip, "REVERSE": reverse}, 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=128, help="forward chunk")
+    p.add_argument("--bwd-chunk", type=int, default=64, help="backward chunk")
     p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred"),
+    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd"),
                        _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))
     for dtype in (torch.float32, torch.bfloat16):
-        for label, (mod, name), values, warps in configs(args.chunk):
+        for label, (mod, name), values, warps in [*configs(args.chunk),
+                                                  *backward_configs(args.bwd_chunk)]:
             fn = getattr(modules[mod], name)
             full = {}
             for param in fn.params:
@@ -140,7 +165,7 @@ def main() -> int:
                   + "".join(f"{s[k]:>6}" for k in KEYS), flush=True)
             if args.dump is not None:
                 args.dump.mkdir(parents=True, exist_ok=True)
-                stem = f"{name}_{str(dtype)[6:]}_c{args.chunk}"
+                stem = f"{label.replace(' ', '_').replace(':', '')}_{str(dtype)[6:]}"
                 (args.dump / f"{stem}.sass").write_text(sass)
                 (args.dump / f"{stem}.ttgir").write_text(kernel.asm["ttgir"])
     return 0
