@@ -22,6 +22,7 @@ import triton.language as tl
 from .triton_common import (
     _affine_combine,
     _decompose_pid,
+    _next_pow2,
     _softplus,
     chunk_boundary_states,
     plan_launch,
@@ -302,7 +303,7 @@ def selective_scan_bwd_triton(
         plan.channel_block,
         *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
         *B.stride(), *C.stride(),
-        N=n_state, NP=triton.next_power_of_2(n_state), CHUNK=plan.chunk,
+        N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, FOLD=variant != "v1",
         FLIP=variant == "v3",
