@@ -96,17 +96,22 @@ def test_adamw_selectable(tiny_spec):
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager(tiny_spec, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_compiled_training_matches_eager(tiny_spec, tmp_path, device):
     """torch.compile (inductor) of a Mamba network: the selective-scan op stays in the
-    graph, the losses follow the eager run, and the checkpoint keeps plain parameter names."""
+    graph (Triton on CUDA), the losses follow the eager run, and the checkpoint keeps
+    plain parameter names."""
     spec = dataclasses.replace(tiny_spec, network="umamba_bot", network_tag="umamba_bot")
     config = TrainingConfig(epochs=1, iters_per_epoch=2, val_batches=1)
-    eager = Trainer(dataclasses.replace(spec, fold_dir=tmp_path / "eager"), config, CPU).run()
+    run_on = torch.device(device)
+    eager = Trainer(dataclasses.replace(spec, fold_dir=tmp_path / "eager"), config, run_on).run()
     compiled = Trainer(dataclasses.replace(spec, fold_dir=tmp_path / "compiled"), config.replace(compile=True),
-                       CPU).run()
+                       run_on).run()
     (e_epoch, e_train, e_val, _), = _losses(eager)
     (c_epoch, c_train, c_val, _), = _losses(compiled)
-    assert c_train == pytest.approx(e_train, rel=1e-3) and c_val == pytest.approx(e_val, rel=1e-3)
+    # bf16 autocast on CUDA: the fused kernels round differently from the eager ones
+    rel = 1e-3 if device == "cpu" else 3e-2
+    assert c_train == pytest.approx(e_train, rel=rel) and c_val == pytest.approx(e_val, rel=rel)
     state = ckpt.load_checkpoint(compiled / ckpt.LATEST)
     assert not any(key.startswith("_orig_mod.") for key in state["model"])
     assert ckpt.load_checkpoint(compiled / ckpt.LATEST)["config"]["compile"] is True
