@@ -29,16 +29,7 @@ and with --brats the same on BraTS-sized cases (weights after one training step;
 case, the first excluded as warm-up). Results go to OUT/<dataset>__<tag>.json, so runs
 spread over several device calls merge into one table, nnU-Net's anchor rows first.
 
-Device (torch 2.11, triton 3.6, numpy, scipy, rich, typer there; SimpleITK, monai, nibabel,
-pydantic + pydantic_core, annotated_types, typing_inspection, typing_extensions>=4.16 carried):
-carry .devdata/bench/env and .devdata/bench/hippo (or .devdata/bench/brats3; all three pass
-64 MiB) and start with scripts/bench_vs_nnunet.md's set-up line (SimpleITK from sitk.tar.xz,
-the wheels, then medmamba itself built into /tmp/site). The wheels, for Python 3.12:
-
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d WHEELS SimpleITK==2.5.7 monai==1.6.1 nibabel==5.4.2 pydantic==2.14.4 pydantic_core==2.50.5 \
-        annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0
+Device set-up (the wheels to carry, the set-up line, the calls): scripts/bench_vs_nnunet.md.
 """
 
 from __future__ import annotations
@@ -46,10 +37,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from collections.abc import Iterator
@@ -66,20 +57,11 @@ from medmamba.planning.plans import Plans
 from medmamba.training.paths import network_tag
 from medmamba.training.setup import preprocessed_case_ids
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vs_nnunet_table import read_json, table  # noqa: E402
+
 CONFIG = "3d_fullres"
 DEFAULT_NETWORKS = ["lightm_unet", "umamba_bot", "umamba_bot:none", "resenc_unet"]
-ANCHOR_SOURCE = ("../shared/ANCHORS.md section 2: nnU-Net v2.8.1 measured on the H100 (torch 2.11, "
-                 "nnUNetTrainer_20epochs, fold 0 of its own split); inference s/case there is a whole "
-                 "`nnUNetv2_predict` command over 52 held-out cases, BraTS per case by "
-                 "anchors/nnunet_h100/infer_time.py; peak memory from nvidia-smi (CUDA context included)")
-# Constants copied from ANCHORS.md, not measured by this script.
-NNUNET_MEASURED = {"name": "nnU-Net v2.8.1 (anchor, measured)", "wall_s": 250, "schedule": "20x250",
-                   "iters_per_s": 45.0, "batch": 7, "peak_alloc_gib": None, "peak_reserved_gib": 1.7,
-                   "parameters_m": None, "dice": {"Anterior": 0.891, "Posterior": 0.875}, "mean_dice": 0.883,
-                   "val_s_per_case": 0.55, "val_s_per_case_tta": 0.6, "brats_s_per_case": 0.86,
-                   "brats_s_per_case_tta": 2.28}
-NNUNET_PUBLISHED = {"name": "nnU-Net (published, MSD test set, 1000 epochs; arXiv 1809.10486)",
-                    "dice": {"Anterior": 0.90, "Posterior": 0.89}, "mean_dice": 0.895}
 
 
 @dataclass(frozen=True)
@@ -149,10 +131,6 @@ def fresh_compile_caches(folder: Path) -> None:
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         os.environ[name] = str(folder / name.lower())
     torch._dynamo.reset()
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def prepare(data: Path, work: Path, networks: list[str], settings: Settings) -> dict[str, float]:
@@ -312,36 +290,6 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
                "brats_s_per_case_tta": timing["tta_True"]["median_s_per_case_after_first"]}
 
 
-def fmt(value: Any, digits: int = 2) -> str:
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return "-" if missing else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def table(rows: list[dict], brats: dict[str, dict]) -> str:
-    labels = list(NNUNET_MEASURED["dice"])
-    for row in rows:
-        labels += [k for k in row.get("dice", {}) if k not in labels]
-    head = (["network", "wall s", "epochs x it", "it/s", "batch", "peak alloc GiB", "peak reserved GiB",
-             "params M"] + [f"Dice {k}" for k in labels]
-            + ["mean Dice", "val s/case", "val s/case TTA", "BraTS s/case", "BraTS s/case TTA"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in [NNUNET_MEASURED, NNUNET_PUBLISHED, *rows]:
-        b = brats.get(row["name"], row)
-        cells = [row["name"], fmt(row.get("wall_s"), 0), fmt(row.get("schedule")), fmt(row.get("iters_per_s"), 1),
-                 fmt(row.get("batch")), fmt(row.get("peak_alloc_gib")), fmt(row.get("peak_reserved_gib")),
-                 fmt(row.get("parameters_m"))] + [fmt(row.get("dice", {}).get(k), 3) for k in labels]
-        cells += [fmt(row.get("mean_dice"), 3), fmt(row.get("val_s_per_case")), fmt(row.get("val_s_per_case_tta")),
-                  fmt(b.get("brats_s_per_case")), fmt(b.get("brats_s_per_case_tta"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nnnU-Net rows: constants from {ANCHOR_SOURCE}."
-
-
-def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
-    """The hippocampus rows and the BraTS timings (by network tag) written so far to ``out``."""
-    brats = {r["name"]: r for r in (read_json(p) for p in sorted(out.glob("brats__*.json")))}
-    return [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))], brats
-
-
 def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
@@ -394,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.table_only:
         run(args, out, settings)
     if not args.prepare_only:
-        print(table(*collect(out)), flush=True)
+        print(table(out), flush=True)
 
 
 def run(args: argparse.Namespace, out: Path, settings: Settings) -> None:

@@ -101,15 +101,20 @@ def stats(kernel) -> tuple[dict, str]:
     return out, sass
 
 
-def configs(chunk: int):
-    """(label, module attribute path, args, num_warps) for every forward kernel."""
-    L, D = 262144, 64  # row 1 of DESIGN.md 7 (the fused kernel: row 5's channel count)
-    base = dict(dim=D, groups=1, length=L, n_chunks=L // chunk, n_cblk=1, n_bgd=2,
+def _row1_args(chunk: int, backward: bool) -> dict:
+    """Kernel arguments for row 1 of DESIGN.md 7 (z, softplus, delta_bias, D, N = 16)."""
+    L, D = 262144, 64
+    return dict(dim=D, groups=1, length=L, n_chunks=L // chunk, n_cblk=1, n_bgd=2,
                 per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
                 s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
                 s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
                 s_Cl=1, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
-                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=False, MULTI_CHUNK=True)
+                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True)
+
+
+def configs(chunk: int):
+    """(label, module attribute path, args, num_warps) for every forward kernel."""
+    base = _row1_args(chunk, backward=False)
     warps = max(1, chunk * 16 // 2048)
     yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
@@ -123,13 +128,7 @@ def configs(chunk: int):
 
 def backward_configs(chunk: int):
     """The backward kernels at the host function's default plan for row 1 (one warp)."""
-    L, D = 262144, 64
-    base = dict(dim=D, groups=1, length=L, n_chunks=L // chunk, n_cblk=1, n_bgd=2,
-                per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
-                s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
-                s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
-                s_Cl=1, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
-                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=True, MULTI_CHUNK=True)
+    base = _row1_args(chunk, backward=True)
     yield "bwd: aggregate (h and g)", ("triton_common", "_chunk_aggregate_kernel"), base, 1
     for variant, fold, flip in (("v1", False, False), ("v2", True, False), ("v3", True, True)):
         for reverse in (False, True):

@@ -124,6 +124,15 @@ def _resolve(backend: Backend, device: torch.device) -> Backend:
     return backend
 
 
+def _without_autocast(fn: Callable[..., tuple], device_type: str, *args) -> tuple:
+    # The scan runs on its input dtypes with an fp32 state whatever autocast says; entering
+    # the context costs microseconds, so only when autocast is on.
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+    return fn(*args)
+
+
 # --------------------------------------------------------------------------------------
 # torch.library custom ops
 # --------------------------------------------------------------------------------------
@@ -144,9 +153,8 @@ def _scan_fwd_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fwd, _ = _host_functions(backend, u.device)
-    # The op runs on its input dtypes with an fp32 state whatever autocast says.
-    with torch.autocast(u.device.type, enabled=False):
-        out, last_state = fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    out, last_state = _without_autocast(fwd, u.device.type, u, delta, A, B, C, D, z, delta_bias,
+                                        delta_softplus, reverse)
     # The fake kernels promise contiguous outputs (inductor asserts strides).
     return out.contiguous(), last_state.contiguous()
 
@@ -176,8 +184,8 @@ def _scan_bwd_op(
     """Gradients of all eight inputs; an absent optional input gets an empty tensor
     (custom ops cannot return None)."""
     _, bwd = _host_functions(backend, u.device)
-    with torch.autocast(u.device.type, enabled=False):
-        grads = bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    grads = _without_autocast(bwd, u.device.type, dout, u, delta, A, B, C, D, z, delta_bias,
+                              delta_softplus, reverse)
     return [u.new_empty(0) if g is None else g.contiguous() for g in grads]
 
 
@@ -212,29 +220,20 @@ class _EagerTritonScan(torch.autograd.Function):
     which runs the same host functions."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, fns):
-        out, last_state = _without_autocast(fns[0], u.device.type, u, delta, A, B, C, D, z,
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        fwd, _ = _triton_host_functions()
+        out, last_state = _without_autocast(fwd, u.device.type, u, delta, A, B, C, D, z,
                                             delta_bias, delta_softplus, reverse)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.flags = (delta_softplus, reverse)
-        ctx.bwd = fns[1]
         ctx.mark_non_differentiable(last_state)
         return out, last_state
 
     @staticmethod
     def backward(ctx, dout, _dlast_state):
-        grads = _without_autocast(ctx.bwd, dout.device.type, dout, *ctx.saved_tensors,
-                                  *ctx.flags)
-        return (*grads, None, None, None)
-
-
-def _without_autocast(fn: Callable[..., tuple], device_type: str, *args) -> tuple:
-    # The scan runs on its input dtypes with an fp32 state whatever autocast says; entering
-    # the context costs microseconds, so only when autocast is on.
-    if torch.is_autocast_enabled(device_type):
-        with torch.autocast(device_type, enabled=False):
-            return fn(*args)
-    return fn(*args)
+        _, bwd = _triton_host_functions()
+        grads = _without_autocast(bwd, dout.device.type, dout, *ctx.saved_tensors, *ctx.flags)
+        return (*grads, None, None)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,12 +306,12 @@ def selective_scan(
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         if (chosen is Backend.TRITON and type(u) is torch.Tensor
                 and not torch.compiler.is_compiling()):
-            fns = _triton_host_functions()
             if torch.is_grad_enabled() and any(x is not None and x.requires_grad
                                                for x in inputs):
-                out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse, fns)
+                out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse)
             else:  # inference: no graph to record
-                out, last_state = _without_autocast(fns[0], u.device.type, *inputs,
+                fwd, _ = _triton_host_functions()
+                out, last_state = _without_autocast(fwd, u.device.type, *inputs,
                                                     delta_softplus, reverse)
         else:
             out, last_state = _scan_fwd_op(

@@ -63,26 +63,8 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def plan_launch(
-    batch: int,
-    dim: int,
-    groups: int,
-    length: int,
-    chunk: int | None = None,
-    channel_block: int | None = None,
-    carry_block: int | None = None,
-    num_warps: int | None = None,
-    n_state: int = 16,
-    backward: bool = False,
-) -> LaunchPlan:
-    """Pick chunk and channel-block sizes so one launch has enough programs (cached: the
-    host cost of a call matters for short rows, and a training run sees few shapes)."""
-    return _plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
-                        num_warps, n_state, backward)
-
-
 @functools.lru_cache(maxsize=1024)
-def _plan_launch(
+def plan_launch(
     batch: int,
     dim: int,
     groups: int,
@@ -98,7 +80,8 @@ def _plan_launch(
 
     Large channel blocks share one B/C tile among more channels (fewer bytes, and in the
     backward fewer partial dB/dC sums); they are split only when chunks alone do not
-    give enough programs. Every count stays on grid axis 0 (limit 2**31 - 1).
+    give enough programs. Every count stays on grid axis 0 (limit 2**31 - 1). Cached: the
+    host cost of a call matters for short rows, and a training run sees few shapes.
     """
     if chunk is None:
         whole = max(16, _next_pow2(length))

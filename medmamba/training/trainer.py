@@ -335,10 +335,9 @@ class _progress_bar:
         return self
 
     def __call__(self, done: int, loss: float | None = None) -> None:
-        """Advance to ``done`` steps; ``loss`` None keeps the loss shown."""
-        if self.enabled:
-            fields = {} if loss is None else {"loss": loss}
-            self.progress.update(self.task, completed=done, **fields)
+        """Advance to ``done`` steps (an enabled bar only); ``loss`` None keeps the loss shown."""
+        fields = {} if loss is None else {"loss": loss}
+        self.progress.update(self.task, completed=done, **fields)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
