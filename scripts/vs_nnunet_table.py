@@ -1,10 +1,18 @@
-"""The table of scripts/bench_vs_nnunet.py: nnU-Net's anchor rows first, then every
-network's JSON result in an output folder (hippocampus rows, BraTS timings joined by tag)."""
+"""The tables of scripts/bench_vs_nnunet.py: nnU-Net's anchor rows first, then every
+network's JSON result in an output folder (hippocampus rows, then BraTS timings).
+
+    python scripts/vs_nnunet_table.py LOGS --cases 42 [--gpus 2] --out RESULTS/nnunet__rerun.json
+        # a row of the table from an nnU-Net re-run's output (LOGS/nnunet.log and gpu_mem.csv)
+"""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import math
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +40,88 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 
 def table(out: Path) -> str:
-    """Markdown table of the results written so far to ``out``."""
+    """Markdown tables of the results written so far to ``out``: hippocampus, then BraTS."""
     rows, brats = collect(out)
     labels = list(NNUNET_MEASURED["dice"])
     for row in rows:
         labels += [k for k in row.get("dice", {}) if k not in labels]
     head = (["network", "wall s", "epochs x it", "it/s", "batch", "peak alloc GiB", "peak reserved GiB",
-             "params M"] + [f"Dice {k}" for k in labels]
-            + ["mean Dice", "val s/case", "val s/case TTA", "BraTS s/case", "BraTS s/case TTA"])
+             "params M"] + [f"Dice {k}" for k in labels] + ["mean Dice", "val s/case", "val s/case TTA"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in [NNUNET_MEASURED, NNUNET_PUBLISHED, *rows]:
-        b = brats.get(row["name"], row)
         cells = [row["name"], fmt(row.get("wall_s"), 0), fmt(row.get("schedule")), fmt(row.get("iters_per_s"), 1),
                  fmt(row.get("batch")), fmt(row.get("peak_alloc_gib")), fmt(row.get("peak_reserved_gib")),
                  fmt(row.get("parameters_m"))] + [fmt(row.get("dice", {}).get(k), 3) for k in labels]
-        cells += [fmt(row.get("mean_dice"), 3), fmt(row.get("val_s_per_case")), fmt(row.get("val_s_per_case_tta")),
-                  fmt(b.get("brats_s_per_case")), fmt(b.get("brats_s_per_case_tta"))]
+        cells += [fmt(row.get("mean_dice"), 3), fmt(row.get("val_s_per_case")), fmt(row.get("val_s_per_case_tta"))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nnnU-Net rows: constants from {ANCHOR_SOURCE}."
+    text = "\n".join(lines) + f"\n\nnnU-Net anchor rows: constants from {ANCHOR_SOURCE}."
+    return text + ("\n\n" + brats_table(brats) if brats else "")
+
+
+def brats_table(brats: dict[str, dict]) -> str:
+    """BraTS-sized inference: the anchor's span (array in, mask out), then with the files."""
+    head = ["network", "patch", "array->mask s/case", "TTA", "files->file s/case", "TTA",
+            "read s", "write s", "peak alloc GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    anchor = ["nnU-Net v2.8.1 (anchor, H100)", "96x160x160", fmt(NNUNET_MEASURED["brats_s_per_case"]),
+              fmt(NNUNET_MEASURED["brats_s_per_case_tta"]), "-", "-", "-", "-", "-"]
+    lines.append("| " + " | ".join(anchor) + " |")
+    for name, row in brats.items():
+        stages = row["timing"]["tta_False"]["median_stage_s_after_first"]
+        cells = [name, "x".join(str(p) for p in row["patch"]), fmt(row["brats_s_per_case"]),
+                 fmt(row["brats_s_per_case_tta"]), fmt(row["brats_file_s_per_case"]),
+                 fmt(row["brats_file_s_per_case_tta"]), fmt(stages["read"]), fmt(stages["write"]),
+                 fmt(row["timing"]["tta_True"]["peak_alloc_gib"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
-    """The hippocampus rows and the BraTS timings (by network tag) written so far to ``out``."""
+    """The hippocampus rows (nnU-Net re-runs first) and the BraTS timings (by network tag)."""
     brats = {r["name"]: r for r in (read_json(p) for p in sorted(out.glob("brats__*.json")))}
-    return [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))], brats
+    rerun = [read_json(p) for p in sorted(out.glob("nnunet__*.json"))]
+    return rerun + [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))], brats
+
+
+def nnunet_rerun_row(log: str, gpu_memory_csv: str, cases: int, gpu: int = 0, gpus: int = 1,
+                     name: str = "nnU-Net v2.8.1 (re-run, same session)") -> dict:
+    """A table row from the output of anchors/nnunet_h100/run.sh (the folder that
+    scripts/prepare_nnunet_anchor.sh builds) and its nvidia-smi memory log.
+
+    run.sh prints "52 cases" whatever its ts/ folder holds: ``cases`` is the real count.
+    With ``gpus`` > 1 the memory log interleaves the GPUs; ``gpu`` picks one.
+    """
+    def number(pattern: str) -> float:
+        match = re.search(pattern, log)
+        if match is None:
+            raise ValueError(f"nnU-Net log: no line matches {pattern!r}")
+        return float(match.group(1))
+
+    dice = ast.literal_eval(re.search(r"val fold0 mean [0-9.]+ (\{.*\})", log).group(1))
+    epoch_s = [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", log)]
+    memory = [float(v) for v in gpu_memory_csv.split()[gpu::gpus]]
+    return {"name": name, "wall_s": number(r"train rc=0 wall ([0-9.]+) s"), "schedule": "20x250",
+            "iters_per_s": 250 / statistics.median(epoch_s), "batch": 7, "peak_reserved_gib": max(memory) / 1024,
+            "dice": {"Anterior": dice["1"], "Posterior": dice["2"]},
+            "mean_dice": number(r"val fold0 mean ([0-9.]+)"),
+            "val_s_per_case": number(r"predict notta rc=0 \d+ cases ([0-9.]+) s") / cases,
+            "val_s_per_case_tta": number(r"predict tta rc=0 \d+ cases ([0-9.]+) s") / cases}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A table row (JSON) from an nnU-Net re-run's output")
+    parser.add_argument("folder", type=Path, help="holds nnunet.log (run.sh's stdout) and gpu_mem.csv")
+    parser.add_argument("--out", type=Path, required=True, help="the row's JSON: RESULTS/nnunet__NAME.json")
+    parser.add_argument("--cases", type=int, required=True, help="cases in run.sh's ts/ folder")
+    parser.add_argument("--gpu", type=int, default=0)
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs interleaved in gpu_mem.csv")
+    parser.add_argument("--name", default="nnU-Net v2.8.1 (re-run, same session)")
+    args = parser.parse_args()
+    row = nnunet_rerun_row((args.folder / "nnunet.log").read_text(), (args.folder / "gpu_mem.csv").read_text(),
+                           args.cases, args.gpu, args.gpus, args.name)
+    args.out.write_text(json.dumps(row, indent=2) + "\n")
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -87,3 +87,48 @@ def test_prepare_only_plans_and_preprocesses_and_trains_nothing(tmp_path, capsys
     assert any((tmp_path / "work" / "preprocessed").iterdir())
     assert not (tmp_path / "work" / "results").exists() and not list(tmp_path.glob("*__*.json"))
     assert "| network |" not in capsys.readouterr().out
+
+
+def _load_table():
+    spec = importlib.util.spec_from_file_location("vs_nnunet_table", SCRIPT.parent / "vs_nnunet_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NNUNET_LOG = """setup 5 s
+train rc=0 wall 237.1 s
+2026-11-30 11:46:17.334645: Epoch time: 5.46 s
+2026-11-30 11:46:24.280246: Epoch time: 5.40 s
+2026-11-30 11:46:30.280246: Epoch time: 5.00 s
+val fold0 mean 0.8822 {'1': 0.8909, '2': 0.8735}
+predict notta rc=0 52 cases 28.4 s
+predict tta rc=0 52 cases 27.3 s
+"""
+
+
+def test_nnunet_rerun_row_reads_run_sh_output_and_one_gpu_of_the_memory_log():
+    vs = _load_table()
+    row = vs.nnunet_rerun_row(NNUNET_LOG, "0\n100\n1625\n11765\n900\n200\n", cases=42, gpu=0, gpus=2)
+    assert row["wall_s"] == 237.1 and row["iters_per_s"] == pytest.approx(250 / 5.40)
+    assert row["dice"] == {"Anterior": 0.8909, "Posterior": 0.8735} and row["mean_dice"] == 0.8822
+    assert row["val_s_per_case"] == pytest.approx(28.4 / 42) and row["val_s_per_case_tta"] == pytest.approx(27.3 / 42)
+    assert row["peak_reserved_gib"] == pytest.approx(1625 / 1024)  # GPU 1's 11765 MiB is not ours
+    with pytest.raises(ValueError, match="train rc=0"):
+        vs.nnunet_rerun_row(NNUNET_LOG.replace("train rc=0", "train rc=1"), "1\n", cases=42)
+
+
+def test_table_shows_nnunet_reruns_first_and_brats_timings_apart(tmp_path):
+    vs = _load_table()
+    (tmp_path / "nnunet__rerun.json").write_text(json.dumps({"name": "nnU-Net re-run", "mean_dice": 0.88}))
+    (tmp_path / "hippocampus__umamba_bot.json").write_text(json.dumps({"name": "umamba_bot", "mean_dice": 0.87}))
+    stages = {"read": 0.2, "predict": 0.5, "write": 0.3}
+    timing = {"tta_False": {"median_stage_s_after_first": stages, "peak_alloc_gib": 5.0},
+              "tta_True": {"median_stage_s_after_first": stages, "peak_alloc_gib": 5.5}}
+    (tmp_path / "brats__umamba_bot.json").write_text(json.dumps({
+        "name": "umamba_bot", "patch": [96, 160, 160], "timing": timing, "brats_s_per_case": 0.5,
+        "brats_s_per_case_tta": 2.0, "brats_file_s_per_case": 1.0, "brats_file_s_per_case_tta": 2.5}))
+    rows = [line for line in vs.table(tmp_path).splitlines() if line.startswith("| ")]
+    assert rows[3].startswith("| nnU-Net re-run |") and rows[4].startswith("| umamba_bot |")
+    assert rows[-2].startswith("| nnU-Net v2.8.1 (anchor, H100) | 96x160x160 | 0.86 | 2.28 |")
+    assert rows[-1] == "| umamba_bot | 96x160x160 | 0.50 | 2.00 | 1.00 | 2.50 | 0.20 | 0.30 | 5.50 |"

@@ -28,7 +28,9 @@ class PredictionReport:
     skipped: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # case id -> one-line reason
     # Skips and failures are logged at INFO only: the report carries them, the CLI prints them.
-    seconds_per_case: dict[str, float] = field(default_factory=dict)
+    seconds_per_case: dict[str, float] = field(default_factory=dict)  # read -> written
+    # Per case: "read" (files -> array), "predict" (array -> mask), "write" (mask -> file).
+    stage_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -77,22 +79,32 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                 report.skipped.append(target)
                 bar.advance(task)
                 continue
-            start = time.perf_counter()
             try:
-                images, geometry = read_channels(case.images)
-                probabilities = predictor.predict_case(images, geometry)
-                mask = predictor.labels(probabilities)
-                write_prediction(mask, geometry, target,
-                                 probabilities if save_probabilities else None,
-                                 predictor.label_values)
+                stages = _predict_one(predictor, case, target, save_probabilities)
             except MedMambaError as error:
                 report.failed[case.case_id] = str(error)
                 logger.info("case %s failed: %s", case.case_id, error)
             else:
                 report.written.append(target)
-                report.seconds_per_case[case.case_id] = time.perf_counter() - start
+                report.seconds_per_case[case.case_id] = sum(stages.values())
+                report.stage_seconds[case.case_id] = stages
             bar.advance(task)
     return report
+
+
+def _predict_one(predictor, case: Case, target: Path, save_probabilities: bool) -> dict[str, float]:
+    """Read, predict and write one case; returns the seconds of each stage."""
+    start = time.perf_counter()
+    images, geometry = read_channels(case.images)
+    read = time.perf_counter()
+    if save_probabilities:
+        probabilities = predictor.predict_case(images, geometry)
+        mask = predictor.labels(probabilities)
+    else:
+        probabilities, mask = None, predictor.predict_mask(images, geometry)
+    predicted = time.perf_counter()
+    write_prediction(mask, geometry, target, probabilities, predictor.label_values)
+    return {"read": read - start, "predict": predicted - read, "write": time.perf_counter() - predicted}
 
 
 def _finished(mask_path: Path, save_probabilities: bool) -> bool:

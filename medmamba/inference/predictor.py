@@ -2,8 +2,8 @@
 
 A :class:`Predictor` holds one network per fold (each loaded once) and the configuration
 plan they were trained with. ``predict_case`` takes the raw channels and geometry of a case
-and returns probabilities in the input's voxel grid; :mod:`medmamba.inference.folder` runs
-it over a folder.
+and returns probabilities in the input's voxel grid, ``predict_mask`` the label mask there;
+:mod:`medmamba.inference.folder` runs them over a folder.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 
 from medmamba.data.io import Geometry
 from medmamba.errors import CheckpointError, ConfigError, DatasetError, PlansError
-from medmamba.inference.export import labels_from_probabilities, to_original_grid
+from medmamba.inference.export import label_dtype, labels_from_probabilities, to_original_grid
 from medmamba.inference.sliding_window import sliding_window_logits
+from medmamba.preprocessing.crop import paste_into
 from medmamba.training.paths import RESULTS_DIR
 
 
@@ -174,16 +175,19 @@ class Predictor:
             return total.permute(1, 0, 2, 3)
         return total[0]
 
-    def predict_case(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
-        """Probabilities (K, *geometry.shape) of raw channels ``images`` (C, *geometry.shape)."""
+    def _preprocess(self, images: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
         from medmamba.preprocessing.preprocess import preprocess_case
-        from medmamba.preprocessing.resampling import resample_to_shape
 
         if images.ndim != 4:
             raise DatasetError(f"image has {images.ndim - 1} spatial axes; medmamba predicts 3D "
                                "volumes (save 2D images as volumes of one slice)")
         data, _, properties = preprocess_case(images, geometry, self.plan)
-        probabilities = self.probabilities(data).float().cpu().numpy()
+        return data, properties
+
+    def _to_original_grid(self, probabilities: np.ndarray, properties: dict,
+                          geometry: Geometry) -> np.ndarray:
+        from medmamba.preprocessing.resampling import resample_to_shape
+
         resampling = self.plan.resampling
 
         def back_to_crop(p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -194,6 +198,31 @@ class Predictor:
                 anisotropy_threshold=resampling.anisotropy_threshold)
 
         return to_original_grid(probabilities, properties["crop_bbox"], geometry, back_to_crop)
+
+    def predict_case(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Probabilities (K, *geometry.shape) of raw channels ``images`` (C, *geometry.shape)."""
+        data, properties = self._preprocess(images, geometry)
+        probabilities = self.probabilities(data).float().cpu().numpy()
+        return self._to_original_grid(probabilities, properties, geometry)
+
+    def predict_mask(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Label mask (*geometry.shape) of raw channels ``images``; equals
+        ``labels(predict_case(...))``.
+
+        When the preprocessed grid is the crop's own (no resampling back), the argmax runs
+        where the probabilities are and only the mask leaves the device: on a BraTS-sized
+        case that avoids copying and un-cropping K float32 volumes on the CPU.
+        """
+        data, properties = self._preprocess(images, geometry)
+        probabilities = self.probabilities(data)
+        box = properties["crop_bbox"]
+        if tuple(probabilities.shape[1:]) != tuple(stop - start for start, stop in box):
+            full = self._to_original_grid(probabilities.float().cpu().numpy(), properties, geometry)
+            return self.labels(full)
+        values = torch.as_tensor(self.label_values, device=probabilities.device)
+        cropped = values[probabilities.argmax(dim=0)].cpu().numpy().astype(label_dtype(self.label_values))
+        # Outside the crop box is background, as un-cropping the probabilities gives.
+        return paste_into(cropped[None], box, tuple(geometry.shape), fill=self.label_values[0])[0]
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return labels_from_probabilities(probabilities, self.label_values)

@@ -97,3 +97,22 @@ def test_two_d_image_is_reported_not_crashed(tmp_path):
     report = predict_cases(predictor, [Case("flat", (path,), None)], tmp_path / "out", ".nii.gz",
                            PredictionReport(tmp_path / "out"), progress=False)
     assert not report.ok and "3D volumes" in report.failed["flat"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target, label_values", [
+    (SPACING, [0, 1]),  # the crop's own grid: the argmax runs where the probabilities are
+    (SPACING, [0, 7]),  # label values that are not class indices
+    ((2.0, 1.0, 1.0), [0, 3]),  # resampled back first, on the CPU
+], ids=["crop-grid", "label-values", "resampled"])
+def test_mask_path_equals_the_labels_of_the_probabilities(tmp_path, device, target, label_values):
+    case, expected, geometry = phantom_case(tmp_path)
+    images, _ = read_image(case.images[0])
+    model = FoldModel(0, Threshold().to(device), {"patch_size": [8, 16, 16]})
+    predictor = Predictor([model], configuration_plan(3, target), label_values, torch.device(device),
+                          tta=False)
+    mask = predictor.predict_mask(images[None], geometry)
+    reference = predictor.labels(predictor.predict_case(images[None], geometry))
+    assert mask.dtype == reference.dtype == np.uint8 and mask.shape == SHAPE
+    np.testing.assert_array_equal(mask, reference)
+    assert (mask[BOX] == label_values[1]).mean() > 0.9 and mask[0].max() == label_values[0]
