@@ -203,10 +203,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     # Makes the rename itself durable; not every platform/filesystem allows it.
     try:
         descriptor = os.open(folder, os.O_RDONLY)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import random
 import zipfile
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from medmamba.errors import CheckpointError
-from medmamba.data.io import atomic_write_bytes
+from medmamba.data.io import atomic_write, fsync_directory
 
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
@@ -34,15 +35,38 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically with its checksum."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
+    # A view of the buffer, not a copy: a network's state runs to hundreds of MB, and the
+    # checkpoint is written every epoch inside the training budget.
+    payload = buffer.getbuffer()
     wrapper = {
         "medmamba_checkpoint": FORMAT_VERSION,
         "sha256": hashlib.sha256(payload).hexdigest(),
-        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+        "payload": torch.frombuffer(payload, dtype=torch.uint8),
     }
-    out = io.BytesIO()
-    torch.save(wrapper, out)
-    atomic_write_bytes(Path(path), out.getvalue())
+    atomic_write(Path(path), lambda handle: torch.save(wrapper, handle))
+
+
+def save_latest_and_best(folder: Path, state: dict[str, Any], improved: bool) -> None:
+    """Write LATEST; when ``improved``, BEST holds the same state.
+
+    BEST is written first (a kill in between leaves the older LATEST, whose epoch then
+    runs again) and LATEST becomes a hard link to it, renamed into place: one
+    serialisation instead of two. Filesystems without hard links get a second write.
+    """
+    folder = Path(folder)
+    if not improved:
+        save_checkpoint(folder / LATEST, state)
+        return
+    save_checkpoint(folder / BEST, state)
+    link = folder / f".{LATEST}.link.tmp"
+    link.unlink(missing_ok=True)
+    try:
+        os.link(folder / BEST, link)
+    except OSError:
+        save_checkpoint(folder / LATEST, state)
+        return
+    os.replace(link, folder / LATEST)
+    fsync_directory(folder)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

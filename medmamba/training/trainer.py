@@ -265,25 +265,24 @@ class Trainer:
     def _validate(self) -> tuple[float, dict[str, float]]:
         self.model.eval()
         n_classes = len(self.spec.label_values)
-        # [tp, fp, fn] per foreground class, then loss sum and count
-        totals = torch.zeros(3 * (n_classes - 1) + 2, dtype=torch.float64)
+        # [tp, fp, fn] per foreground class, then loss sum and count. They stay on the device
+        # until the end: a read-back per batch would stall the queue of launches each time.
+        totals = torch.zeros(3 * (n_classes - 1) + 2, dtype=torch.float64, device=self.device)
+        classes = torch.arange(1, n_classes, device=self.device)
         for step in range(self.dist.rank, self.config.val_batches, self.dist.world_size):
             batch = self.val_data[step]
             image, label = batch["image"].to(self.device), batch["label"].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 output = self.network(image)
             output = output[0] if isinstance(output, (list, tuple)) else output
-            totals[-2] += float(self.loss_fn(output, label))
+            totals[-2] += self.loss_fn(output, label).detach().double()
             totals[-1] += 1
-            predicted = output.argmax(1)
-            truth = label[:, 0]
-            for c in range(1, n_classes):
-                p, t = predicted == c, truth == c
-                base = 3 * (c - 1)
-                totals[base] += float((p & t).sum())
-                totals[base + 1] += float((p & ~t).sum())
-                totals[base + 2] += float((~p & t).sum())
-        totals = all_reduce_sum(totals.to(self.device), self.dist).cpu()
+            predicted, truth = output.argmax(1), label[:, 0]
+            per_class = classes.view(-1, *([1] * predicted.ndim))
+            predicted, truth = predicted[None] == per_class, truth[None] == per_class  # (classes, batch, ...)
+            counts = torch.stack([(predicted & truth), (predicted & ~truth), (~predicted & truth)], dim=1)
+            totals[:-2] += counts.flatten(2).sum(2, dtype=torch.float64).flatten()
+        totals = all_reduce_sum(totals, self.dist).cpu()
         dice = {}
         for c in range(1, n_classes):
             tp, fp, fn = totals[3 * (c - 1) : 3 * c].tolist()
@@ -293,9 +292,7 @@ class Trainer:
     def _write_outputs(self, epoch: int, next_step: int, improved: bool) -> None:
         folder = self.spec.fold_dir
         state = self._state(epoch, next_step)
-        if improved:
-            ckpt.save_checkpoint(folder / ckpt.BEST, state)
-        ckpt.save_checkpoint(folder / ckpt.LATEST, state)
+        ckpt.save_latest_and_best(folder, state, improved)
         header = {"metadata": state["metadata"], "config": self.config.to_dict()}
         write_log(folder, header, self.history)
         plot_progress(folder, self.history, self.label_names)

@@ -95,6 +95,54 @@ def test_adamw_selectable(tiny_spec):
     assert _losses(fold_dir)[0][3] == pytest.approx(1e-3)
 
 
+def test_validation_counts_every_class_over_all_batches(tiny_spec):
+    """Dice per label from tp/fp/fn summed over the validation batches (kept on the device)."""
+    trainer = Trainer(tiny_spec, FAST, CPU)
+    trainer._setup()
+    generator = torch.Generator().manual_seed(0)
+    labels = [torch.randint(0, 3, (2, 1, 4, 5, 6), generator=generator).float() for _ in range(2)]
+    logits = [torch.randn(2, 3, 4, 5, 6, generator=generator) for _ in range(2)]
+    # the image carries the batch's index, so the stand-in network returns that batch's logits
+    trainer.val_data = [{"image": torch.full((2, 1, 4, 5, 6), float(i)), "label": label}
+                        for i, label in enumerate(labels)]
+
+    class Lookup(torch.nn.Module):
+        def forward(self, image):
+            return logits[int(image.flatten()[0])]
+
+    trainer.network = Lookup()
+    loss, dice = trainer._validate()
+    predicted = torch.cat([x.argmax(1) for x in logits])
+    truth = torch.cat([y[:, 0] for y in labels])
+    for value, name in [(1, "a"), (2, "b")]:
+        p, t = predicted == value, truth == value
+        tp, fp, fn = (p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()
+        assert dice[name] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    expected = [float(trainer.loss_fn(x, y)) for x, y in zip(logits, labels)]
+    assert loss == pytest.approx(sum(expected) / 2)
+
+
+def test_improved_epoch_writes_best_once_and_links_latest(tiny_spec):
+    fold_dir = Trainer(tiny_spec, FAST.replace(epochs=1), CPU).run()  # the first epoch always improves
+    best, latest = fold_dir / ckpt.BEST, fold_dir / ckpt.LATEST
+    assert best.stat().st_ino == latest.stat().st_ino  # one file, two names
+    ckpt.save_latest_and_best(fold_dir, {"epoch": 2}, improved=False)
+    assert ckpt.load_checkpoint(latest)["epoch"] == 2 and ckpt.load_checkpoint(best)["epoch"] == 1
+    ckpt.save_latest_and_best(fold_dir, {"epoch": 3}, improved=True)
+    assert ckpt.load_checkpoint(latest)["epoch"] == ckpt.load_checkpoint(best)["epoch"] == 3
+    assert not [p.name for p in fold_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_filesystem_without_hard_links_gets_a_second_write(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(ckpt.os, "link", refuse)
+    ckpt.save_latest_and_best(tmp_path, {"epoch": 1}, improved=True)
+    assert ckpt.load_checkpoint(tmp_path / ckpt.LATEST)["epoch"] == 1
+    assert (tmp_path / ckpt.BEST).stat().st_ino != (tmp_path / ckpt.LATEST).stat().st_ino
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_compiled_training_matches_eager(tiny_spec, tmp_path, device):
