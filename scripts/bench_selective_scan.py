@@ -6,7 +6,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --quick    # rows 1, 4, 6 only, shorter timing
     python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
-    python scripts/bench_selective_scan.py --bwd-variants   # backward variants side by side
+    python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / maxnreg configs
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -189,14 +189,15 @@ def sweep(dtypes):
 
 
 def compare_fwd_variants(dtypes, shapes):
-    """Forward variants side by side (same inputs, same run), and the host overhead of the
-    public call: eager path vs the torch.library op (the path every call took before).
-    True if every variant matches "chunked" within the dtype's tolerance."""
+    """Forward variants side by side (same inputs, same run; "auto" is the default's pick),
+    and the host overhead of the public call: eager path vs the torch.library op (the path
+    every call took before). True if every variant matches "chunked" within the dtype's
+    tolerance."""
     from triton.testing import do_bench
 
     from medmamba_kernels.selective_scan import interface
 
-    variants = ("chunked", "fused", "deferred")
+    variants = ("chunked", "deferred", "auto")
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v + ' ms':>12}" for v in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
@@ -241,15 +242,14 @@ def compare_fwd_variants(dtypes, shapes):
     return ok
 
 
-# --- backward variants (triton_bwd.py `variant` / `maxnreg`; added by the bwd helper) ---
-BWD_CONFIGS = [  # (variant, chunk, maxnreg); the first is the reference for the error column
-    ("v1", 64, None), ("v2", 64, None), ("v1", 32, None), ("v2", 32, None),
-    ("v2", 32, 168), ("v2", 32, 144), ("v2", 32, 128), ("v2", 64, 168),
-]
+# Backward launch configs (chunk, maxnreg) for --bwd-variants; the first is the default
+# plan on every bench row and the reference for the error column. A register cap trades
+# spills for more resident warps.
+BWD_CONFIGS = [(64, None), (32, None), (32, 128), (64, 168)]
 
 
 def compare_bwd_variants(dtypes, shapes):
-    """Backward kernel variants side by side (same inputs, same run), bwd only."""
+    """Backward launch configs side by side (same inputs, same run), bwd only."""
     from triton.testing import do_bench
 
     names = ["/".join(str(v) for v in cfg) for cfg in BWD_CONFIGS]
@@ -261,8 +261,8 @@ def compare_bwd_variants(dtypes, shapes):
             out, _ = fwd(**x)
             dout = torch.randn_like(out)
             times, err, ref = [], 0.0, None
-            for variant, chunk, maxnreg in BWD_CONFIGS:
-                kw = dict(variant=variant, chunk=chunk, maxnreg=maxnreg)
+            for chunk, maxnreg in BWD_CONFIGS:
+                kw = dict(chunk=chunk, maxnreg=maxnreg)
                 grads = bwd(dout, **x, **kw)
                 if ref is None:
                     ref = grads
@@ -274,7 +274,6 @@ def compare_bwd_variants(dtypes, shapes):
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
                   + "".join(f"{t:>14.3f}" for t in times) + f"{err:>10.1e}", flush=True)
             del x, out, dout, ref
-# --- end backward variants ---
 
 
 def main() -> int:
@@ -287,10 +286,11 @@ def main() -> int:
     p.add_argument("--profile", action="store_true",
                    help="with --only: run fwd and bwd a few times untimed (for ncu)")
     p.add_argument("--fwd-variants", action="store_true",
-                   help="time the forward variants (chunked, fused, deferred) side by side, "
+                   help="time the forward variants (chunked, deferred, auto) side by side, "
                         "and the public call against the torch.library op path (host overhead)")
     p.add_argument("--bwd-variants", action="store_true",
-                   help="time the backward variants (BWD_CONFIGS) side by side, bwd only")
+                   help="time the backward launch configs (BWD_CONFIGS: chunk/maxnreg) side "
+                        "by side, bwd only")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)

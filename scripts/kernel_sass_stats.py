@@ -118,8 +118,6 @@ def configs(chunk: int):
     warps = max(1, chunk * 16 // 2048)
     yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
-    yield "fused (channel_block 1)", ("triton_fwd", "_fwd_fused_kernel"), {
-        **base, "dim": 128, "n_cblk": 128, "channel_block": 1}, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
     yield "carry (block 512, 8 warps)", ("triton_common", "_carry_kernel"), {
@@ -130,11 +128,9 @@ def backward_configs(chunk: int):
     """The backward kernels at the host function's default plan for row 1 (one warp)."""
     base = _row1_args(chunk, backward=True)
     yield "bwd: aggregate (h and g)", ("triton_common", "_chunk_aggregate_kernel"), base, 1
-    for variant, fold, flip in (("v1", False, False), ("v2", True, False), ("v3", True, True)):
-        for reverse in (False, True):
-            label = f"bwd {variant}{' reverse' if reverse else ''}"
-            yield label, ("triton_bwd", "_bwd_kernel"), {
-                **base, "FOLD": fold, "FLIP": flip, "REVERSE": reverse}, 1
+    for reverse in (False, True):
+        label = f"bwd{' reverse' if reverse else ''}"
+        yield label, ("triton_bwd", "_bwd_kernel"), {**base, "REVERSE": reverse}, 1
 
 
 def main() -> int:

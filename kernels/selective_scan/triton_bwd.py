@@ -6,11 +6,15 @@ adjoint entering it from the other side; `_bwd_kernel` then rescans each chunk b
 from those states and writes every gradient. Sums over positions and channels (dA, dD,
 ddelta_bias, and dB/dC shared by the channels of a group) are written as per-program
 partial sums in fp32 and reduced with torch: deterministic, no atomics.
-Maths in README.md, "Triton kernels". Kernel variants (`variant=`, see `_bwd_kernel`):
-"v1" (default: the kernel the README's GPU table measured), "v2" folds the chunk-boundary
-states into the scans, "v3" also avoids Triton's reverse scan. All three are tested against
-the reference; the next GPU run times them side by side
-(scripts/bench_selective_scan.py --bwd-variants) and keeps the fastest as the only one.
+Maths in README.md, "Triton kernels".
+
+The chunk-boundary states enter the two scans through their drives (see `_bwd_kernel`).
+Of three kernels tried this is the one kept. Against the previous one (boundary states
+applied after the scans) it was faster on 11 of the 12 bench rows (6 shapes x fp32/bf16)
+at chunk 64, e.g. (2, 64, 262144): 3.56 vs 4.08 ms fp32, 3.33 vs 3.85 ms bf16; measured on
+an H200, scripts/bench_selective_scan.py --bwd-variants, 2026-11-30; raw log
+scripts/results/kernel_h200_2026-11-30/kernel.log. The third (the against-order scan run
+forwards on reversed inputs) spilled more than this one in offline SASS.
 """
 
 from __future__ import annotations
@@ -28,9 +32,6 @@ from .triton_common import (
     plan_launch,
 )
 
-# Kernel variants selectable by the host function (scripts/bench_selective_scan.py times both).
-BWD_VARIANTS = ("v1", "v2", "v3")
-
 
 @triton.jit
 def _bwd_kernel(
@@ -42,22 +43,16 @@ def _bwd_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    FOLD: tl.constexpr, FLIP: tl.constexpr,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
     du, ddelta, dz: contiguous (batch, dim, L). dB, dC: partial sums (n_cblk, batch,
     groups, N, L). dA: (batch, dim, n_chunks, N); dD, dbias: (batch, dim, n_chunks).
-    FOLD (variant "v2"): the boundary states h0, q0 enter each scan through the drive at
-    the chunk's edge (h = decay * h0 + drive at the first position in scan order, g =
-    q0 + C dy at the last) instead of a fix-up `cumulative decay * state + scan` after
-    it, so neither scan needs its decay products as an output: ~12% fewer instructions
-    per element on sm_90. v1 (FOLD off) is the previous kernel.
-    FLIP (variant "v3", with FOLD): the one scan that runs against memory order (the
-    adjoint, or the forward states under REVERSE) runs forwards over inputs taken in
-    reversed order (a reversed copy of the C or B tile, 1-D flips of dt and dy / x), and
-    only its output is flipped back. Triton 3.6 lowers a reverse scan with a flip of every
-    operand and result (~4 shuffles per register each); this keeps one flip.
+    The boundary states h0, q0 enter each scan through the drive at the chunk's edge (h =
+    decay * h0 + drive at the first position in scan order, g = q0 + C dy at the last)
+    rather than through a fix-up `cumulative decay * state + scan` after it, so neither
+    scan needs its decay products as an output: ~12% fewer instructions per element on
+    sm_90.
     """
     c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
     offs_n = tl.arange(0, NP)
@@ -66,16 +61,6 @@ def _bwd_kernel(
     offs_l = chunk_start + tl.arange(0, CHUNK)
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
-    if FLIP:
-        # the tile the against-order scan reads, reversed: column q is t = start + CHUNK-1-q
-        offs_r = chunk_start + CHUNK - 1 - tl.arange(0, CHUNK)
-        mask_nr = mask_n[:, None] & (offs_r < length)[None, :]
-        if REVERSE:
-            Br = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                         + offs_r[None, :] * s_Bl, mask=mask_nr, other=0.0).to(tl.float32)
-        else:
-            Cr = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                         + offs_r[None, :] * s_Cl, mask=mask_nr, other=0.0).to(tl.float32)
     Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
                  + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
     Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
@@ -96,18 +81,17 @@ def _bwd_kernel(
         offs_next = offs_l + 1
     mask_next = (offs_next >= chunk_start) & (offs_next < chunk_start + CHUNK) & (
         offs_next < length)
-    # Where the boundary states enter (FOLD): h0 at the chunk's first position in scan
-    # order, q0 at its last. Both are zero unless the chunk is full (a partial chunk is
-    # the last in scan order, and has_prev is false for it under REVERSE), so these are
-    # fixed columns, which keeps the selects off the (N, CHUNK) tile.
-    # With FLIP the reversed scan starts at column 0 of its reversed tile.
+    # Where the boundary states enter: h0 at the chunk's first position in scan order, q0
+    # at its last. Both are zero unless the chunk is full (a partial chunk is the last in
+    # scan order, and has_prev is false for it under REVERSE), so these are fixed columns,
+    # which keeps the selects off the (N, CHUNK) tile.
     col = tl.arange(0, CHUNK)
     if REVERSE:
-        h0_col = col == (0 if FLIP else CHUNK - 1)
+        h0_col = col == CHUNK - 1
         q0_col = col == 0
     else:
         h0_col = col == 0
-        q0_col = col == (0 if FLIP else CHUNK - 1)
+        q0_col = col == CHUNK - 1
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0 = g * per_group + cblk * channel_block
@@ -142,36 +126,19 @@ def _bwd_kernel(
             q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n,
                          other=0.0)
             q0 = tl.where(has_next, q0, 0.0)
-        else:
-            h0 = tl.zeros([NP], dtype=tl.float32)
-            q0 = tl.zeros([NP], dtype=tl.float32)
 
         # forward states h_t
         x = dt * u
         drive = Bt * x[None, :]
-        if FLIP and REVERSE:
-            decay_r = tl.exp2(A2[:, None] * tl.flip(dt, 0)[None, :])
-            drive_r = Br * tl.flip(x, 0)[None, :]
-            if MULTI_CHUNK:
-                drive_r += tl.where(h0_col[None, :], decay_r * h0[:, None], 0.0)
-            _, h_r = tl.associative_scan((decay_r, drive_r), axis=1,
-                                         combine_fn=_affine_combine)
-            h = tl.flip(h_r, 1)
-        elif FOLD:
-            decay = tl.exp2(A2[:, None] * dt[None, :])
-            # h at the first position = decay * h0 + drive: the scan then starts from h0
-            if MULTI_CHUNK:
-                _, h = tl.associative_scan(
-                    (decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0)),
-                    axis=1, combine_fn=_affine_combine, reverse=REVERSE)
-            else:
-                _, h = tl.associative_scan((decay, drive), axis=1,
-                                           combine_fn=_affine_combine, reverse=REVERSE)
+        decay = tl.exp2(A2[:, None] * dt[None, :])
+        # h at the first position = decay * h0 + drive: the scan then starts from h0
+        if MULTI_CHUNK:
+            _, h = tl.associative_scan(
+                (decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0)),
+                axis=1, combine_fn=_affine_combine, reverse=REVERSE)
         else:
-            decay = tl.exp2(A2[:, None] * dt[None, :])
-            acum, hs = tl.associative_scan((decay, drive), axis=1,
-                                           combine_fn=_affine_combine, reverse=REVERSE)
-            h = acum * h0[:, None] + hs
+            _, h = tl.associative_scan((decay, drive), axis=1,
+                                       combine_fn=_affine_combine, reverse=REVERSE)
         if HAS_Z:
             zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
                          other=0.0).to(tl.float32)
@@ -186,27 +153,13 @@ def _bwd_kernel(
         else:
             dy = dout
         # adjoint states g_t = dL/dh_t, flowing against scan order
-        if FLIP and not REVERSE:
-            decay_next_r = tl.exp2(A2[:, None] * tl.flip(dt_next, 0)[None, :])
-            cdy_r = Cr * tl.flip(dy, 0)[None, :]
-            if MULTI_CHUNK:
-                cdy_r += tl.where(q0_col[None, :], q0[:, None], 0.0)
-            _, g_r = tl.associative_scan((decay_next_r, cdy_r), axis=1,
-                                         combine_fn=_affine_combine)
-            gadj = tl.flip(g_r, 1)
-        elif FOLD:
-            decay_next = tl.exp2(A2[:, None] * dt_next[None, :])
-            # the successor's decay is 1 at the far end (mask_next), so g there = q0 + C dy
-            cdy = Ct * dy[None, :]
-            if MULTI_CHUNK:
-                cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
-            _, gadj = tl.associative_scan((decay_next, cdy), axis=1,
-                                          combine_fn=_affine_combine, reverse=not REVERSE)
-        else:
-            decay_next = tl.exp2(A2[:, None] * dt_next[None, :])
-            gcum, gs = tl.associative_scan((decay_next, Ct * dy[None, :]), axis=1,
-                                           combine_fn=_affine_combine, reverse=not REVERSE)
-            gadj = gcum * q0[:, None] + gs
+        decay_next = tl.exp2(A2[:, None] * dt_next[None, :])
+        # the successor's decay is 1 at the far end (mask_next), so g there = q0 + C dy
+        cdy = Ct * dy[None, :]
+        if MULTI_CHUNK:
+            cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
+        _, gadj = tl.associative_scan((decay_next, cdy), axis=1,
+                                      combine_fn=_affine_combine, reverse=not REVERSE)
 
         dC_acc += h * dy[None, :]
         dB_acc += gadj * x[None, :]
@@ -252,20 +205,15 @@ def selective_scan_bwd_triton(
     channel_block: int | None = None,
     carry_block: int | None = None,
     num_warps: int | None = None,
-    variant: str = "v1",
     maxnreg: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
     shape, None for an absent optional. Keyword-only sizes as in the forward.
-    `variant`: "v1" (default), "v2" (boundary states folded into the scans) or "v3" (v2
-    with the against-order scan run forwards on reversed inputs); see `_bwd_kernel`.
     `maxnreg` caps the registers per thread of the main kernel (more resident warps, maybe
     spills); None leaves it to the compiler.
     """
-    if variant not in BWD_VARIANTS:
-        raise ValueError(f"variant: expected one of {BWD_VARIANTS}, got {variant!r}")
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -305,8 +253,7 @@ def selective_scan_bwd_triton(
         *B.stride(), *C.stride(),
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, FOLD=variant != "v1",
-        FLIP=variant == "v3",
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         num_warps=plan.num_warps, **launch_options,
     )
     dB = (dB_part[0] if ncb == 1 else dB_part.sum(0)).to(B.dtype)

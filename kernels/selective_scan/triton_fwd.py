@@ -1,18 +1,19 @@
 """Triton forward of the selective scan, parallel over the sequence in chunks.
 
-Two variants (maths in README.md, "Triton kernels"):
+Two variants, three launches each (maths in README.md, "Triton kernels"):
 
-- "chunked", three launches: chunk aggregates and the carry scan over chunks
-  (triton_common.py) give the true state entering every chunk; then `_fwd_output_kernel`
-  rescans each chunk from that state and writes the output. Parallel over chunks: suits
-  rows with few channels and long sequences.
-- "fused", one launch: `_fwd_fused_kernel` walks the chunks of its channels in scan order
-  and carries the state from chunk to chunk, so the aggregate pass (about a third of the
-  forward's instructions) and the carry scan disappear, and with them two launches. Parallel
-  over (batch, channel) only: suits rows with many channels.
+- "chunked": chunk aggregates and the carry scan over chunks (triton_common.py) give the
+  true state entering every chunk; then `_fwd_output_kernel` rescans each chunk from that
+  state and writes the output.
+- "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
+  entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
+  scratch copy of the output is written and read back.
 
-- "deferred", three launches (triton_fwd_deferred.py): each chunk is scanned from zero
-  first and the entering state is applied in a last, cheaper pass; no aggregate pass.
+"auto" (the default) takes "deferred" for fp32 inputs and "chunked" for fp16/bf16: deferred
+was the faster on all 6 fp32 bench rows (e.g. (1, 48, 2097152): 2.89 vs 3.37 ms), chunked
+on 5 of the 6 bf16 rows (same row: 3.01 vs 4.93 ms), probably because the fp32 scratch
+weighs more against 2-byte inputs. Measured on an H200, scripts/bench_selective_scan.py
+--fwd-variants, 2026-11-30; raw log scripts/results/kernel_h200_2026-11-30/kernel.log.
 
 A sequence of one chunk runs `_fwd_output_kernel` alone whatever the variant.
 """
@@ -33,12 +34,7 @@ from .triton_common import (
 )
 from .triton_fwd_deferred import deferred_forward
 
-VARIANTS = ("auto", "chunked", "fused", "deferred")
-# "auto" picks "fused" when batch * dim reaches this many channels (every SM then holds a
-# few one-warp programs for the whole sequence). 0 disables it until the fused kernel is
-# timed on the GPU (scripts/bench_selective_scan.py --fwd-variant); rows 3 and 5 of
-# DESIGN.md 7 have 512 and 1024 channels.
-FUSED_MIN_CHANNELS = 0
+VARIANTS = ("auto", "chunked", "deferred")
 
 
 @triton.jit
@@ -110,81 +106,6 @@ def _fwd_output_kernel(
         tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
 
 
-@triton.jit
-def _fwd_fused_kernel(
-    u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, last_ptr, out_ptr,
-    dim, groups, length, n_chunks, n_cblk, per_group, channel_block,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    N, NP: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_D: tl.constexpr, REVERSE: tl.constexpr,
-):
-    """All chunks, in scan order, of a block of channels of one (batch, group).
-
-    The state leaving each chunk goes to last_ptr (batch, dim, N) and is read back as the
-    state entering the next one, so after the last chunk it is the last state. The body
-    per chunk and channel is `_fwd_output_kernel`'s; kept apart so that the "chunked"
-    variant compiles exactly as before and the two can be timed against each other.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    cblk = pid % n_cblk
-    bg = pid // n_cblk
-    b = bg // groups
-    g = bg % groups
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_k = tl.arange(0, CHUNK)
-    # masked positions past L have dt = 0 (decay 1, drive 0), so the state at the chunk's
-    # far end in scan order is the state leaving it even for the last, partial chunk
-    if REVERSE:
-        at_end = offs_k == 0
-    else:
-        at_end = offs_k == CHUNK - 1
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
-    for i in range(0, n_chunks):
-        if REVERSE:
-            c = n_chunks - 1 - i
-        else:
-            c = i
-        offs_l = c * CHUNK + offs_k
-        mask_l = offs_l < length
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                     + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                     + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
-        for d in range(d0, d_end):
-            dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                          HAS_BIAS, SOFTPLUS)
-            u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                        other=0.0).to(tl.float32)
-            A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
-            row = b * dim + d
-            h0 = tl.load(last_ptr + row * N + offs_n, mask=mask_n & (i > 0), other=0.0)
-            # every thread has its h0 before any overwrites it below
-            tl.debug_barrier()
-            decay = tl.exp2(A2[:, None] * dt[None, :])
-            drive = Bt * (dt * u)[None, :]
-            acum, hs = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
-                                           reverse=REVERSE)
-            h = acum * h0[:, None] + hs
-            # only the thread holding the far end stores: no cross-lane reduction
-            tl.store(last_ptr + row * N + offs_n[:, None] + 0 * offs_k[None, :], h,
-                     mask=mask_n[:, None] & at_end[None, :])
-            y = tl.sum(Ct * h, axis=0)
-            if HAS_D:
-                y += tl.load(D_ptr + d) * u
-            if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                             other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
-        # the next chunk reads these states from other threads of the program
-        tl.debug_barrier()
-
-
 def selective_scan_fwd_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -210,19 +131,15 @@ def selective_scan_fwd_triton(
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
-    "chunked", "fused", "deferred" or "auto" (module docstring; FUSED_MIN_CHANNELS).
+    "chunked", "deferred" or "auto" (by u's dtype; module docstring).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     if variant == "auto":
-        fused = 0 < FUSED_MIN_CHANNELS <= batch * dim
-    elif variant in VARIANTS:
-        fused = variant == "fused"
-    else:
+        variant = "deferred" if u.dtype == torch.float32 else "chunked"
+    elif variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-    if fused and channel_block is None:
-        channel_block = 1  # all parallelism is over channels here
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state)
     if not A.is_contiguous():
@@ -238,18 +155,6 @@ def selective_scan_fwd_triton(
     multi = plan.n_chunks > 1
     zz = z if z is not None else u
     dummy = last_state
-    if multi and fused:
-        _fwd_fused_kernel[(batch * groups * plan.n_channel_blocks,)](
-            u, delta, zz, A, B, C, D if D is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, last_state, out,
-            dim, groups, length, plan.n_chunks, plan.n_channel_blocks, dim // groups,
-            plan.channel_block,
-            *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
-            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            HAS_D=D is not None, REVERSE=reverse, num_warps=plan.num_warps,
-        )
-        return out, last_state
     if multi and variant == "deferred":
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,
                          out, last_state)

@@ -15,7 +15,8 @@ sum of dt from the chunk's first position (in scan order) to t. So:
 Against the "chunked" variant this replaces the aggregate pass (an exp and a cross-lane
 sum per (t, n), about 950 SASS instructions per channel and chunk of 128 on sm_90) by the
 correction pass (an exp and an in-thread sum over n, no cross-lane work), and the
-first pass needs no h0 terms; it costs an fp32 write and read of y_local.
+first pass needs no h0 terms; it costs an fp32 write and read of y_local. The default
+for fp32 inputs (triton_fwd.py says why).
 """
 
 from __future__ import annotations

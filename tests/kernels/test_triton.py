@@ -183,6 +183,27 @@ def test_public_function_with_triton_backend(case: ScanCase) -> None:
     assert_close_all(case, got, want)
 
 
+@pytest.mark.parametrize("case", [
+    _all(ScanCase(1, 4, 200, 16, groups=2)),
+    _all(ScanCase(1, 4, 200, 16, groups=2, reverse=True)),
+], ids=lambda c: c.id)
+def test_backward_register_cap_keeps_gradients(case: ScanCase) -> None:
+    # maxnreg=128 (swept by the GPU bench) is half what the kernel takes uncapped at chunk
+    # 64, so on a GPU it spills; the interpreter ignores the cap: there this only checks
+    # that the host function passes it on
+    inputs = case.inputs(DEVICE)
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=9)
+    x = _four_d(inputs)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    out, last = selective_scan_fwd_triton(**x, **flags, chunk=64)
+    gen = torch.Generator().manual_seed(9)
+    dout = torch.randn(out.shape, generator=gen).to(out.dtype).to(DEVICE)
+    grads = selective_scan_bwd_triton(dout, **x, **flags, chunk=64, maxnreg=128)
+    named = {name: grad.reshape(inputs[name].shape)
+             for name, grad in zip(GRAD_NAMES, grads) if inputs[name] is not None}
+    assert_close_all(case, (out, last, named), want)
+
+
 def test_launch_plan_keeps_large_channel_counts_on_one_grid_axis() -> None:
     # batch * dim far beyond 65,535 (the limit of grid axes 1 and 2): every kernel is
     # launched on a 1-D grid of plan.programs() programs, limited only by 2**31 - 1.

@@ -1,6 +1,7 @@
-"""Triton forward variants ("fused", "deferred") vs the sequential reference.
+"""Triton forward variants ("chunked", "deferred") vs the sequential reference, and the
+choice "auto" makes between them.
 
-test_triton.py covers the default variant ("chunked") with gradients; the variants differ in the
+test_triton.py runs the default ("auto") with gradients; the variants differ in the
 forward only (the backward is shared), so out and last_state are compared here. Cases
 span several chunks (one-chunk sequences take the same kernel in every variant).
 """
@@ -16,6 +17,7 @@ from scan_cases import TOLERANCE, ScanCase, relative_error
 
 pytest.importorskip("triton")
 
+from medmamba_kernels.selective_scan import triton_fwd  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
 from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
@@ -36,7 +38,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["fused", "deferred"])
+@pytest.mark.parametrize("variant", ["chunked", "deferred"])
 @pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
 def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: dict) -> None:
     inputs = case.inputs(DEVICE)
@@ -49,6 +51,24 @@ def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: d
     tol = TOLERANCE[case.dtype]
     errors = {"out": relative_error(got, want), "last_state": relative_error(last, want_last)}
     assert all(e <= tol for e in errors.values()), f"{variant} {case.id}: {errors}"
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [
+    (torch.float32, "deferred"), (torch.bfloat16, "chunked"), (torch.float16, "chunked"),
+], ids=str)
+def test_auto_picks_the_variant_measured_faster_for_the_dtype(
+        dtype: torch.dtype, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_deferred_forward = triton_fwd.deferred_forward
+    deferred_calls = []
+
+    def recording_deferred_forward(*args):
+        deferred_calls.append(args)
+        real_deferred_forward(*args)
+
+    monkeypatch.setattr(triton_fwd, "deferred_forward", recording_deferred_forward)
+    x = _four_d(ScanCase(1, 2, 64, 4, dtype=dtype).inputs(DEVICE))
+    selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, chunk=16)
+    assert ("deferred" if deferred_calls else "chunked") == expected
 
 
 def test_unknown_variant_is_refused() -> None:
