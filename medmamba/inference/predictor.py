@@ -138,6 +138,10 @@ class Predictor:
         self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
         self.spatial_dims = len(self.patch_size)
         self.mirror_axes = mirror_axes
+        if device.type == "cuda":
+            # Every window has the plan's patch shape, so cuDNN's autotuned convolutions are
+            # chosen once and reused for every window of every case (as in training).
+            torch.backends.cudnn.benchmark = True
 
     def _autocast(self):
         # bf16 on CUDA (tensor cores, no overflow); plain fp32 on the CPU.
