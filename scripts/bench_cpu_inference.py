@@ -3,7 +3,7 @@
 Plans the dataset (on its first ``--plan-cases`` cases, to keep planning short), builds the
 planned network with random weights (speed does not depend on the weights) and times the
 whole per-case path that ``medmamba predict`` runs: read -> preprocess -> sliding windows
-(-> 8 flips) -> softmax -> back to the input grid -> write. One warm-up case first.
+(-> 8 flips) -> softmax -> mask in the input grid -> write. One warm-up case first.
 
     python scripts/bench_cpu_inference.py ../shared/data/Dataset004_Hippocampus \
         --network plainconv_unet --cases 5 --threads 2
@@ -72,8 +72,7 @@ def main() -> None:
             for index, case in enumerate(timed):
                 start = time.perf_counter()
                 images, geometry = read_channels(case.images)
-                probabilities = predictor.predict_case(images, geometry)
-                write_prediction(predictor.labels(probabilities), geometry,
+                write_prediction(predictor.predict_mask(images, geometry), geometry,
                                  scratch / "out" / f"{case.case_id}{info.file_ending}")
                 if index > 0:  # the first case warms up
                     seconds.append(time.perf_counter() - start)
