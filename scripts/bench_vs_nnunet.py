@@ -21,7 +21,8 @@ validation (once per call, and per case); the real run gets as many epochs of
 iterations (one shorter epoch if none fits), so its poly schedule ends on time. With
 --compile, training runs through torch.compile from empty Inductor and Triton caches, so the
 compile counts in the budget as nnU-Net's does. The warm-up runs in the same process and
-is not counted (CUDA context and cuDNN autotuning are warm for the real run). Reported per
+is not counted (CUDA context, cuDNN autotuning and the scan's Triton kernels are warm for the
+real run; the .md gives the size of that). Reported per
 network: wall time used, iterations/s (median over epochs), peak GPU memory of training
 (torch max_memory_allocated/reserved: without the CUDA context, which the nvidia-smi anchor
 includes), parameters, fold-0 Dice per label (api.predict + api.evaluate against labelsTr),

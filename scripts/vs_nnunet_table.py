@@ -67,10 +67,14 @@ def brats_table(brats: dict[str, dict]) -> str:
               fmt(NNUNET_MEASURED["brats_s_per_case_tta"]), "-", "-", "-", "-", "-"]
     lines.append("| " + " | ".join(anchor) + " |")
     for name, row in brats.items():
-        stages = row["timing"]["tta_False"]["median_stage_s_after_first"]
+        if "brats_file_s_per_case" not in row:
+            # Results written before the stages were timed: their s/case is the whole case.
+            row = {**row, "brats_file_s_per_case": row["brats_s_per_case"], "brats_s_per_case": None,
+                   "brats_file_s_per_case_tta": row["brats_s_per_case_tta"], "brats_s_per_case_tta": None}
+        stages = row["timing"]["tta_False"].get("median_stage_s_after_first", {})
         cells = [name, "x".join(str(p) for p in row["patch"]), fmt(row["brats_s_per_case"]),
                  fmt(row["brats_s_per_case_tta"]), fmt(row["brats_file_s_per_case"]),
-                 fmt(row["brats_file_s_per_case_tta"]), fmt(stages["read"]), fmt(stages["write"]),
+                 fmt(row["brats_file_s_per_case_tta"]), fmt(stages.get("read")), fmt(stages.get("write")),
                  fmt(row["timing"]["tta_True"]["peak_alloc_gib"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -91,16 +95,28 @@ def nnunet_rerun_row(log: str, gpu_memory_csv: str, cases: int, gpu: int = 0, gp
     run.sh prints "52 cases" whatever its ts/ folder holds: ``cases`` is the real count.
     With ``gpus`` > 1 the memory log interleaves the GPUs; ``gpu`` picks one.
     """
-    def number(pattern: str) -> float:
+    def found(pattern: str) -> str:
         match = re.search(pattern, log)
         if match is None:
-            raise ValueError(f"nnU-Net log: no line matches {pattern!r}")
-        return float(match.group(1))
+            raise ValueError(f"nnU-Net log: no line matches {pattern!r} (did the run finish?)")
+        return match.group(1)
 
-    dice = ast.literal_eval(re.search(r"val fold0 mean [0-9.]+ (\{.*\})", log).group(1))
+    def number(pattern: str) -> float:
+        return float(found(pattern))
+
+    wall_s = number(r"train rc=0 wall ([0-9.]+) s")  # first: a failed run stops here
+    dice = ast.literal_eval(found(r"val fold0 mean [0-9.]+ (\{.*\})"))
     epoch_s = [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", log)]
+    if not epoch_s:
+        raise ValueError("nnU-Net log: no 'Epoch time' lines")
+    if not 0 <= gpu < gpus:
+        raise ValueError(f"gpu {gpu} is not one of the {gpus} GPUs in the memory log")
     memory = [float(v) for v in gpu_memory_csv.split()[gpu::gpus]]
-    return {"name": name, "wall_s": number(r"train rc=0 wall ([0-9.]+) s"), "schedule": "20x250",
+    if not memory:
+        raise ValueError("the GPU memory log is empty")
+    # iters_per_s from nnU-Net's epoch times (its per-epoch validation included; run.sh keeps
+    # the last epochs' lines), where ours count training steps only.
+    return {"name": name, "wall_s": wall_s, "schedule": "20x250",
             "iters_per_s": 250 / statistics.median(epoch_s), "batch": 7, "peak_reserved_gib": max(memory) / 1024,
             "dice": {"Anterior": dice["1"], "Posterior": dice["2"]},
             "mean_dice": number(r"val fold0 mean ([0-9.]+)"),

@@ -114,8 +114,14 @@ def test_nnunet_rerun_row_reads_run_sh_output_and_one_gpu_of_the_memory_log():
     assert row["dice"] == {"Anterior": 0.8909, "Posterior": 0.8735} and row["mean_dice"] == 0.8822
     assert row["val_s_per_case"] == pytest.approx(28.4 / 42) and row["val_s_per_case_tta"] == pytest.approx(27.3 / 42)
     assert row["peak_reserved_gib"] == pytest.approx(1625 / 1024)  # GPU 1's 11765 MiB is not ours
-    with pytest.raises(ValueError, match="train rc=0"):
-        vs.nnunet_rerun_row(NNUNET_LOG.replace("train rc=0", "train rc=1"), "1\n", cases=42)
+    with pytest.raises(ValueError, match="train rc=0"):  # a failed run: no val line either
+        vs.nnunet_rerun_row(NNUNET_LOG.replace("train rc=0", "train rc=124").split("val fold0")[0], "1\n", cases=42)
+    with pytest.raises(ValueError, match="Epoch time"):
+        vs.nnunet_rerun_row(NNUNET_LOG.replace("Epoch time", "epoch"), "1\n", cases=42)
+    with pytest.raises(ValueError, match="gpu 2"):
+        vs.nnunet_rerun_row(NNUNET_LOG, "1\n2\n", cases=42, gpu=2, gpus=2)
+    with pytest.raises(ValueError, match="empty"):
+        vs.nnunet_rerun_row(NNUNET_LOG, "", cases=42)
 
 
 def test_table_shows_nnunet_reruns_first_and_brats_timings_apart(tmp_path):
@@ -132,3 +138,13 @@ def test_table_shows_nnunet_reruns_first_and_brats_timings_apart(tmp_path):
     assert rows[3].startswith("| nnU-Net re-run |") and rows[4].startswith("| umamba_bot |")
     assert rows[-2].startswith("| nnU-Net v2.8.1 (anchor, H100) | 96x160x160 | 0.86 | 2.28 |")
     assert rows[-1] == "| umamba_bot | 96x160x160 | 0.50 | 2.00 | 1.00 | 2.50 | 0.20 | 0.30 | 5.50 |"
+
+
+def test_brats_rows_written_before_the_stage_timings_show_as_whole_case_figures(tmp_path):
+    vs = _load_table()
+    timing = {"tta_False": {"peak_alloc_gib": 5.0}, "tta_True": {"peak_alloc_gib": 5.5}}
+    (tmp_path / "brats__umamba_bot.json").write_text(json.dumps({
+        "name": "umamba_bot", "patch": [96, 160, 160], "timing": timing, "brats_s_per_case": 1.25,
+        "brats_s_per_case_tta": 2.71}))
+    rows = [line for line in vs.table(tmp_path).splitlines() if line.startswith("| umamba_bot")]
+    assert rows == ["| umamba_bot | 96x160x160 | - | - | 1.25 | 2.71 | - | - | 5.50 |"]

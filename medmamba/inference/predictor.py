@@ -223,8 +223,10 @@ class Predictor:
         if tuple(probabilities.shape[1:]) != tuple(stop - start for start, stop in box):
             full = self._to_original_grid(probabilities.float().cpu().numpy(), properties, geometry)
             return self.labels(full)
-        values = torch.as_tensor(self.label_values, device=probabilities.device)
-        cropped = values[probabilities.argmax(dim=0)].cpu().numpy().astype(label_dtype(self.label_values))
+        # Mapped to label values in the mask's own dtype on the device: a few bytes a voxel cross.
+        dtype = torch.uint8 if label_dtype(self.label_values) == np.uint8 else torch.int32
+        values = torch.as_tensor(self.label_values, dtype=dtype, device=probabilities.device)
+        cropped = values[probabilities.argmax(dim=0)].cpu().numpy()
         # Outside the crop box is background, as un-cropping the probabilities gives.
         return paste_into(cropped[None], box, tuple(geometry.shape), fill=self.label_values[0])[0]
 

@@ -265,23 +265,25 @@ class Trainer:
     def _validate(self) -> tuple[float, dict[str, float]]:
         self.model.eval()
         n_classes = len(self.spec.label_values)
-        # [tp, fp, fn] per foreground class, then loss sum and count. They stay on the device
-        # until the end: a read-back per batch would stall the queue of launches each time.
-        totals = torch.zeros(3 * (n_classes - 1) + 2, dtype=torch.float64, device=self.device)
-        classes = torch.arange(1, n_classes, device=self.device)
+        # A confusion matrix and the loss, summed on the device over the batches: a read-back
+        # per batch would stall the queue of launches each time.
+        confusion = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=self.device)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
         for step in range(self.dist.rank, self.config.val_batches, self.dist.world_size):
             batch = self.val_data[step]
             image, label = batch["image"].to(self.device), batch["label"].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 output = self.network(image)
             output = output[0] if isinstance(output, (list, tuple)) else output
-            totals[-2] += self.loss_fn(output, label).detach().double()
-            totals[-1] += 1
-            predicted, truth = output.argmax(1), label[:, 0]
-            per_class = classes.view(-1, *([1] * predicted.ndim))
-            predicted, truth = predicted[None] == per_class, truth[None] == per_class  # (classes, batch, ...)
-            counts = torch.stack([(predicted & truth), (predicted & ~truth), (~predicted & truth)], dim=1)
-            totals[:-2] += counts.flatten(2).sum(2, dtype=torch.float64).flatten()
+            loss_sum[0] += self.loss_fn(output, label).detach().double()
+            loss_sum[1] += 1
+            pairs = label[:, 0].long().flatten() * n_classes + output.argmax(1).flatten()
+            confusion += torch.bincount(pairs, minlength=n_classes * n_classes)
+        # [tp, fp, fn] per foreground class, then loss sum and count (one all-reduce)
+        matrix = confusion.view(n_classes, n_classes).double()  # rows: truth, columns: predicted
+        tp = matrix.diagonal()
+        counts = torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp], dim=1)[1:]
+        totals = torch.cat([counts.flatten(), loss_sum])
         totals = all_reduce_sum(totals, self.dist).cpu()
         dice = {}
         for c in range(1, n_classes):

@@ -118,3 +118,39 @@ def test_mask_path_equals_the_labels_of_the_probabilities(tmp_path, device, targ
     assert (mask[BOX] == label_values[1]).mean() > 0.9 and mask[0].max() == label_values[0]
     if device == "cuda":
         assert torch.backends.cudnn.benchmark  # fixed window shape: autotuned once, reused
+
+
+@pytest.mark.parametrize("dims, target, patch, label_values, folds", [
+    (2, SPACING[1:], (16, 16), [0, 5], 1),  # 2d: slices as the batch, on the crop's grid
+    (2, (0.6, 1.3), (16, 16), [0, 5], 1),  # 2d, resampled in-plane
+    (3, SPACING, (8, 16, 16), [0, 300], 2),  # int32 labels, a two-fold ensemble
+], ids=["2d-crop-grid", "2d-resampled", "int32-two-folds"])
+def test_mask_path_holds_for_2d_ensembles_and_wide_labels(tmp_path, dims, target, patch, label_values, folds):
+    case, _, geometry = phantom_case(tmp_path)
+    images, _ = read_image(case.images[0])
+
+    class Shifted(Threshold):  # a second fold that disagrees near the threshold
+        def forward(self, x):
+            return super().forward(x) + torch.tensor([0.3, 0.0]).view(1, 2, *([1] * (x.ndim - 2)))
+
+    models = [FoldModel(f, net, {"patch_size": list(patch)}) for f, net in enumerate([Threshold(), Shifted()][:folds])]
+    predictor = Predictor(models, configuration_plan(dims, target), label_values, torch.device("cpu"), tta=True)
+    mask = predictor.predict_mask(images[None], geometry)
+    reference = predictor.labels(predictor.predict_case(images[None], geometry))
+    assert mask.dtype == reference.dtype and mask.shape == SHAPE
+    np.testing.assert_array_equal(mask, reference)
+
+
+def test_folder_prediction_times_each_stage_and_writes_masks_through_the_mask_path(tmp_path, monkeypatch):
+    case, expected, _ = phantom_case(tmp_path)
+    model = FoldModel(0, Threshold(), {"patch_size": [8, 16, 16]})
+    predictor = Predictor([model], configuration_plan(3, (2.0, 1.0, 1.0)), [0, 1], torch.device("cpu"), tta=False)
+    monkeypatch.setattr(predictor, "predict_case", None)  # without --save-probabilities it is not needed
+    report = predict_cases(predictor, [case], tmp_path / "out", ".nii.gz", PredictionReport(tmp_path / "out"),
+                           progress=False)
+    assert report.ok and not (tmp_path / "out" / "oblique.npz").exists()
+    stages = report.stage_seconds["oblique"]
+    assert set(stages) == {"read", "predict", "write"} and min(stages.values()) > 0
+    assert report.seconds_per_case["oblique"] == pytest.approx(sum(stages.values()))
+    mask, _ = read_image(report.written[0])
+    assert (mask[BOX] == 1).mean() > 0.9

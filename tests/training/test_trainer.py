@@ -95,15 +95,16 @@ def test_adamw_selectable(tiny_spec):
     assert _losses(fold_dir)[0][3] == pytest.approx(1e-3)
 
 
-def test_validation_counts_every_class_over_all_batches(tiny_spec):
+@pytest.mark.parametrize("spatial", [(4, 5, 6), (5, 6)], ids=["3d", "2d"])
+def test_validation_counts_every_class_over_all_batches(tiny_spec, spatial):
     """Dice per label from tp/fp/fn summed over the validation batches (kept on the device)."""
     trainer = Trainer(tiny_spec, FAST, CPU)
     trainer._setup()
     generator = torch.Generator().manual_seed(0)
-    labels = [torch.randint(0, 3, (2, 1, 4, 5, 6), generator=generator).float() for _ in range(2)]
-    logits = [torch.randn(2, 3, 4, 5, 6, generator=generator) for _ in range(2)]
+    labels = [torch.randint(0, 3, (2, 1, *spatial), generator=generator).float() for _ in range(2)]
+    logits = [torch.randn(2, 3, *spatial, generator=generator) for _ in range(2)]
     # the image carries the batch's index, so the stand-in network returns that batch's logits
-    trainer.val_data = [{"image": torch.full((2, 1, 4, 5, 6), float(i)), "label": label}
+    trainer.val_data = [{"image": torch.full((2, 1, *spatial), float(i)), "label": label}
                         for i, label in enumerate(labels)]
 
     class Lookup(torch.nn.Module):
