@@ -1,7 +1,8 @@
 """Argument checks and normalisation of `selective_scan` (interface.py).
 
 Errors name the argument and the expected vs got shape/dtype/device. Checked argument
-metadata is remembered, so a repeated call (a training step) skips the checks.
+metadata is remembered, so a repeated eager call (a training step) skips the checks; under
+torch.compile they run at trace time instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def check_and_normalise(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     tensors in their own shapes and dtypes.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if torch.compiler.is_compiling():
+        # Checked once at trace time, where the graph's guards already pin what the checks
+        # read; a look-up in _PASSED would become a guard that the first call then breaks.
+        _validate(*tensors, delta_softplus, reverse)
+        return _normalise(*tensors)
     key = _metadata(tensors, delta_softplus, reverse)
     if key is None or key not in _PASSED:
         _validate(*tensors, delta_softplus, reverse)

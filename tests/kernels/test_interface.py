@@ -145,6 +145,22 @@ def test_torch_compile_fullgraph_with_backward() -> None:
     torch.testing.assert_close(grad, grad_eager)
 
 
+def test_torch_compile_does_not_recompile_on_repeated_calls() -> None:
+    """The eager path remembers checked argument metadata; a compiled graph must not guard
+    on that memory, or every new shape would compile the caller's whole frame twice."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    model = _TinyMamba()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter)
+    for length in (13, 13, 13, 17, 17):  # shapes no other test has checked
+        compiled(torch.randn(2, length, 4))
+    # one graph for L=13, one (dynamic) for L=17; a guard on the memory adds more
+    assert counter.frame_count <= 2, counter.frame_count
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor_inference() -> None:
     """Inductor keeps the op in its graph (C++ codegen for the rest: slow on 2 cores, so
