@@ -6,7 +6,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --quick    # rows 1, 4, 6 only, shorter timing
     python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
-    python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg configs
+    python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -242,21 +242,25 @@ def compare_fwd_variants(dtypes, shapes):
     return ok
 
 
-# Backward launch configs (chunk, num_warps, maxnreg) for --bwd-variants; the first is the
-# default plan on every bench row and the reference for the error column. More warps or a
-# register cap trade spills for more resident warps.
-# Offline SASS for sm_90 (scripts/kernel_sass_stats.py; row 1, fp32, per thread and trip):
-# chunk 64 at 1 warp holds 255 registers and spills 104 bytes; at 2 warps 229 and no spill,
-# at 4 warps 183. Only the GPU can say what that is worth.
-BWD_CONFIGS = [(64, 1, None), (64, 2, None), (64, 4, None), (32, 1, None), (32, 2, None),
-               (32, 1, 128)]
+# Backward launch configs (chunk, num_warps, maxnreg, channel_block) for --bwd-variants; the
+# first is the default plan on every bench row and the reference for the error column.
+# More warps or a register cap trade spills for more resident warps: offline SASS for sm_90
+# (scripts/kernel_sass_stats.py; row 1, fp32, per thread and trip) has chunk 64 at 1 warp
+# holding 255 registers and spilling 104 bytes, at 2 warps 229 and no spill, at 4 warps 183.
+# A larger channel block means fewer dB/dC partial sums: the default plan splits row 4's 512
+# channels into 128 blocks, whose fp32 partials (2 x 128 x 2 x 16 x 512 x 4 B = 17 MB, written
+# and summed) outweigh the row's own ~15 MB of inputs and gradients.
+BWD_CONFIGS = [(64, 1, None, None), (64, 2, None, None), (64, 4, None, None),
+               (32, 1, None, None), (32, 2, None, None), (32, 1, 128, None),
+               (64, 1, None, 16), (64, 2, None, 32), (32, 2, None, 16)]
 
 
 def compare_bwd_variants(dtypes, shapes):
     """Backward launch configs side by side (same inputs, same run), bwd only."""
     from triton.testing import do_bench
 
-    names = [f"{chunk}/w{warps}/{maxnreg}" for chunk, warps, maxnreg in BWD_CONFIGS]
+    names = [f"{chunk}/w{warps}/{maxnreg or '-'}/{block or '-'}"
+             for chunk, warps, maxnreg, block in BWD_CONFIGS]
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n in names)
           + f"{'max err':>10}")
     for dt in dtypes:
@@ -265,8 +269,8 @@ def compare_bwd_variants(dtypes, shapes):
             out, _ = fwd(**x)
             dout = torch.randn_like(out)
             times, err, ref = [], 0.0, None
-            for chunk, warps, maxnreg in BWD_CONFIGS:
-                kw = dict(chunk=chunk, num_warps=warps, maxnreg=maxnreg)
+            for chunk, warps, maxnreg, block in BWD_CONFIGS:
+                kw = dict(chunk=chunk, num_warps=warps, maxnreg=maxnreg, channel_block=block)
                 grads = bwd(dout, **x, **kw)
                 if ref is None:
                     ref = grads
@@ -293,7 +297,7 @@ def main() -> int:
                    help="time the forward variants (chunked, deferred, auto) side by side, "
                         "and the public call against the torch.library op path (host overhead)")
     p.add_argument("--bwd-variants", action="store_true",
-                   help="time the backward launch configs (BWD_CONFIGS: chunk/warps/maxnreg) side "
+                   help="time the backward launch configs (BWD_CONFIGS: chunk/warps/maxnreg/channel block) side "
                         "by side, bwd only")
     args = p.parse_args()
     if not torch.cuda.is_available():
