@@ -26,7 +26,9 @@ import triton.language as tl
 from .triton_common import (
     _affine_combine,
     _decompose_pid,
+    _load_state_tile,
     _next_pow2,
+    _previous_chunk,
     _softplus,
     chunk_boundary_states,
     plan_launch,
@@ -61,23 +63,15 @@ def _bwd_kernel(
     offs_l = chunk_start + tl.arange(0, CHUNK)
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
-    Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                 + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                 + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
+    Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
+    Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # Neighbours in scan order: the forward state comes from c_prev, the adjoint from
     # c_next; inside the chunk the adjoint at t decays by a at t's successor t_next.
+    has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
+    has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)  # previous against scan order
     if REVERSE:
-        has_prev = c + 1 < n_chunks
-        c_prev = tl.minimum(c + 1, n_chunks - 1)
-        has_next = c > 0
-        c_next = tl.maximum(c - 1, 0)
         offs_next = offs_l - 1
     else:
-        has_prev = c > 0
-        c_prev = tl.maximum(c - 1, 0)
-        has_next = c + 1 < n_chunks
-        c_next = tl.minimum(c + 1, n_chunks - 1)
         offs_next = offs_l + 1
     mask_next = (offs_next >= chunk_start) & (offs_next < chunk_start + CHUNK) & (
         offs_next < length)

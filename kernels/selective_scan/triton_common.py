@@ -148,6 +148,25 @@ def _decompose_pid(pid, n_bgd, n_cblk, groups):
 
 
 @triton.jit
+def _load_state_tile(ptr, b, g, s_b, s_g, s_n, s_l, offs_n, offs_l, mask):
+    """The (NP, CHUNK) tile of B or C of batch b, group g at offs_l, fp32, 0 where masked."""
+    return tl.load(ptr + b * s_b + g * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l,
+                   mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _previous_chunk(c, n_chunks, REVERSE: tl.constexpr):
+    """(is there a chunk before c in scan order, its index clamped into [0, n_chunks))."""
+    if REVERSE:
+        has_prev = c + 1 < n_chunks
+        c_prev = tl.minimum(c + 1, n_chunks - 1)
+    else:
+        has_prev = c > 0
+        c_prev = tl.maximum(c - 1, 0)
+    return has_prev, c_prev
+
+
+@triton.jit
 def _load_dt(delta_row, bias_ptr, d, offs_l, mask_l, stride_dl,
              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """dt over one chunk for channel d, fp32, exactly 0 outside [0, L)."""
@@ -157,6 +176,18 @@ def _load_dt(delta_row, bias_ptr, d, offs_l, mask_l, stride_dl,
     if SOFTPLUS:
         dt = _softplus(dt)
     return tl.where(mask_l, dt, 0.0)
+
+
+@triton.jit
+def _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n, offs_l, mask_l,
+                  s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Channel d's dt and u over one chunk (fp32, 0 outside [0, L)) and A * log2(e)."""
+    dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                  HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l, other=0.0).to(tl.float32)
+    A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+    return dt, u, A2
 
 
 @triton.jit
@@ -185,11 +216,9 @@ def _chunk_aggregate_kernel(
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
     if DO_FWD:
-        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                     + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
+        Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     if DO_BWD:
-        Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                     + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
+        Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):

@@ -27,8 +27,10 @@ import triton.language as tl
 from .triton_common import (
     _affine_combine,
     _decompose_pid,
-    _load_dt,
+    _load_channel,
+    _load_state_tile,
     _next_pow2,
+    _previous_chunk,
     chunk_boundary_states,
     plan_launch,
 )
@@ -58,25 +60,16 @@ def _fwd_output_kernel(
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
-    Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                 + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                 + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
+    Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
+    Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # the state entering this chunk leaves the previous chunk in scan order
-    if REVERSE:
-        has_prev = c + 1 < n_chunks
-        c_prev = tl.minimum(c + 1, n_chunks - 1)
-    else:
-        has_prev = c > 0
-        c_prev = tl.maximum(c - 1, 0)
+    has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                    other=0.0).to(tl.float32)
-        A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+        dt, u, A2 = _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n,
+                                  offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
+                                  HAS_BIAS, SOFTPLUS)
         row = b * dim + d
         if MULTI_CHUNK:
             h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,

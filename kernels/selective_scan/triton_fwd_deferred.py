@@ -30,8 +30,11 @@ from .triton_common import (
     _affine_combine,
     _carry_kernel,
     _decompose_pid,
+    _load_channel,
     _load_dt,
+    _load_state_tile,
     _next_pow2,
+    _previous_chunk,
 )
 
 
@@ -53,10 +56,8 @@ def _fwd_local_kernel(
     offs_l = c * CHUNK + offs_k
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
-    Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n[:, None] * s_Bn
-                 + offs_l[None, :] * s_Bl, mask=mask_nl, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                 + offs_l[None, :] * s_Cl, mask=mask_nl, other=0.0).to(tl.float32)
+    Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
+    Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # positions past L have dt = 0 (decay 1, drive 0): the far end holds the end state
     if REVERSE:
         at_end = offs_k == 0
@@ -65,11 +66,9 @@ def _fwd_local_kernel(
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                    other=0.0).to(tl.float32)
-        A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+        dt, u, A2 = _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n,
+                                  offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
+                                  HAS_BIAS, SOFTPLUS)
         row = b * dim + d
         part = row * n_chunks + c
         tl.store(S_ptr + part, tl.sum(dt, axis=0))
@@ -97,17 +96,11 @@ def _fwd_correct_kernel(
     mask_n = offs_n < N
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
-    if REVERSE:
-        has_prev = c + 1 < n_chunks
-        c_prev = tl.minimum(c + 1, n_chunks - 1)
-    else:
-        has_prev = c > 0
-        c_prev = tl.maximum(c - 1, 0)
+    has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     # the first chunk in scan order starts from zero: no C tile, no exps
     c_end = tl.where(has_prev, length, 0)
-    Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n[:, None] * s_Cn
-                 + offs_l[None, :] * s_Cl, mask=mask_n[:, None] & (offs_l < c_end)[None, :],
-                 other=0.0).to(tl.float32)
+    Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
+                          mask_n[:, None] & (offs_l < c_end)[None, :])
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):
