@@ -28,9 +28,13 @@ class PredictionReport:
     skipped: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # case id -> one-line reason
     # Skips and failures are logged at INFO only: the report carries them, the CLI prints them.
-    seconds_per_case: dict[str, float] = field(default_factory=dict)  # read -> written
     # Per case: "read" (files -> array), "predict" (array -> mask), "write" (mask -> file).
     stage_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def seconds_per_case(self) -> dict[str, float]:
+        """Whole seconds per written case, read to written."""
+        return {case: sum(stages.values()) for case, stages in self.stage_seconds.items()}
 
     @property
     def ok(self) -> bool:
@@ -86,7 +90,6 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                 logger.info("case %s failed: %s", case.case_id, error)
             else:
                 report.written.append(target)
-                report.seconds_per_case[case.case_id] = sum(stages.values())
                 report.stage_seconds[case.case_id] = stages
             bar.advance(task)
     return report

@@ -219,8 +219,7 @@ class Predictor:
         """
         data, properties = self._preprocess(images, geometry)
         probabilities = self.probabilities(data)
-        box = properties["crop_bbox"]
-        if tuple(probabilities.shape[1:]) != tuple(stop - start for start, stop in box):
+        if list(probabilities.shape[1:]) != properties["shape_after_crop"]:
             full = self._to_original_grid(probabilities.float().cpu().numpy(), properties, geometry)
             return self.labels(full)
         # Mapped to label values in the mask's own dtype on the device: a few bytes a voxel cross.
@@ -228,7 +227,8 @@ class Predictor:
         values = torch.as_tensor(self.label_values, dtype=dtype, device=probabilities.device)
         cropped = values[probabilities.argmax(dim=0)].cpu().numpy()
         # Outside the crop box is background, as un-cropping the probabilities gives.
-        return paste_into(cropped[None], box, tuple(geometry.shape), fill=self.label_values[0])[0]
+        return paste_into(cropped[None], properties["crop_bbox"], tuple(geometry.shape),
+                          fill=self.label_values[0])[0]
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return labels_from_probabilities(probabilities, self.label_values)
