@@ -1,0 +1,256 @@
+"""Where a GPU training step and a sliding-window pass spend their time (one table each).
+
+    python scripts/profile_gpu_step.py --plans WORK_OR_PLANS_JSON --networks resenc_unet umamba_bot \
+        [--data-work WORK] [--inference-plans PLANS_JSON] [--compile] [--steps 60]
+
+Training, per network of the 3d_fullres plan, on one fixed batch already on the GPU (the
+trainer's step: bf16 autocast forward with deep supervision, Dice+CE, backward, gradient
+clipping, SGD Nesterov):
+- it/s in the default memory layout and in channels_last_3d (and through torch.compile);
+- the phases (forward, loss, backward, clip, optimizer) in ms, each synchronised;
+- GPU busy share: kernel time over wall time in a torch.profiler trace of 10 steps (far
+  below 1 means the host's launches, not the GPU, set the pace), and the top kernels.
+With --data-work (a WORK with the plan preprocessed), also the data loader's batches/s
+with the trainer's default worker count: the step cannot go faster than this.
+
+Inference, per network of --inference-plans: one forward of the predictor's window batch
+(4 windows of the patch, bf16, no grad), ms per window and TFLOP/s from the network's MACs,
+in both memory layouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medmamba.networks import network_complexity
+from medmamba.networks.registry import build_network
+from medmamba.planning.plans import Plans
+from medmamba.training.loss import DeepSupervisionDiceCE
+
+CONFIG = "3d_fullres"
+WINDOWS = 4  # the predictor's default batch of windows
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of the script only
+
+
+def sync_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` synchronised calls."""
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def network_from_plan(plans: Plans, name: str, deep_supervision: bool) -> tuple[nn.Module, dict]:
+    kwargs = plans.configuration(CONFIG).network(name).network_kwargs()
+    return build_network(name, **kwargs, deep_supervision=deep_supervision), kwargs
+
+
+class Step:
+    """The trainer's step on a fixed batch, phase by phase."""
+
+    def __init__(self, network: nn.Module, model: nn.Module, image: torch.Tensor, label: torch.Tensor) -> None:
+        self.network, self.model, self.image, self.label = network, model, image, label
+        self.optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
+                                         weight_decay=3e-5)
+        self.loss_fn = DeepSupervisionDiceCE()
+
+    def forward(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type(), dtype=torch.bfloat16):
+            return self.model(self.image)
+
+    def __call__(self) -> None:
+        loss = self.loss_fn(self.forward(), self.label)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        self.optimizer.step()
+
+    def phases(self, repeats: int) -> dict[str, float]:
+        """ms per phase, each phase synchronised (so their sum exceeds a pipelined step)."""
+        out: dict[str, list[float]] = {k: [] for k in ("forward", "loss", "backward", "clip", "optimizer")}
+        for _ in range(repeats):
+
+            def mark() -> None:
+                sync()
+                marks.append(time.perf_counter())
+
+            sync()
+            marks = [time.perf_counter()]
+            output = self.forward()
+            mark()
+            loss = self.loss_fn(output, self.label)
+            mark()
+            loss.backward()
+            mark()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+            mark()
+            self.optimizer.step()
+            mark()
+            for key, a, b in zip(out, marks, marks[1:]):
+                out[key].append(1e3 * (b - a))
+        return {k: statistics.median(v) for k, v in out.items()}
+
+
+def busy_share(fn: Callable[[], object], steps: int = 10, top: int = 6) -> tuple[float, list[tuple[str, float]]]:
+    """Kernel time / wall time over ``steps`` calls, and the top kernels (share of kernel time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        wall = time.perf_counter() - start
+    on_gpu = torch.cuda.is_available()
+
+    def self_us(event) -> float:
+        return event.self_device_time_total if on_gpu else event.self_cpu_time_total
+
+    kernels = [e for e in prof.key_averages() if not on_gpu or e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(self_us(e) for e in kernels)
+    ranked = sorted(kernels, key=self_us, reverse=True)[:top]
+    return total_us / 1e6 / wall, [(e.key[:70], self_us(e) / max(total_us, 1)) for e in ranked]
+
+
+def make_batch(kwargs: dict, batch: int, patch: list[int], classes: int, channels_last: bool):
+    image = torch.randn(batch, kwargs["in_channels"], *patch, device=device_type())
+    label = torch.randint(0, classes, (batch, 1, *patch), device=device_type())
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    return image, label
+
+
+def profile_training(plans: Plans, name: str, steps: int, compile_too: bool) -> list[str]:
+    plan = plans.configuration(CONFIG).network(name)
+    lines = []
+    for layout in ("ncdhw", "channels_last_3d") + (("compile",) if compile_too else ()):
+        torch.manual_seed(0)
+        network, kwargs = network_from_plan(plans, name, deep_supervision=True)
+        network = network.to(device_type())
+        channels_last = layout == "channels_last_3d"
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)
+        model = torch.compile(network) if layout == "compile" else network
+        image, label = make_batch(kwargs, plan.batch_size, list(plan.patch_size), plans.num_classes, channels_last)
+        step = Step(network, model, image, label)
+        torch.backends.cudnn.benchmark = True
+        first = sync_time(step, 1)  # autotuning / compile
+        for _ in range(10):
+            step()
+        rate = 1.0 / sync_time(lambda: [step() for _ in range(steps)], 3) * steps
+        busy, top = busy_share(step)
+        phases = step.phases(10) if layout != "compile" else {}
+        lines.append(f"| {name} | {layout} | {first:.1f} | {rate:.1f} | {busy:.2f} | "
+                     + " | ".join(f"{phases[k]:.1f}" if phases else "-" for k in
+                                  ("forward", "loss", "backward", "clip", "optimizer")) + " |")
+        lines.append("|   top kernels | " + "; ".join(f"{k} {s:.0%}" for k, s in top) + " |")
+        del step, network, model
+        torch.cuda.empty_cache()
+    return lines
+
+
+def loader_rate(work: Path, plans: Plans, name: str, batches: int) -> float:
+    from medmamba.training.data import CaseStore, PatchBatchDataset, make_loader
+    from medmamba.training.setup import default_workers, preprocessed_case_ids
+
+    folder = plans.preprocessed_folder(work, CONFIG)
+    cases = preprocessed_case_ids(folder)
+    plan = plans.configuration(CONFIG).network(name)
+    store = CaseStore(folder, cases, sorted(plans.labels.values()))
+    dataset = PatchBatchDataset(store, plan.patch_size, plan.batch_size, seed=0)
+    workers = default_workers(torch.device(device_type()))
+    loader = iter(make_loader(dataset, 0, workers, pin_memory=torch.cuda.is_available()))
+    for _ in range(20):
+        next(loader)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches / (time.perf_counter() - start)
+
+
+def profile_window(plans: Plans, name: str) -> list[str]:
+    plan = plans.configuration(CONFIG).network(name)
+    lines = []
+    for layout in ("ncdhw", "channels_last_3d"):
+        network, kwargs = network_from_plan(plans, name, deep_supervision=False)
+        network = network.to(device_type()).eval()
+        channels_last = layout == "channels_last_3d"
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)
+        image, _ = make_batch(kwargs, WINDOWS, list(plan.patch_size), plans.num_classes, channels_last)
+        torch.backends.cudnn.benchmark = True
+
+        def forward() -> None:
+            with torch.inference_mode(), torch.autocast(device_type(), dtype=torch.bfloat16):
+                network(image)
+
+        forward()
+        forward()
+        seconds = sync_time(forward, 5)
+        busy, top = busy_share(forward, steps=3)
+        macs = network_complexity(name, list(plan.patch_size), **kwargs).macs
+        tflops = 2 * macs * WINDOWS / seconds / 1e12
+        lines.append(f"| {name} | {layout} | {list(plan.patch_size)} | {1e3 * seconds / WINDOWS:.1f} | "
+                     f"{tflops:.0f} | {busy:.2f} |")
+        lines.append("|   top kernels | " + "; ".join(f"{k} {s:.0%}" for k, s in top) + " |")
+        del network
+        torch.cuda.empty_cache()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plans", type=Path, help="training plans (WORK or plans.json)")
+    parser.add_argument("--networks", nargs="+", default=["resenc_unet", "umamba_bot", "lightm_unet"])
+    parser.add_argument("--data-work", type=Path, help="WORK with --plans preprocessed: time the loader")
+    parser.add_argument("--inference-plans", type=Path, help="plans whose windows to time (BraTS)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args(argv)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"{name}, torch {torch.__version__}", flush=True)
+    if args.plans:
+        plans = Plans.load(args.plans)
+        print("\n| network | layout | first step s | it/s | GPU busy | forward ms | loss ms | backward ms "
+              "| clip ms | optimizer ms |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        for name in args.networks:
+            for line in profile_training(plans, name, args.steps, args.compile):
+                print(line, flush=True)
+        if args.data_work:
+            print("\n| network | loader batches/s |\n|---|---|")
+            for name in args.networks:
+                print(f"| {name} | {loader_rate(args.data_work, plans, name, 200):.1f} |", flush=True)
+    if args.inference_plans:
+        plans = Plans.load(args.inference_plans)
+        print(f"\n| network | layout | patch | ms/window ({WINDOWS} per pass) | TFLOP/s | GPU busy |\n"
+              "|---|---|---|---|---|---|", flush=True)
+        for name in args.networks:
+            if name in plans.configuration(CONFIG).networks:
+                for line in profile_window(plans, name):
+                    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
