@@ -175,6 +175,7 @@ def train(
     patch_size: tuple[int, ...] | None = None,
     progress: bool = False,
     compile: bool = False,
+    cuda_graphs: bool = True,
     rank: int = 0,
     world_size: int = 1,
     local_rank: int = 0,
@@ -192,7 +193,9 @@ def train(
     plan (e.g. ``{"features_per_stage": [8, 16, 32, 64]}`` for a quick CPU run) and
     ``patch_size`` the plan's patch; both are recorded in the checkpoint metadata.
     ``compile=True`` runs the training steps through torch.compile (faster steps on a GPU
-    after a compile of about a minute; nnU-Net does the same).
+    after a compile of about a minute; nnU-Net does the same). ``cuda_graphs`` (default)
+    replays each training step as a CUDA graph on a single GPU, which small patches need
+    to keep the GPU busy; False runs every step eagerly.
     """
     from medmamba.training.config import TrainingConfig
     from medmamba.training.distributed import DistInfo
@@ -203,7 +206,7 @@ def train(
     overrides = {
         "epochs": epochs, "iters_per_epoch": iters_per_epoch, "optimizer": optimizer, "lr": lr,
         "val_batches": val_batches, "batch_size": batch_size, "workers": workers, "augment": augment,
-        "compile": compile or None,
+        "compile": compile or None, "cuda_graphs": cuda_graphs,
     }
     config = TrainingConfig(seed=seed, **{k: v for k, v in overrides.items() if v is not None})
     dist = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, init_method=init_method)

@@ -333,6 +333,8 @@ def train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Data augmentation.")] = True,
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the training steps (faster on a GPU after ~1 min of compiling).")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Replay training steps as CUDA graphs (one GPU).")] = True,
 ) -> None:
     """Train one fold; results in WORK/results/NETWORK/CONFIG/fold_F (torchrun for several GPUs)."""
     from medmamba import api
@@ -344,7 +346,7 @@ def train(
         work, configuration=configuration, network=network, fold=fold, epochs=epochs,
         iters_per_epoch=iters_per_epoch, val_batches=val_batches, device=device, resume=resume,
         split_file=split_file, workers=workers, seed=seed, ssm=ssm, optimizer=optimizer, lr=lr,
-        augment=augment, network_overrides=overrides, patch_size=patch, compile=compile,
+        augment=augment, network_overrides=overrides, patch_size=patch, compile=compile, cuda_graphs=cuda_graphs,
         progress=dist.get("rank", 0) == 0, **dist))
     if dist.get("rank", 0) == 0:
         typer.echo(f"wrote {fold_dir}")

@@ -20,7 +20,8 @@ validation (once per call, and per case); the real run gets as many epochs of
 --iters-per-epoch as fit in 98% of the budget, the remainder spread over them as extra
 iterations (one shorter epoch if none fits), so its poly schedule ends on time. With
 --compile, training runs through torch.compile from empty Inductor and Triton caches, so the
-compile counts in the budget as nnU-Net's does. The warm-up runs in the same process and
+compile counts in the budget as nnU-Net's does. Training replays each step as a CUDA graph
+(api.train's default on one GPU); --no-cuda-graphs runs it eagerly (results tagged __eager). The warm-up runs in the same process and
 is not counted (CUDA context, cuDNN autotuning and the scan's Triton kernels are warm for the
 real run; the .md gives the size of that). Reported per
 network: wall time used, iterations/s (median over epochs), peak GPU memory of training
@@ -79,6 +80,7 @@ class Settings:
     workers: int | None = None
     features: int | None = None  # first stage's features instead of the plan's (smoke)
     compile: bool = False  # api.train(compile=True): torch.compile, its compile inside the budget
+    cuda_graphs: bool = True  # api.train's default: each step replayed as a CUDA graph
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
 
@@ -123,8 +125,14 @@ def parse_network(spec: str) -> tuple[str, str | None]:
     return name, (ssm or None)
 
 
-def tag_of(spec: str, compiled: bool = False) -> str:
-    return network_tag(*parse_network(spec)) + ("__compile" if compiled else "")
+def tag_of(spec: str, compiled: bool = False, eager: bool = False) -> str:
+    """The result's name: the network's tag, then how it trained when not the default."""
+    return network_tag(*parse_network(spec)) + ("__compile" if compiled else "") + ("__eager" if eager else "")
+
+
+def run_tag(spec: str, settings: Settings) -> str:
+    # Compiled runs never use graphs, so only an eager run that could have used them is marked.
+    return tag_of(spec, settings.compile, eager=not settings.cuda_graphs and not settings.compile)
 
 
 def fresh_compile_caches(folder: Path) -> None:
@@ -158,6 +166,7 @@ def train(work: Path, spec: str, split_file: Path, settings: Settings, epochs: i
     network, ssm = parse_network(spec)
     return api.train(work, CONFIG, network, 0, epochs=epochs, iters_per_epoch=iters, device=settings.device,
                      split_file=split_file, workers=settings.workers, ssm=ssm, compile=settings.compile,
+                     cuda_graphs=settings.cuda_graphs,
                      val_batches=val_batches or settings.val_batches,
                      network_overrides=overrides(work, network, settings))
 
@@ -259,7 +268,7 @@ def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path
 def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path,
                   settings: Settings) -> dict[str, Any]:
     val_cases = read_json(split_file)[0]["val"]
-    scratch = out / "scratch" / tag_of(spec, settings.compile)
+    scratch = out / "scratch" / run_tag(spec, settings)
     val_images = link_images(data, val_cases, scratch / "val_images")
     cal = calibrate(data, work, spec, split_file, scratch, settings)
     epochs, iters = choose_schedule(cal, settings.budget_s, settings.iters_per_epoch, len(val_cases),
@@ -284,7 +293,7 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     log = read_json(fold / "training_log.json")
     meta = log["metadata"]
     params = network_complexity(meta["network"], meta["patch_size"], **meta["network_kwargs"]).parameters
-    return {"name": tag_of(spec, settings.compile), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
+    return {"name": run_tag(spec, settings), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
             "schedule": f"{epochs}x{iters}", "calibration": asdict(cal),
             "iters_per_s": statistics.median(e["iters_per_s"] for e in log["epochs"]),
             "batch": Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size,
@@ -348,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--compile", action="store_true",
                         help="train with torch.compile (cold caches: the compile counts in the budget)")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="train every step eagerly (results tagged __eager)")
     parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
     parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
     parser.add_argument("--prepare-only", action="store_true",
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(device=args.device, budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
                             val_batches=args.val_batches, warmup_iters=args.warmup_iters,
                             calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases,
-                            compile=args.compile,
+                            compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
                             gpu_memory_gb=args.gpu_memory)
     if not args.table_only:
         run(args, out, settings)

@@ -6,7 +6,8 @@
 Training, per network of the 3d_fullres plan, on one fixed batch already on the GPU (the
 trainer's step: bf16 autocast forward with deep supervision, Dice+CE, backward, gradient
 clipping, SGD Nesterov):
-- it/s in the default memory layout and in channels_last_3d (and through torch.compile);
+- it/s eager, replayed as a CUDA graph (the trainer's default on one GPU) and with
+  --compile through torch.compile;
 - the phases (forward, loss, backward, clip, optimizer) in ms, each synchronised;
 - GPU busy share: kernel time over wall time in a torch.profiler trace of 10 steps (far
   below 1 means the host's launches, not the GPU, set the pace), and the top kernels.
@@ -14,8 +15,8 @@ With --data-work (a WORK with the plan preprocessed), also the data loader's bat
 with the trainer's default worker count: the step cannot go faster than this.
 
 Inference, per network of --inference-plans: one forward of the predictor's window batch
-(4 windows of the patch, bf16, no grad), ms per window and TFLOP/s from the network's MACs,
-in both memory layouts.
+(4 windows of the patch, bf16, no grad), ms per window and TFLOP/s from the network's MACs:
+as built, in channels_last_3d, with InstanceNorm computed by group_norm, through torch.compile.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 from medmamba.networks import network_complexity
 from medmamba.networks.registry import build_network
 from medmamba.planning.plans import Plans
+from medmamba.training.graphs import GraphedStep
 from medmamba.training.loss import DeepSupervisionDiceCE
 
 CONFIG = "3d_fullres"
@@ -73,16 +75,22 @@ class Step:
                                          weight_decay=3e-5)
         self.loss_fn = DeepSupervisionDiceCE()
 
-    def forward(self):
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type(), dtype=torch.bfloat16):
-            return self.model(self.image)
+        self.cast_cache = True  # autocast's weight-cast cache; off for a CUDA-graph capture
 
-    def __call__(self) -> None:
-        loss = self.loss_fn(self.forward(), self.label)
+    def forward(self, image: torch.Tensor | None = None):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type(), dtype=torch.bfloat16, cache_enabled=self.cast_cache):
+            return self.model(self.image if image is None else image)
+
+    def run(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(self.forward(image), label)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
         self.optimizer.step()
+        return loss.detach()
+
+    def __call__(self) -> None:
+        self.run(self.image, self.label)
 
     def phases(self, repeats: int) -> dict[str, float]:
         """ms per phase, each phase synchronised (so their sum exceeds a pipelined step)."""
@@ -145,23 +153,27 @@ def make_batch(kwargs: dict, batch: int, patch: list[int], classes: int, channel
 def profile_training(plans: Plans, name: str, steps: int, compile_too: bool) -> list[str]:
     plan = plans.configuration(CONFIG).network(name)
     lines = []
-    for layout in ("ncdhw", "channels_last_3d") + (("compile",) if compile_too else ()):
+    layouts = ("ncdhw",) + (("cuda_graph",) if torch.cuda.is_available() else ()) + (("compile",) if compile_too else ())
+    for layout in layouts:
         torch.manual_seed(0)
         network, kwargs = network_from_plan(plans, name, deep_supervision=True)
         network = network.to(device_type())
-        channels_last = layout == "channels_last_3d"
-        if channels_last:
-            network = network.to(memory_format=torch.channels_last_3d)
         model = torch.compile(network) if layout == "compile" else network
-        image, label = make_batch(kwargs, plan.batch_size, list(plan.patch_size), plans.num_classes, channels_last)
+        image, label = make_batch(kwargs, plan.batch_size, list(plan.patch_size), plans.num_classes, False)
         step = Step(network, model, image, label)
         torch.backends.cudnn.benchmark = True
-        first = sync_time(step, 1)  # autotuning / compile
+        timed: Callable[[], object] = step
+        if layout == "cuda_graph":  # fed from pinned host memory, as the trainer does
+            step.cast_cache = False
+            graphed = GraphedStep(step.run, step.optimizer)
+            host_image, host_label = image.cpu().pin_memory(), label.cpu().pin_memory()
+            timed = lambda: graphed(host_image, host_label)  # noqa: E731
+        first = sync_time(timed, 1)  # autotuning / compile
         for _ in range(10):
-            step()
-        rate = 1.0 / sync_time(lambda: [step() for _ in range(steps)], 3) * steps
-        busy, top = busy_share(step)
-        phases = step.phases(10) if layout != "compile" else {}
+            timed()
+        rate = 1.0 / sync_time(lambda: [timed() for _ in range(steps)], 3) * steps
+        busy, top = busy_share(timed)
+        phases = step.phases(10) if layout == "ncdhw" else {}
         lines.append(f"| {name} | {layout} | {first:.1f} | {rate:.1f} | {busy:.2f} | "
                      + " | ".join(f"{phases[k]:.1f}" if phases else "-" for k in
                                   ("forward", "loss", "backward", "clip", "optimizer")) + " |")
@@ -190,32 +202,60 @@ def loader_rate(work: Path, plans: Plans, name: str, batches: int) -> float:
     return batches / (time.perf_counter() - start)
 
 
-def profile_window(plans: Plans, name: str) -> list[str]:
+class GroupNormAsInstanceNorm(nn.Module):
+    """InstanceNorm (affine) computed by torch's group_norm kernel with one group per channel."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+
+
+def swap_instance_norms(module: nn.Module) -> int:
+    swapped = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.instancenorm._InstanceNorm) and child.affine:
+            setattr(module, name, GroupNormAsInstanceNorm(child))
+            swapped += 1
+        else:
+            swapped += swap_instance_norms(child)
+    return swapped
+
+
+WINDOW_VARIANTS = ("ncdhw", "channels_last_3d", "group_norm", "compile")
+
+
+def profile_window(plans: Plans, name: str, variants: tuple[str, ...] = WINDOW_VARIANTS) -> list[str]:
     plan = plans.configuration(CONFIG).network(name)
     lines = []
-    for layout in ("ncdhw", "channels_last_3d"):
+    for layout in variants:
         network, kwargs = network_from_plan(plans, name, deep_supervision=False)
         network = network.to(device_type()).eval()
         channels_last = layout == "channels_last_3d"
         if channels_last:
             network = network.to(memory_format=torch.channels_last_3d)
+        if layout == "group_norm":
+            swap_instance_norms(network)
+        model = torch.compile(network) if layout == "compile" else network
         image, _ = make_batch(kwargs, WINDOWS, list(plan.patch_size), plans.num_classes, channels_last)
         torch.backends.cudnn.benchmark = True
 
         def forward() -> None:
             with torch.inference_mode(), torch.autocast(device_type(), dtype=torch.bfloat16):
-                network(image)
+                model(image)
 
-        forward()
+        first = sync_time(forward, 1)
         forward()
         seconds = sync_time(forward, 5)
         busy, top = busy_share(forward, steps=3)
         macs = network_complexity(name, list(plan.patch_size), **kwargs).macs
         tflops = 2 * macs * WINDOWS / seconds / 1e12
-        lines.append(f"| {name} | {layout} | {list(plan.patch_size)} | {1e3 * seconds / WINDOWS:.1f} | "
+        lines.append(f"| {name} | {layout} | {list(plan.patch_size)} | {first:.1f} | {1e3 * seconds / WINDOWS:.1f} | "
                      f"{tflops:.0f} | {busy:.2f} |")
         lines.append("|   top kernels | " + "; ".join(f"{k} {s:.0%}" for k, s in top) + " |")
-        del network
+        del network, model
         torch.cuda.empty_cache()
     return lines
 
@@ -227,11 +267,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-work", type=Path, help="WORK with --plans preprocessed: time the loader")
     parser.add_argument("--inference-plans", type=Path, help="plans whose windows to time (BraTS)")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps")
+    parser.add_argument("--window-variants", nargs="+", default=list(WINDOW_VARIANTS), choices=WINDOW_VARIANTS)
+    parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args(argv)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{name}, torch {torch.__version__}", flush=True)
-    if args.plans:
+    if args.plans and not args.skip_training:
         plans = Plans.load(args.plans)
         print("\n| network | layout | first step s | it/s | GPU busy | forward ms | loss ms | backward ms "
               "| clip ms | optimizer ms |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
@@ -244,11 +286,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"| {name} | {loader_rate(args.data_work, plans, name, 200):.1f} |", flush=True)
     if args.inference_plans:
         plans = Plans.load(args.inference_plans)
-        print(f"\n| network | layout | patch | ms/window ({WINDOWS} per pass) | TFLOP/s | GPU busy |\n"
-              "|---|---|---|---|---|---|", flush=True)
+        print(f"\n| network | variant | patch | first pass s | ms/window ({WINDOWS} per pass) | TFLOP/s | GPU busy |\n"
+              "|---|---|---|---|---|---|---|", flush=True)
         for name in args.networks:
             if name in plans.configuration(CONFIG).networks:
-                for line in profile_window(plans, name):
+                for line in profile_window(plans, name, tuple(args.window_variants)):
                     print(line, flush=True)
 
 

@@ -49,6 +49,10 @@ class TrainingConfig:
     # torch.compile the training model: fused kernels and far fewer launches, which is what
     # small 3D patches are bound by on a GPU; pays a compile (about a minute) at start-up.
     compile: bool = False
+    # Replay the training step as a CUDA graph on a single GPU (recaptured when the lr
+    # changes): the host's launches, not the GPU, bound small-patch steps. Ignored on the
+    # CPU, under DistributedDataParallel and with compile.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", parse_enum(OptimizerName, self.optimizer, "optimizer"))

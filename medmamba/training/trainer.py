@@ -1,7 +1,8 @@
 """The training loop: one class, configured by TrainingConfig and a resolved RunSpec.
 
 Per epoch: set the poly lr, ``iters_per_epoch`` steps (forward under bf16 autocast on
-CUDA, Dice+CE with deep supervision, gradient norm clipped), validation on fixed patches
+CUDA, Dice+CE with deep supervision, gradient norm clipped; on one GPU replayed as a CUDA
+graph, :mod:`medmamba.training.graphs`), validation on fixed patches
 of the fold's validation cases, then (rank 0) checkpoint_latest.pt, checkpoint_best.pt
 when the EMA of the mean validation Dice improves, training_log.json and progress.png.
 """
@@ -25,6 +26,7 @@ from medmamba.errors import CheckpointError
 from medmamba.training import checkpoint as ckpt
 from medmamba.training.config import TrainingConfig
 from medmamba.training.data import CaseStore, PatchBatchDataset, make_loader
+from medmamba.training.graphs import GraphedStep, graphs_usable
 from medmamba.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -131,6 +133,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         self.use_amp = self.config.amp and self.device.type == "cuda"
         self.loss_fn = DeepSupervisionDiceCE()
+        self.graphed_step: GraphedStep | None = None
+        if self.config.cuda_graphs:
+            usable, why = graphs_usable(self.device, self.dist.enabled, self.config.compile)
+            if usable:
+                self.graphed_step = GraphedStep(self._step, self.optimizer)
+            elif self.device.type == "cuda":
+                log.info("training steps run eagerly: %s", why)
         store = CaseStore(self.spec.data_folder, self.spec.train_cases, self.spec.label_values)
         val_store = CaseStore(self.spec.data_folder, self.spec.val_cases, self.spec.label_values)
         batch = self.config.batch_size or self.spec.batch_size
@@ -245,21 +254,31 @@ class Trainer:
         with _progress_bar(self.show_progress and self.dist.is_main, epoch, self.config) as bar:
             for iteration in range(self.config.iters_per_epoch):
                 batch = next(loader)
-                image = batch["image"].to(self.device, non_blocking=True)
-                label = batch["label"].to(self.device, non_blocking=True)
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-                    output = self.model(image)
-                loss = self.loss_fn(output, label)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
-                self.optimizer.step()
-                losses[iteration] = loss.detach()
+                if self.graphed_step is not None:  # copies the (pinned) batch into its inputs
+                    loss = self.graphed_step(batch["image"], batch["label"])
+                else:
+                    image = batch["image"].to(self.device, non_blocking=True)
+                    loss = self._step(image, batch["label"].to(self.device, non_blocking=True))
+                losses[iteration] = loss
                 if bar.enabled:
                     refresh = iteration % _BAR_REFRESH_STEPS == 0 or iteration == last
                     bar(iteration + 1, float(losses[: iteration + 1].mean()) if refresh else None)
         mean = all_reduce_sum(losses.mean().reshape(1).float(), self.dist)
         return float(mean.item()) / self.dist.world_size
+
+    def _step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """One optimisation step; returns the detached loss. Also the body that
+        :class:`GraphedStep` captures, so it starts by setting the gradients to None."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # A capture must not keep autocast's cast weights across steps: no cache then.
+        cache = self.graphed_step is None
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=cache):
+            output = self.model(image)
+        loss = self.loss_fn(output, label)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, dict[str, float]]:
