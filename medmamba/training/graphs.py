@@ -61,7 +61,7 @@ class GraphedStep:
         if self.graph is None or key != self.key:
             try:
                 self._capture(image, label)
-            except RuntimeError as error:  # an op that syncs with the host cannot be captured
+            except RuntimeError as error:  # e.g. an op that syncs with the host
                 self.failed = str(error).splitlines()[0]
                 self.graph = self.static_loss = None
                 log.warning("training step not captured as a CUDA graph (%s); running it eagerly", self.failed)
@@ -94,8 +94,10 @@ class GraphedStep:
 
     def _capture(self, image: torch.Tensor, label: torch.Tensor) -> None:
         device = self._device(image)
-        # The old graph is never replayed again, so the new one may reuse its memory pool.
-        self.graph = None
+        # The new graph shares the old one's memory pool (the old one is never replayed
+        # again). The old graph stays alive until the capture ends: a pool whose last graph
+        # is gone cannot take a new capture (a CUDACachingAllocator assertion).
+        previous = self.graph
         self.static_loss = None
         if self.static_image is None or self.static_image.shape != image.shape:
             self.static_image = torch.empty(image.shape, dtype=image.dtype, device=device)
@@ -108,6 +110,7 @@ class GraphedStep:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             loss = self.step(self.static_image, self.static_label)
         self.graph, self.static_loss = graph, loss
+        del previous
         self.captures += 1
         log.debug("captured the training step (capture %d)", self.captures)
 
