@@ -296,11 +296,23 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     return {"name": run_tag(spec, settings), "wall_s": wall, "train_s": train_s, "budget_s": settings.budget_s,
             "schedule": f"{epochs}x{iters}", "calibration": asdict(cal),
             "iters_per_s": statistics.median(e["iters_per_s"] for e in log["epochs"]),
+            "epoch_overhead": epoch_overhead(log["epochs"], iters),
             "batch": Plans.load(work).configuration(CONFIG).network(meta["network"]).batch_size,
             "patch": meta["patch_size"], "peak_alloc_gib": peak_alloc, "peak_reserved_gib": peak_reserved,
             "parameters_m": params / 1e6, "dice": per_label, "mean_dice": mean,
             "val_s_per_case": no_tta["call_s_per_case"],
             "val_s_per_case_tta": tta["call_s_per_case"], "val_timing": {"tta": tta, "no_tta": no_tta}}
+
+
+def epoch_overhead(epochs: list[dict], iters: int) -> dict[str, float | None]:
+    """Seconds per epoch outside the steps (validation, the hand-over to the writer), median
+    and max over the epochs after the first, from the epochs' wall-clock starts."""
+    walls = [b["started_at"] - a["started_at"] for a, b in zip(epochs, epochs[1:])]
+    outside = [wall - iters / e["iters_per_s"] for wall, e in zip(walls[1:], epochs[1:])]
+    validation = [e["validation_s"] for e in epochs if "validation_s" in e]
+    return {"median_s": statistics.median(outside) if outside else None,
+            "max_s": max(outside) if outside else None,
+            "validation_median_s": statistics.median(validation) if validation else None}
 
 
 def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, settings: Settings) -> Iterator[dict]:

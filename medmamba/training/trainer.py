@@ -4,7 +4,8 @@ Per epoch: set the poly lr, ``iters_per_epoch`` steps (forward under bf16 autoca
 CUDA, Dice+CE with deep supervision, gradient norm clipped; on one GPU replayed as a CUDA
 graph, :mod:`medmamba.training.graphs`), validation on fixed patches
 of the fold's validation cases, then (rank 0) checkpoint_latest.pt, checkpoint_best.pt
-when the EMA of the mean validation Dice improves, training_log.json and progress.png.
+when the EMA of the mean validation Dice improves, training_log.json and progress.png,
+written by a background thread while the next epoch trains (:mod:`medmamba.training.writer`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from medmamba.training.distributed import (
 from medmamba.training.loss import DeepSupervisionDiceCE
 from medmamba.training.optim import PolyLRScheduler, build_optimizer
 from medmamba.training.progress import plot_progress, write_log
+from medmamba.training.writer import BackgroundWriter, host_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.ema: float | None = None
         self.best_ema: float | None = None
+        self.writer: BackgroundWriter | None = None
 
     # set-up -------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -202,6 +205,9 @@ class Trainer:
             self._train(start_epoch, step)
             return self.spec.fold_dir
         finally:
+            if self.writer is not None:  # the last epoch's files complete before returning
+                self.writer.close()
+                self.writer = None
             shutdown_distributed(self.dist)
 
     def _train(self, start_epoch: int, step: int) -> None:
@@ -215,6 +221,7 @@ class Trainer:
             step += self.config.iters_per_epoch
             train_time = time.perf_counter() - start
             val_loss, dice = self._validate()
+            validation_s = time.perf_counter() - start - train_time
             mean = float(np.nanmean(list(dice.values()))) if not all(math.isnan(d) for d in dice.values()) else 0.0
             self.ema = mean if self.ema is None else self.config.ema_alpha * self.ema + (1 - self.config.ema_alpha) * mean
             improved = self.best_ema is None or self.ema > self.best_ema
@@ -231,6 +238,7 @@ class Trainer:
                 "started_at": started_at,  # wall clock: differences give whole epochs, writes included
                 "epoch_time_s": time.perf_counter() - start,
                 "iters_per_s": self.config.iters_per_epoch / train_time,
+                "validation_s": validation_s,
             })
             if self.dist.is_main:
                 self._write_outputs(epoch + 1, step, improved)
@@ -311,12 +319,19 @@ class Trainer:
         return float(totals[-2] / max(totals[-1], 1)), dice
 
     def _write_outputs(self, epoch: int, next_step: int, improved: bool) -> None:
-        folder = self.spec.fold_dir
-        state = self._state(epoch, next_step)
-        ckpt.save_latest_and_best(folder, state, improved)
+        """Hand this epoch's state (copied to the host) to the background writer."""
+        if self.writer is None:
+            self.writer = BackgroundWriter()
+        state = host_snapshot(self._state(epoch, next_step))
         header = {"metadata": state["metadata"], "config": self.config.to_dict()}
-        write_log(folder, header, self.history)
-        plot_progress(folder, self.history, self.label_names)
+        self.writer.submit(_write_epoch_files, self.spec.fold_dir, state, improved, header, self.label_names)
+
+
+def _write_epoch_files(folder: Path, state: dict[str, Any], improved: bool, header: dict[str, Any],
+                       label_names: dict[int, str]) -> None:
+    ckpt.save_latest_and_best(folder, state, improved)
+    write_log(folder, header, state["log"])
+    plot_progress(folder, state["log"], label_names)
 
 
 def _label_names(spec: RunSpec) -> dict[int, str]:

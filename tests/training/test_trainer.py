@@ -27,6 +27,7 @@ def test_two_epochs_write_every_output(tiny_spec):
         "checkpoint_latest.pt", "checkpoint_best.pt", "training_log.json", "progress.png"}
     log = json.loads((fold_dir / "training_log.json").read_text())
     assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert all(e["validation_s"] >= 0 for e in log["epochs"])
     assert set(log["epochs"][0]["val_dice"]) == {"a", "b"}
     assert [e["lr"] for e in log["epochs"]] == pytest.approx([1e-2, poly_lr(1e-2, 1, 2)])
     state_dict, meta = ckpt.load_checkpoint_for_inference(fold_dir, "latest")
