@@ -102,7 +102,7 @@ def predict(work: Path, input_folder: Path, output_folder: Path, configuration: 
             network: str | None = None, folds: list[int] | None = None, tta: bool = True,
             save_probabilities: bool = False, device: str | None = None, overwrite: bool = False,
             num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
-            checkpoint: str = "latest", progress: bool = False) -> PredictionReport:
+            checkpoint: str = "latest", progress: bool = False, compile: bool = False) -> PredictionReport:
     """Segment every case of ``input_folder`` (dataset channel layout) into ``output_folder``.
 
     Uses the trained folds in ``work`` (``None``: every fold found; the only trained network;
@@ -111,6 +111,9 @@ def predict(work: Path, input_folder: Path, output_folder: Path, configuration: 
     get the input's exact geometry and file ending. Cases that fail are listed in
     ``report.failed``; existing outputs are skipped unless ``overwrite``.
     ``num_parts``/``part_id`` select every num_parts-th case of the sorted list.
+    ``compile=True`` runs the windows through torch.compile: a compile first (36 s for a
+    BraTS-sized ``resenc_unet`` on an H200), then faster window passes (9.4 against 16.6 ms
+    per window there); worth it for many or large cases.
     """
     from medmamba.inference.folder import predict_folder
 
@@ -118,7 +121,8 @@ def predict(work: Path, input_folder: Path, output_folder: Path, configuration: 
                           configuration=configuration, network=network, folds=folds, tta=tta,
                           save_probabilities=save_probabilities, device=device,
                           overwrite=overwrite, num_parts=num_parts, part_id=part_id,
-                          batch_windows=batch_windows, checkpoint=checkpoint, progress=progress)
+                          batch_windows=batch_windows, checkpoint=checkpoint, progress=progress,
+                          compile=compile)
 
 
 def evaluate(pred: Path, labels: Path, dataset_json: Path | None = None,

@@ -182,6 +182,8 @@ def predict(
     part_id: Annotated[int, typer.Option("--part-id", min=0, help="Which part this process predicts (0-based).")] = 0,
     batch_windows: Annotated[int, typer.Option("--batch-windows", min=1, help="Sliding windows per forward pass.")] = 4,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="latest or best.")] = "latest",
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the network (a compile first, then faster windows).")] = False,
 ) -> None:
     """Segment a folder of images with the trained folds; exit code 2 if any case failed."""
     from medmamba import api
@@ -190,7 +192,7 @@ def predict(
         work, input_folder, output_folder, configuration=configuration, network=network,
         folds=folds or None, tta=tta, save_probabilities=save_probabilities, device=device,
         overwrite=overwrite, num_parts=num_parts, part_id=part_id, batch_windows=batch_windows,
-        checkpoint=checkpoint, progress=True))
+        checkpoint=checkpoint, progress=True, compile=compile))
     for path in report.skipped:
         typer.echo(f"skipped: {path} exists (use --overwrite to replace it)", err=True)
     for case_id, reason in report.failed.items():

@@ -121,7 +121,8 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
                    folds: Sequence[int] | None = None, tta: bool = True,
                    save_probabilities: bool = False, device=None, overwrite: bool = False,
                    num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
-                   checkpoint: str = "latest", progress: bool = True) -> PredictionReport:
+                   checkpoint: str = "latest", progress: bool = True,
+                   compile: bool = False) -> PredictionReport:
     """Predict every case of ``input_folder`` with the trained folds in ``work``.
 
     Errors that concern the whole run (no plans, missing fold, mismatched checkpoint, wrong
@@ -143,7 +144,7 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
     torch_device = resolve_device(device)
     models = load_fold_models(fold_dirs, plans, configuration, torch_device, checkpoint)
     predictor = Predictor(models, plans.configuration(configuration), models[0].meta["label_values"],
-                          torch_device, tta=tta, sw_batch_size=batch_windows)
+                          torch_device, tta=tta, sw_batch_size=batch_windows, compile=compile)
     report = PredictionReport(Path(output_folder), network=network, configuration=configuration,
                               folds=[m.fold for m in models])
     return predict_cases(predictor, cases, output_folder, plans.file_ending, report,

@@ -125,7 +125,8 @@ class Predictor:
 
     def __init__(self, models: Sequence[FoldModel], plan, label_values: Sequence[int],
                  device: torch.device, *, tta: bool = True, sw_batch_size: int = 4,
-                 overlap: float = 0.5, mirror_axes: Sequence[int] | None = None) -> None:
+                 overlap: float = 0.5, mirror_axes: Sequence[int] | None = None,
+                 compile: bool = False) -> None:
         if not models:
             raise ConfigError("no fold networks to predict with")
         self.models = list(models)
@@ -138,6 +139,8 @@ class Predictor:
         self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
         self.spatial_dims = len(self.patch_size)
         self.mirror_axes = mirror_axes
+        self.compile = compile
+        self._window_runners = [self._window_runner(model.network) for model in self.models]
         if device.type == "cuda":
             # Every window has the plan's patch shape, so cuDNN's autotuned convolutions are
             # chosen once and reused for every window of every case (as in training).
@@ -148,6 +151,23 @@ class Predictor:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _window_runner(self, net: torch.nn.Module):
+        """The network on a batch of windows, under autocast; with ``compile`` through
+        torch.compile, every call padded to ``sw_batch_size`` windows so one shape (one
+        compile) serves every batch, the last partial one included."""
+        network = torch.compile(net, dynamic=False) if self.compile else net
+        full = self.sw_batch_size
+
+        def run(windows: torch.Tensor) -> torch.Tensor:
+            count = windows.shape[0]
+            with self._autocast():
+                if self.compile and count < full:
+                    padding = windows.new_zeros((full - count, *windows.shape[1:]))
+                    return network(torch.cat([windows, padding]))[:count]
+                return network(windows)
+
+        return run
 
     def probabilities(self, data: np.ndarray) -> torch.Tensor:
         """Fold-averaged softmax of preprocessed ``data`` (C, *spatial) -> (K, *spatial), on device.
@@ -163,11 +183,7 @@ class Predictor:
         else:
             image = image[None]
         total = None
-        for model in self.models:
-            def network(windows: torch.Tensor, net=model.network) -> torch.Tensor:
-                with self._autocast():
-                    return net(windows)
-
+        for network in self._window_runners:
             logits = sliding_window_logits(
                 network, image, self.patch_size, sw_batch_size=self.sw_batch_size,
                 overlap=self.overlap, device=self.device, mirror_axes=self.mirror_axes,
