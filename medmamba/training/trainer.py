@@ -127,7 +127,10 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
         if self.config.compile:
             # Training steps only; validation and checkpoints use the plain module.
-            self.model = torch.compile(self.model)
+            # Static shapes: training has one patch shape. Dynamo's automatic dynamic shapes
+            # (after any recompile in the process) failed in inductor on the CPU
+            # (ValueRangeError) and recompiled umamba_bot over and over on the GPU.
+            self.model = torch.compile(self.model, dynamic=False)
         self.optimizer = build_optimizer(self.network.parameters(), self.config)
         self.scheduler = PolyLRScheduler(
             self.optimizer, self.config.learning_rate, self.config.epochs, self.config.poly_exponent
