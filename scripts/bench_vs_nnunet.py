@@ -62,6 +62,7 @@ from medmamba.training.paths import network_tag
 from medmamba.training.setup import preprocessed_case_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_schedule import BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead  # noqa: E402,F401
 from vs_nnunet_table import read_json, table  # noqa: E402
 
 CONFIG = "3d_fullres"
@@ -83,41 +84,6 @@ class Settings:
     cuda_graphs: bool = True  # api.train's default: each step replayed as a CUDA graph
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
-
-
-# Share of the budget the schedule aims at: the estimates err by a few seconds either way,
-# and the script warns above 102%.
-BUDGET_TARGET = 0.98
-
-
-@dataclass(frozen=True)
-class Calibration:
-    startup_s: float  # from the call to the first step of epoch 2 less one steady epoch (compile included)
-    iters_per_s: float
-    val_s: float  # per-epoch validation, checkpoints, log and plot
-    final_s_per_case: float  # predict one more validation case with TTA, and score it
-    final_fixed_s: float = 0.0  # the final validation's cost whatever the cases (model loading)
-
-
-def choose_schedule(cal: Calibration, budget_s: float, iters_per_epoch: int, val_cases: int,
-                    max_iters: int | None = None) -> tuple[int, int]:
-    """(epochs, iterations per epoch) that fill ``budget_s`` after start-up and final validation.
-
-    As many epochs of ``iters_per_epoch`` as fit, then the time a whole epoch would not
-    fill is spread over them as extra iterations, so no budget is left unused.
-    """
-    left = (BUDGET_TARGET * budget_s - cal.startup_s - cal.final_fixed_s
-            - cal.final_s_per_case * val_cases)
-    epochs = int(left // (iters_per_epoch / cal.iters_per_s + cal.val_s))
-    iters = iters_per_epoch
-    if epochs >= 1:
-        iters = max(iters_per_epoch, int((left / epochs - cal.val_s) * cal.iters_per_s))
-    else:
-        epochs, iters = 1, max(1, int((left - cal.val_s) * cal.iters_per_s))
-    if max_iters is not None and epochs * iters > max_iters:
-        iters = min(iters, max_iters)
-        epochs = max(1, max_iters // iters)
-    return epochs, iters
 
 
 def parse_network(spec: str) -> tuple[str, str | None]:
@@ -302,17 +268,6 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
             "parameters_m": params / 1e6, "dice": per_label, "mean_dice": mean,
             "val_s_per_case": no_tta["call_s_per_case"],
             "val_s_per_case_tta": tta["call_s_per_case"], "val_timing": {"tta": tta, "no_tta": no_tta}}
-
-
-def epoch_overhead(epochs: list[dict], iters: int) -> dict[str, float | None]:
-    """Seconds per epoch outside the steps (validation, the hand-over to the writer), median
-    and max over the epochs after the first, from the epochs' wall-clock starts."""
-    walls = [b["started_at"] - a["started_at"] for a, b in zip(epochs, epochs[1:])]
-    outside = [wall - iters / e["iters_per_s"] for wall, e in zip(walls[1:], epochs[1:])]
-    validation = [e["validation_s"] for e in epochs if "validation_s" in e]
-    return {"median_s": statistics.median(outside) if outside else None,
-            "max_s": max(outside) if outside else None,
-            "validation_median_s": statistics.median(validation) if validation else None}
 
 
 def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, settings: Settings) -> Iterator[dict]:

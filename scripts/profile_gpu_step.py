@@ -33,11 +33,14 @@ from torch import nn
 from medmamba.networks import network_complexity
 from medmamba.networks.registry import build_network
 from medmamba.planning.plans import Plans
+from medmamba.training.config import TrainingConfig
 from medmamba.training.graphs import GraphedStep
 from medmamba.training.loss import DeepSupervisionDiceCE
+from medmamba.training.optim import build_optimizer
 
 CONFIG = "3d_fullres"
 WINDOWS = 4  # the predictor's default batch of windows
+TRAINING = TrainingConfig()  # the trainer's defaults: optimizer, gradient clipping
 
 
 def sync() -> None:
@@ -71,8 +74,7 @@ class Step:
 
     def __init__(self, network: nn.Module, model: nn.Module, image: torch.Tensor, label: torch.Tensor) -> None:
         self.network, self.model, self.image, self.label = network, model, image, label
-        self.optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
-                                         weight_decay=3e-5)
+        self.optimizer = build_optimizer(network.parameters(), TRAINING)
         self.loss_fn = DeepSupervisionDiceCE()
 
         self.cast_cache = True  # autocast's weight-cast cache; off for a CUDA-graph capture
@@ -85,7 +87,7 @@ class Step:
     def run(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         loss = self.loss_fn(self.forward(image), label)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), TRAINING.grad_clip)
         self.optimizer.step()
         return loss.detach()
 
@@ -109,7 +111,7 @@ class Step:
             mark()
             loss.backward()
             mark()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), TRAINING.grad_clip)
             mark()
             self.optimizer.step()
             mark()

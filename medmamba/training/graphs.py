@@ -55,7 +55,7 @@ class GraphedStep:
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.eager_steps_left > 0 or self.failed:
-            self.eager_steps_left -= 1
+            self.eager_steps_left = max(0, self.eager_steps_left - 1)
             return self._eager_on_side_stream(image, label)
         key = self._key(image, label)
         if self.graph is None or key != self.key:

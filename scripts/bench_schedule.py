@@ -1,0 +1,57 @@
+"""Fitting a training run into a wall-time budget (scripts/bench_vs_nnunet.py).
+
+A warm-up measures what the budget must cover (:class:`Calibration`); :func:`choose_schedule`
+turns it into epochs x iterations; :func:`epoch_overhead` reads back from a finished run's
+log what each epoch cost outside its steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+# Share of the budget the schedule aims at: the estimates err by a few seconds either way,
+# and the script warns above 102%.
+BUDGET_TARGET = 0.98
+
+
+@dataclass(frozen=True)
+class Calibration:
+    startup_s: float  # from the call to the first step of epoch 2 less one steady epoch (compile included)
+    iters_per_s: float
+    val_s: float  # per-epoch validation, checkpoints, log and plot
+    final_s_per_case: float  # predict one more validation case with TTA, and score it
+    final_fixed_s: float = 0.0  # the final validation's cost whatever the cases (model loading)
+
+
+def choose_schedule(cal: Calibration, budget_s: float, iters_per_epoch: int, val_cases: int,
+                    max_iters: int | None = None) -> tuple[int, int]:
+    """(epochs, iterations per epoch) that fill ``budget_s`` after start-up and final validation.
+
+    As many epochs of ``iters_per_epoch`` as fit, then the time a whole epoch would not
+    fill is spread over them as extra iterations, so no budget is left unused.
+    """
+    left = (BUDGET_TARGET * budget_s - cal.startup_s - cal.final_fixed_s
+            - cal.final_s_per_case * val_cases)
+    epochs = int(left // (iters_per_epoch / cal.iters_per_s + cal.val_s))
+    iters = iters_per_epoch
+    if epochs >= 1:
+        iters = max(iters_per_epoch, int((left / epochs - cal.val_s) * cal.iters_per_s))
+    else:
+        epochs, iters = 1, max(1, int((left - cal.val_s) * cal.iters_per_s))
+    if max_iters is not None and epochs * iters > max_iters:
+        iters = min(iters, max_iters)
+        epochs = max(1, max_iters // iters)
+    return epochs, iters
+
+
+def epoch_overhead(epochs: list[dict], iters: int) -> dict[str, float | None]:
+    """Seconds per epoch outside the steps (validation, the hand-over to the writer), median
+    and max over the epochs after the first, from the epochs' wall-clock starts."""
+    walls = [b["started_at"] - a["started_at"] for a, b in zip(epochs, epochs[1:])]
+    outside = [wall - iters / e["iters_per_s"] for wall, e in zip(walls[1:], epochs[1:])]
+    validation = [e["validation_s"] for e in epochs if "validation_s" in e]
+    return {"median_s": statistics.median(outside) if outside else None,
+            "max_s": max(outside) if outside else None,
+            "validation_median_s": statistics.median(validation) if validation else None}
