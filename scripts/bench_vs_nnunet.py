@@ -82,6 +82,7 @@ class Settings:
     features: int | None = None  # first stage's features instead of the plan's (smoke)
     compile: bool = False  # api.train(compile=True): torch.compile, its compile inside the budget
     cuda_graphs: bool = True  # api.train's default: each step replayed as a CUDA graph
+    predict_compile: bool = False  # BraTS timings with api.predict(compile=True)
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
 
@@ -149,14 +150,16 @@ def link_images(data: Path, cases: list[str], folder: Path) -> Path:
     return folder
 
 
-def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings) -> dict[str, Any]:
-    """Time one api.predict call; s/case = call wall time / cases (model loading included)."""
+def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings,
+            compile_windows: bool = False) -> dict[str, Any]:
+    """Time one api.predict call; s/case = call wall time / cases (model loading included).
+    The first case carries the compile when ``compile_windows``: it is kept apart."""
     shutil.rmtree(out, ignore_errors=True)
     if settings.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     report = api.predict(work, images, out, configuration=CONFIG, network=tag_of(spec), folds=[0], tta=tta,
-                         device=settings.device, overwrite=True)
+                         device=settings.device, overwrite=True, compile=compile_windows)
     wall = time.perf_counter() - start
     if report.failed:
         raise RuntimeError(f"prediction failed for {report.failed}")
@@ -164,6 +167,7 @@ def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings:
     stages = {name: median_after_first([s[name] for s in report.stage_seconds.values()])
               for name in ("read", "predict", "write")}
     return {"cases": len(per_case), "call_s": wall, "call_s_per_case": wall / len(per_case),
+            "first_case_s": per_case[0], "compile": compile_windows,
             "median_s_per_case_after_first": median_after_first(per_case),
             "median_stage_s_after_first": stages, "peak_alloc_gib": gpu_peaks(settings)[0]}
 
@@ -281,13 +285,15 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
     images = link_images(brats, cases, out / "scratch" / "brats_images")
     for spec in networks:
         fold = train(work, spec, split, settings, 1, 1, val_batches=1)
-        timing = {f"tta_{tta}": predict(work, spec, images, out / "scratch" / "brats_pred", tta, settings)
+        timing = {f"tta_{tta}": predict(work, spec, images, out / "scratch" / "brats_pred", tta, settings,
+                                        compile_windows=settings.predict_compile)
                   for tta in (False, True)}
         meta = read_json(fold / "training_log.json")["metadata"]
         shutil.rmtree(fold.parents[1])
         # The anchor's span (infer_time.py): image array in, mask array out; reading and
         # writing the files are kept apart, as stages and in the whole-case figure.
-        yield {"name": tag_of(spec), "patch": meta["patch_size"], "timing": timing,
+        name = tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
+        yield {"name": name, "patch": meta["patch_size"], "timing": timing,
                "brats_s_per_case": timing["tta_False"]["median_stage_s_after_first"]["predict"],
                "brats_s_per_case_tta": timing["tta_True"]["median_stage_s_after_first"]["predict"],
                "brats_file_s_per_case": timing["tta_False"]["median_s_per_case_after_first"],
@@ -327,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         help="train every step eagerly (results tagged __eager)")
     parser.add_argument("--brats", type=Path, help="BraTS-sized raw dataset: time inference on its cases")
+    parser.add_argument("--predict-compile", action="store_true",
+                        help="BraTS: predict with torch.compile (results tagged __predict-compile; the first "
+                             "case, which compiles, is left out of s/case as always)")
     parser.add_argument("--table-only", action="store_true", help="print the table of OUT/*.json and exit")
     parser.add_argument("--prepare-only", action="store_true",
                         help="plan and preprocess --data, then exit (before runs in parallel, one per GPU)")
@@ -337,14 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         # A budget no loaded CI machine can overrun: the 2-iteration cap decides the schedule.
         settings = Settings(device="cpu", budget_s=3600.0, iters_per_epoch=2, val_batches=1, warmup_iters=1,
-                            calib_cases=1, max_iters=2, workers=0, features=4, brats_cases=3)
+                            calib_cases=1, max_iters=2, workers=0, features=4, brats_cases=3,
+                            predict_compile=args.predict_compile)
         args.data, args.split_file, args.brats = smoke_inputs(out)
     else:
         settings = Settings(device=args.device, budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
                             val_batches=args.val_batches, warmup_iters=args.warmup_iters,
                             calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases,
                             compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
-                            gpu_memory_gb=args.gpu_memory)
+                            predict_compile=args.predict_compile, gpu_memory_gb=args.gpu_memory)
     if not args.table_only:
         run(args, out, settings)
     if not args.prepare_only:

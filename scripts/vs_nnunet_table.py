@@ -3,6 +3,8 @@ network's JSON result in an output folder (hippocampus rows, then BraTS timings)
 
     python scripts/vs_nnunet_table.py LOGS --cases 42 [--gpus 2] --out RESULTS/nnunet__rerun.json
         # a row of the table from an nnU-Net re-run's output (LOGS/nnunet.log and gpu_mem.csv)
+    python scripts/vs_nnunet_table.py --brats-log LOG --out RESULTS/nnunet_brats__rerun.json
+        # a BraTS row from the output of anchors/nnunet_h100/infer_time.py
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def brats_table(brats: dict[str, dict]) -> str:
               fmt(NNUNET_MEASURED["brats_s_per_case_tta"]), "-", "-", "-", "-", "-"]
     lines.append("| " + " | ".join(anchor) + " |")
     for name, row in brats.items():
+        if "timing" not in row:  # an nnU-Net re-run (nnunet_brats_row): the array->mask span only
+            cells = [row["name"], row["patch"], fmt(row["brats_s_per_case"]), fmt(row["brats_s_per_case_tta"]),
+                     "-", "-", "-", "-", fmt(row.get("peak_alloc_gib"))]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         if "brats_file_s_per_case" not in row:
             # Results written before the stages were timed: their s/case is the whole case.
             row = {**row, "brats_file_s_per_case": row["brats_s_per_case"], "brats_s_per_case": None,
@@ -82,7 +89,8 @@ def brats_table(brats: dict[str, dict]) -> str:
 
 def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
     """The hippocampus rows (nnU-Net re-runs first) and the BraTS timings (by network tag)."""
-    brats = {r["name"]: r for r in (read_json(p) for p in sorted(out.glob("brats__*.json")))}
+    paths = sorted(out.glob("nnunet_brats__*.json")) + sorted(out.glob("brats__*.json"))
+    brats = {r["name"]: r for r in (read_json(p) for p in paths)}
     rerun = [read_json(p) for p in sorted(out.glob("nnunet__*.json"))]
     return rerun + [read_json(p) for p in sorted(out.glob("hippocampus__*.json"))], brats
 
@@ -124,17 +132,40 @@ def nnunet_rerun_row(log: str, gpu_memory_csv: str, cases: int, gpu: int = 0, gp
             "val_s_per_case_tta": number(r"predict tta rc=0 \d+ cases ([0-9.]+) s") / cases}
 
 
+def nnunet_brats_row(log: str, name: str = "nnU-Net v2.8.1 (re-run, same session)") -> dict:
+    """A BraTS row from the output of anchors/nnunet_h100/infer_time.py: its whole-case
+    medians (image array in, mask out; the first case left out), as the anchor's."""
+    def median(tta: bool, what: str) -> float:
+        match = re.search(rf"TTA={tta}: whole case median ([0-9.]+) s, sliding window median ([0-9.]+) s", log)
+        if match is None:
+            raise ValueError(f"infer_time.py log: no 'TTA={tta}:' summary line (did it finish?)")
+        return float(match.group(1 if what == "whole" else 2))
+
+    patch = re.search(r"patch \[([0-9, ]+)\]", log)
+    peak = re.search(r"peak GPU memory GiB ([0-9.]+)", log)
+    return {"name": name, "patch": "x".join(patch.group(1).replace(" ", "").split(",")) if patch else "-",
+            "brats_s_per_case": median(False, "whole"), "brats_s_per_case_tta": median(True, "whole"),
+            "sliding_window_s": median(False, "window"), "sliding_window_s_tta": median(True, "window"),
+            "peak_alloc_gib": float(peak.group(1)) if peak else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="A table row (JSON) from an nnU-Net re-run's output")
-    parser.add_argument("folder", type=Path, help="holds nnunet.log (run.sh's stdout) and gpu_mem.csv")
+    parser.add_argument("folder", type=Path, nargs="?", help="holds nnunet.log (run.sh's stdout) and gpu_mem.csv")
     parser.add_argument("--out", type=Path, required=True, help="the row's JSON: RESULTS/nnunet__NAME.json")
-    parser.add_argument("--cases", type=int, required=True, help="cases in run.sh's ts/ folder")
+    parser.add_argument("--cases", type=int, help="cases in run.sh's ts/ folder")
     parser.add_argument("--gpu", type=int, default=0)
     parser.add_argument("--gpus", type=int, default=1, help="GPUs interleaved in gpu_mem.csv")
     parser.add_argument("--name", default="nnU-Net v2.8.1 (re-run, same session)")
+    parser.add_argument("--brats-log", type=Path, help="infer_time.py's output: write a BraTS row instead")
     args = parser.parse_args()
-    row = nnunet_rerun_row((args.folder / "nnunet.log").read_text(), (args.folder / "gpu_mem.csv").read_text(),
-                           args.cases, args.gpu, args.gpus, args.name)
+    if args.brats_log is not None:
+        row = nnunet_brats_row(args.brats_log.read_text(), args.name)
+    elif args.folder is None or args.cases is None:
+        parser.error("FOLDER and --cases are needed without --brats-log")
+    else:
+        row = nnunet_rerun_row((args.folder / "nnunet.log").read_text(),
+                               (args.folder / "gpu_mem.csv").read_text(), args.cases, args.gpu, args.gpus, args.name)
     args.out.write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps(row))
 

@@ -76,9 +76,18 @@ def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys)
     assert cal["val_s"] > 0 and cal["final_fixed_s"] >= 0
     brats = json.loads((tmp_path / "brats__umamba_bot__ssm-none.json").read_text())
     assert brats["timing"]["tta_True"]["cases"] == 3 and brats["brats_s_per_case_tta"] > 0
+    assert brats["timing"]["tta_False"]["compile"] is False and brats["timing"]["tta_False"]["first_case_s"] > 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert table[1].startswith("| nnU-Net v2.8.1 (anchor, measured)")
     assert table[3].startswith("| umamba_bot__ssm-none | ")
+
+
+@pytest.mark.slow
+def test_predict_compile_times_brats_through_torch_compile_under_its_own_name(tmp_path):
+    bench.main([str(tmp_path), "--smoke", "--networks", "resenc_unet", "--predict-compile"])
+    brats = json.loads((tmp_path / "brats__resenc_unet__predict-compile.json").read_text())
+    assert all(brats["timing"][tta]["compile"] is True for tta in ("tta_False", "tta_True"))
+    assert brats["brats_s_per_case"] > 0 and not (tmp_path / "brats__resenc_unet.json").exists()
 
 
 def test_prepare_only_plans_and_preprocesses_and_trains_nothing(tmp_path, capsys):
@@ -148,3 +157,29 @@ def test_brats_rows_written_before_the_stage_timings_show_as_whole_case_figures(
         "brats_s_per_case_tta": 2.71}))
     rows = [line for line in vs.table(tmp_path).splitlines() if line.startswith("| umamba_bot")]
     assert rows == ["| umamba_bot | 96x160x160 | - | - | 1.25 | 2.71 | - | - | 5.50 |"]
+
+
+INFER_TIME_LOG = """parameters 30789273 patch [96, 160, 160]
+tta=False brats_2013_pat0001_1 shape (2, 155, 240, 240) whole 5.59 s, sliding window only 0.21 s, seg (155, 240, 240)
+TTA=False: whole case median 1.13 s, sliding window median 0.21 s (first case = warm-up, excluded)
+TTA=True: whole case median 2.34 s, sliding window median 1.52 s (first case = warm-up, excluded)
+peak GPU memory GiB 1.54
+"""
+
+
+def test_nnunet_brats_row_reads_infer_time_output_and_heads_the_brats_table(tmp_path):
+    vs = _load_table()
+    row = vs.nnunet_brats_row(INFER_TIME_LOG, "nnU-Net re-run")
+    assert (row["patch"], row["brats_s_per_case"], row["brats_s_per_case_tta"]) == ("96x160x160", 1.13, 2.34)
+    assert (row["sliding_window_s"], row["sliding_window_s_tta"], row["peak_alloc_gib"]) == (0.21, 1.52, 1.54)
+    with pytest.raises(ValueError, match="TTA=True"):
+        vs.nnunet_brats_row(INFER_TIME_LOG.split("TTA=True")[0])
+    (tmp_path / "nnunet_brats__rerun.json").write_text(json.dumps(row))
+    timing = {"tta_False": {"median_stage_s_after_first": {}, "peak_alloc_gib": 5.0},
+              "tta_True": {"median_stage_s_after_first": {}, "peak_alloc_gib": 5.5}}
+    (tmp_path / "brats__a_net.json").write_text(json.dumps({
+        "name": "a_net", "patch": [96, 160, 160], "timing": timing, "brats_s_per_case": 0.4,
+        "brats_s_per_case_tta": 1.2, "brats_file_s_per_case": 0.8, "brats_file_s_per_case_tta": 1.6}))
+    rows = [line for line in vs.table(tmp_path).splitlines() if line.startswith("| ")]
+    assert rows[-2] == "| nnU-Net re-run | 96x160x160 | 1.13 | 2.34 | - | - | - | - | 1.54 |"
+    assert rows[-1].startswith("| a_net | 96x160x160 | 0.40 | 1.20 |")

@@ -214,6 +214,52 @@ def make_loader(
     )
 
 
-def fixed_batches(dataset: PatchBatchDataset, count: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` batches of steps 0..count-1 (validation: the same patches every epoch)."""
-    return [dataset[step] for step in range(count)]
+# Host memory the validation patches may keep between epochs (pinned when training on a GPU).
+VALIDATION_CACHE_MAX_BYTES = 4 * 2**30
+
+
+class ValidationBatches:
+    """The fixed validation batches of one rank: steps ``rank, rank + world, ...`` below
+    ``count``, the same patches every epoch.
+
+    They are built once, on the first pass, and kept on the host (labels as uint8 when the
+    classes fit): rebuilding them every epoch cost the trainer's main thread seconds per
+    epoch on a loaded machine, where the GPU waited. Batches whose total would pass
+    ``max_bytes`` are rebuilt each pass instead, one at a time.
+    """
+
+    def __init__(self, dataset: PatchBatchDataset, count: int, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False, max_bytes: int = VALIDATION_CACHE_MAX_BYTES) -> None:
+        self.dataset, self.steps = dataset, range(rank, count, world_size)
+        self.pin_memory, self.max_bytes = pin_memory, max_bytes
+        self._cached: list[dict[str, torch.Tensor]] | None = None
+        self._too_big = False
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._cached is not None:
+            yield from self._cached
+            return
+        built: list[dict[str, torch.Tensor]] = []
+        total = 0
+        for step in self.steps:
+            batch = _compact(self.dataset[step])
+            total += sum(t.numel() * t.element_size() for t in batch.values())
+            self._too_big = self._too_big or total > self.max_bytes
+            if not self._too_big:
+                if self.pin_memory:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                built.append(batch)
+            yield batch
+        if not self._too_big:  # only once a whole pass has been built
+            self._cached = built
+
+
+def _compact(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with its label as uint8 when the classes fit (an eighth of int64's bytes)."""
+    label = batch["label"]
+    if label.numel() and 0 <= int(label.min()) and int(label.max()) <= 255:
+        label = label.to(torch.uint8)
+    return {"image": batch["image"], "label": label}

@@ -26,7 +26,7 @@ import medmamba
 from medmamba.errors import CheckpointError
 from medmamba.training import checkpoint as ckpt
 from medmamba.training.config import TrainingConfig
-from medmamba.training.data import CaseStore, PatchBatchDataset, make_loader
+from medmamba.training.data import CaseStore, PatchBatchDataset, ValidationBatches, make_loader
 from medmamba.training.graphs import GraphedStep, graphs_usable
 from medmamba.training.distributed import (
     DistInfo,
@@ -155,9 +155,11 @@ class Trainer:
             store, self.spec.patch_size, self.rank_batch, rank=self.dist.rank, augment=self.config.augment, **common
         )
         # Validation patches do not depend on the rank: steps are dealt out across ranks.
-        self.val_data = PatchBatchDataset(
+        val_patches = PatchBatchDataset(
             val_store, self.spec.patch_size, self.rank_batch, rank=0, augment=False, stream=1, **common
         )
+        self.val_batches = ValidationBatches(val_patches, self.config.val_batches, self.dist.rank,
+                                             self.dist.world_size, pin_memory=self.device.type == "cuda")
 
     def _state(self, epoch: int, next_step: int) -> dict[str, Any]:
         return {
@@ -299,9 +301,9 @@ class Trainer:
         # per batch would stall the queue of launches each time.
         confusion = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=self.device)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
-        for step in range(self.dist.rank, self.config.val_batches, self.dist.world_size):
-            batch = self.val_data[step]
-            image, label = batch["image"].to(self.device), batch["label"].to(self.device)
+        for batch in self.val_batches:
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True).long()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 output = self.network(image)
             output = output[0] if isinstance(output, (list, tuple)) else output

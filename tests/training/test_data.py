@@ -7,6 +7,7 @@ from medmamba.training.data import (
     CaseStore,
     PatchBatchDataset,
     StepSampler,
+    ValidationBatches,
     choose_center,
     make_loader,
     sample_patch,
@@ -108,3 +109,45 @@ def test_non_contiguous_label_values_map_to_channels(tiny_folder):
     np.save(tiny_folder / "case_000_seg.npy", np.where(seg == 2, 4, seg).astype(np.int16))
     case = CaseStore(tiny_folder, ["case_000"], [0, 1, 4]).get("case_000")
     assert set(np.unique(case.label)) == {0, 1, 2}
+
+
+class _CountingDataset:
+    """Stands in for PatchBatchDataset: batch ``step`` is filled with ``step``."""
+
+    def __init__(self, label_value=1):
+        self.calls, self.label_value = [], label_value
+
+    def __getitem__(self, step):
+        self.calls.append(step)
+        return {"image": torch.full((2, 1, 3, 3), float(step)),
+                "label": torch.full((2, 1, 3, 3), self.label_value, dtype=torch.long)}
+
+
+def test_validation_batches_are_built_once_and_split_across_ranks():
+    dataset = _CountingDataset()
+    batches = ValidationBatches(dataset, count=5, rank=1, world_size=2)
+    first = [b["image"][0, 0, 0, 0].item() for b in batches]
+    second = list(batches)
+    assert first == [1.0, 3.0] and len(batches) == 2
+    assert dataset.calls == [1, 3]  # the second pass came from the cache
+    assert [b["image"][0, 0, 0, 0].item() for b in second] == first
+    assert all(b["label"].dtype == torch.uint8 and b["label"].max() == 1 for b in second)
+
+
+def test_validation_batches_over_the_memory_cap_are_rebuilt_each_pass():
+    dataset = _CountingDataset(label_value=300)  # does not fit uint8: kept as int64
+    one_batch = 2 * 9 * 4 + 2 * 9 * 8
+    batches = ValidationBatches(dataset, count=3, max_bytes=2 * one_batch)
+    for _ in range(2):
+        assert [b["image"][0, 0, 0, 0].item() for b in batches] == [0.0, 1.0, 2.0]
+    assert dataset.calls == [0, 1, 2, 0, 1, 2]
+    assert next(iter(batches))["label"].dtype == torch.long
+
+
+def test_validation_batches_from_patches_equal_the_dataset(store):
+    data = PatchBatchDataset(store, (8, 8, 8), batch_size=2, seed=3, augment=False, stream=1)
+    cached = list(ValidationBatches(data, count=3))
+    for step, batch in enumerate(cached):
+        expected = data[step]
+        assert torch.equal(batch["image"], expected["image"])
+        assert torch.equal(batch["label"].long(), expected["label"])

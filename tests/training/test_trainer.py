@@ -105,7 +105,7 @@ def test_validation_counts_every_class_over_all_batches(tiny_spec, spatial):
     labels = [torch.randint(0, 3, (2, 1, *spatial), generator=generator).float() for _ in range(2)]
     logits = [torch.randn(2, 3, *spatial, generator=generator) for _ in range(2)]
     # the image carries the batch's index, so the stand-in network returns that batch's logits
-    trainer.val_data = [{"image": torch.full((2, 1, *spatial), float(i)), "label": label}
+    trainer.val_batches = [{"image": torch.full((2, 1, *spatial), float(i)), "label": label}
                         for i, label in enumerate(labels)]
 
     class Lookup(torch.nn.Module):
