@@ -20,7 +20,7 @@ BUDGET_TARGET = 0.98
 class Calibration:
     startup_s: float  # from the call to the first step of epoch 2 less one steady epoch (compile included)
     iters_per_s: float
-    val_s: float  # per-epoch validation, checkpoints, log and plot
+    val_s: float  # per epoch outside the steps: validation, handing the outputs to the writer
     final_s_per_case: float  # predict one more validation case with TTA, and score it
     final_fixed_s: float = 0.0  # the final validation's cost whatever the cases (model loading)
 
@@ -44,6 +44,25 @@ def choose_schedule(cal: Calibration, budget_s: float, iters_per_epoch: int, val
         iters = min(iters, max_iters)
         epochs = max(1, max_iters // iters)
     return epochs, iters
+
+
+def training_costs(called_at: float, returned_at: float, epochs: list[dict], iters: int
+                   ) -> tuple[float, float, float]:
+    """(start-up s, iterations/s, per-epoch overhead s) of a 3-epoch warm-up run.
+
+    Epoch 2 is the steady one: its rate, and its wall time up to epoch 3's start less its
+    steps is what every epoch costs outside its steps (validation, handing the outputs to
+    the background writer, which then overlap the next epoch). Start-up is everything
+    before epoch 2 less one steady epoch, plus what the end of a run costs beyond a steady
+    epoch (the wait for the last epoch's writes).
+    """
+    if len(epochs) < 3:
+        raise ValueError(f"the warm-up needs 3 epochs, its log has {len(epochs)}")
+    rate = epochs[1]["iters_per_s"]
+    steady_s = epochs[2]["started_at"] - epochs[1]["started_at"]
+    finish_s = (returned_at - epochs[2]["started_at"]) - steady_s
+    startup_s = epochs[1]["started_at"] - called_at - steady_s + finish_s
+    return max(0.0, startup_s), rate, max(0.0, steady_s - iters / rate)
 
 
 def epoch_overhead(epochs: list[dict], iters: int) -> dict[str, float | None]:

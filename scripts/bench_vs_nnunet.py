@@ -12,10 +12,11 @@ Plans and preprocesses --data with medmamba (OUT/work), then per network (NAME, 
 for ssm="none") trains fold 0 of --split-file within --budget wall seconds, start-up and
 final validation (the fold's validation cases predicted with TTA and scored) included, as
 nnU-Net's 250 s were. api.train has no wall-time limit, so the schedule is chosen here: a
-warm-up run (2 epochs of --warmup-iters, default a whole epoch, then --calib-cases cases
+warm-up run (3 epochs of --warmup-iters, default a whole epoch, then --calib-cases cases
 predicted with TTA and scored; before it, unmeasured, two steps and a case compile the
-Triton kernels the real run finds compiled) measures start-up, iterations/s, the rest of an epoch
-(validation, checkpoints, log, plot: from the epochs' wall-clock start times) and the final
+Triton kernels the real run finds compiled) measures start-up, iterations/s, the rest of a
+steady epoch (validation and the hand-over of its outputs to the background writer: from
+the wall-clock start times of epochs 2 and 3) and the final
 validation (once per call, and per case); the real run gets as many epochs of
 --iters-per-epoch as fit in 98% of the budget, the remainder spread over them as extra
 iterations (one shorter epoch if none fits), so its poly schedule ends on time. With
@@ -62,7 +63,8 @@ from medmamba.training.paths import network_tag
 from medmamba.training.setup import preprocessed_case_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_schedule import BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead  # noqa: E402,F401
+from bench_schedule import (  # noqa: E402,F401
+    BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead, training_costs)
 from vs_nnunet_table import read_json, table  # noqa: E402
 
 CONFIG = "3d_fullres"
@@ -202,25 +204,24 @@ def prewarm(data: Path, work: Path, spec: str, split_file: Path, scratch: Path, 
 
 def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path,
               settings: Settings) -> Calibration:
-    """A short run of 2 epochs measures what the budget must cover; its folder is deleted.
+    """A short run of 3 epochs measures what the budget must cover; its folder is deleted.
 
-    Epoch 2 is the steady one: its rate, and its whole wall time (from its ``started_at`` to
-    the call's return: validation, checkpoints, log and plot) less its steps, per epoch.
-    Everything before epoch 2 less one steady epoch is start-up (set-up, worker start,
-    compile when compiling). Then ``calib_cases`` validation cases are predicted with TTA
-    and scored: the median case after the first, plus scoring, per case, and the rest of
-    the call once (model loading).
+    :func:`bench_schedule.training_costs` reads start-up (set-up, worker start, compile when
+    compiling, the wait for the last writes), the steady rate and the per-epoch overhead
+    from its log. Epoch 1 is not the steady one: its validation builds the validation
+    batches, which later epochs reuse. Then ``calib_cases`` validation cases are predicted
+    with TTA and scored: the median case after the first, plus scoring, per case, and the
+    rest of the call once (model loading).
     """
     if settings.compile:
         fresh_compile_caches(scratch / "compile_cache_warmup")
     else:
         prewarm(data, work, spec, split_file, scratch, settings)
     called_at = time.time()
-    fold = train(work, spec, split_file, settings, 2, settings.warmup_iters)
+    fold = train(work, spec, split_file, settings, 3, settings.warmup_iters)
     returned_at = time.time()
-    epochs = read_json(fold / "training_log.json")["epochs"]
-    rate = epochs[1]["iters_per_s"]
-    steady_epoch_s = returned_at - epochs[1]["started_at"]
+    startup_s, rate, val_s = training_costs(called_at, returned_at, read_json(fold / "training_log.json")["epochs"],
+                                            settings.warmup_iters)
     cases = read_json(split_file)[0]["val"][: settings.calib_cases]
     timing = predict(work, spec, link_images(data, cases, scratch / "calib_images"), scratch / "calib_pred",
                      True, settings)
@@ -229,8 +230,7 @@ def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path
     score_s = time.perf_counter() - start
     case_s = timing["median_s_per_case_after_first"]
     shutil.rmtree(fold.parents[1])  # the real run starts from scratch
-    return Calibration(startup_s=max(0.0, epochs[1]["started_at"] - called_at - steady_epoch_s),
-                       iters_per_s=rate, val_s=max(0.0, steady_epoch_s - settings.warmup_iters / rate),
+    return Calibration(startup_s=startup_s, iters_per_s=rate, val_s=val_s,
                        final_s_per_case=case_s + score_s / timing["cases"],
                        final_fixed_s=max(0.0, timing["call_s"] - case_s * timing["cases"]))
 

@@ -57,6 +57,19 @@ def test_table_only_puts_the_nnunet_anchor_rows_first(tmp_path, capsys):
     assert rows[3].startswith("| resenc_unet | 240 |") and "0.750" in rows[3]
 
 
+def test_training_costs_take_epoch_two_as_the_steady_one():
+    # called at 100; epoch 1 starts at 110 and is slow (it builds the validation batches);
+    # epoch 2 (10 iterations at 5 it/s = 2 s of steps) takes 3 s; epoch 3 and the wait for
+    # its writes end at 120.5, 0.5 s more than a steady epoch.
+    epochs = [{"started_at": 110.0, "iters_per_s": 4.0}, {"started_at": 114.0, "iters_per_s": 5.0},
+              {"started_at": 117.0, "iters_per_s": 5.0}]
+    startup_s, rate, overhead_s = bench.training_costs(100.0, 120.5, epochs, iters=10)
+    assert rate == 5.0 and overhead_s == pytest.approx(1.0)
+    assert startup_s == pytest.approx(114.0 - 100.0 - 3.0 + 0.5)
+    with pytest.raises(ValueError, match="3 epochs"):
+        bench.training_costs(100.0, 120.5, epochs[:2], iters=10)
+
+
 @pytest.mark.slow
 def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys):
     bench.main([str(tmp_path), "--smoke", "--networks", "umamba_bot:none"])
