@@ -25,7 +25,7 @@ from medmamba.data.io import atomic_write_text, read_channels, read_image
 from medmamba.data.parallel import map_with_progress
 from medmamba.errors import DatasetError, PlansError
 from medmamba.planning.validation import StrictModel, load_json_model
-from medmamba.preprocessing.crop import bounding_box, nonzero_mask
+from medmamba.preprocessing.crop import nonzero_box
 
 FINGERPRINT_SCHEMA_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
@@ -107,7 +107,7 @@ def _fingerprint_case(case: Case, samples: int) -> tuple[CaseFingerprint, np.nda
     if label.shape != images.shape[1:]:
         raise DatasetError(
             f"label shape {label.shape} differs from image shape {images.shape[1:]}", case.label)
-    box = bounding_box(nonzero_mask(images))
+    box = nonzero_box(images)
     foreground = images[:, label > 0]
     if foreground.shape[1] > samples:
         chosen = _case_rng(case.case_id).choice(foreground.shape[1], samples, replace=False)

@@ -16,8 +16,25 @@ BBox = list[list[int]]
 
 def nonzero_mask(images: np.ndarray) -> np.ndarray:
     """Boolean mask (spatial shape) of voxels where any channel is nonzero, holes filled."""
-    mask = np.any(images != 0, axis=0)
-    return binary_fill_holes(mask)
+    raw = np.any(images != 0, axis=0)
+    slices = crop_slices(bounding_box(raw))
+    mask = np.zeros_like(raw)
+    mask[slices] = _filled(raw[slices])
+    return mask
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled. Filling within the mask's bounding box gives what
+    filling the whole array gives: a background region that reaches the box's faces joins
+    the background outside the box, so only regions inside it are holes. A full mask (a
+    BraTS case: no zeros) has none, and scipy would take 66 ms to find that out."""
+    return mask.copy() if mask.all() else binary_fill_holes(mask)
+
+
+def nonzero_box(images: np.ndarray) -> BBox:
+    """Bounding box of the voxels where any channel of ``images`` (C, *spatial) is nonzero
+    (the box of :func:`nonzero_mask`, without filling its holes)."""
+    return bounding_box(np.any(images != 0, axis=0))
 
 
 def bounding_box(mask: np.ndarray) -> BBox:
@@ -42,11 +59,12 @@ def crop_to_nonzero(images: np.ndarray, seg: np.ndarray | None = None
 
     Returns (images, seg, mask, box) where ``mask`` is the cropped nonzero mask.
     """
-    mask = nonzero_mask(images)
-    box = bounding_box(mask)
+    raw = np.any(images != 0, axis=0)
+    box = bounding_box(raw)  # filling holes never moves the box
     slices = crop_slices(box)
+    mask = _filled(raw[slices])
     cropped_seg = None if seg is None else seg[(slice(None), *slices)]
-    return images[(slice(None), *slices)], cropped_seg, mask[slices], box
+    return images[(slice(None), *slices)], cropped_seg, mask, box
 
 
 def paste_into(cropped: np.ndarray, box: BBox, full_shape: tuple[int, ...],

@@ -5,6 +5,9 @@
 - zscore: (x - mean) / std of this image; with ``use_nonzero_mask`` the statistics come
   from the nonzero region only and voxels outside it are set to 0.
 - none: unchanged.
+
+Channels are written into one preallocated array, in place where numpy allows: a
+BraTS-sized case is 70 MB a copy, and inference pays this on every case.
 """
 
 from __future__ import annotations
@@ -17,25 +20,33 @@ EPSILON = 1e-8
 
 
 def normalize_channel(image: np.ndarray, plan: ChannelNormalization,
-                      mask: np.ndarray | None = None) -> np.ndarray:
-    """Normalise one channel (float32 out); ``mask`` is the nonzero mask of the case."""
+                      mask: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalise one channel (float32 out); ``mask`` is the nonzero mask of the case.
+    Writes into ``out`` (float32, ``image``'s shape) when given, and returns it."""
     image = image.astype(np.float32, copy=False)
+    out = np.empty(image.shape, dtype=np.float32) if out is None else out
     if plan.scheme is NormScheme.NONE:
-        return image.copy()
-    if plan.scheme is NormScheme.CT:
-        clipped = np.clip(image, plan.clip_low, plan.clip_high)
-        return ((clipped - plan.mean) / max(plan.std, EPSILON)).astype(np.float32)
-    if plan.use_nonzero_mask and mask is not None and mask.any():
+        out[...] = image
+    elif plan.scheme is NormScheme.CT:
+        np.clip(image, plan.clip_low, plan.clip_high, out=out)
+        out -= plan.mean
+        out /= max(plan.std, EPSILON)
+    elif plan.use_nonzero_mask and mask is not None and mask.any():
         values = image[mask]
-        out = np.zeros_like(image)
+        out[...] = 0
         out[mask] = (values - values.mean()) / max(float(values.std()), EPSILON)
-        return out
-    return ((image - image.mean()) / max(float(image.std()), EPSILON)).astype(np.float32)
+    else:
+        np.subtract(image, image.mean(), out=out)
+        out /= max(float(image.std()), EPSILON)
+    return out
 
 
 def normalize(images: np.ndarray, plans: tuple[ChannelNormalization, ...],
               mask: np.ndarray | None = None) -> np.ndarray:
-    """Normalise every channel of ``images`` (C, *spatial)."""
+    """Normalise every channel of ``images`` (C, *spatial) into a new float32 array."""
     if images.shape[0] != len(plans):
         raise ValueError(f"images have {images.shape[0]} channels, the plan {len(plans)}")
-    return np.stack([normalize_channel(c, p, mask) for c, p in zip(images, plans)])
+    out = np.empty(images.shape, dtype=np.float32)
+    for channel, plan in enumerate(plans):
+        normalize_channel(images[channel], plan, mask, out[channel])
+    return out
