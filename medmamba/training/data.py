@@ -249,12 +249,20 @@ class ValidationBatches:
             total += sum(t.numel() * t.element_size() for t in batch.values())
             self._too_big = self._too_big or total > self.max_bytes
             if not self._too_big:
-                if self.pin_memory:
-                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                batch = _pinned(batch) if self.pin_memory else batch
                 built.append(batch)
             yield batch
         if not self._too_big:  # only once a whole pass has been built
             self._cached = built
+
+
+def _pinned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch in page-locked memory (faster copies to the GPU), or as it is where the
+    host refuses to lock more."""
+    try:
+        return {k: v.pin_memory() for k, v in batch.items()}
+    except RuntimeError:
+        return batch
 
 
 def _compact(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
