@@ -18,7 +18,8 @@ BUDGET_TARGET = 0.98
 
 @dataclass(frozen=True)
 class Calibration:
-    startup_s: float  # from the call to the first step of epoch 2 less one steady epoch (compile included)
+    startup_s: float  # before epoch 2 less one steady epoch (compile included), plus the wait for the
+    # last epoch's writes
     iters_per_s: float
     val_s: float  # per epoch outside the steps: validation, handing the outputs to the writer
     final_s_per_case: float  # predict one more validation case with TTA, and score it

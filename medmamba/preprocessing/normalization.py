@@ -22,9 +22,13 @@ EPSILON = 1e-8
 def normalize_channel(image: np.ndarray, plan: ChannelNormalization,
                       mask: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Normalise one channel (float32 out); ``mask`` is the nonzero mask of the case.
-    Writes into ``out`` (float32, ``image``'s shape) when given, and returns it."""
+    Writes into ``out`` (float32, ``image``'s shape) when given, and returns it; statistics
+    are taken before anything is written, so ``out`` may be ``image`` itself."""
     image = image.astype(np.float32, copy=False)
-    out = np.empty(image.shape, dtype=np.float32) if out is None else out
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != image.shape:
+        raise ValueError(f"out must be float32 of shape {image.shape}, got {out.dtype} {out.shape}")
     if plan.scheme is NormScheme.NONE:
         out[...] = image
     elif plan.scheme is NormScheme.CT:
@@ -32,12 +36,13 @@ def normalize_channel(image: np.ndarray, plan: ChannelNormalization,
         out -= plan.mean
         out /= max(plan.std, EPSILON)
     elif plan.use_nonzero_mask and mask is not None and mask.any():
-        values = image[mask]
+        values = image[mask]  # a copy: out may be image
         out[...] = 0
         out[mask] = (values - values.mean()) / max(float(values.std()), EPSILON)
     else:
-        np.subtract(image, image.mean(), out=out)
-        out /= max(float(image.std()), EPSILON)
+        mean, std = image.mean(), max(float(image.std()), EPSILON)
+        np.subtract(image, mean, out=out)
+        out /= std
     return out
 
 

@@ -44,3 +44,30 @@ def test_none_and_channel_count():
     np.testing.assert_array_equal(normalize(image, (_plan(NormScheme.NONE),)), image)
     with pytest.raises(ValueError, match="channels"):
         normalize(image, (_plan(NormScheme.NONE),) * 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8])
+def test_in_place_normalisation_equals_the_plain_formulas_bit_for_bit(dtype):
+    """The in-place arithmetic changes no bit against the textbook expressions."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((9, 10, 11)) * 200).astype(dtype)
+    image[:2] = 0
+    mask = image != 0
+    x = image.astype(np.float32)
+    ct = _plan(NormScheme.CT, clip_low=20.0, clip_high=150.0, mean=70.5, std=33.25)
+    expected = {
+        ct: ((np.clip(x, 20.0, 150.0) - 70.5) / 33.25).astype(np.float32),
+        _plan(NormScheme.ZSCORE): ((x - x.mean()) / max(float(x.std()), 1e-8)).astype(np.float32),
+        _plan(NormScheme.NONE): x,
+    }
+    masked = np.zeros_like(x)
+    masked[mask] = (x[mask] - x[mask].mean()) / max(float(x[mask].std()), 1e-8)
+    expected[_plan(NormScheme.ZSCORE, mask=True)] = masked
+    for plan, want in expected.items():
+        got = normalize_channel(image, plan, mask)
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes(), plan.scheme
+        if dtype == np.float32:  # written into the image itself
+            same = image.copy()
+            assert normalize_channel(same, plan, mask, out=same).tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="float32 of shape"):
+        normalize_channel(image, _plan(NormScheme.NONE), out=np.empty((2, 2), np.float32))
