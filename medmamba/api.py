@@ -111,9 +111,10 @@ def predict(work: Path, input_folder: Path, output_folder: Path, configuration: 
     get the input's exact geometry and file ending. Cases that fail are listed in
     ``report.failed``; existing outputs are skipped unless ``overwrite``.
     ``num_parts``/``part_id`` select every num_parts-th case of the sorted list.
-    ``compile=True`` runs the windows through torch.compile: a compile first (36 s for a
-    BraTS-sized ``resenc_unet`` on an H200), then faster window passes (9.4 against 16.6 ms
-    per window there); worth it for many or large cases.
+    ``compile=True`` runs the windows through torch.compile: the first case compiles
+    (24-55 s for a BraTS-sized case on an H200, less once the on-disk caches are warm), then
+    window passes are faster (with TTA, 1.82 -> 1.09-1.22 s a case for ``resenc_unet``
+    there); worth it for many or large cases.
     """
     from medmamba.inference.folder import predict_folder
 

@@ -63,15 +63,21 @@ def training_costs(called_at: float, returned_at: float, epochs: list[dict], ite
     steady_s = epochs[2]["started_at"] - epochs[1]["started_at"]
     finish_s = (returned_at - epochs[2]["started_at"]) - steady_s
     startup_s = epochs[1]["started_at"] - called_at - steady_s + finish_s
-    return max(0.0, startup_s), rate, max(0.0, steady_s - iters / rate)
+    return max(0.0, startup_s), rate, max(0.0, _outside_steps(epochs, iters)[0])
 
 
 def epoch_overhead(epochs: list[dict], iters: int) -> dict[str, float | None]:
     """Seconds per epoch outside the steps (validation, the hand-over to the writer), median
     and max over the epochs after the first, from the epochs' wall-clock starts."""
-    walls = [b["started_at"] - a["started_at"] for a, b in zip(epochs, epochs[1:])]
-    outside = [wall - iters / e["iters_per_s"] for wall, e in zip(walls[1:], epochs[1:])]
+    outside = _outside_steps(epochs, iters)
     validation = [e["validation_s"] for e in epochs if "validation_s" in e]
     return {"median_s": statistics.median(outside) if outside else None,
             "max_s": max(outside) if outside else None,
             "validation_median_s": statistics.median(validation) if validation else None}
+
+
+def _outside_steps(epochs: list[dict], iters: int) -> list[float]:
+    """Per epoch from the second on that has a successor: the wall time to the successor's
+    start less the epoch's steps (the first epoch carries the start-up's leftovers)."""
+    return [b["started_at"] - a["started_at"] - iters / a["iters_per_s"]
+            for a, b in zip(epochs[1:], epochs[2:])]

@@ -56,7 +56,6 @@ import torch
 
 from medmamba import api
 from medmamba.data.dataset import load_dataset_json
-from medmamba.data.io import atomic_write_text
 from medmamba.networks import network_complexity
 from medmamba.planning.plans import Plans
 from medmamba.training.paths import network_tag
@@ -65,7 +64,7 @@ from medmamba.training.setup import preprocessed_case_ids
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_schedule import (  # noqa: E402,F401
     BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead, training_costs)
-from vs_nnunet_table import read_json, table  # noqa: E402
+from vs_nnunet_table import read_json, table, write_json  # noqa: E402
 
 CONFIG = "3d_fullres"
 DEFAULT_NETWORKS = ["lightm_unet", "umamba_bot", "umamba_bot:none", "resenc_unet"]
@@ -99,8 +98,11 @@ def tag_of(spec: str, compiled: bool = False, eager: bool = False) -> str:
     return network_tag(*parse_network(spec)) + ("__compile" if compiled else "") + ("__eager" if eager else "")
 
 
-def run_tag(spec: str, settings: Settings) -> str:
-    # Compiled runs never use graphs, so only an eager run that could have used them is marked.
+def run_tag(spec: str, settings: Settings, brats: bool = False) -> str:
+    """A result's name. Training: compiled runs never use graphs, so only an eager run that
+    could have used them is marked. BraTS (one training step): how it predicted."""
+    if brats:
+        return tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
     return tag_of(spec, settings.compile, eager=not settings.cuda_graphs and not settings.compile)
 
 
@@ -190,19 +192,19 @@ def gpu_peaks(settings: Settings) -> tuple[float | None, float | None]:
     return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
-def prewarm(data: Path, work: Path, spec: str, split_file: Path, scratch: Path, settings: Settings) -> None:
+def prewarm(data: Path, work: Path, spec: str, split_file: Path, val_cases: list[str], scratch: Path,
+            settings: Settings) -> None:
     """Two steps and one predicted case, unmeasured: the first call in a process compiles the
     selective scan's Triton kernels (20 s for lightm_unet's shapes) and the real run, in the
     same process, finds them compiled; the measured warm-up must find them so too. With
     --compile both start from empty caches instead, so this is skipped."""
     fold = train(work, spec, split_file, settings, 1, 2, val_batches=1)
-    case = read_json(split_file)[0]["val"][:1]
-    predict(work, spec, link_images(data, case, scratch / "prewarm_images"), scratch / "prewarm_pred", True,
+    predict(work, spec, link_images(data, val_cases[:1], scratch / "prewarm_images"), scratch / "prewarm_pred", True,
             settings)
     shutil.rmtree(fold.parents[1])
 
 
-def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path,
+def calibrate(data: Path, work: Path, spec: str, split_file: Path, val_cases: list[str], scratch: Path,
               settings: Settings) -> Calibration:
     """A short run of 3 epochs measures what the budget must cover; its folder is deleted.
 
@@ -216,13 +218,13 @@ def calibrate(data: Path, work: Path, spec: str, split_file: Path, scratch: Path
     if settings.compile:
         fresh_compile_caches(scratch / "compile_cache_warmup")
     else:
-        prewarm(data, work, spec, split_file, scratch, settings)
+        prewarm(data, work, spec, split_file, val_cases, scratch, settings)
     called_at = time.time()
     fold = train(work, spec, split_file, settings, 3, settings.warmup_iters)
     returned_at = time.time()
     startup_s, rate, val_s = training_costs(called_at, returned_at, read_json(fold / "training_log.json")["epochs"],
                                             settings.warmup_iters)
-    cases = read_json(split_file)[0]["val"][: settings.calib_cases]
+    cases = val_cases[: settings.calib_cases]
     timing = predict(work, spec, link_images(data, cases, scratch / "calib_images"), scratch / "calib_pred",
                      True, settings)
     start = time.perf_counter()
@@ -240,7 +242,7 @@ def bench_network(data: Path, work: Path, spec: str, split_file: Path, out: Path
     val_cases = read_json(split_file)[0]["val"]
     scratch = out / "scratch" / run_tag(spec, settings)
     val_images = link_images(data, val_cases, scratch / "val_images")
-    cal = calibrate(data, work, spec, split_file, scratch, settings)
+    cal = calibrate(data, work, spec, split_file, val_cases, scratch, settings)
     epochs, iters = choose_schedule(cal, settings.budget_s, settings.iters_per_epoch, len(val_cases),
                                     settings.max_iters)
     print(f"{spec}: warm-up {asdict(cal)} -> {epochs} epochs x {iters} iterations", flush=True)
@@ -292,16 +294,11 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
         shutil.rmtree(fold.parents[1])
         # The anchor's span (infer_time.py): image array in, mask array out; reading and
         # writing the files are kept apart, as stages and in the whole-case figure.
-        name = tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
-        yield {"name": name, "patch": meta["patch_size"], "timing": timing,
+        yield {"name": run_tag(spec, settings, brats=True), "patch": meta["patch_size"], "timing": timing,
                "brats_s_per_case": timing["tta_False"]["median_stage_s_after_first"]["predict"],
                "brats_s_per_case_tta": timing["tta_True"]["median_stage_s_after_first"]["predict"],
                "brats_file_s_per_case": timing["tta_False"]["median_s_per_case_after_first"],
                "brats_file_s_per_case_tta": timing["tta_True"]["median_s_per_case_after_first"]}
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def smoke_inputs(out: Path) -> tuple[Path, Path, Path]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from medmamba.networks import network_complexity
+from medmamba.networks.profiling import synced_median_s
 from medmamba.networks.registry import build_network
 from medmamba.planning.plans import Plans
 from medmamba.training.config import TrainingConfig
@@ -50,18 +51,6 @@ def sync() -> None:
 
 def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of the script only
-
-
-def sync_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` synchronised calls."""
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def network_from_plan(plans: Plans, name: str, deep_supervision: bool) -> tuple[nn.Module, dict]:
@@ -85,6 +74,7 @@ class Step:
             return self.model(self.image if image is None else image)
 
     def run(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        # The body of Trainer._step, written out so that phases() can time its parts.
         loss = self.loss_fn(self.forward(image), label)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), TRAINING.grad_clip)
@@ -97,14 +87,15 @@ class Step:
     def phases(self, repeats: int) -> dict[str, float]:
         """ms per phase, each phase synchronised (so their sum exceeds a pipelined step)."""
         out: dict[str, list[float]] = {k: [] for k in ("forward", "loss", "backward", "clip", "optimizer")}
-        for _ in range(repeats):
+        marks: list[float] = []
 
-            def mark() -> None:
-                sync()
-                marks.append(time.perf_counter())
-
+        def mark() -> None:
             sync()
-            marks = [time.perf_counter()]
+            marks.append(time.perf_counter())
+
+        for _ in range(repeats):
+            marks.clear()
+            mark()
             output = self.forward()
             mark()
             loss = self.loss_fn(output, self.label)
@@ -124,7 +115,8 @@ def busy_share(fn: Callable[[], object], steps: int = 10, top: int = 6) -> tuple
     """Kernel time / wall time over ``steps`` calls, and the top kernels (share of kernel time)."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    on_gpu = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
 
     sync()
     with profile(activities=activities) as prof:
@@ -133,7 +125,6 @@ def busy_share(fn: Callable[[], object], steps: int = 10, top: int = 6) -> tuple
             fn()
         sync()
         wall = time.perf_counter() - start
-    on_gpu = torch.cuda.is_available()
 
     def self_us(event) -> float:
         return event.self_device_time_total if on_gpu else event.self_cpu_time_total
@@ -144,7 +135,7 @@ def busy_share(fn: Callable[[], object], steps: int = 10, top: int = 6) -> tuple
     return total_us / 1e6 / wall, [(e.key[:70], self_us(e) / max(total_us, 1)) for e in ranked]
 
 
-def make_batch(kwargs: dict, batch: int, patch: list[int], classes: int, channels_last: bool):
+def make_batch(kwargs: dict, batch: int, patch: list[int], classes: int, channels_last: bool = False):
     image = torch.randn(batch, kwargs["in_channels"], *patch, device=device_type())
     label = torch.randint(0, classes, (batch, 1, *patch), device=device_type())
     if channels_last:
@@ -161,19 +152,18 @@ def profile_training(plans: Plans, name: str, steps: int, compile_too: bool) -> 
         network, kwargs = network_from_plan(plans, name, deep_supervision=True)
         network = network.to(device_type())
         model = torch.compile(network) if layout == "compile" else network
-        image, label = make_batch(kwargs, plan.batch_size, list(plan.patch_size), plans.num_classes, False)
+        image, label = make_batch(kwargs, plan.batch_size, list(plan.patch_size), plans.num_classes)
         step = Step(network, model, image, label)
-        torch.backends.cudnn.benchmark = True
         timed: Callable[[], object] = step
         if layout == "cuda_graph":  # fed from pinned host memory, as the trainer does
             step.cast_cache = False
             graphed = GraphedStep(step.run, step.optimizer)
             host_image, host_label = image.cpu().pin_memory(), label.cpu().pin_memory()
             timed = lambda: graphed(host_image, host_label)  # noqa: E731
-        first = sync_time(timed, 1)  # autotuning / compile
+        first = synced_median_s(timed, 1)  # autotuning / compile
         for _ in range(10):
             timed()
-        rate = 1.0 / sync_time(lambda: [timed() for _ in range(steps)], 3) * steps
+        rate = 1.0 / synced_median_s(lambda: [timed() for _ in range(steps)], 3) * steps
         busy, top = busy_share(timed)
         phases = step.phases(10) if layout == "ncdhw" else {}
         lines.append(f"| {name} | {layout} | {first:.1f} | {rate:.1f} | {busy:.2f} | "
@@ -215,15 +205,12 @@ class GroupNormAsInstanceNorm(nn.Module):
         return nn.functional.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
 
-def swap_instance_norms(module: nn.Module) -> int:
-    swapped = 0
+def swap_instance_norms(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.modules.instancenorm._InstanceNorm) and child.affine:
             setattr(module, name, GroupNormAsInstanceNorm(child))
-            swapped += 1
         else:
-            swapped += swap_instance_norms(child)
-    return swapped
+            swap_instance_norms(child)
 
 
 WINDOW_VARIANTS = ("ncdhw", "channels_last_3d", "group_norm", "compile")
@@ -242,15 +229,14 @@ def profile_window(plans: Plans, name: str, variants: tuple[str, ...] = WINDOW_V
             swap_instance_norms(network)
         model = torch.compile(network) if layout == "compile" else network
         image, _ = make_batch(kwargs, WINDOWS, list(plan.patch_size), plans.num_classes, channels_last)
-        torch.backends.cudnn.benchmark = True
 
         def forward() -> None:
             with torch.inference_mode(), torch.autocast(device_type(), dtype=torch.bfloat16):
                 model(image)
 
-        first = sync_time(forward, 1)
+        first = synced_median_s(forward, 1)
         forward()
-        seconds = sync_time(forward, 5)
+        seconds = synced_median_s(forward, 5)
         busy, top = busy_share(forward, steps=3)
         macs = network_complexity(name, list(plan.patch_size), **kwargs).macs
         tflops = 2 * macs * WINDOWS / seconds / 1e12
@@ -275,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{name}, torch {torch.__version__}", flush=True)
+    torch.backends.cudnn.benchmark = True  # as the trainer and the predictor set it
     if args.plans and not args.skip_training:
         plans = Plans.load(args.plans)
         print("\n| network | layout | first step s | it/s | GPU busy | forward ms | loss ms | backward ms "

@@ -18,6 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from medmamba.data.io import atomic_write_text
+
 ANCHOR_SOURCE = ("../shared/ANCHORS.md section 2: nnU-Net v2.8.1 measured on the H100 (torch 2.11, "
                  "nnUNetTrainer_20epochs, fold 0 of its own split); inference s/case there is a whole "
                  "`nnUNetv2_predict` command over 52 held-out cases, BraTS per case by "
@@ -32,8 +34,19 @@ NNUNET_PUBLISHED = {"name": "nnU-Net (published, MSD test set, 1000 epochs; arXi
                     "dice": {"Anterior": 0.90, "Posterior": 0.89}, "mean_dice": 0.895}
 
 
+RERUN_NAME = "nnU-Net v2.8.1 (re-run, same session)"
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(value, indent=2) + "\n")
+
+
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -49,13 +62,13 @@ def table(out: Path) -> str:
         labels += [k for k in row.get("dice", {}) if k not in labels]
     head = (["network", "wall s", "epochs x it", "it/s", "batch", "peak alloc GiB", "peak reserved GiB",
              "params M"] + [f"Dice {k}" for k in labels] + ["mean Dice", "val s/case", "val s/case TTA"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [markdown_row(head), "|" + "---|" * len(head)]
     for row in [NNUNET_MEASURED, NNUNET_PUBLISHED, *rows]:
         cells = [row["name"], fmt(row.get("wall_s"), 0), fmt(row.get("schedule")), fmt(row.get("iters_per_s"), 1),
                  fmt(row.get("batch")), fmt(row.get("peak_alloc_gib")), fmt(row.get("peak_reserved_gib")),
                  fmt(row.get("parameters_m"))] + [fmt(row.get("dice", {}).get(k), 3) for k in labels]
         cells += [fmt(row.get("mean_dice"), 3), fmt(row.get("val_s_per_case")), fmt(row.get("val_s_per_case_tta"))]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     text = "\n".join(lines) + f"\n\nnnU-Net anchor rows: constants from {ANCHOR_SOURCE}."
     return text + ("\n\n" + brats_table(brats) if brats else "")
 
@@ -64,27 +77,28 @@ def brats_table(brats: dict[str, dict]) -> str:
     """BraTS-sized inference: the anchor's span (array in, mask out), then with the files."""
     head = ["network", "patch", "array->mask s/case", "TTA", "files->file s/case", "TTA",
             "read s", "write s", "peak alloc GiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    anchor = ["nnU-Net v2.8.1 (anchor, H100)", "96x160x160", fmt(NNUNET_MEASURED["brats_s_per_case"]),
-              fmt(NNUNET_MEASURED["brats_s_per_case_tta"]), "-", "-", "-", "-", "-"]
-    lines.append("| " + " | ".join(anchor) + " |")
-    for name, row in brats.items():
-        if "timing" not in row:  # an nnU-Net re-run (nnunet_brats_row): the array->mask span only
-            cells = [row["name"], row["patch"], fmt(row["brats_s_per_case"]), fmt(row["brats_s_per_case_tta"]),
-                     "-", "-", "-", "-", fmt(row.get("peak_alloc_gib"))]
-            lines.append("| " + " | ".join(cells) + " |")
-            continue
-        if "brats_file_s_per_case" not in row:
-            # Results written before the stages were timed: their s/case is the whole case.
-            row = {**row, "brats_file_s_per_case": row["brats_s_per_case"], "brats_s_per_case": None,
-                   "brats_file_s_per_case_tta": row["brats_s_per_case_tta"], "brats_s_per_case_tta": None}
-        stages = row["timing"]["tta_False"].get("median_stage_s_after_first", {})
-        cells = [name, "x".join(str(p) for p in row["patch"]), fmt(row["brats_s_per_case"]),
-                 fmt(row["brats_s_per_case_tta"]), fmt(row["brats_file_s_per_case"]),
-                 fmt(row["brats_file_s_per_case_tta"]), fmt(stages.get("read")), fmt(stages.get("write")),
-                 fmt(row["timing"]["tta_True"]["peak_alloc_gib"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [markdown_row(head), "|" + "---|" * len(head)]
+    anchor = {"name": "nnU-Net v2.8.1 (anchor, H100)", "patch": "96x160x160",
+              "brats_s_per_case": NNUNET_MEASURED["brats_s_per_case"],
+              "brats_s_per_case_tta": NNUNET_MEASURED["brats_s_per_case_tta"]}
+    lines += [markdown_row(brats_cells(row["name"], row)) for row in [anchor, *brats.values()]]
     return "\n".join(lines)
+
+
+def brats_cells(name: str, row: dict) -> list[str]:
+    """One BraTS row. nnU-Net's rows (the anchor, nnunet_brats_row) have only the
+    array->mask span; ours also the files and stages, apart from results written before
+    the stages were timed, whose s/case is the whole case."""
+    if "timing" in row and "brats_file_s_per_case" not in row:
+        row = {**row, "brats_file_s_per_case": row["brats_s_per_case"], "brats_s_per_case": None,
+               "brats_file_s_per_case_tta": row["brats_s_per_case_tta"], "brats_s_per_case_tta": None}
+    timing = row.get("timing", {})
+    stages = timing.get("tta_False", {}).get("median_stage_s_after_first", {})
+    patch = row["patch"] if isinstance(row["patch"], str) else "x".join(str(p) for p in row["patch"])
+    peak = timing["tta_True"]["peak_alloc_gib"] if timing else row.get("peak_alloc_gib")
+    return [name, patch, fmt(row["brats_s_per_case"]), fmt(row["brats_s_per_case_tta"]),
+            fmt(row.get("brats_file_s_per_case")), fmt(row.get("brats_file_s_per_case_tta")),
+            fmt(stages.get("read")), fmt(stages.get("write")), fmt(peak)]
 
 
 def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
@@ -96,7 +110,7 @@ def collect(out: Path) -> tuple[list[dict], dict[str, dict]]:
 
 
 def nnunet_rerun_row(log: str, gpu_memory_csv: str, cases: int, gpu: int = 0, gpus: int = 1,
-                     name: str = "nnU-Net v2.8.1 (re-run, same session)") -> dict:
+                     name: str = RERUN_NAME) -> dict:
     """A table row from the output of anchors/nnunet_h100/run.sh (the folder that
     scripts/prepare_nnunet_anchor.sh builds) and its nvidia-smi memory log.
 
@@ -132,7 +146,7 @@ def nnunet_rerun_row(log: str, gpu_memory_csv: str, cases: int, gpu: int = 0, gp
             "val_s_per_case_tta": number(r"predict tta rc=0 \d+ cases ([0-9.]+) s") / cases}
 
 
-def nnunet_brats_row(log: str, name: str = "nnU-Net v2.8.1 (re-run, same session)") -> dict:
+def nnunet_brats_row(log: str, name: str = RERUN_NAME) -> dict:
     """A BraTS row from the output of anchors/nnunet_h100/infer_time.py: its whole-case
     medians (image array in, mask out; the first case left out), as the anchor's."""
     def median(tta: bool, what: str) -> float:
@@ -156,7 +170,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, help="cases in run.sh's ts/ folder")
     parser.add_argument("--gpu", type=int, default=0)
     parser.add_argument("--gpus", type=int, default=1, help="GPUs interleaved in gpu_mem.csv")
-    parser.add_argument("--name", default="nnU-Net v2.8.1 (re-run, same session)")
+    parser.add_argument("--name", default=RERUN_NAME)
     parser.add_argument("--brats-log", type=Path, help="infer_time.py's output: write a BraTS row instead")
     args = parser.parse_args()
     if args.brats_log is not None:
@@ -166,7 +180,7 @@ def main() -> None:
     else:
         row = nnunet_rerun_row((args.folder / "nnunet.log").read_text(),
                                (args.folder / "gpu_mem.csv").read_text(), args.cases, args.gpu, args.gpus, args.name)
-    args.out.write_text(json.dumps(row, indent=2) + "\n")
+    write_json(args.out, row)
     print(json.dumps(row))
 
 

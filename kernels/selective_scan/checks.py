@@ -44,12 +44,10 @@ def check_and_normalise(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
     tensors in their own shapes and dtypes.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if torch.compiler.is_compiling():
-        # Checked once at trace time, where the graph's guards already pin what the checks
-        # read; a look-up in _PASSED would become a guard that the first call then breaks.
-        _validate(*tensors, delta_softplus, reverse)
-        return _normalise(*tensors)
-    key = _metadata(tensors, delta_softplus, reverse)
+    # Under torch.compile the checks run once, at trace time, where the graph's guards
+    # already pin what they read; a look-up in _PASSED would become a guard that the first
+    # call then breaks. So no key there: validate, remember nothing.
+    key = None if torch.compiler.is_compiling() else _metadata(tensors, delta_softplus, reverse)
     if key is None or key not in _PASSED:
         _validate(*tensors, delta_softplus, reverse)
         if key is not None:

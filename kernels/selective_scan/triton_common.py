@@ -16,7 +16,6 @@ of channels of that group, so the group's B/C tile is loaded once per program.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-LOG2E = math.log2(math.e)
 # Hardware log2 in _softplus where compiled (the interpreter has no libdevice).
 _FAST_LOG2 = tl.constexpr(hasattr(libdevice, "fast_log2f")
                           and not triton.knobs.runtime.interpret)

@@ -146,12 +146,12 @@ def selective_scan_fwd_triton(
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
     multi = plan.n_chunks > 1
-    zz = z if z is not None else u
-    dummy = last_state
     if multi and variant == "deferred":
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,
                          out, last_state)
         return out, last_state
+    zz = z if z is not None else u
+    dummy = last_state
     if multi:
         H, _ = chunk_boundary_states(
             u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,

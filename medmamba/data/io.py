@@ -203,10 +203,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    _fsync_directory(path.parent)
 
 
-def fsync_directory(folder: Path) -> None:
+def _fsync_directory(folder: Path) -> None:
     # Makes the rename itself durable; not every platform/filesystem allows it.
     try:
         descriptor = os.open(folder, os.O_RDONLY)
@@ -218,6 +218,25 @@ def fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def atomic_link(source: Path, path: Path) -> bool:
+    """Make ``path`` a hard link to ``source``, replacing it atomically (a temporary link
+    renamed into place). False, with ``path`` untouched, where hard links are refused."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.link.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        return False
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return True
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

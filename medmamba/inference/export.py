@@ -30,10 +30,10 @@ def uncrop_probabilities(probabilities: np.ndarray, box: Sequence[Sequence[int]]
     return full
 
 
-def label_dtype(label_values: Sequence[int]) -> type:
-    """The smallest dtype of a mask holding ``label_values``."""
+def label_lookup(label_values: Sequence[int]) -> np.ndarray:
+    """Class index -> label value, in the smallest dtype of a mask holding them."""
     values = np.asarray(label_values)
-    return np.uint8 if values.max() < 256 and values.min() >= 0 else np.int32
+    return values.astype(np.uint8 if values.max() < 256 and values.min() >= 0 else np.int32)
 
 
 def labels_from_probabilities(probabilities: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
@@ -41,10 +41,10 @@ def labels_from_probabilities(probabilities: np.ndarray, label_values: Sequence[
     if probabilities.shape[0] != len(label_values):
         raise ValueError(f"{probabilities.shape[0]} classes but {len(label_values)} label values")
     indices = np.argmax(probabilities, axis=0)
-    dtype = label_dtype(label_values)
+    lookup = label_lookup(label_values)
     if list(label_values) == list(range(len(label_values))):
-        return indices.astype(dtype)  # labels are the class indices: no lookup pass
-    return np.asarray(label_values).astype(dtype)[indices]
+        return indices.astype(lookup.dtype)  # labels are the class indices: no lookup pass
+    return lookup[indices]
 
 
 def to_original_grid(probabilities: np.ndarray, box: Sequence[Sequence[int]],

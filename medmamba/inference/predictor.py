@@ -18,7 +18,7 @@ import torch
 
 from medmamba.data.io import Geometry
 from medmamba.errors import CheckpointError, ConfigError, DatasetError, PlansError
-from medmamba.inference.export import label_dtype, labels_from_probabilities, to_original_grid
+from medmamba.inference.export import label_lookup, labels_from_probabilities, to_original_grid
 from medmamba.inference.sliding_window import sliding_window_logits
 from medmamba.preprocessing.crop import paste_into
 from medmamba.training.paths import RESULTS_DIR
@@ -239,8 +239,7 @@ class Predictor:
             full = self._to_original_grid(probabilities.float().cpu().numpy(), properties, geometry)
             return self.labels(full)
         # Mapped to label values in the mask's own dtype on the device: a few bytes a voxel cross.
-        dtype = torch.uint8 if label_dtype(self.label_values) == np.uint8 else torch.int32
-        values = torch.as_tensor(self.label_values, dtype=dtype, device=probabilities.device)
+        values = torch.from_numpy(label_lookup(self.label_values)).to(probabilities.device)
         cropped = values[probabilities.argmax(dim=0)].cpu().numpy()
         # Outside the crop box is background, as un-cropping the probabilities gives.
         return paste_into(cropped[None], properties["crop_bbox"], tuple(geometry.shape),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,17 +66,13 @@ def measure_training_step(network: nn.Module, batch_size: int, in_channels: int,
     targets = training_step(network, optimizer, x, None, num_classes)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(timed_steps):
-        start = time.perf_counter()
-        training_step(network, optimizer, x, targets, num_classes)
-        torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
+    seconds = synced_median_s(lambda: training_step(network, optimizer, x, targets, num_classes),
+                              timed_steps, device)
     return StepMeasurement(
         peak_allocated=torch.cuda.max_memory_allocated(device),
         peak_reserved=torch.cuda.max_memory_reserved(device),
         context=context_bytes(device),
-        step_ms=sorted(times)[len(times) // 2],
+        step_ms=seconds * 1e3,
     )
 
 
@@ -85,41 +81,24 @@ def inference_ms(network: nn.Module, in_channels: int, patch_size: Sequence[int]
     """Median ms of one bf16-autocast forward of a single patch (no deep supervision)."""
     network.to(device).eval()
     x = torch.randn(1, in_channels, *patch_size, device=device)
-    times = []
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for i in range(repeats + 1):
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            network(x)
-            torch.cuda.synchronize(device)
-            if i:
-                times.append((time.perf_counter() - start) * 1e3)
+        network(x)  # warm-up: cuDNN's choice and the scan's compile stay out of the median
+        seconds = synced_median_s(lambda: network(x), repeats, device)
     network.train()
+    return seconds * 1e3
+
+
+def synced_median_s(fn: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls (the upper middle for an even count),
+    each between synchronisations of the CUDA device (none on the CPU)."""
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    times = []
+    for _ in range(repeats):
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
-
-
-def stage_activation_weights(network: nn.Module, in_channels: int, patch_size: Sequence[int],
-                             features: Sequence[int], strides: Sequence[Sequence[int]]) -> list[float]:
-    """Per stage: elements written by the grid convolutions at that stage's resolution,
-    divided by voxels x features of the stage (so 1.0 = one feature map), on meta tensors."""
-    shapes = []
-    current = list(patch_size)
-    for stride in strides:
-        current = [math.ceil(c / s) for c, s in zip(current, stride)]
-        shapes.append(tuple(current))
-    written = [0.0] * len(shapes)
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        spatial = tuple(output.shape[2:])
-        if spatial in shapes:
-            written[shapes.index(spatial)] += output.numel()
-
-    convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, convs)]
-    try:
-        with torch.no_grad():
-            network(torch.empty(1, in_channels, *patch_size, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [w / (math.prod(s) * f) for w, s, f in zip(written, shapes, features)]

@@ -16,11 +16,18 @@ BBox = list[list[int]]
 
 def nonzero_mask(images: np.ndarray) -> np.ndarray:
     """Boolean mask (spatial shape) of voxels where any channel is nonzero, holes filled."""
-    raw = np.any(images != 0, axis=0)
-    slices = crop_slices(bounding_box(raw))
-    mask = np.zeros_like(raw)
-    mask[slices] = _filled(raw[slices])
-    return mask
+    _, _, mask, box = crop_to_nonzero(images)
+    return paste_into(mask[None], box, images.shape[1:], fill=False)[0]
+
+
+def nonzero_box(images: np.ndarray) -> BBox:
+    """Bounding box of the voxels where any channel of ``images`` (C, *spatial) is nonzero
+    (the box of :func:`nonzero_mask`: filling holes never moves it)."""
+    return bounding_box(_any_nonzero(images))
+
+
+def _any_nonzero(images: np.ndarray) -> np.ndarray:
+    return np.any(images != 0, axis=0)
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
@@ -29,12 +36,6 @@ def _filled(mask: np.ndarray) -> np.ndarray:
     the background outside the box, so only regions inside it are holes. A full mask (a
     BraTS case: no zeros) has none, and scipy would take 66 ms to find that out."""
     return mask.copy() if mask.all() else binary_fill_holes(mask)
-
-
-def nonzero_box(images: np.ndarray) -> BBox:
-    """Bounding box of the voxels where any channel of ``images`` (C, *spatial) is nonzero
-    (the box of :func:`nonzero_mask`, without filling its holes)."""
-    return bounding_box(np.any(images != 0, axis=0))
 
 
 def bounding_box(mask: np.ndarray) -> BBox:
@@ -59,7 +60,7 @@ def crop_to_nonzero(images: np.ndarray, seg: np.ndarray | None = None
 
     Returns (images, seg, mask, box) where ``mask`` is the cropped nonzero mask.
     """
-    raw = np.any(images != 0, axis=0)
+    raw = _any_nonzero(images)
     box = bounding_box(raw)  # filling holes never moves the box
     slices = crop_slices(box)
     mask = _filled(raw[slices])

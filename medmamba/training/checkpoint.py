@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import random
 import zipfile
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from medmamba.errors import CheckpointError
-from medmamba.data.io import atomic_write, fsync_directory
+from medmamba.data.io import atomic_link, atomic_write
 
 FORMAT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
@@ -58,15 +57,8 @@ def save_latest_and_best(folder: Path, state: dict[str, Any], improved: bool) ->
         save_checkpoint(folder / LATEST, state)
         return
     save_checkpoint(folder / BEST, state)
-    link = folder / f".{LATEST}.link.tmp"
-    link.unlink(missing_ok=True)
-    try:
-        os.link(folder / BEST, link)
-    except OSError:
+    if not atomic_link(folder / BEST, folder / LATEST):
         save_checkpoint(folder / LATEST, state)
-        return
-    os.replace(link, folder / LATEST)
-    fsync_directory(folder)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

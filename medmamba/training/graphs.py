@@ -115,7 +115,8 @@ class GraphedStep:
         log.debug("captured the training step (capture %d)", self.captures)
 
 
-def graphs_usable(device: torch.device, distributed: bool, compiled: bool) -> tuple[bool, str]:
+def graphs_usable(device: torch.device, distributed: bool, compiled: bool,
+                  optimizer: torch.optim.Optimizer | None = None) -> tuple[bool, str]:
     """Whether the step can be captured here, and if not, why (for the log)."""
     if device.type != "cuda":
         return False, "CUDA graphs need a CUDA device"
@@ -123,4 +124,8 @@ def graphs_usable(device: torch.device, distributed: bool, compiled: bool) -> tu
         return False, "not captured under DistributedDataParallel (its gradient hooks sync across ranks)"
     if compiled:
         return False, "torch.compile manages its own graphs"
+    if optimizer is not None and any(group.get("capturable") is False for group in optimizer.param_groups):
+        # Adam-style optimizers keep their step count on the host unless built capturable:
+        # a capture of their step() raises, so do not try.
+        return False, f"{type(optimizer).__name__} was built with capturable=False"
     return True, ""

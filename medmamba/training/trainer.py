@@ -141,7 +141,8 @@ class Trainer:
         self.loss_fn = DeepSupervisionDiceCE()
         self.graphed_step: GraphedStep | None = None
         if self.config.cuda_graphs:
-            usable, why = graphs_usable(self.device, self.dist.enabled, self.config.compile)
+            usable, why = graphs_usable(self.device, self.dist.enabled, self.config.compile,
+                                         self.optimizer)
             if usable:
                 self.graphed_step = GraphedStep(self._step, self.optimizer)
             elif self.device.type == "cuda":
@@ -309,7 +310,7 @@ class Trainer:
             output = output[0] if isinstance(output, (list, tuple)) else output
             loss_sum[0] += self.loss_fn(output, label).detach().double()
             loss_sum[1] += 1
-            pairs = label[:, 0].long().flatten() * n_classes + output.argmax(1).flatten()
+            pairs = label[:, 0].flatten() * n_classes + output.argmax(1).flatten()
             confusion += torch.bincount(pairs, minlength=n_classes * n_classes)
         # [tp, fp, fn] per foreground class, then loss sum and count (one all-reduce)
         matrix = confusion.view(n_classes, n_classes).double()  # rows: truth, columns: predicted
@@ -328,7 +329,7 @@ class Trainer:
         if self.writer is None:
             self.writer = BackgroundWriter()
         state = host_snapshot(self._state(epoch, next_step))
-        header = {"metadata": state["metadata"], "config": self.config.to_dict()}
+        header = {"metadata": state["metadata"], "config": state["config"]}
         self.writer.submit(_write_epoch_files, self.spec.fold_dir, state, improved, header, self.label_names)
 
 

@@ -26,6 +26,14 @@ def test_graphs_usable_only_on_one_gpu_without_compile(device, distributed, comp
     assert (why == "") is usable
 
 
+def test_an_optimizer_built_without_capturable_is_not_captured():
+    parameters = [nn.Parameter(torch.zeros(1))]
+    ok, why = graphs_usable(torch.device("cuda"), False, False, torch.optim.AdamW(parameters))
+    assert not ok and "capturable=False" in why
+    sgd = torch.optim.SGD(parameters, lr=0.1, momentum=0.99, nesterov=True)
+    assert graphs_usable(torch.device("cuda"), False, False, sgd) == (True, "")
+
+
 def test_eager_steps_must_create_the_momentum_buffers_first():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="eager_steps must be >= 1"):

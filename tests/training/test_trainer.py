@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -139,7 +140,7 @@ def test_filesystem_without_hard_links_gets_a_second_write(tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise OSError("hard links not supported")
 
-    monkeypatch.setattr(ckpt.os, "link", refuse)
+    monkeypatch.setattr(os, "link", refuse)
     ckpt.save_latest_and_best(tmp_path, {"epoch": 1}, improved=True)
     assert ckpt.load_checkpoint(tmp_path / ckpt.LATEST)["epoch"] == 1
     assert (tmp_path / ckpt.BEST).stat().st_ino != (tmp_path / ckpt.LATEST).stat().st_ino
