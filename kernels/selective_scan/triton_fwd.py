@@ -10,10 +10,12 @@ Two variants, three launches each (maths in README.md, "Triton kernels"):
   scratch copy of the output is written and read back.
 
 "auto" (the default) takes "deferred" for fp32 inputs and "chunked" for fp16/bf16: deferred
-was the faster on all 6 fp32 bench rows (e.g. (1, 48, 2097152): 2.89 vs 3.37 ms), chunked
-on 5 of the 6 bf16 rows (same row: 3.01 vs 4.93 ms), probably because the fp32 scratch
-weighs more against 2-byte inputs. Measured on an H200, scripts/bench_selective_scan.py
---fwd-variants, 2026-11-30; raw log scripts/results/kernel_h200_2026-11-30/kernel.log.
+was the faster on the long fp32 rows (e.g. (1, 48, 2097152): 2.89 vs 2.99 ms), chunked on
+the long bf16 rows (same row: 2.82 vs 4.93 ms), probably because the fp32 scratch weighs
+more against 2-byte inputs; the short rows (L <= 4096) are within the run-to-run spread of
+the host overhead. Measured on an H200, scripts/bench_selective_scan.py --fwd-variants,
+2026-11-30, after the chunked output kernel took h0 through its drive (6% off its bf16 row
+1, 1.005 -> 0.949 ms); raw log scripts/results/kernel_h200_2026-11-30c/fwd_variants.log.
 
 A sequence of one chunk runs `_fwd_output_kernel` alone whatever the variant.
 """
@@ -64,6 +66,16 @@ def _fwd_output_kernel(
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # the state entering this chunk leaves the previous chunk in scan order
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
+    # h0 enters through the drive at the chunk's first position in scan order (as in the
+    # backward): the scan's decay products are then not needed after it. Positions past L
+    # are identities (dt = 0), so the tile's edge column is right for a partial chunk too.
+    col = tl.arange(0, CHUNK)
+    if REVERSE:
+        first_col = col == CHUNK - 1
+        last_col = col == 0
+    else:
+        first_col = col == 0
+        last_col = col == CHUNK - 1
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):
@@ -71,24 +83,19 @@ def _fwd_output_kernel(
                                   offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
                                   HAS_BIAS, SOFTPLUS)
         row = b * dim + d
+        decay = tl.exp2(A2[:, None] * dt[None, :])
+        drive = Bt * (dt * u)[None, :]
         if MULTI_CHUNK:
             h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
                          other=0.0)
             h0 = tl.where(has_prev, h0, 0.0)
-        else:
-            h0 = tl.zeros([NP], dtype=tl.float32)
-        decay = tl.exp2(A2[:, None] * dt[None, :])
-        drive = Bt * (dt * u)[None, :]
-        acum, hs = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
-                                       reverse=REVERSE)
-        h = acum * h0[:, None] + hs
+            drive += tl.where(first_col[None, :], decay * h0[:, None], 0.0)
+        _, h = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
+                                   reverse=REVERSE)
         if not MULTI_CHUNK:
-            if REVERSE:
-                at_end = offs_l == 0
-            else:
-                at_end = offs_l == length - 1
-            tl.store(H_ptr + row * N + offs_n, tl.sum(tl.where(at_end[None, :], h, 0.0), axis=1),
-                     mask=mask_n)
+            # only the thread holding the far end stores: no cross-lane reduction
+            tl.store(H_ptr + row * N + offs_n[:, None] + 0 * col[None, :], h,
+                     mask=mask_n[:, None] & last_col[None, :])
         y = tl.sum(Ct * h, axis=0)
         if HAS_D:
             y += tl.load(D_ptr + d) * u
