@@ -3,7 +3,9 @@
 Plans the dataset (on its first ``--plan-cases`` cases, to keep planning short), builds the
 planned network with random weights (speed does not depend on the weights) and times the
 whole per-case path that ``medmamba predict`` runs: read -> preprocess -> sliding windows
-(-> 8 flips) -> softmax -> mask in the input grid -> write. One warm-up case first.
+(-> 8 flips) -> softmax -> mask in the input grid -> write. One warm-up case first. Then
+the same cases as a folder (``folder_mean_s``: reading and writing overlap the networks, as
+in ``medmamba predict``).
 
     python scripts/bench_cpu_inference.py ../shared/data/Dataset004_Hippocampus \
         --network plainconv_unet --cases 5 --threads 2
@@ -40,6 +42,7 @@ def main() -> None:
     from medmamba.data.dataset import discover_cases, load_dataset_json
     from medmamba.data.io import read_channels
     from medmamba.inference.export import write_prediction
+    from medmamba.inference.folder import PredictionReport, predict_cases
     from medmamba.inference.predictor import FoldModel, Predictor
     from medmamba.networks.registry import build_network
 
@@ -76,9 +79,16 @@ def main() -> None:
                                  scratch / "out" / f"{case.case_id}{info.file_ending}")
                 if index > 0:  # the first case warms up
                     seconds.append(time.perf_counter() - start)
+            # the same cases as `medmamba predict` runs a folder: stages of consecutive cases
+            # overlap; per case = time between consecutive cases' outputs after the first
+            report = predict_cases(predictor, timed, scratch / "folder", info.file_ending,
+                                   PredictionReport(scratch / "folder"), overwrite=True,
+                                   progress=False)
+            done = sorted(report.completed_at.values())
             results["tta" if tta else "no_tta"] = {
                 "median_s": statistics.median(seconds), "mean_s": statistics.fmean(seconds),
-                "cases": len(seconds)}
+                "cases": len(seconds),
+                "folder_mean_s": (done[-1] - done[0]) / (len(done) - 1)}
         shutil.rmtree(scratch / "out", ignore_errors=True)
     print(json.dumps({
         "dataset": info.name, "network": args.network, "configuration": args.configuration,

@@ -88,7 +88,9 @@ def brats_table(brats: dict[str, dict]) -> str:
 def brats_cells(name: str, row: dict) -> list[str]:
     """One BraTS row. nnU-Net's rows (the anchor, nnunet_brats_row) have only the
     array->mask span; ours also the files and stages, apart from results written before
-    the stages were timed, whose s/case is the whole case."""
+    the stages were timed, whose s/case is the whole case. Results written before folder
+    prediction overlapped its stages (session 13 and earlier) give files->file as the sum
+    of the stages; later ones as the time between consecutive cases' outputs."""
     if "timing" in row and "brats_file_s_per_case" not in row:
         row = {**row, "brats_file_s_per_case": row["brats_s_per_case"], "brats_s_per_case": None,
                "brats_file_s_per_case_tta": row["brats_s_per_case_tta"], "brats_s_per_case_tta": None}

@@ -2,8 +2,10 @@
 
 A :class:`Predictor` holds one network per fold (each loaded once) and the configuration
 plan they were trained with. ``predict_case`` takes the raw channels and geometry of a case
-and returns probabilities in the input's voxel grid, ``predict_mask`` the label mask there;
-:mod:`medmamba.inference.folder` runs them over a folder.
+and returns probabilities in the input's voxel grid, ``predict_mask`` the label mask there.
+Each is ``prepare`` (CPU preprocessing) then ``case_probabilities`` / ``case_mask`` (the
+networks); :mod:`medmamba.inference.folder` runs the two halves of consecutive cases
+side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from medmamba.inference.export import label_lookup, labels_from_probabilities, t
 from medmamba.inference.sliding_window import sliding_window_logits
 from medmamba.preprocessing.crop import paste_into
 from medmamba.training.paths import RESULTS_DIR
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case preprocessed with the plan: network input and what maps it back."""
+
+    data: np.ndarray  # (C, *preprocessed shape) float32
+    properties: dict  # preprocess_case's: crop box, shapes and spacings
+    geometry: Geometry  # of the input files
 
 
 @dataclass(frozen=True)
@@ -195,14 +206,16 @@ class Predictor:
             return total.permute(1, 0, 2, 3)
         return total[0]
 
-    def _preprocess(self, images: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
+    def prepare(self, images: np.ndarray, geometry: Geometry) -> PreparedCase:
+        """Raw channels ``images`` (C, *geometry.shape) preprocessed with the plan (CPU only,
+        so a folder's next case can be prepared while the networks run on this one)."""
         from medmamba.preprocessing.preprocess import preprocess_case
 
         if images.ndim != 4:
             raise DatasetError(f"image has {images.ndim - 1} spatial axes; medmamba predicts 3D "
                                "volumes (save 2D images as volumes of one slice)")
         data, _, properties = preprocess_case(images, geometry, self.plan)
-        return data, properties
+        return PreparedCase(data, properties, geometry)
 
     def _to_original_grid(self, probabilities: np.ndarray, properties: dict,
                           geometry: Geometry) -> np.ndarray:
@@ -221,20 +234,27 @@ class Predictor:
 
     def predict_case(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Probabilities (K, *geometry.shape) of raw channels ``images`` (C, *geometry.shape)."""
-        data, properties = self._preprocess(images, geometry)
-        probabilities = self.probabilities(data).float().cpu().numpy()
-        return self._to_original_grid(probabilities, properties, geometry)
+        return self.case_probabilities(self.prepare(images, geometry))
 
     def predict_mask(self, images: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Label mask (*geometry.shape) of raw channels ``images``; equals
-        ``labels(predict_case(...))``.
+        ``labels(predict_case(...))``."""
+        return self.case_mask(self.prepare(images, geometry))
+
+    def case_probabilities(self, case: PreparedCase) -> np.ndarray:
+        """Probabilities (K, *shape) of a prepared case in its input's voxel grid."""
+        probabilities = self.probabilities(case.data).float().cpu().numpy()
+        return self._to_original_grid(probabilities, case.properties, case.geometry)
+
+    def case_mask(self, case: PreparedCase) -> np.ndarray:
+        """Label mask (*shape) of a prepared case in its input's voxel grid.
 
         When the preprocessed grid is the crop's own (no resampling back), the argmax runs
         where the probabilities are and only the mask leaves the device: on a BraTS-sized
         case that avoids copying and un-cropping K float32 volumes on the CPU.
         """
-        data, properties = self._preprocess(images, geometry)
-        probabilities = self.probabilities(data)
+        properties, geometry = case.properties, case.geometry
+        probabilities = self.probabilities(case.data)
         if list(probabilities.shape[1:]) != properties["shape_after_crop"]:
             full = self._to_original_grid(probabilities.float().cpu().numpy(), properties, geometry)
             return self.labels(full)

@@ -150,7 +150,8 @@ def test_folder_prediction_times_each_stage_and_writes_masks_through_the_mask_pa
                            progress=False)
     assert report.ok and not (tmp_path / "out" / "oblique.npz").exists()
     stages = report.stage_seconds["oblique"]
-    assert set(stages) == {"read", "predict", "write"} and min(stages.values()) > 0
+    assert set(stages) == {"read", "preprocess", "predict", "write"} and min(stages.values()) > 0
     assert report.seconds_per_case["oblique"] == pytest.approx(sum(stages.values()))
+    assert 0 < report.completed_at["oblique"]
     mask, _ = read_image(report.written[0])
     assert (mask[BOX] == 1).mean() > 0.9
