@@ -31,9 +31,8 @@ includes), parameters, fold-0 Dice per label (api.predict + api.evaluate against
 inference s/case with and without TTA (api.predict wall / cases, model loading included),
 and with --brats the same on BraTS-sized cases (weights after one training step; median per
 case, the first excluded as warm-up; the span of nnU-Net's anchor, image array in and mask
-array out (preprocessing + networks), and apart from it files to file: the time between
-consecutive cases' written outputs, reading and writing overlapping the networks as in
-`medmamba predict`). Results go to OUT/<dataset>__<tag>.json, so runs
+array out, and apart from it files to file as `medmamba predict` runs a folder;
+bench_case_timing.py). Results go to OUT/<dataset>__<tag>.json, so runs
 spread over several device calls merge into one table, nnU-Net's anchor rows first.
 
 Device set-up (the wheels to carry, the set-up line, the calls): scripts/bench_vs_nnunet.md.
@@ -64,6 +63,7 @@ from medmamba.training.paths import network_tag
 from medmamba.training.setup import preprocessed_case_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_case_timing import median_after_first, time_cases  # noqa: E402
 from bench_schedule import (  # noqa: E402,F401
     BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead, training_costs)
 from vs_nnunet_table import read_json, table, write_json  # noqa: E402
@@ -172,23 +172,10 @@ def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings:
     per_case = list(report.seconds_per_case.values())
     stages = {name: median_after_first([s[name] for s in report.stage_seconds.values()])
               for name in ("read", "preprocess", "predict", "write")}
-    # nnU-Net's span (image array in, mask out): preprocessing and the networks
-    stages["array_to_mask"] = median_after_first(
-        [s["preprocess"] + s["predict"] for s in report.stage_seconds.values()])
-    # files -> file as a folder runs them (stages of consecutive cases overlap): the time
-    # between consecutive cases' outputs, after the first case's
-    done = sorted(report.completed_at.values())
-    intervals = [b - a for a, b in zip(done, done[1:])]
     return {"cases": len(per_case), "call_s": wall, "call_s_per_case": wall / len(per_case),
             "first_case_s": per_case[0], "compile": compile_windows,
             "median_s_per_case_after_first": median_after_first(per_case),
-            "median_interval_s_after_first": statistics.median(intervals) if intervals else None,
             "median_stage_s_after_first": stages, "peak_alloc_gib": gpu_peaks(settings)[0]}
-
-
-def median_after_first(values: list[float]) -> float:
-    """The median without the first value (the warm-up case), unless it is the only one."""
-    return statistics.median(values[1:] or values)
 
 
 def dice(data: Path, pred: Path) -> tuple[dict[str, float], float]:
@@ -297,16 +284,16 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
     images = link_images(brats, cases, out / "scratch" / "brats_images")
     for spec in networks:
         fold = train(work, spec, split, settings, 1, 1, val_batches=1)
-        timing = {f"tta_{tta}": predict(work, spec, images, out / "scratch" / "brats_pred", tta, settings,
-                                        compile_windows=settings.predict_compile)
+        timing = {f"tta_{tta}": time_cases(work, tag_of(spec), CONFIG, images, out / "scratch" / "brats_pred",
+                                           tta, settings.device, settings.predict_compile)
                   for tta in (False, True)}
         meta = read_json(fold / "training_log.json")["metadata"]
         shutil.rmtree(fold.parents[1])
-        # The anchor's span (infer_time.py): image array in, mask array out; reading and
-        # writing the files are kept apart, as stages and in the whole-case figure.
+        # The anchor's span (infer_time.py): image array in, mask array out; files -> file
+        # apart (bench_case_timing.py).
         yield {"name": run_tag(spec, settings, brats=True), "patch": meta["patch_size"], "timing": timing,
-               "brats_s_per_case": timing["tta_False"]["median_stage_s_after_first"]["array_to_mask"],
-               "brats_s_per_case_tta": timing["tta_True"]["median_stage_s_after_first"]["array_to_mask"],
+               "brats_s_per_case": timing["tta_False"]["median_array_to_mask_s_after_first"],
+               "brats_s_per_case_tta": timing["tta_True"]["median_array_to_mask_s_after_first"],
                "brats_file_s_per_case": timing["tta_False"]["median_interval_s_after_first"],
                "brats_file_s_per_case_tta": timing["tta_True"]["median_interval_s_after_first"]}
 

@@ -90,6 +90,11 @@ def test_smoke_run_trains_predicts_scores_and_times_every_step(tmp_path, capsys)
     brats = json.loads((tmp_path / "brats__umamba_bot__ssm-none.json").read_text())
     assert brats["timing"]["tta_True"]["cases"] == 3 and brats["brats_s_per_case_tta"] > 0
     assert brats["timing"]["tta_False"]["compile"] is False and brats["timing"]["tta_False"]["first_case_s"] > 0
+    # nnU-Net's span timed case by case, the folder's apart: both from the same 3 cases
+    assert len(brats["timing"]["tta_False"]["array_to_mask_s"]) == 3
+    assert brats["brats_file_s_per_case"] > 0 and brats["brats_file_s_per_case_tta"] > 0
+    assert set(brats["timing"]["tta_True"]["median_stage_s_after_first"]) == {
+        "read", "preprocess", "predict", "write"}
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert table[1].startswith("| nnU-Net v2.8.1 (anchor, measured)")
     assert table[3].startswith("| umamba_bot__ssm-none | ")

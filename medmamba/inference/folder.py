@@ -192,18 +192,25 @@ def _finished(mask_path: Path, save_probabilities: bool) -> bool:
                                    or probabilities_path(mask_path).exists())
 
 
-def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
-                   configuration: str | None = None, network: str | None = None,
-                   folds: Sequence[int] | None = None, tta: bool = True,
-                   save_probabilities: bool = False, device=None, overwrite: bool = False,
-                   num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
-                   checkpoint: str = "latest", progress: bool = True,
-                   compile: bool = False) -> PredictionReport:
-    """Predict every case of ``input_folder`` with the trained folds in ``work``.
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained run ready to predict: its predictor and what names it."""
 
-    Errors that concern the whole run (no plans, missing fold, mismatched checkpoint, wrong
-    channel layout of the folder) raise; a case that cannot be read is recorded in the
-    report's ``failed`` and the others continue.
+    predictor: object  # medmamba.inference.predictor.Predictor
+    plans: object  # medmamba.planning.plans.Plans
+    network: str
+    configuration: str
+    folds: list[int]
+
+
+def load_run(work: Path, *, configuration: str | None = None, network: str | None = None,
+             folds: Sequence[int] | None = None, tta: bool = True, device=None,
+             batch_windows: int = 4, checkpoint: str = "latest",
+             compile: bool = False) -> LoadedRun:
+    """Load the trained folds in ``work`` (each once) into one :class:`Predictor`.
+
+    ``None`` picks as ``predict_folder`` documents; a missing fold, mismatched checkpoint
+    or bad option raises.
     """
     from medmamba.devices import resolve_device
     from medmamba.inference.predictor import Predictor, load_fold_models, resolve_run
@@ -214,15 +221,39 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
     if checkpoint not in ("latest", "best"):
         raise ConfigError(f"unknown checkpoint '{checkpoint}'; allowed: latest, best")
     plans = Plans.load(Path(work))
-    cases = select_part(list_input_cases(input_folder, plans.file_ending, plans.num_channels),
-                        num_parts, part_id)
     network, configuration, fold_dirs = resolve_run(work, network, configuration, folds, checkpoint)
     torch_device = resolve_device(device)
     models = load_fold_models(fold_dirs, plans, configuration, torch_device, checkpoint)
     predictor = Predictor(models, plans.configuration(configuration), models[0].meta["label_values"],
                           torch_device, tta=tta, sw_batch_size=batch_windows, compile=compile)
-    report = PredictionReport(Path(output_folder), network=network, configuration=configuration,
-                              folds=[m.fold for m in models])
-    return predict_cases(predictor, cases, output_folder, plans.file_ending, report,
+    return LoadedRun(predictor, plans, network, configuration, [m.fold for m in models])
+
+
+def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
+                   configuration: str | None = None, network: str | None = None,
+                   folds: Sequence[int] | None = None, tta: bool = True,
+                   save_probabilities: bool = False, device=None, overwrite: bool = False,
+                   num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
+                   checkpoint: str = "latest", progress: bool = True,
+                   compile: bool = False) -> PredictionReport:
+    """Predict every case of ``input_folder`` with the trained folds in ``work``.
+
+    ``None`` means: the only network trained, ``3d_fullres`` if trained else the only
+    configuration, every fold that has the checkpoint. Errors that concern the whole run
+    (no plans, missing fold, mismatched checkpoint, wrong channel layout of the folder)
+    raise; a case that cannot be read is recorded in the report's ``failed`` and the others
+    continue.
+    """
+    from medmamba.planning.plans import Plans
+
+    plans = Plans.load(Path(work))  # the input folder is checked before any model loads
+    cases = select_part(list_input_cases(input_folder, plans.file_ending, plans.num_channels),
+                        num_parts, part_id)
+    run = load_run(work, configuration=configuration, network=network, folds=folds, tta=tta,
+                   device=device, batch_windows=batch_windows, checkpoint=checkpoint,
+                   compile=compile)
+    report = PredictionReport(Path(output_folder), network=run.network,
+                              configuration=run.configuration, folds=run.folds)
+    return predict_cases(run.predictor, cases, output_folder, run.plans.file_ending, report,
                          overwrite=overwrite, save_probabilities=save_probabilities,
                          progress=progress)
