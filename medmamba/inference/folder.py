@@ -108,23 +108,30 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
 
         reading = reader.submit(_read_and_prepare, predictor, todo[0][0]) if todo else None
         writing: _WriteJob | None = None
-        for index, (case, target) in enumerate(todo):
-            bar.update(task, case=case.case_id)
-            current = reading
-            if index + 1 < len(todo):
-                reading = reader.submit(_read_and_prepare, predictor, todo[index + 1][0])
-            try:
-                prepared, stages = current.result()
-                mask, probabilities = _predict_prepared(predictor, prepared, save_probabilities,
-                                                        stages)
-            except MedMambaError as error:
-                _record_failure(report, case.case_id, error)
-                bar.advance(task)
-                continue
+        try:
+            for index, (case, target) in enumerate(todo):
+                bar.update(task, case=case.case_id)
+                current = reading
+                if index + 1 < len(todo):
+                    reading = reader.submit(_read_and_prepare, predictor, todo[index + 1][0])
+                try:
+                    prepared, stages = current.result()
+                    mask, probabilities = _predict_prepared(predictor, prepared,
+                                                            save_probabilities, stages)
+                except MedMambaError as error:
+                    _record_failure(report, case.case_id, error)
+                    bar.advance(task)
+                    continue
+                finish(writing)
+                writing = _WriteJob(case.case_id, target, stages, writer.submit(
+                    _write, mask, prepared.geometry, target, probabilities,
+                    predictor.label_values))
             finish(writing)
-            writing = _WriteJob(case.case_id, target, stages, writer.submit(
-                _write, mask, prepared.geometry, target, probabilities, predictor.label_values))
-        finish(writing)
+        except BaseException:
+            # an unexpected error or Ctrl-C: do not start reading the next case; a write
+            # under way finishes (it is atomic either way)
+            reader.shutdown(wait=False, cancel_futures=True)
+            raise
     return report
 
 

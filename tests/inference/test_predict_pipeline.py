@@ -130,3 +130,18 @@ def test_a_failing_stage_fails_its_case_and_the_others_are_written(tmp_path, mon
     assert [p.name for p in report.written] == ["case0.nii.gz", "case2.nii.gz"]
     assert not (tmp_path / "out" / "case1.nii.gz").exists()
     assert sorted(report.stage_seconds) == ["case0", "case2"]
+
+
+def test_an_unexpected_error_propagates_without_reading_further_cases(tmp_path):
+    cases = write_cases(tmp_path, 4)
+
+    class Crashing(RecordingPredictor):
+        def case_mask(self, case: Prepared) -> np.ndarray:
+            raise RuntimeError("CUDA out of memory")
+
+    predictor = Crashing(len(cases))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_cases(predictor, cases, tmp_path / "out", ".nii.gz",
+                      PredictionReport(tmp_path / "out"), progress=False)
+    assert predictor.prepared <= 2  # case 0, and at most the one read ahead
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
