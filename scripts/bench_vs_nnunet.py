@@ -18,7 +18,7 @@ Triton kernels the real run finds compiled) measures start-up, iterations/s, the
 steady epoch (validation and the hand-over of its outputs to the background writer: from
 the wall-clock start times of epochs 2 and 3) and the final
 validation (once per call, and per case); the real run gets as many epochs of
---iters-per-epoch as fit in 98% of the budget, the remainder spread over them as extra
+--iters-per-epoch as fit in 96% of the budget (bench_schedule.BUDGET_TARGET), the remainder spread over them as extra
 iterations (one shorter epoch if none fits), so its poly schedule ends on time. With
 --compile, training runs through torch.compile from empty Inductor and Triton caches, so the
 compile counts in the budget as nnU-Net's does. Training replays each step as a CUDA graph
@@ -227,6 +227,8 @@ def calibrate(data: Path, work: Path, spec: str, split_file: Path, val_cases: li
     start = time.perf_counter()
     dice(data, scratch / "calib_pred")
     score_s = time.perf_counter() - start
+    # the sum of a case's stages, which overlap in a folder: a little more than its wall
+    # share, so the final validation is estimated on the safe side
     case_s = timing["median_s_per_case_after_first"]
     shutil.rmtree(fold.parents[1])  # the real run starts from scratch
     return Calibration(startup_s=startup_s, iters_per_s=rate, val_s=val_s,
