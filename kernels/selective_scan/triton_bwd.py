@@ -29,6 +29,7 @@ from .triton_common import (
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
+    _scan_edge_columns,
     _softplus,
     chunk_boundary_states,
     plan_launch,
@@ -79,13 +80,7 @@ def _bwd_kernel(
     # at its last. Both are zero unless the chunk is full (a partial chunk is the last in
     # scan order, and has_prev is false for it under REVERSE), so these are fixed columns,
     # which keeps the selects off the (N, CHUNK) tile.
-    col = tl.arange(0, CHUNK)
-    if REVERSE:
-        h0_col = col == CHUNK - 1
-        q0_col = col == 0
-    else:
-        h0_col = col == 0
-        q0_col = col == CHUNK - 1
+    h0_col, q0_col = _scan_edge_columns(CHUNK, REVERSE)
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0 = g * per_group + cblk * channel_block

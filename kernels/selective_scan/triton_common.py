@@ -135,6 +135,19 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _scan_edge_columns(CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+    """(first, last) position of a chunk tile in scan order, as (CHUNK,) column masks."""
+    col = tl.arange(0, CHUNK)
+    if REVERSE:
+        first = col == CHUNK - 1
+        last = col == 0
+    else:
+        first = col == 0
+        last = col == CHUNK - 1
+    return first, last
+
+
+@triton.jit
 def _decompose_pid(pid, n_bgd, n_cblk, groups):
     """Program id -> (chunk, batch, group, channel block); consecutive ids share a chunk."""
     pid = pid.to(tl.int64)

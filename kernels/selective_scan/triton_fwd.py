@@ -33,6 +33,7 @@ from .triton_common import (
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
+    _scan_edge_columns,
     chunk_boundary_states,
     plan_launch,
 )
@@ -69,13 +70,7 @@ def _fwd_output_kernel(
     # h0 enters through the drive at the chunk's first position in scan order (as in the
     # backward): the scan's decay products are then not needed after it. Positions past L
     # are identities (dt = 0), so the tile's edge column is right for a partial chunk too.
-    col = tl.arange(0, CHUNK)
-    if REVERSE:
-        first_col = col == CHUNK - 1
-        last_col = col == 0
-    else:
-        first_col = col == 0
-        last_col = col == CHUNK - 1
+    first_col, last_col = _scan_edge_columns(CHUNK, REVERSE)
     d0 = g * per_group + cblk * channel_block
     d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
     for d in range(d0, d_end):
@@ -94,7 +89,7 @@ def _fwd_output_kernel(
                                    reverse=REVERSE)
         if not MULTI_CHUNK:
             # only the thread holding the far end stores: no cross-lane reduction
-            tl.store(H_ptr + row * N + offs_n[:, None] + 0 * col[None, :], h,
+            tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,
                      mask=mask_n[:, None] & last_col[None, :])
         y = tl.sum(Ct * h, axis=0)
         if HAS_D:
