@@ -7,6 +7,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
+    python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -78,6 +79,20 @@ def make_inputs(batch, dim, length, dtype, groups=1, seed=0, n_state=N_STATE):
     )
 
 
+def network_layout(x: dict, dout: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """z and dout strided as the Mamba layer hands them to the scan: z a channel slice of
+    the token-major (batch, L, 2 * dim) in_proj output, dout the transposed gradient of the
+    token-major out_proj input (both with a stride of dim or 2 * dim along L)."""
+    batch, dim, length = x["z"].shape
+    xz = torch.empty(batch, length, 2 * dim, device=x["z"].device, dtype=x["z"].dtype)
+    z = xz[..., dim:].transpose(1, 2)
+    z.copy_(x["z"])
+    dout_tokens = torch.empty(batch, length, dim, device=dout.device, dtype=dout.dtype)
+    strided_dout = dout_tokens.transpose(1, 2)
+    strided_dout.copy_(dout)
+    return {**x, "z": z}, strided_dout
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
@@ -144,12 +159,14 @@ def floors(batch, dim, length, dtype, bw):
     return fwd_bytes / bw * 1e3, (fwd_bytes + bwd_bytes) / bw * 1e3
 
 
-def bench_row(shape, dtype, bw, quick):
+def bench_row(shape, dtype, bw, quick, layout="contiguous"):
     from triton.testing import do_bench
 
     x = make_inputs(*shape, dtype)
     out, _ = fwd(**x)
     dout = torch.randn_like(out)
+    if layout == "network":
+        x, dout = network_layout(x, dout)
     rep = 30 if quick else 100
 
     def run_fwd():
@@ -289,6 +306,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
     p.add_argument("--only", type=int, default=None, help="time one row (1-6) only, no checks")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--layout", choices=["contiguous", "network"], default="contiguous",
+                   help="network: z and dout strided as the Mamba layer passes them")
     p.add_argument("--sweep", action="store_true",
                    help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
     p.add_argument("--profile", action="store_true",
@@ -344,13 +363,13 @@ def main() -> int:
         ok &= check(1, 70_000, 3, torch.float32)  # batch * dim > 65,535
         ok &= check_chunking(2, 64, 262144, torch.float32)
     bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); z and dout {args.layout}")
     header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
               f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
     lines = []
     for dt in dtypes:
         for shape in shapes:
-            r = bench_row(shape, dt, bw, args.quick)
+            r = bench_row(shape, dt, bw, args.quick, args.layout)
             lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
                          f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
             print(lines[-1], flush=True)
