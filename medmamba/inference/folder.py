@@ -105,7 +105,6 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
         def finish(job: _WriteJob | None) -> None:
             if job is not None:
                 job.collect(report, started)
-                bar.advance(task)
 
         reading = reader.submit(_read_and_prepare, predictor, todo[0][0]) if todo else None
         writing: _WriteJob | None = None
@@ -127,6 +126,8 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                 writing = _WriteJob(case.case_id, target, stages, writer.submit(
                     _write, mask, prepared.geometry, target, probabilities,
                     predictor.label_values))
+                # the bar counts a case when its write ends (rich's Progress is thread-safe)
+                writing.future.add_done_callback(lambda _: bar.advance(task))
             finish(writing)
         except BaseException:
             # an unexpected error or Ctrl-C: do not start reading the next case; a write
