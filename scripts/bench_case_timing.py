@@ -30,6 +30,12 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] or values)
 
 
+def stage_medians(report: PredictionReport) -> dict[str, float]:
+    """Median seconds of each stage of a folder's written cases, the first left out."""
+    return {name: median_after_first([s[name] for s in report.stage_seconds.values()])
+            for name in ("read", "preprocess", "predict", "write")}
+
+
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -58,8 +64,7 @@ def time_cases(work: Path, network: str, configuration: str, images: Path, out: 
         raise RuntimeError(f"prediction failed for {report.failed}")
     done = sorted(report.completed_at.values())
     intervals = [b - a for a, b in zip(done, done[1:])]
-    stages = {name: median_after_first([s[name] for s in report.stage_seconds.values()])
-              for name in ("read", "preprocess", "predict", "write")}
+    stages = stage_medians(report)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if predictor.device.type == "cuda"
             else None)
     return {"cases": len(cases), "compile": compile_windows, "array_to_mask_s": spans,

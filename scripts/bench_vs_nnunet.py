@@ -63,7 +63,7 @@ from medmamba.training.paths import network_tag
 from medmamba.training.setup import preprocessed_case_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_case_timing import median_after_first, time_cases  # noqa: E402
+from bench_case_timing import median_after_first, stage_medians, time_cases  # noqa: E402
 from bench_schedule import (  # noqa: E402,F401
     BUDGET_TARGET, Calibration, choose_schedule, epoch_overhead, training_costs)
 from vs_nnunet_table import read_json, table, write_json  # noqa: E402
@@ -156,26 +156,22 @@ def link_images(data: Path, cases: list[str], folder: Path) -> Path:
     return folder
 
 
-def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings,
-            compile_windows: bool = False) -> dict[str, Any]:
-    """Time one api.predict call; s/case = call wall time / cases (model loading included).
-    The first case carries the compile when ``compile_windows``: it is kept apart."""
+def predict(work: Path, spec: str, images: Path, out: Path, tta: bool, settings: Settings) -> dict[str, Any]:
+    """Time one api.predict call; s/case = call wall time / cases (model loading included)."""
     shutil.rmtree(out, ignore_errors=True)
     if settings.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     report = api.predict(work, images, out, configuration=CONFIG, network=tag_of(spec), folds=[0], tta=tta,
-                         device=settings.device, overwrite=True, compile=compile_windows)
+                         device=settings.device, overwrite=True)
     wall = time.perf_counter() - start
     if report.failed:
         raise RuntimeError(f"prediction failed for {report.failed}")
     per_case = list(report.seconds_per_case.values())
-    stages = {name: median_after_first([s[name] for s in report.stage_seconds.values()])
-              for name in ("read", "preprocess", "predict", "write")}
     return {"cases": len(per_case), "call_s": wall, "call_s_per_case": wall / len(per_case),
-            "first_case_s": per_case[0], "compile": compile_windows,
+            "first_case_s": per_case[0],
             "median_s_per_case_after_first": median_after_first(per_case),
-            "median_stage_s_after_first": stages, "peak_alloc_gib": gpu_peaks(settings)[0]}
+            "median_stage_s_after_first": stage_medians(report), "peak_alloc_gib": gpu_peaks(settings)[0]}
 
 
 def dice(data: Path, pred: Path) -> tuple[dict[str, float], float]:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medmamba.data.dataset import Case, discover_images
-from medmamba.data.io import read_channels
+from medmamba.data.io import Geometry, read_channels
 from medmamba.errors import ConfigError, DatasetError, MedMambaError
 from medmamba.inference.export import probabilities_path, write_prediction
+from medmamba.training.writer import BackgroundWriter
+
+if TYPE_CHECKING:
+    from medmamba.inference.predictor import Predictor
+    from medmamba.planning.plans import Plans
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +95,7 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
     columns = (TextColumn("predict {task.fields[case]}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     started = time.perf_counter()
-    with Progress(*columns, disable=not progress, transient=False) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="medmamba-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="medmamba-write") as writer:
+    with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("predict", total=len(cases), case="")
         todo = []
         for case in cases:
@@ -101,14 +106,12 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                 bar.advance(task)
             else:
                 todo.append((case, target))
-
-        def finish(job: _WriteJob | None) -> None:
-            if job is not None:
-                job.collect(report, started)
-
-        reading = reader.submit(_read_and_prepare, predictor, todo[0][0]) if todo else None
-        writing: _WriteJob | None = None
+        # the bar counts a case when it fails or its write ends (rich's Progress is thread-safe)
+        advance = functools.partial(bar.advance, task)
+        reader = ThreadPoolExecutor(1, thread_name_prefix="medmamba-read")
+        writer = BackgroundWriter()  # one write in flight; its unexpected errors re-raised here
         try:
+            reading = reader.submit(_read_and_prepare, predictor, todo[0][0]) if todo else None
             for index, (case, target) in enumerate(todo):
                 bar.update(task, case=case.case_id)
                 current = reading
@@ -120,20 +123,17 @@ def predict_cases(predictor, cases: Sequence[Case], output_folder: Path, file_en
                                                             save_probabilities, stages)
                 except MedMambaError as error:
                     _record_failure(report, case.case_id, error)
-                    bar.advance(task)
+                    advance()
                     continue
-                finish(writing)
-                writing = _WriteJob(case.case_id, target, stages, writer.submit(
-                    _write, mask, prepared.geometry, target, probabilities,
-                    predictor.label_values))
-                # the bar counts a case when its write ends (rich's Progress is thread-safe)
-                writing.future.add_done_callback(lambda _: bar.advance(task))
-            finish(writing)
-        except BaseException:
-            # an unexpected error or Ctrl-C: do not start reading the next case; a write
-            # under way finishes (it is atomic either way)
-            reader.shutdown(wait=False, cancel_futures=True)
-            raise
+                output = _CaseOutput(case.case_id, target, stages, mask, prepared.geometry,
+                                     probabilities)
+                writer.submit(_write_case, output, predictor.label_values, report, started,
+                              advance)
+        finally:
+            # after an unexpected error or Ctrl-C no further case is read; a write under
+            # way finishes (it is atomic either way)
+            reader.shutdown(wait=True, cancel_futures=True)
+            writer.close()
     return report
 
 
@@ -164,35 +164,35 @@ def _predict_prepared(predictor, prepared, save_probabilities: bool, stages: dic
     return mask, probabilities
 
 
-def _write(mask: np.ndarray, geometry, target: Path, probabilities: np.ndarray | None,
-           label_values: Sequence[int]) -> tuple[float, float]:
-    """Write one case's outputs; returns (seconds taken, time.perf_counter() at the end)."""
-    start = time.perf_counter()
-    write_prediction(mask, geometry, target, probabilities, label_values)
-    end = time.perf_counter()
-    return end - start, end
-
-
-@dataclass
-class _WriteJob:
-    """A case whose outputs the writer thread is writing."""
+@dataclass(frozen=True)
+class _CaseOutput:
+    """A predicted case on its way to the writer thread."""
 
     case_id: str
     target: Path
     stages: dict[str, float]
-    future: Future
+    mask: np.ndarray
+    geometry: Geometry
+    probabilities: np.ndarray | None
 
-    def collect(self, report: PredictionReport, started: float) -> None:
-        """Wait for the write and record the case as written or failed."""
-        try:
-            seconds, finished_at = self.future.result()
-        except MedMambaError as error:
-            _record_failure(report, self.case_id, error)
-            return
-        self.stages["write"] = seconds
-        report.written.append(self.target)
-        report.stage_seconds[self.case_id] = self.stages
-        report.completed_at[self.case_id] = finished_at - started
+
+def _write_case(output: _CaseOutput, label_values: Sequence[int], report: PredictionReport,
+                started: float, advance: Callable[[], None]) -> None:
+    """Write one case's outputs (in the writer thread) and record it as written or failed."""
+    start = time.perf_counter()
+    try:
+        write_prediction(output.mask, output.geometry, output.target, output.probabilities,
+                         label_values)
+    except MedMambaError as error:
+        _record_failure(report, output.case_id, error)
+    else:
+        end = time.perf_counter()
+        output.stages["write"] = end - start
+        report.written.append(output.target)
+        report.stage_seconds[output.case_id] = output.stages
+        report.completed_at[output.case_id] = end - started
+    finally:
+        advance()
 
 
 def _finished(mask_path: Path, save_probabilities: bool) -> bool:
@@ -205,8 +205,8 @@ def _finished(mask_path: Path, save_probabilities: bool) -> bool:
 class LoadedRun:
     """A trained run ready to predict: its predictor and what names it."""
 
-    predictor: object  # medmamba.inference.predictor.Predictor
-    plans: object  # medmamba.planning.plans.Plans
+    predictor: Predictor
+    plans: Plans
     network: str
     configuration: str
     folds: list[int]
@@ -214,12 +214,12 @@ class LoadedRun:
 
 def load_run(work: Path, *, configuration: str | None = None, network: str | None = None,
              folds: Sequence[int] | None = None, tta: bool = True, device=None,
-             batch_windows: int = 4, checkpoint: str = "latest",
-             compile: bool = False) -> LoadedRun:
+             batch_windows: int = 4, checkpoint: str = "latest", compile: bool = False,
+             plans: Plans | None = None) -> LoadedRun:
     """Load the trained folds in ``work`` (each once) into one :class:`Predictor`.
 
     ``None`` picks as ``predict_folder`` documents; a missing fold, mismatched checkpoint
-    or bad option raises.
+    or bad option raises. ``plans``: ``work``'s plans if already loaded.
     """
     from medmamba.devices import resolve_device
     from medmamba.inference.predictor import Predictor, load_fold_models, resolve_run
@@ -229,7 +229,8 @@ def load_run(work: Path, *, configuration: str | None = None, network: str | Non
         raise ConfigError(f"batch_windows must be >= 1, got {batch_windows}")
     if checkpoint not in ("latest", "best"):
         raise ConfigError(f"unknown checkpoint '{checkpoint}'; allowed: latest, best")
-    plans = Plans.load(Path(work))
+    if plans is None:
+        plans = Plans.load(Path(work))
     network, configuration, fold_dirs = resolve_run(work, network, configuration, folds, checkpoint)
     torch_device = resolve_device(device)
     models = load_fold_models(fold_dirs, plans, configuration, torch_device, checkpoint)
@@ -260,7 +261,7 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
                         num_parts, part_id)
     run = load_run(work, configuration=configuration, network=network, folds=folds, tta=tta,
                    device=device, batch_windows=batch_windows, checkpoint=checkpoint,
-                   compile=compile)
+                   compile=compile, plans=plans)
     report = PredictionReport(Path(output_folder), network=run.network,
                               configuration=run.configuration, folds=run.folds)
     return predict_cases(run.predictor, cases, output_folder, run.plans.file_ending, report,
