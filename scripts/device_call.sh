@@ -8,12 +8,15 @@
 #       nnU-Net's BraTS inference (anchors/nnunet_h100/infer_time.py), then ours with
 #       --predict-compile on the same cases, one GPU;
 #       carry .devdata/bench/env .devdata/bench/brats3x.tar.xz .devdata/nnb
+#   bash scripts/device_call.sh run CMD...
+#       CMD with the same packages installed (carry .devdata/bench/env and what CMD reads),
+#       e.g. scripts/bench_window_forward.py on a carried plans folder
 #
 # Logs come back as one tar (a call returns at most 8 files), results as JSON, and the
 # tables are printed (a call returns the last 12,000 characters of its output).
 set -o pipefail
 mode=$1; shift
-case $mode in hippo|brats) ;; *) echo "mode: hippo or brats, got '$mode'"; exit 2 ;; esac
+case $mode in hippo|brats|run) ;; *) echo "mode: hippo, brats or run, got '$mode'"; exit 2 ;; esac
 [ -n "$OUT" ] || { echo "OUT is not set (run this through the device tool)"; exit 2; }
 mkdir -p /tmp/site /tmp/logs
 # A warm machine keeps /tmp/site: the marker is written only once everything installed.
@@ -28,6 +31,8 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 rm -f .devdata/bench/out/*.json .devdata/bench/out3/*.json
 finish() { tar czf "$OUT/logs.tgz" -C /tmp/logs . ; cp "$@" "$OUT"/ 2>/dev/null; }
 case $mode in
+run)
+  "$@" ;;
 hippo)
   B="python3 scripts/bench_vs_nnunet.py .devdata/bench/out --data .devdata/bench/hippo/Dataset004_Hippocampus --split-file .devdata/bench/hippo/splits_final.json"
   timeout 120 $B --prepare-only > /tmp/logs/prepare.log 2>&1 || { cat /tmp/logs/prepare.log; exit 1; }
