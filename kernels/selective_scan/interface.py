@@ -301,8 +301,11 @@ def selective_scan(
         )
         last_state = last_state.detach()
     else:
-        if chosen is Backend.TRITON:
-            _require_triton(u.device)  # fail here, before any graph or autograd work
+        if chosen is Backend.TRITON and not torch.compiler.is_compiling():
+            # Fail here, before any graph or autograd work. Not while compiling: the
+            # package and interpreter lookups would break the caller's graph, and the op
+            # checks again when it runs.
+            _require_triton(u.device)
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         if (chosen is Backend.TRITON and type(u) is torch.Tensor
                 and not torch.compiler.is_compiling()):

@@ -82,3 +82,24 @@ def test_state_stays_finite_under_bf16_autocast() -> None:
     assert torch.isfinite(x.grad).all()
     for key, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), key
+
+
+@pytest.mark.parametrize("family", ["umamba_bot", "umamba_enc", "lightm_unet", "mhs_unet"])
+def test_network_compiles_as_one_graph_on_the_triton_path(monkeypatch: pytest.MonkeyPatch, family: str) -> None:
+    """On a GPU the scans take the Triton backend; a graph break there would split a
+    compiled network around every Mamba layer (predict --compile, train --compile).
+    Without a GPU the Triton path runs in its interpreter (tests/conftest.py)."""
+    from medmamba.networks import build_network
+    from network_specs import tiny_kwargs
+
+    real = medmamba_kernels.selective_scan
+    monkeypatch.setattr(medmamba_kernels, "selective_scan",
+                        lambda *args, **kwargs: real(*args, **{**kwargs, "backend": "triton"}))
+    torch.manual_seed(0)
+    network = build_network(family, deep_supervision=False, **tiny_kwargs(3)).eval()
+    x = torch.randn(1, 2, 4, 8, 8)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(network)(x)
+    assert explained.graph_break_count == 0, [r.reason.splitlines()[0] for r in explained.break_reasons]
+    assert explained.graph_count == 1
