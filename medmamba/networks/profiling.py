@@ -102,3 +102,30 @@ def synced_median_s(fn: Callable[[], object], repeats: int, device: torch.device
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def stage_activation_weights(network: nn.Module, in_channels: int, patch_size: Sequence[int],
+                             features: Sequence[int], strides: Sequence[Sequence[int]]) -> list[float]:
+    """Per stage: elements written by the grid convolutions at that stage's resolution,
+    divided by voxels x features of the stage (so 1.0 = one feature map), on meta tensors."""
+    shapes = []
+    current = list(patch_size)
+    for stride in strides:
+        current = [math.ceil(c / s) for c, s in zip(current, stride)]
+        shapes.append(tuple(current))
+    written = [0.0] * len(shapes)
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        spatial = tuple(output.shape[2:])
+        if spatial in shapes:
+            written[shapes.index(spatial)] += output.numel()
+
+    convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, convs)]
+    try:
+        with torch.no_grad():
+            network(torch.empty(1, in_channels, *patch_size, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [w / (math.prod(s) * f) for w, s, f in zip(written, shapes, features)]
