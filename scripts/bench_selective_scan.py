@@ -214,7 +214,7 @@ def compare_fwd_variants(dtypes, shapes):
 
     from medmamba_kernels.selective_scan import interface
 
-    variants = ("chunked", "deferred", "auto")
+    variants = ("chunked", "reload", "deferred", "auto")
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v + ' ms':>12}" for v in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")

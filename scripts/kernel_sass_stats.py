@@ -108,7 +108,7 @@ def _row1_args(chunk: int, backward: bool) -> dict:
                 per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
                 s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
                 s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
-                s_Cl=1, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                s_Cl=1, tile_pin=0, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
                 HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True)
 
 
@@ -118,6 +118,7 @@ def configs(chunk: int):
     warps = max(1, chunk * 16 // 2048)
     yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
+    yield "reload: output", ("triton_fwd", "_fwd_output_kernel"), {**base, "BC_IN_LOOP": True}, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
     yield "carry (block 512, 8 warps)", ("triton_common", "_carry_kernel"), {

@@ -5,6 +5,10 @@ Two variants, three launches each (maths in README.md, "Triton kernels"):
 - "chunked": chunk aggregates and the carry scan over chunks (triton_common.py) give the
   true state entering every chunk; then `_fwd_output_kernel` rescans each chunk from that
   state and writes the output.
+- "reload": "chunked" with the output kernel reloading the B and C tiles per channel
+  (bf16: 255 registers and 8 bytes of spill -> 181, offline SASS for sm_90,
+  scripts/kernel_sass_stats.py; fp32 stays at 251). Not timed on a GPU yet, so not chosen
+  by "auto".
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
@@ -39,7 +43,7 @@ from .triton_common import (
 )
 from .triton_fwd_deferred import deferred_forward
 
-VARIANTS = ("auto", "chunked", "deferred")
+VARIANTS = ("auto", "chunked", "deferred", "reload")
 
 
 @triton.jit
@@ -47,15 +51,19 @@ def _fwd_output_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, out_ptr,
     dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, tile_pin,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
+    BC_IN_LOOP: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
     out is contiguous (batch, dim, L). With several chunks, H[b, d, c] is the state
     leaving chunk c; with one chunk, H is the last state (batch, dim, N), written here.
+    BC_IN_LOOP reloads the B and C tiles for every channel (from L1/L2) instead of holding
+    them across the loop: fewer registers for more loads. ``tile_pin`` is 0 at run time;
+    ``d * tile_pin`` in the address keeps the compiler from hoisting the loads back out.
     """
     c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
     offs_n = tl.arange(0, NP)
@@ -63,8 +71,9 @@ def _fwd_output_kernel(
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
     mask_nl = mask_n[:, None] & mask_l[None, :]
-    Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
-    Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
+    if not BC_IN_LOOP:
+        Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
+        Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # the state entering this chunk leaves the previous chunk in scan order
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     # h0 enters through the drive at the chunk's first position in scan order (as in the
@@ -78,6 +87,10 @@ def _fwd_output_kernel(
                                   offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
                                   HAS_BIAS, SOFTPLUS)
         row = b * dim + d
+        if BC_IN_LOOP:
+            pin = d * tile_pin
+            Bt = _load_state_tile(B_ptr + pin, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l,
+                                  mask_nl)
         decay = tl.exp2(A2[:, None] * dt[None, :])
         drive = Bt * (dt * u)[None, :]
         if MULTI_CHUNK:
@@ -91,6 +104,9 @@ def _fwd_output_kernel(
             # only the thread holding the far end stores: no cross-lane reduction
             tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,
                      mask=mask_n[:, None] & last_col[None, :])
+        if BC_IN_LOOP:
+            Ct = _load_state_tile(C_ptr + pin, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
+                                  mask_nl)
         y = tl.sum(Ct * h, axis=0)
         if HAS_D:
             y += tl.load(D_ptr + d) * u
@@ -126,7 +142,7 @@ def selective_scan_fwd_triton(
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
-    "chunked", "deferred" or "auto" (by u's dtype; module docstring).
+    "chunked", "deferred", "reload" or "auto" (by u's dtype; module docstring).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
@@ -166,9 +182,10 @@ def selective_scan_fwd_triton(
         delta_bias if delta_bias is not None else dummy, H, out,
         dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
         batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
+        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), 0,
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, num_warps=plan.num_warps,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, BC_IN_LOOP=variant == "reload",
+        num_warps=plan.num_warps,
     )
     return out, last_state

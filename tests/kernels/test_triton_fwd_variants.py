@@ -1,9 +1,10 @@
-"""Triton forward variants ("chunked", "deferred") vs the sequential reference, and the
+"""Triton forward variants ("chunked", "deferred", "reload") vs the sequential reference, and the
 choice "auto" makes between them.
 
 test_triton.py runs the default ("auto") with gradients; the variants differ in the
 forward only (the backward is shared), so out and last_state are compared here. Cases
-span several chunks (one-chunk sequences take the same kernel in every variant).
+span several chunks (one-chunk sequences take the output kernel in every variant; "reload"
+changes that kernel, so one one-chunk case is here too).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ CASES = [
      {"chunk": 64}),
     (_all(ScanCase(2, 4, 343, 16, dtype=torch.bfloat16, groups=2)), {"chunk": 64}),
     (_all(ScanCase(1, 2, 200, 4, dtype=torch.bfloat16, reverse=True)), {"chunk": 32}),
+    (_all(ScanCase(2, 3, 45, 16, groups=3, last_state=True)), {"chunk": 64, "channel_block": 1}),
 ]
 
 
-@pytest.mark.parametrize("variant", ["chunked", "deferred"])
+@pytest.mark.parametrize("variant", ["chunked", "deferred", "reload"])
 @pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
 def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: dict) -> None:
     inputs = case.inputs(DEVICE)
