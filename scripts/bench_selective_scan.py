@@ -206,7 +206,7 @@ def sweep(dtypes):
 
 
 def compare_fwd_variants(dtypes, shapes):
-    """Forward variants side by side (same inputs, same run; "auto" is the default's pick),
+    """Forward variants side by side, in ms (same inputs, same run; "auto" is the default's pick),
     and the host overhead of the public call: eager path vs the torch.library op (the path
     every call took before). True if every variant matches "chunked" within the dtype's
     tolerance."""
@@ -214,9 +214,14 @@ def compare_fwd_variants(dtypes, shapes):
 
     from medmamba_kernels.selective_scan import interface
 
-    variants = ("chunked", "reload", "deferred", "auto")
+    # (column, host-function keywords); "rows" also at longer chunks, which its few live
+    # rows allow (the default plan caps the forward chunk at 128 for the tile kernels)
+    variants = (("chunked", {}), ("reload", {}), ("rows", {}),
+                ("rows c256", {"variant": "rows", "chunk": 256}),
+                ("rows c256w2", {"variant": "rows", "chunk": 256, "num_warps": 2}),
+                ("deferred", {}), ("auto", {}))
     ok = True
-    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v + ' ms':>12}" for v in variants)
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>12}" for v, _ in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
     for dt in dtypes:
         for shape in shapes:
@@ -224,10 +229,11 @@ def compare_fwd_variants(dtypes, shapes):
             ref_out, ref_last = fwd(**x, variant="chunked")
             times = []
             err = 0.0
-            for v in variants:
-                out, last = fwd(**x, variant=v)
+            for v, kw in variants:
+                kw = kw or {"variant": v}
+                out, last = fwd(**x, **kw)
                 err = max(err, rel(out, ref_out), rel(last, ref_last))
-                times.append(do_bench(lambda v=v: fwd(**x, variant=v), warmup=10, rep=50,
+                times.append(do_bench(lambda kw=kw: fwd(**x, **kw), warmup=10, rep=50,
                                       return_mode="median"))
             args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
             leaves = [a.detach().requires_grad_() for a in args]

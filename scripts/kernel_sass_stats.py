@@ -48,9 +48,10 @@ def _import_kernels():
         triton_common,
         triton_fwd,
         triton_fwd_deferred,
+        triton_fwd_rows,
     )
 
-    return triton_common, triton_fwd, triton_fwd_deferred, triton_bwd
+    return triton_common, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows
 
 
 def compile_sm90(fn, args: dict, num_warps: int):
@@ -119,6 +120,7 @@ def configs(chunk: int):
     yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
     yield "reload: output", ("triton_fwd", "_fwd_output_kernel"), {**base, "BC_IN_LOOP": True}, warps
+    yield "rows: output", ("triton_fwd_rows", "_fwd_rows_kernel"), base, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
     yield "carry (block 512, 8 warps)", ("triton_common", "_carry_kernel"), {
@@ -141,8 +143,8 @@ def main() -> int:
     p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd"),
-                       _import_kernels()))
+    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
+                        "triton_fwd_rows"), _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))
     for dtype in (torch.float32, torch.bfloat16):

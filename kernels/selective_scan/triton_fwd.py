@@ -9,6 +9,8 @@ Two variants, three launches each (maths in README.md, "Triton kernels"):
   (bf16: 255 registers and 8 bytes of spill -> 181, offline SASS for sm_90,
   scripts/kernel_sass_stats.py; fp32 stays at 251). Not timed on a GPU yet, so not chosen
   by "auto".
+- "rows" (triton_fwd_rows.py): "chunked" with an output kernel that scans one state index
+  at a time, a few rows live instead of five (N, CHUNK) tiles. Not timed on a GPU yet.
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
@@ -42,8 +44,9 @@ from .triton_common import (
     plan_launch,
 )
 from .triton_fwd_deferred import deferred_forward
+from .triton_fwd_rows import launch_rows_output
 
-VARIANTS = ("auto", "chunked", "deferred", "reload")
+VARIANTS = ("auto", "chunked", "deferred", "reload", "rows")
 
 
 @triton.jit
@@ -142,7 +145,7 @@ def selective_scan_fwd_triton(
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
-    "chunked", "deferred", "reload" or "auto" (by u's dtype; module docstring).
+    "chunked", "deferred", "reload", "rows" or "auto" (by u's dtype; module docstring).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
@@ -177,6 +180,10 @@ def selective_scan_fwd_triton(
         )
     else:
         H = last_state
+    if variant == "rows":
+        launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
+                           delta_softplus=delta_softplus, reverse=reverse)
+        return out, last_state
     _fwd_output_kernel[(plan.programs(batch, groups),)](
         u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, out,

@@ -1,10 +1,10 @@
-"""Triton forward variants ("chunked", "deferred", "reload") vs the sequential reference, and the
+"""Triton forward variants ("chunked", "deferred", "reload", "rows") vs the sequential reference, and the
 choice "auto" makes between them.
 
 test_triton.py runs the default ("auto") with gradients; the variants differ in the
 forward only (the backward is shared), so out and last_state are compared here. Cases
 span several chunks (one-chunk sequences take the output kernel in every variant; "reload"
-changes that kernel, so one one-chunk case is here too).
+and "rows" change that kernel, so one one-chunk case is here too).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["chunked", "deferred", "reload"])
+@pytest.mark.parametrize("variant", ["chunked", "deferred", "reload", "rows"])
 @pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
 def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: dict) -> None:
     inputs = case.inputs(DEVICE)
@@ -53,6 +53,20 @@ def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: d
     tol = TOLERANCE[case.dtype]
     errors = {"out": relative_error(got, want), "last_state": relative_error(last, want_last)}
     assert all(e <= tol for e in errors.values()), f"{variant} {case.id}: {errors}"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rows_variant_at_a_long_chunk_over_two_warps(reverse: bool) -> None:
+    """The bench also times "rows" at chunk 256 on two warps: a scan across warps."""
+    case = _all(ScanCase(1, 3, 600, 16, groups=1, reverse=reverse))
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    out = torch.full(inputs["u"].shape, float("nan"), dtype=inputs["u"].dtype, device=DEVICE)
+    got, last = selective_scan_fwd_triton(**_four_d(inputs), **flags, out=out, variant="rows",
+                                          chunk=256, num_warps=2)
+    tol = TOLERANCE[case.dtype]
+    assert relative_error(got, want) <= tol and relative_error(last, want_last) <= tol
 
 
 @pytest.mark.parametrize(("dtype", "expected"), [

@@ -1,0 +1,101 @@
+"""Forward output kernel of the "rows" variant: one state index at a time.
+
+The "chunked" output kernel scans an (N, CHUNK) tile per channel, so a one-warp program
+holds N * CHUNK / 32 values per tile and five such tiles (B, C, decay, drive, state): 255
+registers and 12.5% occupancy on sm_90, latency-bound (ncu, README.md). Here the program
+loops over the N state indices instead and scans one (CHUNK,) row at a time, adding
+C[n] * h[n] into the output as it goes. The arithmetic and the shuffles per element are
+the same; the live set is a few rows, so many more warps fit on an SM to hide latency. B
+and C rows are re-read per channel from L1/L2, as the "reload" variant does for tiles.
+
+The chunk aggregates and carries are the "chunked" variant's (triton_common.py); a
+sequence of one chunk runs this kernel alone.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import (
+    _affine_combine,
+    _decompose_pid,
+    _load_dt,
+    _previous_chunk,
+    _scan_edge_columns,
+)
+
+
+@triton.jit
+def _fwd_rows_kernel(
+    u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, out_ptr,
+    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    N, CHUNK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
+):
+    """One chunk of one (batch, group), looping over a block of its channels and, per
+    channel, over the N state indices. Arguments as `_fwd_output_kernel`'s (triton_fwd.py):
+    H[b, d, c] is the state leaving chunk c (several chunks) or the last state (one)."""
+    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
+    offs_l = c * CHUNK + tl.arange(0, CHUNK)
+    mask_l = offs_l < length
+    has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
+    # h0 enters through the drive at the chunk's first position in scan order; positions
+    # past L are identities (dt = 0), so the far end holds the last state of a partial chunk.
+    first_col, last_col = _scan_edge_columns(CHUNK, REVERSE)
+    B_rows = B_ptr + b * s_Bb + g * s_Bg + offs_l * s_Bl
+    C_rows = C_ptr + b * s_Cb + g * s_Cg + offs_l * s_Cl
+    d0 = g * per_group + cblk * channel_block
+    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    for d in range(d0, d_end):
+        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                      HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                    other=0.0).to(tl.float32)
+        x = dt * u
+        row = b * dim + d
+        y = tl.zeros([CHUNK], dtype=tl.float32)
+        for n in range(N):
+            a2 = tl.load(A_ptr + d * N + n) * 1.4426950408889634
+            decay = tl.exp2(a2 * dt)
+            drive = tl.load(B_rows + n * s_Bn, mask=mask_l, other=0.0).to(tl.float32) * x
+            if MULTI_CHUNK:
+                h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + n)
+                h0 = tl.where(has_prev, h0, 0.0)
+                drive += tl.where(first_col, decay * h0, 0.0)
+            _, h = tl.associative_scan((decay, drive), axis=0, combine_fn=_affine_combine,
+                                       reverse=REVERSE)
+            if not MULTI_CHUNK:
+                # the thread holding the far end stores the last state
+                tl.store(H_ptr + row * N + n + 0 * offs_l, h, mask=last_col)
+            y += tl.load(C_rows + n * s_Cn, mask=mask_l, other=0.0).to(tl.float32) * h
+        if HAS_D:
+            y += tl.load(D_ptr + d) * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                         other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+
+
+def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
+                       delta_softplus: bool, reverse: bool) -> None:
+    """Launch `_fwd_rows_kernel` over the plan's programs: H as the host function made it
+    (chunk boundary states, or the last state to fill for one chunk), out filled here."""
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    zz = z if z is not None else u
+    _fwd_rows_kernel[(plan.programs(batch, groups),)](
+        u, delta, zz, A, B, C, D if D is not None else H,
+        delta_bias if delta_bias is not None else H, H, out,
+        dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
+        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
+        N=n_state, CHUNK=plan.chunk,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
+        num_warps=plan.num_warps,
+    )
