@@ -9,8 +9,9 @@ Two variants, three launches each (maths in README.md, "Triton kernels"):
   (bf16: 255 registers and 8 bytes of spill -> 181, offline SASS for sm_90,
   scripts/kernel_sass_stats.py; fp32 stays at 251). Not timed on a GPU yet, so not chosen
   by "auto".
-- "rows" (triton_fwd_rows.py): "chunked" with an output kernel that scans one state index
-  at a time, a few rows live instead of five (N, CHUNK) tiles. Not timed on a GPU yet.
+- "rows" (triton_fwd_rows.py): the "chunked" passes, with aggregate and output kernels
+  that work on one state index at a time: a few rows live instead of (N, CHUNK) tiles.
+  Not timed on a GPU yet.
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
@@ -44,7 +45,7 @@ from .triton_common import (
     plan_launch,
 )
 from .triton_fwd_deferred import deferred_forward
-from .triton_fwd_rows import launch_rows_output
+from .triton_fwd_rows import launch_rows_output, rows_boundary_states
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows")
 
@@ -173,7 +174,10 @@ def selective_scan_fwd_triton(
         return out, last_state
     zz = z if z is not None else u
     dummy = last_state
-    if multi:
+    if multi and variant == "rows":
+        H = rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus, reverse, plan,
+                                 last_state)
+    elif multi:
         H, _ = chunk_boundary_states(
             u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
             forward=True, adjoint=False, last_state=last_state,

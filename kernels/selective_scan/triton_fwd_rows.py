@@ -8,8 +8,10 @@ C[n] * h[n] into the output as it goes. The arithmetic and the shuffles per elem
 the same; the live set is a few rows, so many more warps fit on an SM to hide latency. B
 and C rows are re-read per channel from L1/L2, as the "reload" variant does for tiles.
 
-The chunk aggregates and carries are the "chunked" variant's (triton_common.py); a
-sequence of one chunk runs this kernel alone.
+The chunk aggregates are computed the same way (`_aggregate_rows_kernel`, one state
+index at a time, as `_chunk_aggregate_kernel` does for the whole tile), then carried
+across chunks by triton_common's `_carry_kernel`; a sequence of one chunk runs the
+output kernel alone.
 """
 
 from __future__ import annotations
@@ -17,13 +19,72 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+import torch
+
 from .triton_common import (
     _affine_combine,
+    _carry_kernel,
     _decompose_pid,
     _load_dt,
+    _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
 )
+
+
+@triton.jit
+def _aggregate_rows_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, E_ptr,
+    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bg, s_Bn, s_Bl,
+    N, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+):
+    """Per chunk and channel: S = sum dt and E = the state the chunk produces from a zero
+    start (layouts as `_chunk_aggregate_kernel`'s forward outputs), state by state."""
+    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
+    offs_l = c * CHUNK + tl.arange(0, CHUNK)
+    mask_l = offs_l < length
+    B_rows = B_ptr + b * s_Bb + g * s_Bg + offs_l * s_Bl
+    d0 = g * per_group + cblk * channel_block
+    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    for d in range(d0, d_end):
+        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                      HAS_BIAS, SOFTPLUS)
+        x = dt * tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                         other=0.0).to(tl.float32)
+        row = (b * dim + d) * n_chunks + c
+        tl.store(S_ptr + row, tl.sum(dt, axis=0))
+        # decay of the positions after t in scan order
+        after = tl.cumsum(dt, axis=0, reverse=not REVERSE) - dt
+        for n in range(N):
+            a2 = tl.load(A_ptr + d * N + n) * 1.4426950408889634
+            w = tl.exp2(a2 * after) * tl.load(B_rows + n * s_Bn, mask=mask_l,
+                                               other=0.0).to(tl.float32)
+            tl.store(E_ptr + row * N + n, tl.sum(w * x, axis=0))
+
+
+def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, reverse: bool,
+                         plan, last_state: torch.Tensor) -> torch.Tensor:
+    """H (batch, dim, n_chunks, N) fp32: the state leaving every chunk; fills last_state."""
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    nc = plan.n_chunks
+    S = torch.empty(batch, dim, nc, device=u.device, dtype=torch.float32)
+    H = torch.empty(batch, dim, nc, n_state, device=u.device, dtype=torch.float32)
+    _aggregate_rows_kernel[(plan.programs(batch, groups),)](
+        u, delta, A, B, delta_bias if delta_bias is not None else S, S, H,
+        dim, groups, length, nc, plan.n_channel_blocks,
+        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+        *u.stride(), *delta.stride(), *B.stride(),
+        N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
+    )
+    _carry_kernel[(batch * dim,)](
+        S, H, A, last_state, dim, nc, N=n_state, NP=_next_pow2(n_state),
+        BLOCK=plan.carry_block, REVERSE=reverse, STORE_LAST=True, num_warps=8,
+    )
+    return H
 
 
 @triton.jit
