@@ -217,8 +217,8 @@ def compare_fwd_variants(dtypes, shapes):
     # (column, host-function keywords); "rows" also at longer chunks, which its few live
     # rows allow (the default plan caps the forward chunk at 128 for the tile kernels)
     variants = (("chunked", {}), ("reload", {}), ("rows", {}),
-                ("rows c256", {"variant": "rows", "chunk": 256}),
-                ("rows c256w2", {"variant": "rows", "chunk": 256, "num_warps": 2}),
+                ("rows c256w1", {"variant": "rows", "chunk": 256, "num_warps": 1}),
+                ("rows c512w2", {"variant": "rows", "chunk": 512, "num_warps": 2}),
                 ("deferred", {}), ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>12}" for v, _ in variants)
