@@ -50,7 +50,7 @@ from .triton_fwd_rows import launch_rows_output, rows_boundary_states
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tile_pin"])  # its 0 must stay a run-time value
 def _fwd_output_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, out_ptr,
     dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
