@@ -84,6 +84,7 @@ def test_state_stays_finite_under_bf16_autocast() -> None:
         assert p.grad is not None and torch.isfinite(p.grad).all(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["umamba_bot", "umamba_enc", "lightm_unet", "mhs_unet"])
 def test_network_compiles_as_one_graph_on_the_triton_path(monkeypatch: pytest.MonkeyPatch, family: str) -> None:
     """On a GPU the scans take the Triton backend; a graph break there would split a
