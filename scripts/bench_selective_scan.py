@@ -219,9 +219,11 @@ def compare_fwd_variants(dtypes, shapes):
     variants = (("chunked", {}), ("reload", {}), ("rows", {}),
                 ("rows c256w1", {"variant": "rows", "chunk": 256, "num_warps": 1}),
                 ("rows c512w2", {"variant": "rows", "chunk": 512, "num_warps": 2}),
+                # one launch for L <= 4096 (rows 3 and 4 are host-bound at three launches)
+                ("rows c4096w16", {"variant": "rows", "chunk": 4096, "num_warps": 16}),
                 ("deferred", {}), ("auto", {}))
     ok = True
-    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>12}" for v, _ in variants)
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
     for dt in dtypes:
         for shape in shapes:
@@ -257,7 +259,7 @@ def compare_fwd_variants(dtypes, shapes):
                     for f in (op_fb, eager_fb, op_f, eager_f)]
             ok &= err < (1e-4 if dt == torch.float32 else 2e-2)
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
-                  + "".join(f"{t:>12.3f}" for t in times) + f"{err:>11.1e}"
+                  + "".join(f"{t:>14.3f}" for t in times) + f"{err:>11.1e}"
                   + f"{host[0]:>9.3f}{host[1]:>11.3f}{host[2]:>9.3f}{host[3]:>11.3f}",
                   flush=True)
             del x, leaves, args, dout

@@ -55,16 +55,18 @@ def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: d
     assert all(e <= tol for e in errors.values()), f"{variant} {case.id}: {errors}"
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_rows_variant_at_a_long_chunk_over_two_warps(reverse: bool) -> None:
-    """The bench also times "rows" at chunk 256 on two warps: a scan across warps."""
+@pytest.mark.parametrize(("reverse", "chunk", "warps"), [
+    (False, 256, 2), (True, 256, 2), (True, 4096, 16)], ids=str)
+def test_rows_variant_at_long_chunks_over_several_warps(reverse: bool, chunk: int, warps: int) -> None:
+    """The bench also times "rows" at long chunks on several warps (scans across warps;
+    4096: the whole sequence in one chunk, one launch)."""
     case = _all(ScanCase(1, 3, 600, 16, groups=1, reverse=reverse))
     inputs = case.inputs(DEVICE)
     flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
     want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
     out = torch.full(inputs["u"].shape, float("nan"), dtype=inputs["u"].dtype, device=DEVICE)
     got, last = selective_scan_fwd_triton(**_four_d(inputs), **flags, out=out, variant="rows",
-                                          chunk=256, num_warps=2)
+                                          chunk=chunk, num_warps=warps)
     tol = TOLERANCE[case.dtype]
     assert relative_error(got, want) <= tol and relative_error(last, want_last) <= tol
 
