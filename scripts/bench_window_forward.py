@@ -14,7 +14,7 @@ the predictor's ``compile=True``) or ``graphs`` (torch.compile mode="reduce-over
 compiled windows replayed as a CUDA graph); ``-cl`` puts the weights and the windows in
 channels_last_3d memory format; BATCH windows per forward (the predictor's sw_batch_size is
 4; 32 is 4 windows x 8 mirrors in one pass). Reported per variant: compile/first-call s, ms
-per forward (median of timed calls, CUDA events), ms per window, and the ratio of ms per
+per forward (median of timed calls, synchronised), ms per window, and the ratio of ms per
 window to the first variant's, measured in the same run. Runs from the repository root
 without installing.
 """
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medmamba from this checkout
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medmamba from th
 import torch  # noqa: E402
 
 from medmamba.networks import build_network  # noqa: E402
+from medmamba.networks.profiling import synced_median_s  # noqa: E402
 from medmamba.planning.plans import Plans  # noqa: E402
 
 DEFAULT_VARIANTS = ("eager:4", "eager-cl:4", "eager:32", "eager-cl:32",
@@ -48,23 +47,11 @@ def parse_variant(text: str) -> tuple[str, bool, int]:
 
 
 def time_forward(run, windows: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """(first call s, median ms of ``repeats`` timed calls after two warm-up calls)."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    run(windows)
-    torch.cuda.synchronize()
-    first_s = time.perf_counter() - start
+    """(first call s, median ms of ``repeats`` synchronised calls after two warm-up calls)."""
+    first_s = synced_median_s(lambda: run(windows), 1)
     for _ in range(2):
         run(windows)
-    times = []
-    for _ in range(repeats):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        run(windows)
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return first_s, statistics.median(times)
+    return first_s, synced_median_s(lambda: run(windows), repeats) * 1e3
 
 
 def bench_variant(name: str, kwargs: dict, patch: tuple[int, ...], variant: str, repeats: int) -> dict:

@@ -25,6 +25,7 @@ import triton.language as tl
 
 from .triton_common import (
     _affine_combine,
+    _channel_range,
     _decompose_pid,
     _load_state_tile,
     _next_pow2,
@@ -83,8 +84,7 @@ def _bwd_kernel(
     h0_col, q0_col = _scan_edge_columns(CHUNK, REVERSE)
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         delta_row = delta_ptr + b * s_db + d * s_dd
         dt_raw = tl.load(delta_row + offs_l * s_dl, mask=mask_l, other=0.0).to(tl.float32)

@@ -159,6 +159,13 @@ def _decompose_pid(pid, n_bgd, n_cblk, groups):
 
 
 @triton.jit
+def _channel_range(g, cblk, per_group, channel_block):
+    """[d0, d_end): the channels of group g's channel block cblk."""
+    d0 = g * per_group + cblk * channel_block
+    return d0, tl.minimum(d0 + channel_block, (g + 1) * per_group)
+
+
+@triton.jit
 def _load_state_tile(ptr, b, g, s_b, s_g, s_n, s_l, offs_n, offs_l, mask):
     """The (NP, CHUNK) tile of B or C of batch b, group g at offs_l, fp32, 0 where masked."""
     return tl.load(ptr + b * s_b + g * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l,
@@ -190,15 +197,38 @@ def _load_dt(delta_row, bias_ptr, d, offs_l, mask_l, stride_dl,
 
 
 @triton.jit
+def _load_dt_u(u_ptr, delta_ptr, bias_ptr, b, d, offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd,
+               s_dl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Channel d's dt and u over one chunk, fp32, 0 outside [0, L)."""
+    dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                  HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l, other=0.0).to(tl.float32)
+    return dt, u
+
+
+@triton.jit
 def _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n, offs_l, mask_l,
                   s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Channel d's dt and u over one chunk (fp32, 0 outside [0, L)) and A * log2(e)."""
-    dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                  HAS_BIAS, SOFTPLUS)
-    u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l, other=0.0).to(tl.float32)
+    dt, u = _load_dt_u(u_ptr, delta_ptr, bias_ptr, b, d, offs_l, mask_l, s_ub, s_ud, s_ul,
+                       s_db, s_dd, s_dl, HAS_BIAS, SOFTPLUS)
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     return dt, u, A2
+
+
+@triton.jit
+def _store_output(y, u, out_ptr, z_ptr, D_ptr, b, d, row, length, offs_l, mask_l,
+                  s_zb, s_zd, s_zl, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """out = (y + D u) * silu(z) over one chunk of channel d (row = b * dim + d), in
+    out's dtype; u is read only with HAS_D."""
+    if HAS_D:
+        y += tl.load(D_ptr + d) * u
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                     other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
 
 
 @triton.jit
@@ -230,8 +260,7 @@ def _chunk_aggregate_kernel(
         Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     if DO_BWD:
         Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
                       HAS_BIAS, SOFTPLUS)
@@ -350,17 +379,20 @@ def chunk_boundary_states(
         REVERSE=reverse, num_warps=plan.num_warps,
     )
     if forward:
-        _carry_kernel[(batch * dim,)](
-            S, H, A, last_state if last_state is not None else dummy, dim, nc,
-            N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block,
-            REVERSE=reverse,
-            STORE_LAST=last_state is not None, num_warps=8,
-        )
+        carry_chunks(S, H, A, last_state, plan, reverse)
     if adjoint:
-        _carry_kernel[(batch * dim,)](
-            S, Q, A, dummy, dim, nc,
-            N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block,
-            REVERSE=not reverse, STORE_LAST=False,
-            num_warps=8,
-        )
+        carry_chunks(S, Q, A, None, plan, not reverse)
     return H, Q
+
+
+def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
+                 last_state: torch.Tensor | None, plan: LaunchPlan, reverse: bool) -> None:
+    """Launch `_carry_kernel`: E (batch, dim, n_chunks, N), the chunks' states from zero,
+    becomes the true state at each chunk's boundary, in place; with `last_state`, the
+    state leaving the last chunk in the direction of flow is written there too."""
+    batch, dim, n_chunks, n_state = E.shape
+    _carry_kernel[(batch * dim,)](
+        S, E, A, last_state if last_state is not None else S, dim, n_chunks,
+        N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block, REVERSE=reverse,
+        STORE_LAST=last_state is not None, num_warps=8,
+    )

@@ -35,12 +35,14 @@ import triton.language as tl
 
 from .triton_common import (
     _affine_combine,
+    _channel_range,
     _decompose_pid,
     _load_channel,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
+    _store_output,
     chunk_boundary_states,
     plan_launch,
 )
@@ -84,8 +86,7 @@ def _fwd_output_kernel(
     # backward): the scan's decay products are then not needed after it. Positions past L
     # are identities (dt = 0), so the tile's edge column is right for a partial chunk too.
     first_col, last_col = _scan_edge_columns(CHUNK, REVERSE)
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         dt, u, A2 = _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n,
                                   offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
@@ -111,14 +112,8 @@ def _fwd_output_kernel(
         if BC_IN_LOOP:
             Ct = _load_state_tile(C_ptr + pin, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
                                   mask_nl)
-        y = tl.sum(Ct * h, axis=0)
-        if HAS_D:
-            y += tl.load(D_ptr + d) * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                         other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+        _store_output(tl.sum(Ct * h, axis=0), u, out_ptr, z_ptr, D_ptr, b, d, row, length,
+                      offs_l, mask_l, s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
 def selective_scan_fwd_triton(

@@ -28,13 +28,15 @@ import triton.language as tl
 from .triton_common import (
     LaunchPlan,
     _affine_combine,
-    _carry_kernel,
+    _channel_range,
     _decompose_pid,
     _load_channel,
     _load_dt,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
+    _store_output,
+    carry_chunks,
 )
 
 
@@ -63,8 +65,7 @@ def _fwd_local_kernel(
         at_end = offs_k == 0
     else:
         at_end = offs_k == CHUNK - 1
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         dt, u, A2 = _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n,
                                   offs_l, mask_l, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
@@ -101,8 +102,7 @@ def _fwd_correct_kernel(
     c_end = tl.where(has_prev, length, 0)
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
                           mask_n[:, None] & (offs_l < c_end)[None, :])
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         row = b * dim + d
         y = tl.load(Y_ptr + row * length + offs_l, mask=mask_l, other=0.0)
@@ -116,16 +116,13 @@ def _fwd_correct_kernel(
             cum = tl.cumsum(dt, axis=0, reverse=REVERSE)
             acum = tl.exp2(A2[:, None] * cum[None, :])
             y += tl.sum(Ct * acum * h0[:, None], axis=0)
-        if HAS_D or HAS_Z:
+        if HAS_D:
             u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
                         other=0.0).to(tl.float32)
-        if HAS_D:
-            y += tl.load(D_ptr + d) * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                         other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+        else:
+            u = y  # not read without HAS_D
+        _store_output(y, u, out_ptr, z_ptr, D_ptr, b, d, row, length, offs_l, mask_l,
+                      s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
 def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
@@ -150,10 +147,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
         N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
     )
-    _carry_kernel[(batch * dim,)](
-        S, H, A, last_state, dim, nc, N=n_state, NP=NP, BLOCK=plan.carry_block,
-        REVERSE=reverse, STORE_LAST=True, num_warps=8,
-    )
+    carry_chunks(S, H, A, last_state, plan, reverse)
     zz = z if z is not None else u
     _fwd_correct_kernel[grid](
         u, delta, zz, A, C, D if D is not None else S, bias, H, Y, out, *common,

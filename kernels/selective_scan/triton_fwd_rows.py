@@ -10,7 +10,7 @@ and C rows are re-read per channel from L1/L2, as the "reload" variant does for 
 
 The chunk aggregates are computed the same way (`_aggregate_rows_kernel`, one state
 index at a time, as `_chunk_aggregate_kernel` does for the whole tile), then carried
-across chunks by triton_common's `_carry_kernel`; a sequence of one chunk runs the
+across chunks by triton_common's `carry_chunks`; a sequence of one chunk runs the
 output kernel alone.
 """
 
@@ -23,12 +23,13 @@ import torch
 
 from .triton_common import (
     _affine_combine,
-    _carry_kernel,
+    _channel_range,
     _decompose_pid,
-    _load_dt,
-    _next_pow2,
+    _load_dt_u,
     _previous_chunk,
     _scan_edge_columns,
+    _store_output,
+    carry_chunks,
 )
 
 
@@ -46,13 +47,11 @@ def _aggregate_rows_kernel(
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
     B_rows = B_ptr + b * s_Bb + g * s_Bg + offs_l * s_Bl
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
-        x = dt * tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                         other=0.0).to(tl.float32)
+        dt, u = _load_dt_u(u_ptr, delta_ptr, bias_ptr, b, d, offs_l, mask_l, s_ub, s_ud, s_ul,
+                           s_db, s_dd, s_dl, HAS_BIAS, SOFTPLUS)
+        x = dt * u
         row = (b * dim + d) * n_chunks + c
         tl.store(S_ptr + row, tl.sum(dt, axis=0))
         # decay of the positions after t in scan order
@@ -80,10 +79,7 @@ def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, rever
         N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
     )
-    _carry_kernel[(batch * dim,)](
-        S, H, A, last_state, dim, nc, N=n_state, NP=_next_pow2(n_state),
-        BLOCK=plan.carry_block, REVERSE=reverse, STORE_LAST=True, num_warps=8,
-    )
+    carry_chunks(S, H, A, last_state, plan, reverse)
     return H
 
 
@@ -109,13 +105,10 @@ def _fwd_rows_kernel(
     first_col, last_col = _scan_edge_columns(CHUNK, REVERSE)
     B_rows = B_ptr + b * s_Bb + g * s_Bg + offs_l * s_Bl
     C_rows = C_ptr + b * s_Cb + g * s_Cg + offs_l * s_Cl
-    d0 = g * per_group + cblk * channel_block
-    d_end = tl.minimum(d0 + channel_block, (g + 1) * per_group)
+    d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                    other=0.0).to(tl.float32)
+        dt, u = _load_dt_u(u_ptr, delta_ptr, bias_ptr, b, d, offs_l, mask_l, s_ub, s_ud, s_ul,
+                           s_db, s_dd, s_dl, HAS_BIAS, SOFTPLUS)
         x = dt * u
         row = b * dim + d
         y = tl.zeros([CHUNK], dtype=tl.float32)
@@ -133,13 +126,8 @@ def _fwd_rows_kernel(
                 # the thread holding the far end stores the last state
                 tl.store(H_ptr + row * N + n + 0 * offs_l, h, mask=last_col)
             y += tl.load(C_rows + n * s_Cn, mask=mask_l, other=0.0).to(tl.float32) * h
-        if HAS_D:
-            y += tl.load(D_ptr + d) * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                         other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + row * length + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+        _store_output(y, u, out_ptr, z_ptr, D_ptr, b, d, row, length, offs_l, mask_l,
+                      s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
 def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
