@@ -42,10 +42,10 @@ def _synchronise(device: torch.device) -> None:
 
 
 def time_cases(work: Path, network: str, configuration: str, images: Path, out: Path, tta: bool,
-               device: str, compile_windows: bool) -> dict[str, Any]:
+               device: str, compile_windows: bool, batch_windows: int = 4) -> dict[str, Any]:
     """Both spans for every case of ``images`` (module docstring) and the folder's stages."""
     run = load_run(work, configuration=configuration, network=network, folds=[0], tta=tta,
-                   device=device, compile=compile_windows)
+                   device=device, compile=compile_windows, batch_windows=batch_windows)
     predictor = run.predictor
     if predictor.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -67,7 +67,8 @@ def time_cases(work: Path, network: str, configuration: str, images: Path, out: 
     stages = stage_medians(report)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if predictor.device.type == "cuda"
             else None)
-    return {"cases": len(cases), "compile": compile_windows, "array_to_mask_s": spans,
+    return {"cases": len(cases), "compile": compile_windows, "batch_windows": batch_windows,
+            "array_to_mask_s": spans,
             "first_case_s": spans[0], "median_array_to_mask_s_after_first": median_after_first(spans),
             "median_interval_s_after_first": statistics.median(intervals) if intervals else None,
             "median_stage_s_after_first": stages, "peak_alloc_gib": peak}

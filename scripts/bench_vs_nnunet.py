@@ -86,6 +86,7 @@ class Settings:
     compile: bool = False  # api.train(compile=True): torch.compile, its compile inside the budget
     cuda_graphs: bool = True  # api.train's default: each step replayed as a CUDA graph
     predict_compile: bool = False  # BraTS timings with api.predict(compile=True)
+    batch_windows: int = 4  # BraTS: sliding windows per forward pass (api.predict's default)
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
 
@@ -104,7 +105,8 @@ def run_tag(spec: str, settings: Settings, brats: bool = False) -> str:
     """A result's name. Training: compiled runs never use graphs, so only an eager run that
     could have used them is marked. BraTS (one training step): how it predicted."""
     if brats:
-        return tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
+        return (tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
+                + (f"__bw{settings.batch_windows}" if settings.batch_windows != 4 else ""))
     return tag_of(spec, settings.compile, eager=not settings.cuda_graphs and not settings.compile)
 
 
@@ -283,7 +285,8 @@ def bench_brats(brats: Path, work: Path, networks: list[str], out: Path, setting
     for spec in networks:
         fold = train(work, spec, split, settings, 1, 1, val_batches=1)
         timing = {f"tta_{tta}": time_cases(work, tag_of(spec), CONFIG, images, out / "scratch" / "brats_pred",
-                                           tta, settings.device, settings.predict_compile)
+                                           tta, settings.device, settings.predict_compile,
+                                           settings.batch_windows)
                   for tta in (False, True)}
         meta = read_json(fold / "training_log.json")["metadata"]
         shutil.rmtree(fold.parents[1])
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda or cpu (smoke: cpu)")
     parser.add_argument("--gpu-memory", type=float, default=10.0, help="planner's GB (api.plan's default)")
     for name, default in [("iters-per-epoch", 250), ("val-batches", 50), ("warmup-iters", 250),
-                          ("calib-cases", 4), ("brats-cases", 3), ("workers", None)]:
+                          ("calib-cases", 4), ("brats-cases", 3), ("workers", None), ("batch-windows", 4)]:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--compile", action="store_true",
                         help="train with torch.compile (cold caches: the compile counts in the budget)")
@@ -339,14 +342,15 @@ def main(argv: list[str] | None = None) -> None:
         # A budget no loaded CI machine can overrun: the 2-iteration cap decides the schedule.
         settings = Settings(device="cpu", budget_s=3600.0, iters_per_epoch=2, val_batches=1, warmup_iters=1,
                             calib_cases=1, max_iters=2, workers=0, features=4, brats_cases=3,
-                            predict_compile=args.predict_compile)
+                            predict_compile=args.predict_compile, batch_windows=args.batch_windows)
         args.data, args.split_file, args.brats = smoke_inputs(out)
     else:
         settings = Settings(device=args.device, budget_s=args.budget, iters_per_epoch=args.iters_per_epoch,
                             val_batches=args.val_batches, warmup_iters=args.warmup_iters,
                             calib_cases=args.calib_cases, workers=args.workers, brats_cases=args.brats_cases,
                             compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
-                            predict_compile=args.predict_compile, gpu_memory_gb=args.gpu_memory)
+                            predict_compile=args.predict_compile, gpu_memory_gb=args.gpu_memory,
+                            batch_windows=args.batch_windows)
     if not args.table_only:
         run(args, out, settings)
     if not args.prepare_only:

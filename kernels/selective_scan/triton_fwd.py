@@ -1,30 +1,39 @@
 """Triton forward of the selective scan, parallel over the sequence in chunks.
 
-Two variants, three launches each (maths in README.md, "Triton kernels"):
+Four variants, three launches each for a sequence of several chunks (maths in README.md, "Triton kernels"):
 
 - "chunked": chunk aggregates and the carry scan over chunks (triton_common.py) give the
   true state entering every chunk; then `_fwd_output_kernel` rescans each chunk from that
   state and writes the output.
 - "reload": "chunked" with the output kernel reloading the B and C tiles per channel
   (bf16: 255 registers and 8 bytes of spill -> 181, offline SASS for sm_90,
-  scripts/kernel_sass_stats.py; fp32 stays at 251). Not timed on a GPU yet, so not chosen
-  by "auto".
+  scripts/kernel_sass_stats.py; fp32 stays at 251). Slower on every bench row (e.g.
+  (2, 64, 262144) bf16: 1.88 against 0.95 ms for "chunked").
 - "rows" (triton_fwd_rows.py): the "chunked" passes, with aggregate and output kernels
   that work on one state index at a time: a few rows live instead of (N, CHUNK) tiles.
-  Not timed on a GPU yet.
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
 
-"auto" (the default) takes "deferred" for fp32 inputs and "chunked" for fp16/bf16: deferred
-was the faster on the long fp32 rows (e.g. (1, 48, 2097152): 2.89 vs 2.99 ms), chunked on
-the long bf16 rows (same row: 2.82 vs 4.93 ms), probably because the fp32 scratch weighs
-more against 2-byte inputs; the short rows (L <= 4096) are within the run-to-run spread of
-the host overhead. Measured on an H200, scripts/bench_selective_scan.py --fwd-variants,
-2026-11-30, after the chunked output kernel took h0 through its drive (6% off its bf16 row
-1, 1.005 -> 0.949 ms); raw log scripts/results/kernel_h200_2026-11-30c/fwd_variants.log.
+"auto" (the default, `auto_variant`) takes "deferred" for fp32 inputs; for fp16/bf16,
+"rows" when the sequence is one chunk (L <= 512) and "chunked" otherwise. Measured on an
+H200 with scripts/bench_selective_scan.py --fwd-variants (session 15, raw log
+scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log), ms:
 
-A sequence of one chunk runs `_fwd_output_kernel` alone whatever the variant.
+    batch, dim, L     dtype  chunked  rows  deferred
+    2, 64, 262144     fp32     1.024  1.589   0.991
+    1, 48, 2097152    fp32     2.997  4.777   2.886
+    2, 512, 512       fp32     0.031  0.026   0.029   (one chunk: host-bound, within noise)
+    2, 64, 262144     bf16     0.949  1.049   1.646
+    2, 512, 512       bf16     0.056  0.034   0.056   (one chunk: rows 1.6x)
+
+Deferred's fp32 scratch weighs more against 2-byte inputs. "rows" holds ~60 registers
+instead of 255 but runs the tile's arithmetic row by row; it wins only where a single
+chunk has too few programs to hide the tile kernel's latency. Rows of L = 4096 are
+host-bound: the same chunked kernels took 0.069 to 0.126 ms in one bf16 run.
+
+A sequence of one chunk runs one output kernel alone: `_fwd_rows_kernel` for "rows",
+`_fwd_output_kernel` for the others.
 """
 
 from __future__ import annotations
@@ -50,6 +59,13 @@ from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows")
+
+
+def auto_variant(dtype: torch.dtype, n_chunks: int) -> str:
+    """The forward variant "auto" runs (measurements in the module docstring)."""
+    if dtype == torch.float32:
+        return "deferred"
+    return "rows" if n_chunks == 1 else "chunked"
 
 
 @triton.jit(do_not_specialize=["tile_pin"])  # its 0 must stay a run-time value
@@ -146,12 +162,12 @@ def selective_scan_fwd_triton(
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    if variant == "auto":
-        variant = "deferred" if u.dtype == torch.float32 else "chunked"
-    elif variant not in VARIANTS:
+    if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state)
+    if variant == "auto":
+        variant = auto_variant(u.dtype, plan.n_chunks)
     if not A.is_contiguous():
         A = A.contiguous()
     if out is None:

@@ -89,6 +89,28 @@ def test_auto_picks_the_variant_measured_faster_for_the_dtype(
     assert ("deferred" if deferred_calls else "chunked") == expected
 
 
+@pytest.mark.parametrize(("dtype", "expected"), [
+    (torch.float32, "deferred"), (torch.bfloat16, "rows"), (torch.float16, "rows"),
+], ids=str)
+def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
+        dtype: torch.dtype, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_rows_output = triton_fwd.launch_rows_output
+    rows_calls = []
+
+    def recording_rows_output(*args, **kwargs):
+        rows_calls.append(args)
+        real_rows_output(*args, **kwargs)
+
+    monkeypatch.setattr(triton_fwd, "launch_rows_output", recording_rows_output)
+    case = ScanCase(1, 2, 64, 4, dtype=dtype)
+    inputs = case.inputs(DEVICE)
+    want = selective_scan_reference(**inputs, delta_softplus=False, reverse=False)
+    got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=False, reverse=False)
+    assert ("rows" if rows_calls else "deferred") == expected
+    assert triton_fwd.auto_variant(dtype, n_chunks=1) == expected
+    assert relative_error(got, want) <= TOLERANCE[dtype]
+
+
 def test_unknown_variant_is_refused() -> None:
     x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
     with pytest.raises(ValueError, match="^variant: expected one of"):
