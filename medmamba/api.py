@@ -101,13 +101,15 @@ def preprocess(work: Path, configurations: list[str] | None = None, workers: int
 def predict(work: Path, input_folder: Path, output_folder: Path, configuration: str | None = None,
             network: str | None = None, folds: list[int] | None = None, tta: bool = True,
             save_probabilities: bool = False, device: str | None = None, overwrite: bool = False,
-            num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
+            num_parts: int = 1, part_id: int = 0, batch_windows: int | None = None,
             checkpoint: str = "latest", progress: bool = False, compile: bool = False) -> PredictionReport:
     """Segment every case of ``input_folder`` (dataset channel layout) into ``output_folder``.
 
     Uses the trained folds in ``work`` (``None``: every fold found; the only trained network;
-    ``3d_fullres`` if trained), sliding windows of the plan's patch size (``batch_windows``
-    per forward pass, gaussian weighting, overlap 0.5), mirroring TTA, fold averaging. Masks
+    ``3d_fullres`` if trained), sliding windows of the plan's patch size (gaussian weighting,
+    overlap 0.5; ``batch_windows`` per forward pass, ``None``: on a GPU as many of a case's
+    windows as fit in half the free memory, at most 16, on the CPU 4), mirroring TTA, fold
+    averaging. Masks
     get the input's exact geometry and file ending. Cases that fail are listed in
     ``report.failed``; existing outputs are skipped unless ``overwrite``.
     ``num_parts``/``part_id`` select every num_parts-th case of the sorted list.

@@ -42,7 +42,7 @@ def _synchronise(device: torch.device) -> None:
 
 
 def time_cases(work: Path, network: str, configuration: str, images: Path, out: Path, tta: bool,
-               device: str, compile_windows: bool, batch_windows: int = 4) -> dict[str, Any]:
+               device: str, compile_windows: bool, batch_windows: int | None = None) -> dict[str, Any]:
     """Both spans for every case of ``images`` (module docstring) and the folder's stages."""
     run = load_run(work, configuration=configuration, network=network, folds=[0], tta=tta,
                    device=device, compile=compile_windows, batch_windows=batch_windows)
@@ -67,7 +67,9 @@ def time_cases(work: Path, network: str, configuration: str, images: Path, out: 
     stages = stage_medians(report)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if predictor.device.type == "cuda"
             else None)
+    # asked (None: the predictor's choice), and what a compiled run fixed at its first case
     return {"cases": len(cases), "compile": compile_windows, "batch_windows": batch_windows,
+            "window_batch_used": predictor.sw_batch_size,
             "array_to_mask_s": spans,
             "first_case_s": spans[0], "median_array_to_mask_s_after_first": median_after_first(spans),
             "median_interval_s_after_first": statistics.median(intervals) if intervals else None,

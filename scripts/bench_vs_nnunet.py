@@ -86,7 +86,7 @@ class Settings:
     compile: bool = False  # api.train(compile=True): torch.compile, its compile inside the budget
     cuda_graphs: bool = True  # api.train's default: each step replayed as a CUDA graph
     predict_compile: bool = False  # BraTS timings with api.predict(compile=True)
-    batch_windows: int = 4  # BraTS: sliding windows per forward pass (api.predict's default)
+    batch_windows: int | None = None  # BraTS: windows per forward pass (None: api.predict's choice)
     brats_cases: int = 3
     gpu_memory_gb: float = 10.0
 
@@ -106,7 +106,7 @@ def run_tag(spec: str, settings: Settings, brats: bool = False) -> str:
     could have used them is marked. BraTS (one training step): how it predicted."""
     if brats:
         return (tag_of(spec) + ("__predict-compile" if settings.predict_compile else "")
-                + (f"__bw{settings.batch_windows}" if settings.batch_windows != 4 else ""))
+                + (f"__bw{settings.batch_windows}" if settings.batch_windows is not None else ""))
     return tag_of(spec, settings.compile, eager=not settings.cuda_graphs and not settings.compile)
 
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda or cpu (smoke: cpu)")
     parser.add_argument("--gpu-memory", type=float, default=10.0, help="planner's GB (api.plan's default)")
     for name, default in [("iters-per-epoch", 250), ("val-batches", 50), ("warmup-iters", 250),
-                          ("calib-cases", 4), ("brats-cases", 3), ("workers", None), ("batch-windows", 4)]:
+                          ("calib-cases", 4), ("brats-cases", 3), ("workers", None), ("batch-windows", None)]:
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--compile", action="store_true",
                         help="train with torch.compile (cold caches: the compile counts in the budget)")

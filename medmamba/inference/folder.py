@@ -214,7 +214,7 @@ class LoadedRun:
 
 def load_run(work: Path, *, configuration: str | None = None, network: str | None = None,
              folds: Sequence[int] | None = None, tta: bool = True, device=None,
-             batch_windows: int = 4, checkpoint: str = "latest", compile: bool = False,
+             batch_windows: int | None = None, checkpoint: str = "latest", compile: bool = False,
              plans: Plans | None = None) -> LoadedRun:
     """Load the trained folds in ``work`` (each once) into one :class:`Predictor`.
 
@@ -225,7 +225,7 @@ def load_run(work: Path, *, configuration: str | None = None, network: str | Non
     from medmamba.inference.predictor import Predictor, load_fold_models, resolve_run
     from medmamba.planning.plans import Plans
 
-    if batch_windows < 1:
+    if batch_windows is not None and batch_windows < 1:
         raise ConfigError(f"batch_windows must be >= 1, got {batch_windows}")
     if checkpoint not in ("latest", "best"):
         raise ConfigError(f"unknown checkpoint '{checkpoint}'; allowed: latest, best")
@@ -243,7 +243,7 @@ def predict_folder(work: Path, input_folder: Path, output_folder: Path, *,
                    configuration: str | None = None, network: str | None = None,
                    folds: Sequence[int] | None = None, tta: bool = True,
                    save_probabilities: bool = False, device=None, overwrite: bool = False,
-                   num_parts: int = 1, part_id: int = 0, batch_windows: int = 4,
+                   num_parts: int = 1, part_id: int = 0, batch_windows: int | None = None,
                    checkpoint: str = "latest", progress: bool = True,
                    compile: bool = False) -> PredictionReport:
     """Predict every case of ``input_folder`` with the trained folds in ``work``.

@@ -11,6 +11,7 @@ side by side.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,13 @@ from medmamba.data.io import Geometry
 from medmamba.errors import CheckpointError, ConfigError, DatasetError, PlansError
 from medmamba.inference.export import label_lookup, labels_from_probabilities, to_original_grid
 from medmamba.inference.sliding_window import sliding_window_logits
+from medmamba.inference.window_batch import (
+    CPU_WINDOW_BATCH,
+    auto_window_batch,
+    free_device_bytes,
+    window_bytes,
+    window_count,
+)
 from medmamba.preprocessing.crop import paste_into
 from medmamba.training.paths import RESULTS_DIR
 
@@ -135,7 +143,7 @@ class Predictor:
     """Probabilities of a case from an ensemble of fold networks under one configuration plan."""
 
     def __init__(self, models: Sequence[FoldModel], plan, label_values: Sequence[int],
-                 device: torch.device, *, tta: bool = True, sw_batch_size: int = 4,
+                 device: torch.device, *, tta: bool = True, sw_batch_size: int | None = None,
                  overlap: float = 0.5, mirror_axes: Sequence[int] | None = None,
                  compile: bool = False) -> None:
         if not models:
@@ -145,7 +153,10 @@ class Predictor:
         self.label_values = [int(v) for v in label_values]
         self.device = device
         self.tta = tta
-        self.sw_batch_size = int(sw_batch_size)
+        # None: chosen per case (window_batch.py); compiled, fixed at the first case so
+        # that every pass has one shape (one compile)
+        self.sw_batch_size = None if sw_batch_size is None else int(sw_batch_size)
+        self._window_bytes: int | None = None
         self.overlap = overlap
         self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
         self.spatial_dims = len(self.patch_size)
@@ -165,12 +176,11 @@ class Predictor:
 
     def _window_runner(self, net: torch.nn.Module):
         """The network on a batch of windows, under autocast; with ``compile`` through
-        torch.compile, every call padded to ``sw_batch_size`` windows so one shape (one
-        compile) serves every batch, the last partial one included."""
+        torch.compile, every call padded to ``full`` windows (the pass's batch) so one shape
+        (one compile) serves every batch, the last partial one included."""
         network = torch.compile(net, dynamic=False) if self.compile else net
-        full = self.sw_batch_size
 
-        def run(windows: torch.Tensor) -> torch.Tensor:
+        def run(windows: torch.Tensor, full: int) -> torch.Tensor:
             count = windows.shape[0]
             with self._autocast():
                 if self.compile and count < full:
@@ -193,10 +203,11 @@ class Predictor:
             image = image.permute(1, 0, 2, 3)  # slices as batch: (z, C, y, x)
         else:
             image = image[None]
+        batch = self._window_batch(image)
         total = None
-        for network in self._window_runners:
+        for runner in self._window_runners:
             logits = sliding_window_logits(
-                network, image, self.patch_size, sw_batch_size=self.sw_batch_size,
+                functools.partial(runner, full=batch), image, self.patch_size, sw_batch_size=batch,
                 overlap=self.overlap, device=self.device, mirror_axes=self.mirror_axes,
                 tta=self.tta)
             probabilities = torch.softmax(logits, dim=1)
@@ -205,6 +216,22 @@ class Predictor:
         if self.spatial_dims == 2:
             return total.permute(1, 0, 2, 3)
         return total[0]
+
+    def _window_batch(self, image: torch.Tensor) -> int:
+        """Windows per forward pass for ``image`` (batch, C, *spatial): as asked, else 4 on
+        the CPU, else as many of the case's windows as fit (window_batch.py)."""
+        if self.sw_batch_size is not None:
+            return self.sw_batch_size
+        if self.device.type != "cuda":
+            return CPU_WINDOW_BATCH
+        if self._window_bytes is None:
+            self._window_bytes = window_bytes(self.models[0].network, image.shape[1],
+                                              self.patch_size, self.device, self._autocast)
+        windows = image.shape[0] * window_count(image.shape[2:], self.patch_size, self.overlap)
+        batch = auto_window_batch(windows, self._window_bytes, free_device_bytes(self.device))
+        if self.compile:
+            self.sw_batch_size = batch
+        return batch
 
     def prepare(self, images: np.ndarray, geometry: Geometry) -> PreparedCase:
         """Raw channels ``images`` (C, *geometry.shape) preprocessed with the plan (CPU only,

@@ -26,7 +26,7 @@ def test_a_partial_window_batch_is_padded_to_the_compiled_shape():
     predictor = Predictor([model], None, [0, 1], torch.device("cpu"), sw_batch_size=4, compile=True)
     windows = torch.randn(3, 1, 4, 8, 8)
     with torch.inference_mode():
-        out = predictor._window_runners[0](windows)
+        out = predictor._window_runners[0](windows, full=4)
         expected = net(windows)
     assert out.shape == (3, 2, 4, 8, 8)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,105 @@
+"""Windows per forward pass when the caller leaves it to the predictor (window_batch.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_predict_geometry import configuration_plan
+
+from medmamba.inference import predictor as predictor_module
+from medmamba.inference import window_batch
+from medmamba.inference.predictor import FoldModel, Predictor
+from medmamba.inference.sliding_window import sliding_window_logits
+from medmamba.inference.window_batch import (
+    MAX_WINDOW_BATCH,
+    auto_window_batch,
+    window_count,
+)
+
+
+class BatchRecorder(torch.nn.Module):
+    """Two-class logits of its input; remembers the batch of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return torch.cat([-x[:, :1], x[:, :1]], dim=1)
+
+
+@pytest.mark.parametrize("shape, patch, overlap", [
+    ((155, 240, 240), (96, 160, 160), 0.5),  # BraTS: 3 x 2 x 2
+    ((36, 50, 35), (40, 56, 40), 0.5),  # smaller than the patch: padded, one window
+    ((40, 57, 41), (40, 56, 40), 0.5),  # equal on one axis, one voxel over on two
+    ((23, 31), (8, 16), 0.25),
+    ((100, 100, 100), (32, 32, 32), 0.0),
+    ((9, 9, 9), (4, 4, 4), 0.9),  # step 0 rounds up to 1
+], ids=str)
+def test_window_count_is_what_sliding_window_inference_runs(shape, patch, overlap):
+    network = BatchRecorder()
+    image = torch.zeros((1, 1, *shape))
+    sliding_window_logits(network, image, patch, sw_batch_size=1, overlap=overlap, tta=False)
+    assert window_count(shape, patch, overlap) == len(network.batches)
+
+
+@pytest.mark.parametrize("windows, per_window, free, expected", [
+    (12, 1, 10**12, 12),  # all of a case's windows fit: one pass
+    (40, 1, 10**12, MAX_WINDOW_BATCH),  # never more than the cap
+    (12, 10, 100, 5),  # half of 100 bytes holds 5 windows of 10
+    (12, 10**9, 10, 1),  # nothing fits: one window a pass, never 0
+])
+def test_auto_window_batch(windows, per_window, free, expected):
+    assert auto_window_batch(windows, per_window, free) == expected
+
+
+def _predictor(device: str, **options) -> tuple[Predictor, BatchRecorder]:
+    network = BatchRecorder()
+    model = FoldModel(0, network, {"patch_size": [8, 16, 16]})
+    return Predictor([model], configuration_plan(3, (1.0, 1.0, 1.0)), [0, 1],
+                     torch.device(device), tta=False, **options), network
+
+
+def test_cpu_default_runs_four_windows_a_pass():
+    predictor, network = _predictor("cpu")
+    predictor.probabilities(torch.zeros((1, 20, 40, 40)).numpy())  # 4 x 4 x 4 windows
+    assert max(network.batches) == 4 and sum(network.batches) == 64
+
+
+def test_an_asked_batch_is_kept():
+    predictor, network = _predictor("cpu", sw_batch_size=5)
+    predictor.probabilities(torch.zeros((1, 20, 40, 40)).numpy())
+    assert network.batches[:-1] == [5] * 12 and network.batches[-1] == 4
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_gpu_default_takes_the_case_windows_as_memory_allows(monkeypatch, compile):
+    """The choice on a GPU, without one: the memory probe and the free memory stubbed."""
+    probes = []
+    monkeypatch.setattr(predictor_module, "window_bytes",
+                        lambda *args: probes.append(args) or 100)
+    free = {"bytes": 10**6}
+    monkeypatch.setattr(predictor_module, "free_device_bytes", lambda device: free["bytes"])
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    predictor, _ = _predictor("cuda", compile=compile)
+    two_by_two = torch.zeros((1, 1, 12, 24, 24))  # 2 x 2 x 2 windows of 8 x 16 x 16
+    assert predictor._window_batch(two_by_two) == 8
+    free["bytes"] = 1000  # half holds 5 windows of 100 bytes
+    many = torch.zeros((1, 1, 40, 40, 40))  # 9 x 4 x 4 windows
+    # compiled: fixed at the first case, so every pass keeps one shape (one compile)
+    assert predictor._window_batch(many) == (8 if compile else 5)
+    assert len(probes) == 1  # measured once per predictor
+
+
+@pytest.mark.gpu
+def test_one_window_memory_is_measured_on_the_gpu():
+    device = torch.device("cuda")
+    network = torch.nn.Conv3d(2, 8, 3, padding=1).to(device)
+    small = window_batch.window_bytes(network, 2, (16, 32, 32), device,
+                                      lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+    large = window_batch.window_bytes(network, 2, (32, 64, 64), device,
+                                      lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+    assert 0 < small < large
+    assert window_batch.free_device_bytes(device) > 0
+
