@@ -20,17 +20,17 @@ Four variants, three launches each for a sequence of several chunks (maths in RE
 H200 with scripts/bench_selective_scan.py --fwd-variants (session 15, raw log
 scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log), ms:
 
-    batch, dim, L     dtype  chunked  rows  deferred
-    2, 64, 262144     fp32     1.024  1.589   0.991
-    1, 48, 2097152    fp32     2.997  4.777   2.886
-    2, 512, 512       fp32     0.031  0.026   0.029   (one chunk: host-bound, within noise)
-    2, 64, 262144     bf16     0.949  1.049   1.646
-    2, 512, 512       bf16     0.056  0.034   0.056   (one chunk: rows 1.6x)
+    batch, dim, L     dtype  chunked  rows   deferred
+    2, 64, 262144     fp32     1.024  1.587   0.992
+    1, 48, 2097152    fp32     2.994  4.790   2.887
+    2, 512, 512       fp32     0.051  0.026   0.022   (one chunk: host-bound, noisy)
+    2, 64, 262144     bf16     0.950  1.068   1.647
+    2, 512, 512       bf16     0.055  0.024   0.055   (one chunk: rows 2.3x)
 
 Deferred's fp32 scratch weighs more against 2-byte inputs. "rows" holds ~60 registers
 instead of 255 but runs the tile's arithmetic row by row; it wins only where a single
 chunk has too few programs to hide the tile kernel's latency. Rows of L = 4096 are
-host-bound: the same chunked kernels took 0.069 to 0.126 ms in one bf16 run.
+host-bound: the same chunked kernels took 0.092 and 0.227 ms in one bf16 run.
 
 A sequence of one chunk runs one output kernel alone: `_fwd_rows_kernel` for "rows",
 `_fwd_output_kernel` for the others.
