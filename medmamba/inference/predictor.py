@@ -25,8 +25,10 @@ from medmamba.inference.export import label_lookup, labels_from_probabilities, t
 from medmamba.inference.sliding_window import sliding_window_logits
 from medmamba.inference.window_batch import (
     CPU_WINDOW_BATCH,
+    MAX_WINDOW_BATCH,
     auto_window_batch,
     free_device_bytes,
+    halve_on_out_of_memory,
     window_bytes,
     window_count,
 )
@@ -156,7 +158,9 @@ class Predictor:
         # None: chosen per case (window_batch.py); compiled, fixed at the first case so
         # that every pass has one shape (one compile)
         self.sw_batch_size = None if sw_batch_size is None else int(sw_batch_size)
+        self._choose_batch = sw_batch_size is None
         self._window_bytes: int | None = None
+        self._batch_cap = MAX_WINDOW_BATCH  # lowered when a chosen batch ran out of memory
         self.overlap = overlap
         self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
         self.spatial_dims = len(self.patch_size)
@@ -203,7 +207,26 @@ class Predictor:
             image = image.permute(1, 0, 2, 3)  # slices as batch: (z, C, y, x)
         else:
             image = image[None]
+        total = self._windows_fold_average(image)
+        if self.spatial_dims == 2:
+            return total.permute(1, 0, 2, 3)
+        return total[0]
+
+    def _windows_fold_average(self, image: torch.Tensor) -> torch.Tensor:
+        """``_fold_average`` at the window batch for ``image``; a batch we chose is halved
+        while the GPU runs out of memory, and later cases start from what fitted."""
         batch = self._window_batch(image)
+        if not (self._choose_batch and self.device.type == "cuda"):
+            return self._fold_average(image, batch)
+        total, ran = halve_on_out_of_memory(functools.partial(self._fold_average, image), batch)
+        if ran < batch:
+            self._batch_cap = ran
+            if self.compile:
+                self.sw_batch_size = ran
+        return total
+
+    def _fold_average(self, image: torch.Tensor, batch: int) -> torch.Tensor:
+        """Fold-averaged softmax of ``image`` (batch, C, *spatial), ``batch`` windows a pass."""
         total = None
         for runner in self._window_runners:
             logits = sliding_window_logits(
@@ -212,10 +235,7 @@ class Predictor:
                 tta=self.tta)
             probabilities = torch.softmax(logits, dim=1)
             total = probabilities if total is None else total + probabilities
-        total /= len(self.models)
-        if self.spatial_dims == 2:
-            return total.permute(1, 0, 2, 3)
-        return total[0]
+        return total / len(self.models)
 
     def _window_batch(self, image: torch.Tensor) -> int:
         """Windows per forward pass for ``image`` (batch, C, *spatial): as asked, else 4 on
@@ -228,7 +248,8 @@ class Predictor:
             self._window_bytes = window_bytes(self.models[0].network, image.shape[1],
                                               self.patch_size, self.device, self._autocast)
         windows = image.shape[0] * window_count(image.shape[2:], self.patch_size, self.overlap)
-        batch = auto_window_batch(windows, self._window_bytes, free_device_bytes(self.device))
+        batch = min(self._batch_cap, auto_window_batch(windows, self._window_bytes,
+                                                       free_device_bytes(self.device)))
         if self.compile:
             self.sw_batch_size = batch
         return batch

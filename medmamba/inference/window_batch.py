@@ -12,10 +12,15 @@ nothing and cost memory: 4, the default before this choice existed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CPU_WINDOW_BATCH = 4
 MAX_WINDOW_BATCH = 16  # 32 was slower than 16 in the bench above
@@ -62,3 +67,20 @@ def auto_window_batch(windows: int, per_window_bytes: int, free_bytes: int) -> i
     MAX_WINDOW_BATCH and at least 1."""
     fits = int(FREE_MEMORY_SHARE * free_bytes) // max(1, per_window_bytes)
     return max(1, min(windows, fits, MAX_WINDOW_BATCH))
+
+
+def halve_on_out_of_memory(run: Callable[[int], T], batch: int) -> tuple[T, int]:
+    """``run(batch)``; when the device runs out of memory (other processes may have taken
+    what was free when the batch was chosen), free PyTorch's cached blocks and run again
+    at half the batch, down to 1. Returns the result and the batch that ran."""
+    while True:
+        try:
+            return run(batch), batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+        # outside the except block: the traceback no longer holds the failed pass's tensors
+        smaller = max(1, batch // 2)
+        logger.warning("out of GPU memory at %d windows a pass; trying %d", batch, smaller)
+        batch = smaller
+        torch.cuda.empty_cache()

@@ -13,6 +13,7 @@ from medmamba.inference.sliding_window import sliding_window_logits
 from medmamba.inference.window_batch import (
     MAX_WINDOW_BATCH,
     auto_window_batch,
+    halve_on_out_of_memory,
     window_count,
 )
 
@@ -54,6 +55,41 @@ def test_auto_window_batch(windows, per_window, free, expected):
     assert auto_window_batch(windows, per_window, free) == expected
 
 
+def test_out_of_memory_halves_the_batch_until_it_fits(caplog):
+    tried = []
+
+    def run(batch: int) -> str:
+        tried.append(batch)
+        if batch > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return f"ran {batch}"
+
+    with caplog.at_level("WARNING"):
+        assert halve_on_out_of_memory(run, 12) == ("ran 3", 3)
+    assert tried == [12, 6, 3]
+    assert "out of GPU memory at 12 windows a pass; trying 6" in caplog.text
+
+
+def test_out_of_memory_at_one_window_is_raised():
+    def run(batch: int) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        halve_on_out_of_memory(run, 2)
+
+
+def test_other_errors_are_not_retried():
+    tried = []
+
+    def run(batch: int) -> None:
+        tried.append(batch)
+        raise RuntimeError("not a memory problem")
+
+    with pytest.raises(RuntimeError, match="not a memory problem"):
+        halve_on_out_of_memory(run, 8)
+    assert tried == [8]
+
+
 def _predictor(device: str, **options) -> tuple[Predictor, BatchRecorder]:
     network = BatchRecorder()
     model = FoldModel(0, network, {"patch_size": [8, 16, 16]})
@@ -90,6 +126,39 @@ def test_gpu_default_takes_the_case_windows_as_memory_allows(monkeypatch, compil
     # compiled: fixed at the first case, so every pass keeps one shape (one compile)
     assert predictor._window_batch(many) == (8 if compile else 5)
     assert len(probes) == 1  # measured once per predictor
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_gpu_batch_that_ran_out_of_memory_caps_later_cases(monkeypatch, compile):
+    monkeypatch.setattr(predictor_module, "window_bytes", lambda *args: 1)
+    monkeypatch.setattr(predictor_module, "free_device_bytes", lambda device: 10**12)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    predictor, _ = _predictor("cuda", compile=compile)
+    tried = []
+
+    def fold_average(image, batch):
+        tried.append(batch)
+        if batch > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return image
+
+    monkeypatch.setattr(predictor, "_fold_average", fold_average)
+    many = torch.zeros((1, 1, 40, 40, 40))  # 144 windows: the cap of 16 to start with
+    predictor._windows_fold_average(many)
+    predictor._windows_fold_average(many)
+    assert tried == [MAX_WINDOW_BATCH, 8, 4, 4]
+
+
+def test_an_asked_batch_that_runs_out_of_memory_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    predictor, _ = _predictor("cuda", sw_batch_size=8)
+
+    def fold_average(image, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(predictor, "_fold_average", fold_average)
+    with pytest.raises(torch.OutOfMemoryError):
+        predictor._windows_fold_average(torch.zeros((1, 1, 12, 24, 24)))
 
 
 @pytest.mark.gpu
