@@ -108,7 +108,7 @@ def predict(work: Path, input_folder: Path, output_folder: Path, configuration: 
     Uses the trained folds in ``work`` (``None``: every fold found; the only trained network;
     ``3d_fullres`` if trained), sliding windows of the plan's patch size (gaussian weighting,
     overlap 0.5; ``batch_windows`` per forward pass, ``None``: on a GPU as many of a case's
-    windows as fit in half the free memory, at most 16, on the CPU 4), mirroring TTA, fold
+    windows as fit in half the free memory, 4 to 16, on the CPU 4), mirroring TTA, fold
     averaging. Masks get the input's exact geometry and file ending. Cases that fail are
     listed in ``report.failed``; existing outputs are skipped unless ``overwrite``.
     ``num_parts``/``part_id`` select every num_parts-th case of the sorted list.

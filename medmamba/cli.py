@@ -180,7 +180,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     num_parts: Annotated[int, typer.Option("--num-parts", min=1, help="Split the sorted cases into this many parts.")] = 1,
     part_id: Annotated[int, typer.Option("--part-id", min=0, help="Which part this process predicts (0-based).")] = 0,
-    batch_windows: Annotated[int | None, typer.Option("--batch-windows", min=1, help="Sliding windows per forward pass (default: on a GPU as many of a case's as fit in half the free memory, at most 16; on the CPU 4).")] = None,
+    batch_windows: Annotated[int | None, typer.Option("--batch-windows", min=1, help="Sliding windows per forward pass (default: on a GPU as many of a case's as fit in half the free memory, 4 to 16; on the CPU 4).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="latest or best.")] = "latest",
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the network (a compile first, then faster windows).")] = False,

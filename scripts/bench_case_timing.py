@@ -67,9 +67,9 @@ def time_cases(work: Path, network: str, configuration: str, images: Path, out: 
     stages = stage_medians(report)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if predictor.device.type == "cuda"
             else None)
-    # asked (None: the predictor's choice), and what a compiled run fixed at its first case
+    # asked (None: the predictor's choice), and what the last case ran with
     return {"cases": len(cases), "compile": compile_windows, "batch_windows": batch_windows,
-            "window_batch_used": predictor.sw_batch_size,
+            "window_batch_used": predictor.last_window_batch,
             "array_to_mask_s": spans,
             "first_case_s": spans[0], "median_array_to_mask_s_after_first": median_after_first(spans),
             "median_interval_s_after_first": statistics.median(intervals) if intervals else None,

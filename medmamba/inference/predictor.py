@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from medmamba.inference.window_batch import (
     auto_window_batch,
     free_device_bytes,
     halve_on_out_of_memory,
+    stitching_bytes,
     window_bytes,
     window_count,
 )
@@ -167,9 +169,10 @@ class Predictor:
         self.mirror_axes = mirror_axes
         self.compile = compile
         self._window_runners = [self._window_runner(model.network) for model in self.models]
+        self.last_window_batch: int | None = None  # windows a pass in the last case
         if device.type == "cuda":
-            # Every window has the plan's patch shape, so cuDNN's autotuned convolutions are
-            # chosen once and reused for every window of every case (as in training).
+            # Every window has the plan's patch shape, so cuDNN autotunes each convolution
+            # once per window batch (at most 16 of them) and reuses it for every case.
             torch.backends.cudnn.benchmark = True
 
     def _autocast(self):
@@ -217,12 +220,14 @@ class Predictor:
         while the GPU runs out of memory, and later cases start from what fitted."""
         batch = self._window_batch(image)
         if not (self._choose_batch and self.device.type == "cuda"):
+            self.last_window_batch = batch
             return self._fold_average(image, batch)
         total, ran = halve_on_out_of_memory(functools.partial(self._fold_average, image), batch)
         if ran < batch:
             self._batch_cap = ran
             if self.compile:
                 self.sw_batch_size = ran
+        self.last_window_batch = ran
         return total
 
     def _fold_average(self, image: torch.Tensor, batch: int) -> torch.Tensor:
@@ -239,7 +244,8 @@ class Predictor:
 
     def _window_batch(self, image: torch.Tensor) -> int:
         """Windows per forward pass for ``image`` (batch, C, *spatial): as asked, else 4 on
-        the CPU, else as many of the case's windows as fit (window_batch.py)."""
+        the CPU, else as many of the case's windows as fit (window_batch.py). Compiled, the
+        first case's choice is kept, and is at least 4 (padding fills smaller passes)."""
         if self.sw_batch_size is not None:
             return self.sw_batch_size
         if self.device.type != "cuda":
@@ -248,8 +254,12 @@ class Predictor:
             self._window_bytes = window_bytes(self.models[0].network, image.shape[1],
                                               self.patch_size, self.device, self._autocast)
         windows = image.shape[0] * window_count(image.shape[2:], self.patch_size, self.overlap)
-        batch = min(self._batch_cap, auto_window_batch(windows, self._window_bytes,
-                                                       free_device_bytes(self.device)))
+        if self.compile:  # one shape for every case: a one-window first case must not fix 1
+            windows = max(windows, CPU_WINDOW_BATCH)
+        voxels = image.shape[0] * math.prod(image.shape[2:])
+        free = (free_device_bytes(self.device)
+                - stitching_bytes(voxels, len(self.label_values)))
+        batch = min(self._batch_cap, auto_window_batch(windows, self._window_bytes, free))
         if self.compile:
             self.sw_batch_size = batch
         return batch

@@ -117,7 +117,7 @@ def test_mask_path_equals_the_labels_of_the_probabilities(tmp_path, device, targ
     np.testing.assert_array_equal(mask, reference)
     assert (mask[BOX] == label_values[1]).mean() > 0.9 and mask[0].max() == label_values[0]
     if device == "cuda":
-        assert torch.backends.cudnn.benchmark  # fixed window shape: autotuned once, reused
+        assert torch.backends.cudnn.benchmark  # fixed window shape: autotuned once per batch size
 
 
 @pytest.mark.parametrize("dims, target, patch, label_values, folds", [

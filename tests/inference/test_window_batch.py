@@ -14,6 +14,7 @@ from medmamba.inference.window_batch import (
     MAX_WINDOW_BATCH,
     auto_window_batch,
     halve_on_out_of_memory,
+    stitching_bytes,
     window_count,
 )
 
@@ -49,7 +50,9 @@ def test_window_count_is_what_sliding_window_inference_runs(shape, patch, overla
     (12, 1, 10**12, 12),  # all of a case's windows fit: one pass
     (40, 1, 10**12, MAX_WINDOW_BATCH),  # never more than the cap
     (12, 10, 100, 5),  # half of 100 bytes holds 5 windows of 10
-    (12, 10**9, 10, 1),  # nothing fits: one window a pass, never 0
+    (12, 10**9, 10, 4),  # nothing fits: the old fixed 4 (an out-of-memory pass is halved)
+    (3, 10**9, 10, 3),  # ... or the case's windows, if fewer
+    (12, 10, -50, 4),  # stitching alone over the free memory
 ])
 def test_auto_window_batch(windows, per_window, free, expected):
     assert auto_window_batch(windows, per_window, free) == expected
@@ -90,11 +93,21 @@ def test_other_errors_are_not_retried():
     assert tried == [8]
 
 
-def _predictor(device: str, **options) -> tuple[Predictor, BatchRecorder]:
+def _predictor(device: str, patch=(8, 16, 16), **options) -> tuple[Predictor, BatchRecorder]:
     network = BatchRecorder()
-    model = FoldModel(0, network, {"patch_size": [8, 16, 16]})
-    return Predictor([model], configuration_plan(3, (1.0, 1.0, 1.0)), [0, 1],
+    model = FoldModel(0, network, {"patch_size": list(patch)})
+    return Predictor([model], configuration_plan(len(patch), (1.0,) * len(patch)), [0, 1],
                      torch.device(device), tta=False, **options), network
+
+
+def _stub_gpu_memory(monkeypatch, per_window: int, free: dict) -> list:
+    """window_bytes and free_device_bytes stubbed (no GPU here); returns the probe calls."""
+    probes = []
+    monkeypatch.setattr(predictor_module, "window_bytes",
+                        lambda *args: probes.append(args) or per_window)
+    monkeypatch.setattr(predictor_module, "free_device_bytes", lambda device: free["bytes"])
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    return probes
 
 
 def test_cpu_default_runs_four_windows_a_pass():
@@ -112,27 +125,36 @@ def test_an_asked_batch_is_kept():
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_gpu_default_takes_the_case_windows_as_memory_allows(monkeypatch, compile):
     """The choice on a GPU, without one: the memory probe and the free memory stubbed."""
-    probes = []
-    monkeypatch.setattr(predictor_module, "window_bytes",
-                        lambda *args: probes.append(args) or 100)
     free = {"bytes": 10**6}
-    monkeypatch.setattr(predictor_module, "free_device_bytes", lambda device: free["bytes"])
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    probes = _stub_gpu_memory(monkeypatch, 100, free)
     predictor, _ = _predictor("cuda", compile=compile)
     two_by_two = torch.zeros((1, 1, 12, 24, 24))  # 2 x 2 x 2 windows of 8 x 16 x 16
     assert predictor._window_batch(two_by_two) == 8
-    free["bytes"] = 1000  # half holds 5 windows of 100 bytes
     many = torch.zeros((1, 1, 40, 40, 40))  # 9 x 4 x 4 windows
+    # after the case's own stitching buffers (2 classes), half of 1200 bytes: 6 windows
+    free["bytes"] = stitching_bytes(40**3, 2) + 1200
     # compiled: fixed at the first case, so every pass keeps one shape (one compile)
-    assert predictor._window_batch(many) == (8 if compile else 5)
+    assert predictor._window_batch(many) == (8 if compile else 6)
     assert len(probes) == 1  # measured once per predictor
+
+
+def test_gpu_default_counts_the_windows_of_every_slice_in_2d(monkeypatch):
+    _stub_gpu_memory(monkeypatch, 1, {"bytes": 10**9})
+    predictor, _ = _predictor("cuda", patch=(16, 16))
+    slices = torch.zeros((3, 1, 24, 24))  # slices as the batch, 2 x 2 windows each
+    assert predictor._window_batch(slices) == 12
+
+
+def test_compiled_gpu_batch_is_not_fixed_below_four_by_a_one_window_first_case(monkeypatch):
+    _stub_gpu_memory(monkeypatch, 1, {"bytes": 10**9})
+    predictor, _ = _predictor("cuda", compile=True)
+    assert predictor._window_batch(torch.zeros((1, 1, 8, 16, 16))) == 4
+    assert predictor._window_batch(torch.zeros((1, 1, 12, 24, 24))) == 4
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_gpu_batch_that_ran_out_of_memory_caps_later_cases(monkeypatch, compile):
-    monkeypatch.setattr(predictor_module, "window_bytes", lambda *args: 1)
-    monkeypatch.setattr(predictor_module, "free_device_bytes", lambda device: 10**12)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    _stub_gpu_memory(monkeypatch, 1, {"bytes": 10**12})
     predictor, _ = _predictor("cuda", compile=compile)
     tried = []
 
@@ -145,6 +167,7 @@ def test_gpu_batch_that_ran_out_of_memory_caps_later_cases(monkeypatch, compile)
     monkeypatch.setattr(predictor, "_fold_average", fold_average)
     many = torch.zeros((1, 1, 40, 40, 40))  # 144 windows: the cap of 16 to start with
     predictor._windows_fold_average(many)
+    assert predictor.last_window_batch == 4
     predictor._windows_fold_average(many)
     assert tried == [MAX_WINDOW_BATCH, 8, 4, 4]
 
@@ -169,6 +192,6 @@ def test_one_window_memory_is_measured_on_the_gpu():
                                       lambda: torch.autocast("cuda", dtype=torch.bfloat16))
     large = window_batch.window_bytes(network, 2, (32, 64, 64), device,
                                       lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-    assert 0 < small < large
+    assert small < large
     assert window_batch.free_device_bytes(device) > 0
 

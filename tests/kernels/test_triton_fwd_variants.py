@@ -106,7 +106,8 @@ def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
     inputs = case.inputs(DEVICE)
     want = selective_scan_reference(**inputs, delta_softplus=False, reverse=False)
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=False, reverse=False)
-    assert ("rows" if rows_calls else "deferred") == expected
+    # fp32: one chunk runs the tile output kernel whether "deferred" or "chunked" is named
+    assert bool(rows_calls) == (expected == "rows")
     assert triton_fwd.auto_variant(dtype, n_chunks=1) == expected
     assert relative_error(got, want) <= TOLERANCE[dtype]
 
