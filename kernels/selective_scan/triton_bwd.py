@@ -82,6 +82,16 @@ def _bwd_kernel(
     # scan order, and has_prev is false for it under REVERSE), so these are fixed columns,
     # which keeps the selects off the (N, CHUNK) tile.
     h0_col, q0_col = _scan_edge_columns(CHUNK, REVERSE)
+    # The sequence's first position in scan order has no state before it, so its term of
+    # dA, g * a * h_prev, is exactly 0; g * (h - drive) leaves a rounding remnant there
+    # (1.5e-9 on an H200: all of dA when L = 1), removed by zeroing its dt. Only for
+    # sequences of one chunk: there it can be the whole sum, while in a long sequence it
+    # is one rounding among many, and the select costs the reverse kernel 40-72
+    # instructions and a spill (offline SASS for sm_90, scripts/kernel_sass_stats.py).
+    if REVERSE:
+        has_prev_state = offs_l != length - 1
+    else:
+        has_prev_state = offs_l != 0
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
@@ -166,7 +176,11 @@ def _bwd_kernel(
         tl.store(ddelta_ptr + row * length + offs_l, ddt.to(ddelta_ptr.dtype.element_ty),
                  mask=mask_l)
         part = row * n_chunks + c
-        tl.store(dA_ptr + part * N + offs_n, tl.sum(gha * dt[None, :], axis=1), mask=mask_n)
+        if MULTI_CHUNK:
+            dt_dA = dt
+        else:
+            dt_dA = tl.where(has_prev_state, dt, 0.0)
+        tl.store(dA_ptr + part * N + offs_n, tl.sum(gha * dt_dA[None, :], axis=1), mask=mask_n)
         if HAS_D:
             tl.store(dD_ptr + part, tl.sum(dy * u, axis=0))
         if HAS_BIAS:
