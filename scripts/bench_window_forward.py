@@ -12,8 +12,8 @@ the values), in eval mode without deep supervision, bf16 autocast, inference_mod
 A variant is ``MODE[-cl]:BATCH``: MODE ``eager``, ``compile`` (torch.compile, dynamic=False,
 the predictor's ``compile=True``) or ``graphs`` (torch.compile mode="reduce-overhead": the
 compiled windows replayed as a CUDA graph); ``-cl`` puts the weights and the windows in
-channels_last_3d memory format; BATCH windows per forward (the predictor's sw_batch_size is
-4; 32 is 4 windows x 8 mirrors in one pass). Reported per variant: compile/first-call s, ms
+channels_last_3d memory format; BATCH windows per forward (the predictor's was 4 until session
+15, and is now a case's windows up to 16 on a GPU; 32 is 4 windows x 8 mirrors in one pass). Reported per variant: compile/first-call s, ms
 per forward (median of timed calls, synchronised), ms per window, and the ratio of ms per
 window to the first variant's, measured in the same run. Runs from the repository root
 without installing.

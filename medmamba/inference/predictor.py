@@ -157,12 +157,12 @@ class Predictor:
         self.label_values = [int(v) for v in label_values]
         self.device = device
         self.tta = tta
-        # None: chosen per case (window_batch.py); compiled, fixed at the first case so
-        # that every pass has one shape (one compile)
+        # None: chosen per case on a GPU (window_batch.py)
         self.sw_batch_size = None if sw_batch_size is None else int(sw_batch_size)
-        self._choose_batch = sw_batch_size is None
         self._window_bytes: int | None = None
         self._batch_cap = MAX_WINDOW_BATCH  # lowered when a chosen batch ran out of memory
+        # compiled: the first case's choice, kept so that every pass has one shape
+        self._compiled_batch: int | None = None
         self.overlap = overlap
         self.patch_size = tuple(int(p) for p in models[0].meta["patch_size"])
         self.spatial_dims = len(self.patch_size)
@@ -219,14 +219,14 @@ class Predictor:
         """``_fold_average`` at the window batch for ``image``; a batch we chose is halved
         while the GPU runs out of memory, and later cases start from what fitted."""
         batch = self._window_batch(image)
-        if not (self._choose_batch and self.device.type == "cuda"):
+        if self.sw_batch_size is not None or self.device.type != "cuda":
             self.last_window_batch = batch
             return self._fold_average(image, batch)
         total, ran = halve_on_out_of_memory(functools.partial(self._fold_average, image), batch)
         if ran < batch:
             self._batch_cap = ran
             if self.compile:
-                self.sw_batch_size = ran
+                self._compiled_batch = ran
         self.last_window_batch = ran
         return total
 
@@ -250,6 +250,8 @@ class Predictor:
             return self.sw_batch_size
         if self.device.type != "cuda":
             return CPU_WINDOW_BATCH
+        if self._compiled_batch is not None:
+            return self._compiled_batch
         if self._window_bytes is None:
             self._window_bytes = window_bytes(self.models[0].network, image.shape[1],
                                               self.patch_size, self.device, self._autocast)
@@ -261,7 +263,7 @@ class Predictor:
                 - stitching_bytes(voxels, len(self.label_values)))
         batch = min(self._batch_cap, auto_window_batch(windows, self._window_bytes, free))
         if self.compile:
-            self.sw_batch_size = batch
+            self._compiled_batch = batch
         return batch
 
     def prepare(self, images: np.ndarray, geometry: Geometry) -> PreparedCase:

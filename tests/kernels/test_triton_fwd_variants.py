@@ -71,19 +71,25 @@ def test_rows_variant_at_long_chunks_over_several_warps(reverse: bool, chunk: in
     assert relative_error(got, want) <= tol and relative_error(last, want_last) <= tol
 
 
+def _record_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list:
+    """Calls of triton_fwd's ``name`` (still run), recorded into the returned list."""
+    real = getattr(triton_fwd, name)
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_fwd, name, recording)
+    return calls
+
+
 @pytest.mark.parametrize(("dtype", "expected"), [
     (torch.float32, "deferred"), (torch.bfloat16, "chunked"), (torch.float16, "chunked"),
 ], ids=str)
 def test_auto_picks_the_variant_measured_faster_for_the_dtype(
         dtype: torch.dtype, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_deferred_forward = triton_fwd.deferred_forward
-    deferred_calls = []
-
-    def recording_deferred_forward(*args):
-        deferred_calls.append(args)
-        real_deferred_forward(*args)
-
-    monkeypatch.setattr(triton_fwd, "deferred_forward", recording_deferred_forward)
+    deferred_calls = _record_calls(monkeypatch, "deferred_forward")
     x = _four_d(ScanCase(1, 2, 64, 4, dtype=dtype).inputs(DEVICE))
     selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, chunk=16)
     assert ("deferred" if deferred_calls else "chunked") == expected
@@ -94,14 +100,7 @@ def test_auto_picks_the_variant_measured_faster_for_the_dtype(
 ], ids=str)
 def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
         dtype: torch.dtype, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_rows_output = triton_fwd.launch_rows_output
-    rows_calls = []
-
-    def recording_rows_output(*args, **kwargs):
-        rows_calls.append(args)
-        real_rows_output(*args, **kwargs)
-
-    monkeypatch.setattr(triton_fwd, "launch_rows_output", recording_rows_output)
+    rows_calls = _record_calls(monkeypatch, "launch_rows_output")
     case = ScanCase(1, 2, 64, 4, dtype=dtype)
     inputs = case.inputs(DEVICE)
     want = selective_scan_reference(**inputs, delta_softplus=False, reverse=False)
