@@ -216,12 +216,15 @@ def compare_fwd_variants(dtypes, shapes):
 
     # (column, host-function keywords); "rows" also at longer chunks, which its few live
     # rows allow (the default plan caps the forward chunk at 128 for the tile kernels)
-    variants = (("chunked", {}), ("reload", {}), ("rows", {}),
-                ("rows c256w1", {"variant": "rows", "chunk": 256, "num_warps": 1}),
-                ("rows c512w2", {"variant": "rows", "chunk": 512, "num_warps": 2}),
-                # one launch for L <= 4096 (rows 3 and 4 are host-bound at three launches)
-                ("rows c4096w16", {"variant": "rows", "chunk": 4096, "num_warps": 16}),
-                ("deferred", {}), ("auto", {}))
+    # "reload" and "rows" at longer chunks: session 15's log (scripts/results/
+    # kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" also with 16 channels a warp
+    # (two threads a channel) and other chunks
+    variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
+                ("serial d16", {"variant": "serial", "channel_block": 16}),
+                ("serial c256", {"variant": "serial", "chunk": 256}),
+                ("serial c1024", {"variant": "serial", "chunk": 1024}),
+                ("ser c256 d16", {"variant": "serial", "chunk": 256, "channel_block": 16}),
+                ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
@@ -267,26 +270,24 @@ def compare_fwd_variants(dtypes, shapes):
     return ok
 
 
-# Backward launch configs (chunk, num_warps, maxnreg, channel_block) for --bwd-variants; the
-# first is the default plan on every bench row and the reference for the error column.
-# More warps or a register cap trade spills for more resident warps: offline SASS for sm_90
-# (scripts/kernel_sass_stats.py; row 1, fp32, per thread and trip) has chunk 64 at 1 warp
-# holding 255 registers and spilling 104 bytes, at 2 warps 229 and no spill, at 4 warps 183.
-# A larger channel block means fewer dB/dC partial sums: the default plan splits row 4's 512
-# channels into 128 blocks, whose fp32 partials (2 x 128 x 2 x 16 x 512 x 4 B = 17 MB, written
-# and summed) outweigh the row's own ~15 MB of inputs and gradients.
-BWD_CONFIGS = [(64, 1, None, None), (64, 2, None, None), (64, 4, None, None),
-               (32, 1, None, None), (32, 2, None, None), (32, 1, 128, None),
-               (64, 1, None, 16), (64, 2, None, 32), (32, 2, None, 16)]
+# Backward configs (chunk, num_warps, maxnreg, channel_block, boundary) for --bwd-variants;
+# the first is the default on every bench row and the reference for the error column.
+# "boundary": how the states at chunk boundaries are found (triton_bwd.py): "serial" (one
+# channel a thread) or "tile" (the (N, CHUNK) tile kernel, the default until session 16).
+# Session 13's sweep of chunks, warps, register caps and channel blocks (scripts/results/
+# kernel_h200_2026-11-30c/bwd_variants.log) found none better than chunk 64 on one warp
+# across the rows (a few within 5% either way on some).
+BWD_CONFIGS = [(64, 1, None, None, "auto"), (64, 1, None, None, "serial"),
+               (64, 1, None, None, "tile")]
 
 
 def compare_bwd_variants(dtypes, shapes):
     """Backward launch configs side by side (same inputs, same run), bwd only."""
     from triton.testing import do_bench
 
-    names = [f"{chunk}/w{warps}/{maxnreg or '-'}/{block or '-'}"
-             for chunk, warps, maxnreg, block in BWD_CONFIGS]
-    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n in names)
+    names = [f"{chunk}/w{warps}/{maxnreg or '-'}/{block or '-'}/{where}"
+             for chunk, warps, maxnreg, block, where in BWD_CONFIGS]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>20}" for n in names)
           + f"{'max err':>10}")
     for dt in dtypes:
         for shape in shapes:
@@ -294,8 +295,9 @@ def compare_bwd_variants(dtypes, shapes):
             out, _ = fwd(**x)
             dout = torch.randn_like(out)
             times, err, ref = [], 0.0, None
-            for chunk, warps, maxnreg, block in BWD_CONFIGS:
-                kw = dict(chunk=chunk, num_warps=warps, maxnreg=maxnreg, channel_block=block)
+            for chunk, warps, maxnreg, block, where in BWD_CONFIGS:
+                kw = dict(chunk=chunk, num_warps=warps, maxnreg=maxnreg, channel_block=block,
+                          boundary=where)
                 grads = bwd(dout, **x, **kw)
                 if ref is None:
                     ref = grads
@@ -305,7 +307,7 @@ def compare_bwd_variants(dtypes, shapes):
                 times.append(do_bench(lambda kw=kw: bwd(dout, **x, **kw), warmup=5, rep=30,
                                       return_mode="median"))
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
-                  + "".join(f"{t:>14.3f}" for t in times) + f"{err:>10.1e}", flush=True)
+                  + "".join(f"{t:>20.3f}" for t in times) + f"{err:>10.1e}", flush=True)
             del x, out, dout, ref
 
 
@@ -320,6 +322,8 @@ def main() -> int:
                    help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
     p.add_argument("--profile", action="store_true",
                    help="with --only: run fwd and bwd a few times untimed (for ncu)")
+    p.add_argument("--variant", default="auto",
+                   help="forward variant of --profile runs (triton_fwd.VARIANTS)")
     p.add_argument("--fwd-variants", action="store_true",
                    help="time the forward variants (chunked, deferred, auto) side by side, "
                         "and the public call against the torch.library op path (host overhead)")
@@ -342,10 +346,10 @@ def main() -> int:
         if args.profile:
             for dt in dtypes:
                 x = make_inputs(*shapes[0], dt)
-                out, _ = fwd(**x)
+                out, _ = fwd(**x, variant=args.variant)
                 dout = torch.randn_like(out)
                 for _ in range(3):
-                    fwd(**x)
+                    fwd(**x, variant=args.variant)
                     bwd(dout, **x)
             torch.cuda.synchronize()
             return 0

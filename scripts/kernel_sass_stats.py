@@ -49,9 +49,11 @@ def _import_kernels():
         triton_fwd,
         triton_fwd_deferred,
         triton_fwd_rows,
+        triton_fwd_serial,
     )
 
-    return triton_common, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows
+    return (triton_common, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows,
+            triton_fwd_serial)
 
 
 def compile_sm90(fn, args: dict, num_warps: int):
@@ -128,6 +130,22 @@ def configs(chunk: int):
         **base, "BLOCK": 512, "STORE_LAST": True, "n_chunks": 2048}, 8
 
 
+def serial_configs(dtype: torch.dtype):
+    """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp)."""
+    L, D = 262144, 64
+    base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
+                per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
+                s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
+                s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
+                N=16, NP=16, BLOCK_D=32, TI=16 // dtype.itemsize, HAS_BIAS=True,
+                SOFTPLUS=True, HAS_Z=True, HAS_D=True, REVERSE=False, MULTI_CHUNK=True,
+                AGGREGATE=False, ADJOINT=False)
+    kernel = ("triton_fwd_serial", "_serial_kernel")
+    yield "serial: aggregate", kernel, {**base, "AGGREGATE": True}, 1
+    yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True}, 1
+    yield "serial: output", kernel, base, 1
+
+
 def backward_configs(chunk: int):
     """The backward kernels at the host function's default plan for row 1 (one warp)."""
     base = _row1_args(chunk, backward=True)
@@ -145,11 +163,12 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
-                        "triton_fwd_rows"), _import_kernels()))
+                        "triton_fwd_rows", "triton_fwd_serial"), _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))
     for dtype in (torch.float32, torch.bfloat16):
         for label, (mod, name), values, warps in [*configs(args.chunk),
+                                                  *serial_configs(dtype),
                                                   *backward_configs(args.bwd_chunk)]:
             fn = getattr(modules[mod], name)
             full = {}

@@ -35,6 +35,7 @@ from .triton_common import (
     chunk_boundary_states,
     plan_launch,
 )
+from .triton_fwd_serial import SERIAL_MIN_LENGTH, serial_boundary_states, serial_plan
 
 
 @triton.jit
@@ -191,6 +192,16 @@ def _bwd_kernel(
     tl.store(dC_ptr + acc_off, dC_acc, mask=mask_nl)
 
 
+BOUNDARIES = ("auto", "serial", "tile")
+
+
+def auto_boundary(length: int, per_group: int) -> str:
+    """"serial" where its forward pays (triton_fwd.auto_variant: long sequences, warps
+    full of channels), else "tile". Measured by bench_selective_scan.py --bwd-variants."""
+    full_warps = per_group % 32 == 0
+    return "serial" if length >= SERIAL_MIN_LENGTH and full_warps else "tile"
+
+
 def selective_scan_bwd_triton(
     dout: torch.Tensor,
     u: torch.Tensor,
@@ -209,14 +220,19 @@ def selective_scan_bwd_triton(
     carry_block: int | None = None,
     num_warps: int | None = None,
     maxnreg: int | None = None,
+    boundary: str = "auto",
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
     shape, None for an absent optional. Keyword-only sizes as in the forward.
     `maxnreg` caps the registers per thread of the main kernel (more resident warps, maybe
-    spills); None leaves it to the compiler.
+    spills); None leaves it to the compiler. `boundary`: how the states at the chunk
+    boundaries are found, "serial" (triton_fwd_serial's aggregate kernel, one channel a
+    thread), "tile" (triton_common's (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
     """
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -225,7 +241,14 @@ def selective_scan_bwd_triton(
     A = A.contiguous()
     dev, f32 = u.device, torch.float32
     multi = plan.n_chunks > 1
-    if multi:
+    if boundary == "auto":
+        boundary = auto_boundary(length, dim // groups)
+    if multi and boundary == "serial":
+        ti = min(plan.chunk, 16 // u.element_size())
+        splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk, ti=ti)
+        H, Q = serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias,
+                                      delta_softplus, reverse, splan)
+    elif multi:
         H, Q = chunk_boundary_states(
             u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,
             forward=True, adjoint=True,

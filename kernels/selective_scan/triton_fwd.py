@@ -57,12 +57,21 @@ from .triton_common import (
 )
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states
+from .triton_fwd_serial import SERIAL_MIN_LENGTH, serial_forward
 
-VARIANTS = ("auto", "chunked", "deferred", "reload", "rows")
+VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
 
 
-def auto_variant(dtype: torch.dtype, n_chunks: int) -> str:
-    """The forward variant "auto" runs (measurements in the module docstring)."""
+def auto_variant(dtype: torch.dtype, n_chunks: int, length: int = 0,
+                 per_group: int = 32) -> str:
+    """The forward variant "auto" runs (measurements in the module docstring).
+
+    per_group: channels sharing B/C. "serial" puts one on each of a warp's 32 threads; with
+    fp32 inputs and a count that leaves threads idle (48 on bench row 6: a second warp
+    half empty) "deferred" stays faster.
+    """
+    if length >= SERIAL_MIN_LENGTH and (dtype != torch.float32 or per_group % 32 == 0):
+        return "serial"
     if dtype == torch.float32:
         return "deferred"
     return "rows" if n_chunks == 1 else "chunked"
@@ -150,6 +159,7 @@ def selective_scan_fwd_triton(
     carry_block: int | None = None,
     num_warps: int | None = None,
     variant: str = "auto",
+    ti: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward host function (contract: interface.py's docstring).
 
@@ -157,7 +167,8 @@ def selective_scan_fwd_triton(
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
-    "chunked", "deferred", "reload", "rows" or "auto" (by u's dtype; module docstring).
+    "chunked", "deferred", "reload", "rows", "serial" or "auto" (by u's dtype; module
+    docstring). `ti`: positions per load of the "serial" variant (default 16 bytes' worth).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
@@ -167,7 +178,7 @@ def selective_scan_fwd_triton(
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state)
     if variant == "auto":
-        variant = auto_variant(u.dtype, plan.n_chunks)
+        variant = auto_variant(u.dtype, plan.n_chunks, length, dim // groups)
     if not A.is_contiguous():
         A = A.contiguous()
     if out is None:
@@ -178,6 +189,11 @@ def selective_scan_fwd_triton(
             f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}"
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+    if variant == "serial":
+        serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
+                       last_state, chunk=chunk, num_warps=num_warps, ti=ti,
+                       block_d=channel_block)
+        return out, last_state
     multi = plan.n_chunks > 1
     if multi and variant == "deferred":
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,

@@ -18,6 +18,7 @@ triton = pytest.importorskip("triton")
 
 from medmamba_kernels import selective_scan  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
+from medmamba_kernels.selective_scan import triton_bwd  # noqa: E402
 from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton  # noqa: E402
 from medmamba_kernels.selective_scan.triton_common import plan_launch  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
@@ -121,8 +122,10 @@ def _four_d(inputs: dict) -> dict:
             for k, v in inputs.items()}
 
 
-def _host_run(case: ScanCase, inputs: dict, plan: dict, dout_seed: int):
-    """(out, last_state, grads) from the host functions, output written into NaNs."""
+def _host_run(case: ScanCase, inputs: dict, plan: dict, dout_seed: int,
+              boundary: str = "auto"):
+    """(out, last_state, grads) from the host functions, output written into NaNs;
+    `boundary` as the backward host function takes it."""
     x = _four_d(inputs)
     flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
     out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
@@ -130,7 +133,7 @@ def _host_run(case: ScanCase, inputs: dict, plan: dict, dout_seed: int):
     assert got_out.data_ptr() == out.data_ptr()
     gen = torch.Generator().manual_seed(dout_seed)
     dout = torch.randn(got_out.shape, generator=gen).to(got_out.dtype).to(DEVICE)
-    grads = selective_scan_bwd_triton(dout, **x, **flags, **plan)
+    grads = selective_scan_bwd_triton(dout, **x, **flags, **plan, boundary=boundary)
     named = {}
     for name, grad in zip(GRAD_NAMES, grads):
         if inputs[name] is None:
@@ -181,6 +184,36 @@ def test_public_function_with_triton_backend(case: ScanCase) -> None:
 
     got = run_with_grads(triton_scan, inputs, case.flags(), dout_seed=5)
     assert_close_all(case, got, want)
+
+
+# The cases of several chunks, whose backward needs boundary states: "auto" takes "tile"
+# below SERIAL_MIN_LENGTH positions, so both ways are run here explicitly.
+MULTI_CHUNK_CASES = [(c, p) for c, p in CASES if p.get("chunk", 1 << 30) < c.length]
+
+
+@pytest.mark.parametrize("boundary", ["serial", "tile"])
+@pytest.mark.parametrize(("case", "plan"), MULTI_CHUNK_CASES,
+                         ids=[c.id for c, _ in MULTI_CHUNK_CASES])
+def test_backward_boundary_states_either_way(case: ScanCase, plan: dict, boundary: str) -> None:
+    inputs = case.inputs(DEVICE)
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=5)
+    got = _host_run(case, inputs, plan, dout_seed=5, boundary=boundary)
+    assert_close_all(case, got, want)
+
+
+def test_backward_refuses_unknown_boundary() -> None:
+    x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
+    with pytest.raises(ValueError, match="^boundary: expected one of"):
+        selective_scan_bwd_triton(torch.ones_like(x["u"]), **x, delta_softplus=False,
+                                  reverse=False, boundary="fast")
+
+
+@pytest.mark.parametrize(("length", "per_group", "expected"), [
+    (16384, 64, "serial"), (2_097_152, 32, "serial"), (16383, 64, "tile"),
+    (2_097_152, 48, "tile"),
+], ids=str)
+def test_auto_boundary_rule(length: int, per_group: int, expected: str) -> None:
+    assert triton_bwd.auto_boundary(length, per_group) == expected
 
 
 @pytest.mark.parametrize("case", [

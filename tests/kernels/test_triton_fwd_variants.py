@@ -37,10 +37,12 @@ CASES = [
     (_all(ScanCase(2, 4, 343, 16, dtype=torch.bfloat16, groups=2)), {"chunk": 64}),
     (_all(ScanCase(1, 2, 200, 4, dtype=torch.bfloat16, reverse=True)), {"chunk": 32}),
     (_all(ScanCase(2, 3, 45, 16, groups=3, last_state=True)), {"chunk": 64, "channel_block": 1}),
+    # N not a power of two: padded states must stay 0
+    (_all(ScanCase(1, 3, 90, 5, reverse=True)), {"chunk": 32}),
 ]
 
 
-@pytest.mark.parametrize("variant", ["chunked", "deferred", "reload", "rows"])
+@pytest.mark.parametrize("variant", ["chunked", "deferred", "reload", "rows", "serial"])
 @pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
 def test_forward_variant_matches_reference(variant: str, case: ScanCase, plan: dict) -> None:
     inputs = case.inputs(DEVICE)
@@ -109,6 +111,29 @@ def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
     assert bool(rows_calls) == (expected == "rows")
     assert triton_fwd.auto_variant(dtype, n_chunks=1) == expected
     assert relative_error(got, want) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(("dtype", "length", "per_group", "expected"), [
+    (torch.float32, 16384, 64, "serial"), (torch.bfloat16, 262144, 64, "serial"),
+    (torch.float32, 2_097_152, 48, "deferred"), (torch.bfloat16, 2_097_152, 48, "serial"),
+    (torch.float32, 4096, 256, "deferred"), (torch.bfloat16, 4096, 256, "chunked"),
+], ids=str)
+def test_auto_takes_serial_for_long_sequences(dtype: torch.dtype, length: int,
+                                              per_group: int, expected: str) -> None:
+    # measured (bench_selective_scan.py --fwd-variants, session 16): "serial" faster on
+    # every row of L >= 16384 but fp32 with 48 channels a group
+    assert triton_fwd.auto_variant(dtype, 8, length, per_group) == expected
+
+
+def test_auto_dispatches_a_long_sequence_to_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    # dispatch only (the serial kernel's results are checked above): a stand-in records
+    # the call instead of interpreting 16,384 steps
+    calls = []
+    monkeypatch.setattr(triton_fwd, "serial_forward",
+                        lambda *args, **kwargs: calls.append(kwargs))
+    x = _four_d(ScanCase(1, 32, 16384, 1).inputs(DEVICE))
+    selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False)
+    assert len(calls) == 1 and calls[0]["chunk"] is None
 
 
 def test_unknown_variant_is_refused() -> None:

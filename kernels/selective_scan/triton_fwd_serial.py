@@ -1,0 +1,314 @@
+"""Forward of the "serial" variant: one channel per thread, its N states in registers.
+
+The tile kernels (triton_fwd.py) lay a chunk out as an (N, CHUNK) tile over a warp and
+scan it with `tl.associative_scan`: warp shuffles on every element, five such tiles per
+channel, 255 registers. Here a program owns BLOCK_D channels of one (batch, group) and one
+chunk; each thread holds one channel's N states and walks the chunk's positions one after
+the other, as the recurrence is written:
+
+    h = exp(A dt_t) * h + B_t dt_t u_t,      y_t = <C_t, h> + D u_t
+
+The reduction over the N states is in-thread, so a step costs per state one exponential
+and four multiply-adds, no shuffle and no shared memory. B_t and C_t are the same for
+every channel of a group: each thread reads all N of them (one broadcast load per state,
+served by L1), which is the layout h needs. dt, u and z arrive TI positions at a time as
+(BLOCK_D, TI) tiles, 16 bytes per channel, and out leaves the same way.
+
+Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
+state each chunk produces from zero and its sum of dt), the carry scan over chunks
+(triton_common.carry_chunks), then this kernel again from each chunk's entering state.
+A sequence of one chunk is one launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import LaunchPlan, _next_pow2, _softplus, carry_chunks
+
+# "auto" takes this variant from this many positions on (bench rows of L >= 16384 all ran
+# faster with it, L = 4096 slower: too few programs for its three launches)
+SERIAL_MIN_LENGTH = 16384
+# Programs wanted per launch (one warp each; ~16 resident per SM at ~128 registers).
+_TARGET_PROGRAMS = 4096
+_MIN_CHUNK, _MAX_CHUNK = 64, 4096
+
+
+@triton.jit
+def _pick(x, sel):
+    """Column of x (R, TI) where sel (TI,) holds, in-thread: -0.0 is exact identity of +."""
+    return tl.sum(tl.where(sel[None, :], x, -0.0), axis=1)
+
+
+@triton.jit
+def _serial_block(
+    h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows, B_rows,
+    C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+    TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
+    AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
+):
+    """Positions [t0, t0 + TI) of the program's channels, in scan order.
+
+    Returns (h after them, y_acc + their sum of dt (AGGREGATE) or y_acc). TAIL: the block
+    may reach past L; its B/C reads are clamped to L - 1 (dt = 0 there makes the step an
+    identity). Full blocks read B/C at t0 + i: constant offsets from one address.
+    """
+    offs_t = t0 + offs_i
+    mask_t = offs_t < length
+    m_dt = mask_d[:, None] & mask_t[None, :]
+    dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(m_dt, dt, 0.0)
+    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0).to(tl.float32)
+    if ADJOINT:  # u_rows holds dout: the adjoint's drive is C dy, dy = dout silu(z)
+        if HAS_Z:
+            zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0).to(tl.float32)
+            u = u * zz * tl.sigmoid(zz)
+        x = u
+    else:
+        x = dt * u
+    y = tl.zeros(dt.shape, dtype=tl.float32)
+    for k in tl.static_range(TI):
+        if REVERSE:
+            i = TI - 1 - k
+        else:
+            i = k
+        if TAIL:
+            t_i = tl.minimum(t0 + i, length - 1)
+        else:
+            t_i = t0 + i
+        sel = offs_i == i
+        # one scalar load per state and step, the same address on every lane (L1
+        # broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.3-1.9x slower
+        B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+        a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
+        if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
+            h = a_i * (h + B_i * _pick(x, sel)[None, :])
+        else:
+            h = a_i * h + B_i * _pick(x, sel)[None, :]
+        if not AGGREGATE:
+            C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+            y = tl.where(sel[None, :], tl.sum(C_i * h, axis=0)[:, None], y)
+    if AGGREGATE:
+        return h, y_acc + tl.sum(dt, axis=1)
+    if HAS_D:
+        y += Dv[:, None] * u
+    if HAS_Z:
+        zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(out_rows + offs_t[None, :], y.to(out_rows.dtype.element_ty), mask=m_dt)
+    return h, y_acc
+
+
+@triton.jit(do_not_specialize=["s_An"])  # a stride of 1 would make A's tile n-contiguous
+def _serial_kernel(
+    u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, S_ptr, out_ptr,
+    dim, groups, length, n_chunks, chunk_len, n_dblk, per_group,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_An,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, TI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
+    AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False,
+):
+    """One chunk of BLOCK_D channels of one (batch, group).
+
+    AGGREGATE: writes S[b, d, c] = sum of dt and H[b, d, c] = the state the chunk produces
+    from zero. Otherwise writes out (contiguous (batch, dim, L)) from the state entering
+    the chunk (H[b, d, previous chunk] after the carry scan); with one chunk, H is the
+    last state (batch, dim, N), written here.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    per_chunk = tl.num_programs(0) // n_chunks  # batch * groups * n_dblk
+    c = pid // per_chunk
+    rest = pid % per_chunk
+    dblk = rest % n_dblk
+    b = (rest // n_dblk) // groups
+    g = (rest // n_dblk) % groups
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    local_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = local_d < per_group
+    offs_d = g * per_group + local_d
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None] * s_An, mask=mask_nd,
+                 other=0.0) * 1.4426950408889634
+    row = b * dim + offs_d
+    if MULTI_CHUNK and not AGGREGATE:
+        if REVERSE:
+            has_prev = c + 1 < n_chunks
+            c_prev = tl.minimum(c + 1, n_chunks - 1)
+        else:
+            has_prev = c > 0
+            c_prev = tl.maximum(c - 1, 0)
+        h = tl.load(H_ptr + (row[None, :] * n_chunks + c_prev) * N + offs_n[:, None],
+                    mask=mask_nd, other=0.0)
+        h = tl.where(has_prev, h, 0.0)
+    else:
+        h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    bias = 0.0
+    Dv = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_i = tl.arange(0, TI)
+    u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
+    d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
+    z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
+    out_rows = out_ptr + row[:, None] * length
+    # every lane reads the same B/C values: a (NP, BLOCK_D) tile of them broadcast over the
+    # channels holds all N in each thread, the layout of h (no shuffles, no shared memory)
+    n_safe = tl.minimum(offs_n, N - 1)
+    zero_d = 0 * offs_d[None, :]
+    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe[:, None] * s_Bn + zero_d
+    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe[:, None] * s_Cn + zero_d
+    # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
+    drive_n = 1.0
+    if NP != N:
+        drive_n = tl.where(mask_n, 1.0, 0.0)[:, None]
+    chunk_start = c * chunk_len
+    n_full = tl.maximum(tl.minimum(chunk_len, length - chunk_start), 0) // TI
+    has_tail = chunk_start + n_full * TI < tl.minimum(chunk_start + chunk_len, length)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if REVERSE and has_tail:
+        h, acc = _serial_block(
+            h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
+            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, True)
+    for j in range(0, n_full):
+        if REVERSE:
+            t0 = chunk_start + (n_full - 1 - j) * TI
+        else:
+            t0 = chunk_start + j * TI
+        h, acc = _serial_block(
+            h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows,
+            B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
+            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, False)
+    if not REVERSE and has_tail:
+        h, acc = _serial_block(
+            h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
+            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, True)
+    if AGGREGATE:
+        tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
+        tl.store(H_ptr + (row[None, :] * n_chunks + c) * N + offs_n[:, None], h, mask=mask_nd)
+    elif not MULTI_CHUNK:
+        tl.store(H_ptr + row[None, :] * N + offs_n[:, None], h, mask=mask_nd)
+
+
+def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
+                chunk: int | None = None, num_warps: int | None = None,
+                ti: int | None = None,
+                block_d: int | None = None) -> SerialPlan:
+    """Chunks long enough to leave about
+    _TARGET_PROGRAMS programs; TI positions = 16 bytes of the input dtype; block_d
+    channels a program (a power of two; default one per thread)."""
+    if ti is None:
+        ti = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+    if num_warps is None:
+        num_warps = 1
+    per_group = dim // groups
+    if block_d is None:
+        block_d = 32 * num_warps
+    block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
+    rows = batch * groups * -(-per_group // block_d)
+    if chunk is None:
+        want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
+        chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
+        chunk = min(chunk, max(ti, _next_pow2(length)))
+    if chunk % ti:
+        raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
+    n_dblk = -(-per_group // block_d)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
+
+
+@dataclass(frozen=True)
+class SerialPlan:
+    """How `_serial_kernel` splits a (batch, dim, L) scan (see `serial_plan`)."""
+
+    chunk: int
+    n_chunks: int
+    block_d: int  # channels a program, one per thread (a power of two)
+    n_dblk: int  # channel blocks per group
+    num_warps: int
+    ti: int  # positions a load
+
+    @property
+    def carry(self) -> LaunchPlan:
+        """The plan `carry_chunks` reads (its block of chunks)."""
+        block = min(512, max(16, _next_pow2(self.n_chunks)))
+        return LaunchPlan(self.chunk, self.n_chunks, 1, 1, block, 1)
+
+
+def _launch(plan: SerialPlan, rows, delta, z, A, src, C, D, delta_bias, H, S, out,
+            softplus: bool, reverse: bool, aggregate: bool, adjoint: bool = False) -> None:
+    """One `_serial_kernel` launch. rows: u (or dout for the adjoint); src: B (or C)."""
+    batch, dim, length = delta.shape
+    groups, n_state = src.shape[1], A.shape[1]
+    grid = plan.n_chunks * batch * groups * plan.n_dblk
+    if grid >= 2**31:
+        raise ValueError(f"selective scan too large for one launch: {grid} programs")
+    zz = z if z is not None else rows
+    dummy = H
+    _serial_kernel[(grid,)](
+        rows, delta, zz, A, src, C, D if D is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, H, S, out,
+        dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
+        *rows.stride(), *delta.stride(), *zz.stride(), *src.stride(), *C.stride(),
+        A.stride(1),
+        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=plan.ti,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
+        AGGREGATE=aggregate, ADJOINT=adjoint, num_warps=plan.num_warps,
+    )
+
+
+def serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
+                   reverse: bool, out: torch.Tensor, last_state: torch.Tensor, *,
+                   chunk: int | None = None, num_warps: int | None = None,
+                   ti: int | None = None, block_d: int | None = None) -> None:
+    """Fill out and last_state (contract as selective_scan_fwd_triton's)."""
+    batch, dim, length = u.shape
+    plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
+                       block_d)
+    if plan.n_chunks == 1:
+        _launch(plan, u, delta, z, A, B, C, D, delta_bias, last_state, last_state, out,
+                delta_softplus, reverse, aggregate=False)
+        return
+    H, _ = serial_boundary_states(u, delta, z, None, A, B, C, delta_bias, delta_softplus,
+                                  reverse, plan, last_state=last_state)
+    _launch(plan, u, delta, z, A, B, C, D, delta_bias, H, H, out, delta_softplus, reverse,
+            aggregate=False)
+
+
+def serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias, delta_softplus: bool,
+                           reverse: bool, plan: SerialPlan,
+                           last_state: torch.Tensor | None = None):
+    """(H, Q) as triton_common.chunk_boundary_states returns them, from this kernel's
+    aggregates: H always; Q (the adjoint) when dout is given."""
+    batch, dim, _ = delta.shape
+    n_state, nc = A.shape[1], plan.n_chunks
+    f32 = torch.float32
+    S = torch.empty(batch, dim, nc, device=delta.device, dtype=f32)
+    H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
+    _launch(plan, u, delta, z, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
+            aggregate=True)
+    Q = None
+    if dout is not None:
+        # the adjoint flows against scan order, driven by C dy: dout in u's place, C in B's
+        Q = torch.empty_like(H)
+        _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
+                not reverse, aggregate=True, adjoint=True)
+    carry_chunks(S, H, A, last_state, plan.carry, reverse)
+    if Q is not None:
+        carry_chunks(S, Q, A, None, plan.carry, not reverse)
+    return H, Q

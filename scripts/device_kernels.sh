@@ -1,0 +1,28 @@
+#!/bin/bash
+# Kernel checks and timings in one device call (sections in the order given):
+#
+#   bash scripts/device_call.sh run bash scripts/device_kernels.sh tests fwd table inference
+#       (carry .devdata/bench/env: the inference tests need monai and friends)
+#
+#   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree)
+#   table      scripts/bench_selective_scan.py: the table
+#   fwd        ... --fwd-variants          bwd   ... --bwd-variants
+#   inference  pytest -m gpu tests/inference
+# Each section's log goes to $OUT/<section>.log; its tail is printed.
+set -o pipefail
+mkdir -p /tmp/k "$OUT" && ln -sfn "$PWD/kernels" /tmp/k/medmamba_kernels
+K="env PYTHONPATH=/tmp/k:$PWD:${PYTHONPATH:-} python3"
+for section in "$@"; do
+  log="$OUT/$section.log"
+  case $section in
+    tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py \
+             tests/kernels/test_triton_fwd_variants.py > "$log" 2>&1 ;;
+    table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
+    fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
+    bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
+    inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
+                 > "$log" 2>&1 ;;
+    *) echo "unknown section $section"; exit 2 ;;
+  esac
+  echo "== $section: exit $?"; tail -n 40 "$log"
+done
