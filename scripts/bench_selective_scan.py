@@ -214,16 +214,16 @@ def compare_fwd_variants(dtypes, shapes):
 
     from medmamba_kernels.selective_scan import interface
 
-    # (column, host-function keywords); "rows" also at longer chunks, which its few live
-    # rows allow (the default plan caps the forward chunk at 128 for the tile kernels)
-    # "reload" and "rows" at longer chunks: session 15's log (scripts/results/
-    # kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" also with 16 channels a warp
-    # (two threads a channel) and other chunks
+    # (column, host-function keywords). "reload" and "rows" at longer chunks: session 15's log (scripts/results/
+    # kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" with 16 channels a warp (two
+    # threads a channel, "d16") and chunks of 256 and 1024: session 16's
+    # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log); here with register caps,
+    # 2 positions a load and chunks of 128
     variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
-                ("serial d16", {"variant": "serial", "channel_block": 16}),
-                ("serial c256", {"variant": "serial", "chunk": 256}),
-                ("serial c1024", {"variant": "serial", "chunk": 1024}),
-                ("ser c256 d16", {"variant": "serial", "chunk": 256, "channel_block": 16}),
+                ("serial r128", {"variant": "serial", "maxnreg": 128}),
+                ("serial r96", {"variant": "serial", "maxnreg": 96}),
+                ("serial ti2", {"variant": "serial", "ti": 2}),
+                ("serial c128", {"variant": "serial", "chunk": 128}),
                 ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)

@@ -1,6 +1,7 @@
 """Triton forward of the selective scan, parallel over the sequence in chunks.
 
-Four variants, three launches each for a sequence of several chunks (maths in README.md, "Triton kernels"):
+Five variants, three launches each for a sequence of several chunks (maths in README.md,
+"Triton kernels"):
 
 - "chunked": chunk aggregates and the carry scan over chunks (triton_common.py) give the
   true state entering every chunk; then `_fwd_output_kernel` rescans each chunk from that
@@ -14,26 +15,33 @@ Four variants, three launches each for a sequence of several chunks (maths in RE
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
+- "serial" (triton_fwd_serial.py): one channel per thread with its N states in
+  registers, positions walked in order (no shuffles); the same three passes.
 
-"auto" (the default, `auto_variant`) takes "deferred" for fp32 inputs; for fp16/bf16,
-"rows" when the sequence is one chunk (L <= 512) and "chunked" otherwise. Measured on an
-H200 with scripts/bench_selective_scan.py --fwd-variants (session 15, raw log
-scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log), ms:
+"auto" (the default, `auto_variant`) takes "serial" for sequences of at least
+SERIAL_MIN_LENGTH positions (in fp32 only when a group's channels fill whole warps of 32);
+otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
+chunk (L <= 512), "chunked" when it is several. Measured on an H200 with
+scripts/bench_selective_scan.py --fwd-variants (session 16, raw log
+scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log), ms:
 
-    batch, dim, L     dtype  chunked  rows   deferred
-    2, 64, 262144     fp32     1.024  1.587   0.992
-    1, 48, 2097152    fp32     2.994  4.790   2.887
-    2, 512, 512       fp32     0.051  0.026   0.022   (one chunk: host-bound, noisy)
-    2, 64, 262144     bf16     0.950  1.068   1.647
-    2, 512, 512       bf16     0.055  0.024   0.055   (one chunk: rows 2.3x)
+    batch, dim, L     dtype  chunked  rows   deferred  serial
+    2, 64, 262144     fp32     1.022  1.587   0.992    0.772
+    8, 128, 16384     fp32     0.537  0.791   0.520    0.406
+    1, 48, 2097152    fp32     2.996  4.826   2.884    3.210   (48 channels: idle threads)
+    2, 256, 4096      fp32     0.074  0.143   0.078    0.173   (few programs, host-bound)
+    2, 512, 512       fp32     0.020  0.038   0.036    0.220   (one chunk: host-bound)
+    2, 64, 262144     bf16     0.950  1.064   1.648    0.599
+    1, 48, 2097152    bf16     2.822  2.825   4.928    2.251
+    2, 512, 512       bf16     0.060  0.024   0.061    0.282   (one chunk: rows 2.5x)
 
 Deferred's fp32 scratch weighs more against 2-byte inputs. "rows" holds ~60 registers
 instead of 255 but runs the tile's arithmetic row by row; it wins only where a single
 chunk has too few programs to hide the tile kernel's latency. Rows of L = 4096 are
-host-bound: the same chunked kernels took 0.092 and 0.227 ms in one bf16 run.
+host-bound: the same chunked kernels took 0.092 and 0.227 ms in one bf16 run (session 15).
 
 A sequence of one chunk runs one output kernel alone: `_fwd_rows_kernel` for "rows",
-`_fwd_output_kernel` for the others.
+`_serial_kernel` for "serial", `_fwd_output_kernel` for the others.
 """
 
 from __future__ import annotations
@@ -160,6 +168,7 @@ def selective_scan_fwd_triton(
     num_warps: int | None = None,
     variant: str = "auto",
     ti: int | None = None,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward host function (contract: interface.py's docstring).
 
@@ -168,7 +177,8 @@ def selective_scan_fwd_triton(
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
     "chunked", "deferred", "reload", "rows", "serial" or "auto" (by u's dtype; module
-    docstring). `ti`: positions per load of the "serial" variant (default 16 bytes' worth).
+    docstring). `ti`: positions per load of the "serial" variant (default 16 bytes' worth);
+    `maxnreg`: its output kernel's register cap (None: the compiler's choice).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape
@@ -192,7 +202,7 @@ def selective_scan_fwd_triton(
     if variant == "serial":
         serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
                        last_state, chunk=chunk, num_warps=num_warps, ti=ti,
-                       block_d=channel_block)
+                       block_d=channel_block, maxnreg=maxnreg)
         return out, last_state
     multi = plan.n_chunks > 1
     if multi and variant == "deferred":

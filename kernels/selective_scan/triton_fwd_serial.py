@@ -46,8 +46,8 @@ def _pick(x, sel):
 
 @triton.jit
 def _serial_block(
-    h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows, B_rows,
-    C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+    h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows,
+    B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
@@ -199,36 +199,11 @@ def _serial_kernel(
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
             HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, True)
     if AGGREGATE:
-        tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
+        if not ADJOINT:  # the same sums as the forward aggregate's: written once
+            tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
         tl.store(H_ptr + (row[None, :] * n_chunks + c) * N + offs_n[:, None], h, mask=mask_nd)
     elif not MULTI_CHUNK:
         tl.store(H_ptr + row[None, :] * N + offs_n[:, None], h, mask=mask_nd)
-
-
-def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
-                chunk: int | None = None, num_warps: int | None = None,
-                ti: int | None = None,
-                block_d: int | None = None) -> SerialPlan:
-    """Chunks long enough to leave about
-    _TARGET_PROGRAMS programs; TI positions = 16 bytes of the input dtype; block_d
-    channels a program (a power of two; default one per thread)."""
-    if ti is None:
-        ti = max(1, 16 // torch.empty((), dtype=dtype).element_size())
-    if num_warps is None:
-        num_warps = 1
-    per_group = dim // groups
-    if block_d is None:
-        block_d = 32 * num_warps
-    block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
-    rows = batch * groups * -(-per_group // block_d)
-    if chunk is None:
-        want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
-        chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
-        chunk = min(chunk, max(ti, _next_pow2(length)))
-    if chunk % ti:
-        raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
-    n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
 
 
 @dataclass(frozen=True)
@@ -249,9 +224,36 @@ class SerialPlan:
         return LaunchPlan(self.chunk, self.n_chunks, 1, 1, block, 1)
 
 
+def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
+                chunk: int | None = None, num_warps: int | None = None,
+                ti: int | None = None,
+                block_d: int | None = None) -> SerialPlan:
+    """Chunks long enough to leave about _TARGET_PROGRAMS programs; TI positions = 16
+    bytes of the input dtype; block_d channels a program (default: one a thread)."""
+    if ti is None:
+        ti = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+    if num_warps is None:
+        num_warps = 1
+    per_group = dim // groups
+    if block_d is None:
+        block_d = 32 * num_warps
+    block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
+    rows = batch * groups * -(-per_group // block_d)
+    if chunk is None:
+        want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
+        chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
+        chunk = min(chunk, max(ti, _next_pow2(length)))
+    if chunk % ti:
+        raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
+    n_dblk = -(-per_group // block_d)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
+
+
 def _launch(plan: SerialPlan, rows, delta, z, A, src, C, D, delta_bias, H, S, out,
-            softplus: bool, reverse: bool, aggregate: bool, adjoint: bool = False) -> None:
-    """One `_serial_kernel` launch. rows: u (or dout for the adjoint); src: B (or C)."""
+            softplus: bool, reverse: bool, aggregate: bool, adjoint: bool = False,
+            maxnreg: int | None = None) -> None:
+    """One `_serial_kernel` launch. rows: u (or dout for the adjoint); src: B (or C).
+    maxnreg caps the registers a thread (more resident warps, maybe spills)."""
     batch, dim, length = delta.shape
     groups, n_state = src.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
@@ -269,25 +271,28 @@ def _launch(plan: SerialPlan, rows, delta, z, A, src, C, D, delta_bias, H, S, ou
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint, num_warps=plan.num_warps,
+        **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 
 
 def serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
                    reverse: bool, out: torch.Tensor, last_state: torch.Tensor, *,
                    chunk: int | None = None, num_warps: int | None = None,
-                   ti: int | None = None, block_d: int | None = None) -> None:
-    """Fill out and last_state (contract as selective_scan_fwd_triton's)."""
+                   ti: int | None = None, block_d: int | None = None,
+                   maxnreg: int | None = None) -> None:
+    """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
+    output kernel's registers."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
                        block_d)
     if plan.n_chunks == 1:
         _launch(plan, u, delta, z, A, B, C, D, delta_bias, last_state, last_state, out,
-                delta_softplus, reverse, aggregate=False)
+                delta_softplus, reverse, aggregate=False, maxnreg=maxnreg)
         return
     H, _ = serial_boundary_states(u, delta, z, None, A, B, C, delta_bias, delta_softplus,
                                   reverse, plan, last_state=last_state)
     _launch(plan, u, delta, z, A, B, C, D, delta_bias, H, H, out, delta_softplus, reverse,
-            aggregate=False)
+            aggregate=False, maxnreg=maxnreg)
 
 
 def serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias, delta_softplus: bool,

@@ -1,10 +1,12 @@
-"""Triton forward variants ("chunked", "deferred", "reload", "rows") vs the sequential reference, and the
-choice "auto" makes between them.
+"""Triton forward variants ("chunked", "deferred", "reload", "rows", "serial") vs the
+sequential reference, and the choice "auto" makes between them.
 
 test_triton.py runs the default ("auto") with gradients; the variants differ in the
-forward only (the backward is shared), so out and last_state are compared here. Cases
-span several chunks (one-chunk sequences take the output kernel in every variant; "reload"
-and "rows" change that kernel, so one one-chunk case is here too).
+forward only (the backward is shared; its boundary states by "serial" are tested there),
+so out and last_state are compared here. Cases span several chunks (one-chunk sequences
+take the output kernel in every variant; "reload", "rows" and "serial" change that kernel,
+so one-chunk cases are here too); "serial" meets partial blocks of positions at L = 70,
+343 and 45.
 """
 
 from __future__ import annotations
