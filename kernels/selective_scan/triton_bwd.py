@@ -195,11 +195,13 @@ def _bwd_kernel(
 BOUNDARIES = ("auto", "serial", "tile")
 
 
-def auto_boundary(length: int, per_group: int) -> str:
-    """"serial" where its forward pays (triton_fwd.auto_variant: long sequences, warps
-    full of channels), else "tile". Measured by bench_selective_scan.py --bwd-variants."""
-    full_warps = per_group % 32 == 0
-    return "serial" if length >= SERIAL_MIN_LENGTH and full_warps else "tile"
+def auto_boundary(length: int, per_group: int, dtype: torch.dtype) -> str:
+    """"serial" by the forward's rule (triton_fwd.auto_variant: long sequences; in fp32 only
+    with warps full of channels), else "tile". Measured with bench_selective_scan.py
+    --bwd-variants (session 16): row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 ->
+    10.35 fp32 but 9.72 -> 9.40 bf16; L = 4096 and 512 not faster."""
+    serial_fills = dtype != torch.float32 or per_group % 32 == 0
+    return "serial" if length >= SERIAL_MIN_LENGTH and serial_fills else "tile"
 
 
 def selective_scan_bwd_triton(
@@ -242,7 +244,7 @@ def selective_scan_bwd_triton(
     dev, f32 = u.device, torch.float32
     multi = plan.n_chunks > 1
     if boundary == "auto":
-        boundary = auto_boundary(length, dim // groups)
+        boundary = auto_boundary(length, dim // groups, u.dtype)
     if multi and boundary == "serial":
         ti = min(plan.chunk, 16 // u.element_size())
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk, ti=ti)
