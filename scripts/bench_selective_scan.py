@@ -8,6 +8,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
     python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
+    python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -214,16 +215,15 @@ def compare_fwd_variants(dtypes, shapes):
 
     from medmamba_kernels.selective_scan import interface
 
-    # (column, host-function keywords). "reload" and "rows" at longer chunks: session 15's log (scripts/results/
-    # kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" with 16 channels a warp (two
-    # threads a channel, "d16") and chunks of 256 and 1024: session 16's
-    # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log); here with register caps,
-    # 2 positions a load and chunks of 128
+    # (column, host-function keywords). "reload" and "rows" at longer chunks: session 15's
+    # log (scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" with
+    # register caps, 2 positions a load, chunks of 128 and 1024: session 16's
+    # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log, _call8_caps.log). Here "serial"
+    # at its default chunks (at most 256 since session 17), at 1024 (row 6's former
+    # default) and with 16 channels a program ("d16": 48 = 3 x 16, no idle lanes on row 6)
     variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
-                ("serial r128", {"variant": "serial", "maxnreg": 128}),
-                ("serial r96", {"variant": "serial", "maxnreg": 96}),
-                ("serial ti2", {"variant": "serial", "ti": 2}),
-                ("serial c128", {"variant": "serial", "chunk": 128}),
+                ("serial c1024", {"variant": "serial", "chunk": 1024}),
+                ("serial d16", {"variant": "serial", "channel_block": 16}),
                 ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
@@ -268,6 +268,49 @@ def compare_fwd_variants(dtypes, shapes):
             del x, leaves, args, dout
     print("variant checks (max err vs chunked):", "all ok" if ok else "SOME FAILED")
     return ok
+
+
+def compare_host(dtypes, shapes):
+    """Where a row's time goes: do_bench's median (the table's method), the same calls
+    replayed from a CUDA graph (GPU time without host gaps), and the host's time to issue
+    one call (launches queued, no synchronisation). A row whose host time reaches its
+    do_bench time is host-bound: faster kernels cannot show there."""
+    import time
+
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    def host_ms(fn, calls=50):
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        torch.cuda.synchronize()
+        return elapsed / calls * 1e3
+
+    print(f"{'batch, dim, L':<18}{'dtype':<6}{'fwd':>9}{'graph':>9}{'host':>9}"
+          f"{'f+b':>9}{'graph':>9}{'host':>9}   (ms)")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+
+            def run_fwd():
+                fwd(**x)
+
+            def run_fwd_bwd():
+                fwd(**x)
+                bwd(dout, **x)
+
+            cols = []
+            for fn in (run_fwd, run_fwd_bwd):
+                cols += [do_bench(fn, warmup=10, rep=50, return_mode="median"),
+                         do_bench_cudagraph(fn, rep=50, return_mode="median"), host_ms(fn)]
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(f"{c:>9.3f}" for c in cols),
+                  flush=True)
+            del x, out, dout
 
 
 # Backward configs (chunk, num_warps, maxnreg, channel_block, boundary) for --bwd-variants;
@@ -330,6 +373,8 @@ def main() -> int:
     p.add_argument("--bwd-variants", action="store_true",
                    help="time the backward launch configs (BWD_CONFIGS: chunk/warps/maxnreg/channel block) side "
                         "by side, bwd only")
+    p.add_argument("--host", action="store_true",
+                   help="do_bench vs CUDA-graph replay vs host time a call (host-bound rows)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -363,6 +408,9 @@ def main() -> int:
         return 0 if compare_fwd_variants(dtypes, shapes) else 1
     if args.bwd_variants:
         compare_bwd_variants(dtypes, shapes)
+        return 0
+    if args.host:
+        compare_host(dtypes, shapes)
         return 0
 
     ok = True

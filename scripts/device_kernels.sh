@@ -7,6 +7,7 @@
 #   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree)
 #   table      scripts/bench_selective_scan.py: the table
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants
+#   host       ... --host (CUDA-graph GPU time vs host time a call)
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>.log; its tail is printed.
 set -o pipefail
@@ -20,6 +21,7 @@ for section in "$@"; do
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
+    host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

@@ -35,7 +35,7 @@ from .triton_common import (
     chunk_boundary_states,
     plan_launch,
 )
-from .triton_fwd_serial import SERIAL_MIN_LENGTH, serial_boundary_states, serial_plan
+from .triton_fwd_serial import serial_applies, serial_boundary_states, serial_plan
 
 
 @triton.jit
@@ -196,12 +196,11 @@ BOUNDARIES = ("auto", "serial", "tile")
 
 
 def auto_boundary(length: int, per_group: int, dtype: torch.dtype) -> str:
-    """"serial" by the forward's rule (triton_fwd.auto_variant: long sequences; in fp32 only
-    with warps full of channels), else "tile". Measured with bench_selective_scan.py
-    --bwd-variants (session 16): row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 ->
-    10.35 fp32 but 9.72 -> 9.40 bf16; L = 4096 and 512 not faster."""
-    serial_fills = dtype != torch.float32 or per_group % 32 == 0
-    return "serial" if length >= SERIAL_MIN_LENGTH and serial_fills else "tile"
+    """"serial" by the forward's rule (triton_fwd_serial.serial_applies), else "tile".
+    Measured with bench_selective_scan.py --bwd-variants (session 16): row 1 3.55 -> 3.05
+    ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40 bf16; L = 4096 and
+    512 not faster."""
+    return "serial" if serial_applies(length, per_group, dtype) else "tile"
 
 
 def selective_scan_bwd_triton(
@@ -246,8 +245,7 @@ def selective_scan_bwd_triton(
     if boundary == "auto":
         boundary = auto_boundary(length, dim // groups, u.dtype)
     if multi and boundary == "serial":
-        ti = min(plan.chunk, 16 // u.element_size())
-        splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk, ti=ti)
+        splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
         H, Q = serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias,
                                       delta_softplus, reverse, splan)
     elif multi:

@@ -379,20 +379,20 @@ def chunk_boundary_states(
         REVERSE=reverse, num_warps=plan.num_warps,
     )
     if forward:
-        carry_chunks(S, H, A, last_state, plan, reverse)
+        carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     if adjoint:
-        carry_chunks(S, Q, A, None, plan, not reverse)
+        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
     return H, Q
 
 
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
-                 last_state: torch.Tensor | None, plan: LaunchPlan, reverse: bool) -> None:
+                 last_state: torch.Tensor | None, carry_block: int, reverse: bool) -> None:
     """Launch `_carry_kernel`: E (batch, dim, n_chunks, N), the chunks' states from zero,
     becomes the true state at each chunk's boundary, in place; with `last_state`, the
     state leaving the last chunk in the direction of flow is written there too."""
     batch, dim, n_chunks, n_state = E.shape
     _carry_kernel[(batch * dim,)](
         S, E, A, last_state if last_state is not None else S, dim, n_chunks,
-        N=n_state, NP=_next_pow2(n_state), BLOCK=plan.carry_block, REVERSE=reverse,
+        N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
         STORE_LAST=last_state is not None, num_warps=8,
     )

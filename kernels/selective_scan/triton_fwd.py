@@ -18,9 +18,9 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 - "serial" (triton_fwd_serial.py): one channel per thread with its N states in
   registers, positions walked in order (no shuffles); the same three passes.
 
-"auto" (the default, `auto_variant`) takes "serial" for sequences of at least
-SERIAL_MIN_LENGTH positions (in fp32 only when a group's channels fill whole warps of 32);
-otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
+"auto" (the default, `auto_variant`) takes "serial" where
+triton_fwd_serial.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions, at
+least 32 channels a group (in fp32 only whole warps of them); otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
 chunk (L <= 512), "chunked" when it is several. Measured on an H200 with
 scripts/bench_selective_scan.py --fwd-variants (session 16, raw log
 scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log), ms:
@@ -30,7 +30,7 @@ scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log), ms:
     8, 128, 16384     fp32     0.537  0.791   0.520    0.406
     1, 48, 2097152    fp32     2.996  4.826   2.884    3.210   (48 channels: idle threads)
     2, 256, 4096      fp32     0.074  0.143   0.078    0.173   (few programs, host-bound)
-    2, 512, 512       fp32     0.020  0.038   0.036    0.220   (one chunk: host-bound)
+    2, 512, 512       fp32     0.020  0.038   0.036    0.220   (serial: 8 chunks of 64)
     2, 64, 262144     bf16     0.950  1.064   1.648    0.599
     1, 48, 2097152    bf16     2.822  2.825   4.928    2.251
     2, 512, 512       bf16     0.060  0.024   0.061    0.282   (one chunk: rows 2.5x)
@@ -65,20 +65,17 @@ from .triton_common import (
 )
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states
-from .triton_fwd_serial import SERIAL_MIN_LENGTH, serial_forward
+from .triton_fwd_serial import serial_applies, serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
 
 
-def auto_variant(dtype: torch.dtype, n_chunks: int, length: int = 0,
-                 per_group: int = 32) -> str:
+def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int) -> str:
     """The forward variant "auto" runs (measurements in the module docstring).
 
-    per_group: channels sharing B/C. "serial" puts one on each of a warp's 32 threads; with
-    fp32 inputs and a count that leaves threads idle (48 on bench row 6: a second warp
-    half empty) "deferred" stays faster.
+    per_group: channels sharing B/C (`serial_applies` says when "serial" pays).
     """
-    if length >= SERIAL_MIN_LENGTH and (dtype != torch.float32 or per_group % 32 == 0):
+    if serial_applies(length, per_group, dtype):
         return "serial"
     if dtype == torch.float32:
         return "deferred"
@@ -176,9 +173,11 @@ def selective_scan_fwd_triton(
     output (tests pass a NaN-filled one). `chunk`, `channel_block`, `carry_block` and
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
-    "chunked", "deferred", "reload", "rows", "serial" or "auto" (by u's dtype; module
-    docstring). `ti`: positions per load of the "serial" variant (default 16 bytes' worth);
-    `maxnreg`: its output kernel's register cap (None: the compiler's choice).
+    "chunked", "deferred", "reload", "rows", "serial" or "auto" (`auto_variant`: by dtype,
+    length and channels a group). "serial" plans its own chunks (triton_fwd_serial's
+    `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
+    program), not `carry_block`. `ti`: positions per load of "serial" (default 16 bytes'
+    worth); `maxnreg`: its output kernel's register cap (None: the compiler's choice).
     Returns (out, last_state fp32 (batch, dim, N)).
     """
     batch, dim, length = u.shape

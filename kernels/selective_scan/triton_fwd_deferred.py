@@ -147,7 +147,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
         N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
     )
-    carry_chunks(S, H, A, last_state, plan, reverse)
+    carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     zz = z if z is not None else u
     _fwd_correct_kernel[grid](
         u, delta, zz, A, C, D if D is not None else S, bias, H, Y, out, *common,

@@ -79,7 +79,7 @@ def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, rever
         N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
     )
-    carry_chunks(S, H, A, last_state, plan, reverse)
+    carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     return H
 
 

@@ -28,14 +28,36 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import LaunchPlan, _next_pow2, _softplus, carry_chunks
+from .triton_common import (
+    _check_power_of_two,
+    _decompose_pid,
+    _next_pow2,
+    _previous_chunk,
+    _softplus,
+    carry_chunks,
+)
 
-# "auto" takes this variant from this many positions on (bench rows of L >= 16384 all ran
-# faster with it, L = 4096 slower: too few programs for its three launches)
+# "auto" takes this variant from this many positions on (session 16: faster on the bench
+# rows of L >= 16384 but fp32 with 48 channels; L = 4096 slower, too few programs for its
+# three launches)
 SERIAL_MIN_LENGTH = 16384
 # Programs wanted per launch (one warp each; ~16 resident per SM at ~128 registers).
 _TARGET_PROGRAMS = 4096
-_MIN_CHUNK, _MAX_CHUNK = 64, 4096
+# Longer chunks leave fewer programs: chunks of 256 against the 1024 the target asks for on
+# bench row 6 (1, 48, 2097152): 2.94 against 3.18 ms fp32, 2.15 against 2.25 bf16 (s16)
+_MIN_CHUNK, _MAX_CHUNK = 64, 256
+
+
+def serial_applies(length: int, per_group: int, dtype: torch.dtype) -> bool:
+    """Whether "auto" takes this variant (forward) or its boundary states (backward).
+
+    per_group: channels sharing B/C, one a thread of a 32-wide warp. Fewer than 32 leave
+    threads idle (untimed: multi-head scans with small heads stay on the tile kernels);
+    in fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred".
+    """
+    if length < SERIAL_MIN_LENGTH or per_group < 32:
+        return False
+    return dtype != torch.float32 or per_group % 32 == 0
 
 
 @triton.jit
@@ -45,9 +67,16 @@ def _pick(x, sel):
 
 
 @triton.jit
+def _silu_gate(z_rows, offs_t, s_zl, mask):
+    """silu(z) over a (BLOCK_D, TI) block, fp32."""
+    zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=mask, other=0.0).to(tl.float32)
+    return zz * tl.sigmoid(zz)
+
+
+@triton.jit
 def _serial_block(
-    h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows,
-    B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+    h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows,
+    z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
@@ -61,6 +90,7 @@ def _serial_block(
     offs_t = t0 + offs_i
     mask_t = offs_t < length
     m_dt = mask_d[:, None] & mask_t[None, :]
+    # (triton_common._load_dt reads the bias at every call: here it is loaded once a chunk)
     dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += bias[:, None]
@@ -70,8 +100,7 @@ def _serial_block(
     u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0).to(tl.float32)
     if ADJOINT:  # u_rows holds dout: the adjoint's drive is C dy, dy = dout silu(z)
         if HAS_Z:
-            zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0).to(tl.float32)
-            u = u * zz * tl.sigmoid(zz)
+            u = u * _silu_gate(z_rows, offs_t, s_zl, m_dt)
         x = u
     else:
         x = dt * u
@@ -102,8 +131,7 @@ def _serial_block(
     if HAS_D:
         y += Dv[:, None] * u
     if HAS_Z:
-        zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0).to(tl.float32)
-        y = y * zz * tl.sigmoid(zz)
+        y = y * _silu_gate(z_rows, offs_t, s_zl, m_dt)
     tl.store(out_rows + offs_t[None, :], y.to(out_rows.dtype.element_ty), mask=m_dt)
     return h, y_acc
 
@@ -124,15 +152,13 @@ def _serial_kernel(
     AGGREGATE: writes S[b, d, c] = sum of dt and H[b, d, c] = the state the chunk produces
     from zero. Otherwise writes out (contiguous (batch, dim, L)) from the state entering
     the chunk (H[b, d, previous chunk] after the carry scan); with one chunk, H is the
-    last state (batch, dim, N), written here.
+    last state (batch, dim, N), written here. ADJOINT (with AGGREGATE, REVERSE flipped by
+    the caller): u_ptr holds dout and B_ptr holds C; H receives the chunk's adjoint from
+    zero, q = a_t (q + C_t dy_t) against the forward's order, and S is left alone (the
+    forward aggregate wrote the same sums).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    per_chunk = tl.num_programs(0) // n_chunks  # batch * groups * n_dblk
-    c = pid // per_chunk
-    rest = pid % per_chunk
-    dblk = rest % n_dblk
-    b = (rest // n_dblk) // groups
-    g = (rest // n_dblk) % groups
+    c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
+                                   groups)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     local_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -143,12 +169,7 @@ def _serial_kernel(
                  other=0.0) * 1.4426950408889634
     row = b * dim + offs_d
     if MULTI_CHUNK and not AGGREGATE:
-        if REVERSE:
-            has_prev = c + 1 < n_chunks
-            c_prev = tl.minimum(c + 1, n_chunks - 1)
-        else:
-            has_prev = c > 0
-            c_prev = tl.maximum(c - 1, 0)
+        has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
         h = tl.load(H_ptr + (row[None, :] * n_chunks + c_prev) * N + offs_n[:, None],
                     mask=mask_nd, other=0.0)
         h = tl.where(has_prev, h, 0.0)
@@ -167,7 +188,7 @@ def _serial_kernel(
     out_rows = out_ptr + row[:, None] * length
     # every lane reads the same B/C values: a (NP, BLOCK_D) tile of them broadcast over the
     # channels holds all N in each thread, the layout of h (no shuffles, no shared memory)
-    n_safe = tl.minimum(offs_n, N - 1)
+    n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)
     zero_d = 0 * offs_d[None, :]
     B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe[:, None] * s_Bn + zero_d
     C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe[:, None] * s_Cn + zero_d
@@ -182,22 +203,22 @@ def _serial_kernel(
     if REVERSE and has_tail:
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
-            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, True)
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
     for j in range(0, n_full):
         if REVERSE:
             t0 = chunk_start + (n_full - 1 - j) * TI
         else:
             t0 = chunk_start + j * TI
         h, acc = _serial_block(
-            h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows, z_rows,
-            B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
-            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, False)
+            h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
     if not REVERSE and has_tail:
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, TI,
-            HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, True)
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
     if AGGREGATE:
         if not ADJOINT:  # the same sums as the forward aggregate's: written once
             tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
@@ -218,10 +239,9 @@ class SerialPlan:
     ti: int  # positions a load
 
     @property
-    def carry(self) -> LaunchPlan:
-        """The plan `carry_chunks` reads (its block of chunks)."""
-        block = min(512, max(16, _next_pow2(self.n_chunks)))
-        return LaunchPlan(self.chunk, self.n_chunks, 1, 1, block, 1)
+    def carry_block(self) -> int:
+        """Chunks a step of `carry_chunks`."""
+        return min(512, max(16, _next_pow2(self.n_chunks)))
 
 
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
@@ -229,9 +249,13 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                 ti: int | None = None,
                 block_d: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; TI positions = 16
-    bytes of the input dtype; block_d channels a program (default: one a thread)."""
+    bytes of the input dtype (fewer if a given chunk is shorter); block_d channels a
+    program (default: one a thread)."""
     if ti is None:
         ti = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+        if chunk is not None:  # the largest power of two dividing the chunk, at most 16 B
+            ti = min(ti, chunk & -chunk)
+    _check_power_of_two("ti", ti)
     if num_warps is None:
         num_warps = 1
     per_group = dim // groups
@@ -249,23 +273,27 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
 
 
-def _launch(plan: SerialPlan, rows, delta, z, A, src, C, D, delta_bias, H, S, out,
-            softplus: bool, reverse: bool, aggregate: bool, adjoint: bool = False,
+def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
+            z: torch.Tensor | None, A: torch.Tensor, drive_proj: torch.Tensor,
+            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+            H: torch.Tensor, S: torch.Tensor, out: torch.Tensor, softplus: bool,
+            reverse: bool, aggregate: bool, adjoint: bool = False,
             maxnreg: int | None = None) -> None:
-    """One `_serial_kernel` launch. rows: u (or dout for the adjoint); src: B (or C).
-    maxnreg caps the registers a thread (more resident warps, maybe spills)."""
+    """One `_serial_kernel` launch. drive_in: u (dout for the adjoint); drive_proj: B (C
+    for the adjoint). maxnreg caps the registers a thread (more resident warps, maybe
+    spills)."""
     batch, dim, length = delta.shape
-    groups, n_state = src.shape[1], A.shape[1]
+    groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
-    zz = z if z is not None else rows
+    zz = z if z is not None else drive_in
     dummy = H
     _serial_kernel[(grid,)](
-        rows, delta, zz, A, src, C, D if D is not None else dummy,
+        drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, S, out,
         dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
-        *rows.stride(), *delta.stride(), *zz.stride(), *src.stride(), *C.stride(),
+        *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=plan.ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
@@ -275,7 +303,9 @@ def _launch(plan: SerialPlan, rows, delta, z, A, src, C, D, delta_bias, H, S, ou
     )
 
 
-def serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
+def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                   delta_bias: torch.Tensor | None, delta_softplus: bool,
                    reverse: bool, out: torch.Tensor, last_state: torch.Tensor, *,
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
@@ -295,9 +325,12 @@ def serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
             aggregate=False, maxnreg=maxnreg)
 
 
-def serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias, delta_softplus: bool,
-                           reverse: bool, plan: SerialPlan,
-                           last_state: torch.Tensor | None = None):
+def serial_boundary_states(
+    u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor | None, dout: torch.Tensor | None,
+    A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, delta_bias: torch.Tensor | None,
+    delta_softplus: bool, reverse: bool, plan: SerialPlan,
+    last_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(H, Q) as triton_common.chunk_boundary_states returns them, from this kernel's
     aggregates: H always; Q (the adjoint) when dout is given."""
     batch, dim, _ = delta.shape
@@ -305,7 +338,8 @@ def serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias, delta_softplu
     f32 = torch.float32
     S = torch.empty(batch, dim, nc, device=delta.device, dtype=f32)
     H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
-    _launch(plan, u, delta, z, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
+    # z gates the output only: the forward aggregate compiles without it
+    _launch(plan, u, delta, None, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
             aggregate=True)
     Q = None
     if dout is not None:
@@ -313,7 +347,7 @@ def serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias, delta_softplu
         Q = torch.empty_like(H)
         _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
                 not reverse, aggregate=True, adjoint=True)
-    carry_chunks(S, H, A, last_state, plan.carry, reverse)
+    carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     if Q is not None:
-        carry_chunks(S, Q, A, None, plan.carry, not reverse)
+        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
     return H, Q

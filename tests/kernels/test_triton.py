@@ -156,8 +156,9 @@ def test_host_functions_match_reference(case: ScanCase, plan: dict) -> None:
 
 @pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
 def test_non_contiguous_inputs(serial: bool) -> None:
-    # "serial" is what "auto" runs on long sequences, where the Mamba layers pass z and
-    # B/C strided; its backward boundary states too
+    # "serial" is what "auto" runs on long sequences, where the Mamba layers pass z (and
+    # dout) strided (they make B/C contiguous; other callers need not); its backward
+    # boundary states too
     case = _all(ScanCase(2, 3, 100, 4, groups=1))
     inputs = case.inputs(DEVICE)
     strided = {}
@@ -217,6 +218,7 @@ def test_backward_refuses_unknown_boundary() -> None:
     (16384, 64, torch.float32, "serial"), (2_097_152, 32, torch.float32, "serial"),
     (16383, 64, torch.float32, "tile"), (2_097_152, 48, torch.float32, "tile"),
     (2_097_152, 48, torch.bfloat16, "serial"), (4096, 256, torch.bfloat16, "tile"),
+    (262144, 16, torch.bfloat16, "tile"),
 ], ids=str)
 def test_auto_boundary_rule(length: int, per_group: int, dtype: torch.dtype,
                             expected: str) -> None:

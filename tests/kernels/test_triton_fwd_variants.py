@@ -20,7 +20,7 @@ from scan_cases import TOLERANCE, ScanCase, relative_error
 
 pytest.importorskip("triton")
 
-from medmamba_kernels.selective_scan import triton_fwd  # noqa: E402
+from medmamba_kernels.selective_scan import triton_fwd, triton_fwd_serial  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
 from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
@@ -111,7 +111,7 @@ def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=False, reverse=False)
     # fp32: one chunk runs the tile output kernel whether "deferred" or "chunked" is named
     assert bool(rows_calls) == (expected == "rows")
-    assert triton_fwd.auto_variant(dtype, n_chunks=1) == expected
+    assert triton_fwd.auto_variant(dtype, n_chunks=1, length=64, per_group=2) == expected
     assert relative_error(got, want) <= TOLERANCE[dtype]
 
 
@@ -119,11 +119,13 @@ def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
     (torch.float32, 16384, 64, "serial"), (torch.bfloat16, 262144, 64, "serial"),
     (torch.float32, 2_097_152, 48, "deferred"), (torch.bfloat16, 2_097_152, 48, "serial"),
     (torch.float32, 4096, 256, "deferred"), (torch.bfloat16, 4096, 256, "chunked"),
+    (torch.bfloat16, 262144, 16, "chunked"), (torch.float32, 262144, 16, "deferred"),
 ], ids=str)
 def test_auto_takes_serial_for_long_sequences(dtype: torch.dtype, length: int,
                                               per_group: int, expected: str) -> None:
     # measured (bench_selective_scan.py --fwd-variants, session 16): "serial" faster on
-    # every row of L >= 16384 but fp32 with 48 channels a group
+    # every row of L >= 16384 but fp32 with 48 channels a group; under 32 channels a group
+    # (multi-head scans' small heads) a warp would idle
     assert triton_fwd.auto_variant(dtype, 8, length, per_group) == expected
 
 
@@ -136,6 +138,36 @@ def test_auto_dispatches_a_long_sequence_to_serial(monkeypatch: pytest.MonkeyPat
     x = _four_d(ScanCase(1, 32, 16384, 1).inputs(DEVICE))
     selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False)
     assert len(calls) == 1 and calls[0]["chunk"] is None
+
+
+@pytest.mark.parametrize(("length", "dim", "dtype", "chunk", "want_chunk", "want_ti"), [
+    (2_097_152, 48, torch.bfloat16, None, 256, 8),  # capped: more programs (bench row 6)
+    (512, 512, torch.float32, None, 64, 4),
+    (100, 4, torch.bfloat16, 4, 4, 4),  # a given chunk shorter than 16 bytes' positions
+    (100, 4, torch.float32, 12, 12, 4),
+    (100, 4, torch.bfloat16, 12, 12, 4),  # the largest power of two dividing it
+], ids=str)
+def test_serial_plan_sizes(length: int, dim: int, dtype: torch.dtype, chunk: int | None,
+                           want_chunk: int, want_ti: int) -> None:
+    plan = triton_fwd_serial.serial_plan(1, dim, 1, length, dtype, chunk=chunk)
+    assert (plan.chunk, plan.ti) == (want_chunk, want_ti)
+    assert plan.n_chunks == -(-length // want_chunk)
+
+
+def test_serial_plan_refuses_bad_positions_a_load() -> None:
+    with pytest.raises(ValueError, match="^ti: expected a power of two, got 3"):
+        triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, ti=3)
+    with pytest.raises(ValueError, match="^chunk: expected a multiple of 8, got 12"):
+        triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, chunk=12, ti=8)
+
+
+def test_serial_with_a_chunk_shorter_than_a_load() -> None:
+    case = ScanCase(1, 2, 30, 4, dtype=torch.bfloat16, has_z=True, softplus=True)
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": True, "reverse": False}
+    want = selective_scan_reference(**inputs, **flags)
+    got, _ = selective_scan_fwd_triton(**_four_d(inputs), **flags, variant="serial", chunk=4)
+    assert relative_error(got, want) <= TOLERANCE[torch.bfloat16]
 
 
 def test_unknown_variant_is_refused() -> None:
