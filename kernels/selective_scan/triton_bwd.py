@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch
 from .triton_common import (
     _affine_combine,
     _channel_range,
@@ -192,6 +193,9 @@ def _bwd_kernel(
     tl.store(dC_ptr + acc_off, dC_acc, mask=mask_nl)
 
 
+_bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
+
+
 BOUNDARIES = ("auto", "serial", "tile")
 
 
@@ -267,7 +271,7 @@ def selective_scan_bwd_triton(
                   if delta_bias is not None else None)
     dummy = dA_part
     zz = z if z is not None else u
-    _bwd_kernel[(plan.programs(batch, groups),)](
+    _bwd_kernel_launcher[(plan.programs(batch, groups),)](
         dout, u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, Q,
         du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
 from triton.language.extra import libdevice
+
+from .launch import CachedLaunch
 
 # Hardware log2 in _softplus where compiled (the interpreter has no libdevice).
 _FAST_LOG2 = tl.constexpr(hasattr(libdevice, "fast_log2f")
@@ -287,6 +290,9 @@ def _chunk_aggregate_kernel(
             tl.store(Q_ptr + row * N + offs_n, tl.sum(w * dy[None, :], axis=1), mask=mask_n)
 
 
+_chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
+
+
 @triton.jit
 def _carry_kernel(
     S_ptr, E_ptr, A_ptr, last_ptr, dim, n_chunks,
@@ -333,6 +339,9 @@ def _carry_kernel(
         tl.store(last_ptr + row * N + offs_n, carry, mask=mask_n)
 
 
+_carry_kernel_launcher = CachedLaunch(_carry_kernel)
+
+
 def chunk_boundary_states(
     u: torch.Tensor | None,
     delta: torch.Tensor,
@@ -367,7 +376,7 @@ def chunk_boundary_states(
     uu = u if u is not None else delta
     zz = z if z is not None else delta
     oo = dout if dout is not None else delta
-    _chunk_aggregate_kernel[(plan.programs(batch, groups),)](
+    _chunk_aggregate_kernel_launcher[(plan.programs(batch, groups),)](
         uu, delta, zz, oo, A, B, C, delta_bias if delta_bias is not None else dummy,
         S, H if H is not None else dummy, Q if Q is not None else dummy,
         dim, groups, length, nc, plan.n_channel_blocks, n_bgd, dim // groups,
@@ -391,7 +400,7 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     becomes the true state at each chunk's boundary, in place; with `last_state`, the
     state leaving the last chunk in the direction of flow is written there too."""
     batch, dim, n_chunks, n_state = E.shape
-    _carry_kernel[(batch * dim,)](
+    _carry_kernel_launcher[(batch * dim,)](
         S, E, A, last_state if last_state is not None else S, dim, n_chunks,
         N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
         STORE_LAST=last_state is not None, num_warps=8,

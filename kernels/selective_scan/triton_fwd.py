@@ -50,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch
 from .triton_common import (
     _affine_combine,
     _channel_range,
@@ -146,6 +147,9 @@ def _fwd_output_kernel(
                       offs_l, mask_l, s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
+_fwd_output_kernel_launcher = CachedLaunch(_fwd_output_kernel)
+
+
 def selective_scan_fwd_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -224,7 +228,7 @@ def selective_scan_fwd_triton(
         launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
                            delta_softplus=delta_softplus, reverse=reverse)
         return out, last_state
-    _fwd_output_kernel[(plan.programs(batch, groups),)](
+    _fwd_output_kernel_launcher[(plan.programs(batch, groups),)](
         u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, out,
         dim, groups, length, plan.n_chunks, plan.n_channel_blocks,

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch
 from .triton_common import (
     LaunchPlan,
     _affine_combine,
@@ -81,6 +82,9 @@ def _fwd_local_kernel(
         tl.store(Y_ptr + row * length + offs_l, tl.sum(Ct * h, axis=0), mask=mask_l)
 
 
+_fwd_local_kernel_launcher = CachedLaunch(_fwd_local_kernel)
+
+
 @triton.jit
 def _fwd_correct_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, Y_ptr, out_ptr,
@@ -125,6 +129,9 @@ def _fwd_correct_kernel(
                       s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
+_fwd_correct_kernel_launcher = CachedLaunch(_fwd_correct_kernel)
+
+
 def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
                      reverse: bool, plan: LaunchPlan, out: torch.Tensor,
                      last_state: torch.Tensor) -> None:
@@ -141,7 +148,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
     NP = _next_pow2(n_state)
     common = (dim, groups, length, nc, plan.n_channel_blocks, n_bgd, dim // groups,
               plan.channel_block)
-    _fwd_local_kernel[grid](
+    _fwd_local_kernel_launcher[grid](
         u, delta, A, B, C, bias, S, H, Y, *common,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
         N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
@@ -149,7 +156,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
     )
     carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     zz = z if z is not None else u
-    _fwd_correct_kernel[grid](
+    _fwd_correct_kernel_launcher[grid](
         u, delta, zz, A, C, D if D is not None else S, bias, H, Y, out, *common,
         *u.stride(), *delta.stride(), *zz.stride(), *C.stride(),
         N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,

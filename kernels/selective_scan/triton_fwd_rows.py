@@ -21,6 +21,7 @@ import triton.language as tl
 
 import torch
 
+from .launch import CachedLaunch
 from .triton_common import (
     _affine_combine,
     _channel_range,
@@ -63,6 +64,9 @@ def _aggregate_rows_kernel(
             tl.store(E_ptr + row * N + n, tl.sum(w * x, axis=0))
 
 
+_aggregate_rows_kernel_launcher = CachedLaunch(_aggregate_rows_kernel)
+
+
 def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, reverse: bool,
                          plan, last_state: torch.Tensor) -> torch.Tensor:
     """H (batch, dim, n_chunks, N) fp32: the state leaving every chunk; fills last_state."""
@@ -71,7 +75,7 @@ def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, rever
     nc = plan.n_chunks
     S = torch.empty(batch, dim, nc, device=u.device, dtype=torch.float32)
     H = torch.empty(batch, dim, nc, n_state, device=u.device, dtype=torch.float32)
-    _aggregate_rows_kernel[(plan.programs(batch, groups),)](
+    _aggregate_rows_kernel_launcher[(plan.programs(batch, groups),)](
         u, delta, A, B, delta_bias if delta_bias is not None else S, S, H,
         dim, groups, length, nc, plan.n_channel_blocks,
         batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
@@ -130,6 +134,9 @@ def _fwd_rows_kernel(
                       s_zb, s_zd, s_zl, HAS_D, HAS_Z)
 
 
+_fwd_rows_kernel_launcher = CachedLaunch(_fwd_rows_kernel)
+
+
 def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
                        delta_softplus: bool, reverse: bool) -> None:
     """Launch `_fwd_rows_kernel` over the plan's programs: H as the host function made it
@@ -137,7 +144,7 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     zz = z if z is not None else u
-    _fwd_rows_kernel[(plan.programs(batch, groups),)](
+    _fwd_rows_kernel_launcher[(plan.programs(batch, groups),)](
         u, delta, zz, A, B, C, D if D is not None else H,
         delta_bias if delta_bias is not None else H, H, out,
         dim, groups, length, plan.n_chunks, plan.n_channel_blocks,

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch
 from .triton_common import (
     _check_power_of_two,
     _decompose_pid,
@@ -227,6 +228,9 @@ def _serial_kernel(
         tl.store(H_ptr + row[None, :] * N + offs_n[:, None], h, mask=mask_nd)
 
 
+_serial_kernel_launcher = CachedLaunch(_serial_kernel)
+
+
 @dataclass(frozen=True)
 class SerialPlan:
     """How `_serial_kernel` splits a (batch, dim, L) scan (see `serial_plan`)."""
@@ -289,7 +293,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
     dummy = H
-    _serial_kernel[(grid,)](
+    _serial_kernel_launcher[(grid,)](
         drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, S, out,
         dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,

@@ -1,0 +1,131 @@
+"""Where the host time of a selective-scan call goes (GPU machine; rows that are host-bound).
+
+    python scripts/profile_host_overhead.py            # rows 3 and 4, fp32 and bf16
+    python scripts/profile_host_overhead.py --top 30
+
+Prints the host microseconds of one Triton launch (an empty kernel with 5 and with 45
+arguments: the launcher's own cost), then per row and dtype the host time of one forward
+and one forward+backward call, and a cProfile of those calls (functions by own time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_selective_scan import ANCHORS, bwd, fwd, make_inputs  # noqa: E402
+
+
+@triton.jit
+def _empty5(a, b, c, n, m):
+    pass
+
+
+@triton.jit
+def _empty45(p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10,
+             i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14, i15, i16,
+             i17, i18, i19, i20, i21, i22, i23, i24, i25, i26, i27,
+             K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
+             K4: tl.constexpr, K5: tl.constexpr, K6: tl.constexpr):
+    pass
+
+
+def host_us(fn, calls: int = 100, trials: int = 7) -> float:
+    """Median over trials of the host time a call (launches queued, no synchronisation)."""
+    fn()
+    times = []
+    for _ in range(trials):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    torch.cuda.synchronize()
+    return sorted(times)[trials // 2]
+
+
+def launcher_cost() -> None:
+    """The launcher's parts for an empty kernel: the JIT call (binding, specialisation,
+    cache key, launch), the compiled kernel's own runner (launch alone), the raw launch
+    function with the stream looked up once."""
+    t = torch.empty(16, device="cuda")
+    ints = [4096 * (i + 1) for i in range(28)]
+    consts = dict(K0=16, K1=16, K2=64, K3=1, K4=1, K5=0, K6=0)
+    args = [*([t] * 11), *ints]
+    few = host_us(lambda: _empty5[(64,)](t, t, t, 4096, 512))
+    many = host_us(lambda: _empty45[(64,)](*args, **consts))
+    compiled = _empty45.warmup(*args, grid=(64,), **consts)
+    full = [*args, *consts.values()]
+    runner = compiled[(64, 1, 1)]
+    run_only = host_us(lambda: runner(*full))
+    stream = torch.cuda.current_stream().cuda_stream
+    raw = host_us(lambda: compiled.run(64, 1, 1, stream, compiled.function,
+                                       compiled.packed_metadata, None, None, None, *full))
+    ptrs = [t.data_ptr()] * 11
+    raw_ints = host_us(lambda: compiled.run(64, 1, 1, stream, compiled.function,
+                                            compiled.packed_metadata, None, None, None,
+                                            *ptrs, *ints, *consts.values()))
+    alloc = host_us(lambda: torch.empty(2, 256, 4096, device="cuda"))
+    print(f"launch, 5 args {few:.1f} us; 45 args {many:.1f} us; compiled runner {run_only:.1f}"
+          f" us; raw run {raw:.1f} us; raw run, pointers as ints {raw_ints:.1f} us; "
+          f"torch.empty {alloc:.1f} us")
+
+
+def profile(fn, top: int, calls: int = 100) -> str:
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="3,4", help="bench rows (1-6), comma-separated")
+    p.add_argument("--top", type=int, default=18, help="functions a profile")
+    p.add_argument("--launcher-only", action="store_true")
+    args = p.parse_args()
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+          f"triton {triton.__version__}")
+    launcher_cost()
+    if args.launcher_only:
+        return 0
+    shapes = list(ANCHORS)
+    for row in (int(r) for r in args.rows.split(",")):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = make_inputs(*shapes[row - 1], dtype)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+
+            def run_fwd():
+                fwd(**x)
+
+            def run_fwd_bwd():
+                fwd(**x)
+                bwd(dout, **x)
+
+            print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
+                  f"f+b {host_us(run_fwd_bwd):.1f} us")
+            print(profile(run_fwd_bwd, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

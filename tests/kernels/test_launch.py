@@ -1,0 +1,93 @@
+"""The cached Triton launch (kernels/selective_scan/launch.py), against a stand-in kernel:
+a repeated call skips Triton's binding only where Triton would reuse the same compiled
+kernel; any change Triton specialises on goes back through Triton."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medmamba_kernels.selective_scan.launch import CachedLaunch
+
+
+def _signature(x_ptr, y_ptr, n, stride, BLOCK, FLAG=False):  # noqa: N803 (Triton's style)
+    """Parameters of the stand-in kernel."""
+
+
+class _Compiled:
+    function = "handle"  # a compiled kernel has one; the interpreter returns None
+
+    def __init__(self, log: list) -> None:
+        self._log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self._log.append(("runner", grid, args))
+
+
+class _StandInJit:
+    """Records `fn[grid](...)` calls as Triton's JIT function would receive them."""
+
+    def __init__(self, compiles: bool = True) -> None:
+        self.fn = _signature
+        self.log: list = []
+        self._compiles = compiles
+
+    def __getitem__(self, grid):
+        def call(*args, **kwargs):
+            self.log.append(("triton", grid, args, kwargs))
+            return _Compiled(self.log) if self._compiles else None
+        return call
+
+
+def _tensors(dtype=torch.float32, n=64):
+    return torch.zeros(n, dtype=dtype), torch.zeros(n, dtype=dtype)
+
+
+def test_repeated_call_runs_the_compiled_kernel_with_every_parameter() -> None:
+    jit = _StandInJit()
+    launch = CachedLaunch(jit)
+    x, y = _tensors()
+    launch[(8,)](x, y, 64, 1, BLOCK=16, num_warps=2)
+    x2, y2 = _tensors()  # new tensors, same dtype and alignment
+    launch[(8,)](x2, y2, 64, 1, BLOCK=16, num_warps=2)
+    assert [entry[0] for entry in jit.log] == ["triton", "runner"]
+    _, grid, args = jit.log[1]
+    # the runner gets a 3-d grid and the constexprs in order, defaults filled in; launch
+    # options (num_warps) are compiled in, not passed
+    assert grid == (8, 1, 1) and args == (x2, y2, 64, 1, 16, False)
+
+
+@pytest.mark.parametrize("change", ["int value", "misaligned", "dtype", "bool for int",
+                                    "constexpr", "launch option", "grid"])
+def test_a_change_triton_specialises_on_goes_back_through_triton(change: str) -> None:
+    jit = _StandInJit()
+    launch = CachedLaunch(jit)
+    x, y = _tensors()
+    base = dict(args=(x, y, 64, 16), kwargs={"BLOCK": 16, "FLAG": 1}, grid=(8,))
+    launch[base["grid"]](*base["args"], **base["kwargs"])
+    call = {k: v for k, v in base.items()}
+    if change == "int value":
+        call["args"] = (x, y, 64, 17)  # 17: not divisible by 16
+    elif change == "misaligned":
+        call["args"] = (x[1:], y, 64, 16)  # 4 bytes past a 16-byte boundary
+    elif change == "dtype":
+        call["args"] = (*_tensors(torch.bfloat16), 64, 16)
+    elif change == "bool for int":
+        call["kwargs"] = {"BLOCK": 16, "FLAG": True}
+    elif change == "constexpr":
+        call["kwargs"] = {"BLOCK": 32, "FLAG": 1}
+    elif change == "launch option":
+        call["kwargs"] = {**base["kwargs"], "num_warps": 4}
+    else:
+        call["grid"] = (9,)
+    launch[call["grid"]](*call["args"], **call["kwargs"])
+    assert [entry[0] for entry in jit.log] == ["triton", "triton"]
+
+
+def test_interpreted_kernels_always_go_through_triton() -> None:
+    jit = _StandInJit(compiles=False)
+    launch = CachedLaunch(jit)
+    x, y = _tensors()
+    for _ in range(3):
+        launch[(4,)](x, y, 64, 1, BLOCK=16)
+    assert [entry[0] for entry in jit.log] == ["triton"] * 3
