@@ -185,13 +185,14 @@ def bench_row(shape, dtype, bw, quick, layout="contiguous"):
     return t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb
 
 
-def sweep(dtypes):
+def sweep(dtypes, rows=(1, 5, 6, 3, 4)):
     from triton.testing import do_bench
 
     variants = [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2), (256, 2)]
-    small = [(512, 2), (512, 4), (512, 8), (64, 2), (64, 1)]
+    small = [(512, 2), (512, 4), (512, 8), (256, 1), (256, 2), (128, 1), (128, 2), (64, 2),
+             (64, 1), (32, 1)]
     for dt in dtypes:
-        for row in (1, 5, 6, 3, 4):
+        for row in rows:
             shape = list(ANCHORS)[row - 1]
             x = make_inputs(*shape, dt)
             out, _ = fwd(**x)
@@ -319,9 +320,14 @@ def compare_host(dtypes, shapes):
 # channel a thread) or "tile" (the (N, CHUNK) tile kernel, the default until session 16).
 # Session 13's sweep of chunks, warps, register caps and channel blocks (scripts/results/
 # kernel_h200_2026-11-30c/bwd_variants.log) found none better than chunk 64 on one warp
-# across the rows (a few within 5% either way on some).
+# across the rows (a few within 5% either way on some); session 17's on row 5 (8, 128,
+# 16384), where bf16 f+b stood level with mamba_ssm, neither (kernel_h200_2026-12-01_s17/
+# bwd_variants_row5_call8.log: the default 1.50 ms bf16, the others 1.55-2.54).
 BWD_CONFIGS = [(64, 1, None, None, "auto"), (64, 1, None, None, "serial"),
-               (64, 1, None, None, "tile")]
+               (64, 1, None, None, "tile"), (32, 1, None, None, "auto"),
+               (128, 1, None, None, "auto"), (128, 2, None, None, "auto"),
+               (64, 2, None, None, "auto"), (64, 1, 168, None, "auto"),
+               (64, 1, None, 64, "auto"), (64, 1, None, 32, "auto")]
 
 
 def compare_bwd_variants(dtypes, shapes):
@@ -402,7 +408,7 @@ def main() -> int:
         shapes = [shapes[0], shapes[3], shapes[5]]
 
     if args.sweep:
-        sweep(dtypes)
+        sweep(dtypes, (args.only,) if args.only else (1, 5, 6, 3, 4))
         return 0
     if args.fwd_variants:
         return 0 if compare_fwd_variants(dtypes, shapes) else 1

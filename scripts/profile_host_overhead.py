@@ -96,10 +96,32 @@ def profile(fn, top: int, calls: int = 100) -> str:
     return buf.getvalue()
 
 
+def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
+    """GPU microseconds a call, kernel by kernel (torch.profiler), forward and f+b."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    lines = []
+    for name, fn in (("fwd", run_fwd), ("f+b", run_fwd_bwd)):
+        fn()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        totals: dict[str, float] = {}
+        for event in prof.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                totals[event.name] = totals.get(event.name, 0.0) + event.device_time / calls
+        lines.append(f"  {name}: " + ", ".join(f"{k[:40]} {v:.1f}" for k, v in
+                                                sorted(totals.items(), key=lambda kv: -kv[1]))
+                     + f"  (sum {sum(totals.values()):.1f} us)")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="3,4", help="bench rows (1-6), comma-separated")
-    p.add_argument("--top", type=int, default=18, help="functions a profile")
+    p.add_argument("--top", type=int, default=18, help="functions a profile (0: none)")
     p.add_argument("--launcher-only", action="store_true")
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
@@ -123,7 +145,9 @@ def main() -> int:
 
             print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
                   f"f+b {host_us(run_fwd_bwd):.1f} us")
-            print(profile(run_fwd_bwd, args.top))
+            print(kernel_times(run_fwd, run_fwd_bwd))
+            if args.top:
+                print(profile(run_fwd_bwd, args.top))
     return 0
 
 

@@ -53,7 +53,8 @@ def _bwd_kernel(
     """One chunk of one (batch, group), looping over a block of its channels.
 
     du, ddelta, dz: contiguous (batch, dim, L). dB, dC: partial sums (n_cblk, batch,
-    groups, N, L). dA: (batch, dim, n_chunks, N); dD, dbias: (batch, dim, n_chunks).
+    groups, N, L), in their own dtype. dA: (batch, n_chunks, dim, N); dD, dbias: (batch,
+    n_chunks, dim): chunk-major, so that the host sums over contiguous leading axes.
     The boundary states h0, q0 enter each scan through the drive at the chunk's edge (h =
     decay * h0 + drive at the first position in scan order, g = q0 + C dy at the last)
     rather than through a fix-up `cumulative decay * state + scan` after it, so neither
@@ -177,7 +178,7 @@ def _bwd_kernel(
         tl.store(du_ptr + row * length + offs_l, du.to(du_ptr.dtype.element_ty), mask=mask_l)
         tl.store(ddelta_ptr + row * length + offs_l, ddt.to(ddelta_ptr.dtype.element_ty),
                  mask=mask_l)
-        part = row * n_chunks + c
+        part = (b * n_chunks + c) * dim + d
         if MULTI_CHUNK:
             dt_dA = dt
         else:
@@ -189,8 +190,8 @@ def _bwd_kernel(
             tl.store(dbias_ptr + part, tl.sum(ddt, axis=0))
     acc_off = (((cblk * (n_bgd // n_cblk) + b * groups + g) * N + offs_n[:, None]) * length
                + offs_l[None, :])
-    tl.store(dB_ptr + acc_off, dB_acc, mask=mask_nl)
-    tl.store(dC_ptr + acc_off, dC_acc, mask=mask_nl)
+    tl.store(dB_ptr + acc_off, dB_acc.to(dB_ptr.dtype.element_ty), mask=mask_nl)
+    tl.store(dC_ptr + acc_off, dC_acc.to(dC_ptr.dtype.element_ty), mask=mask_nl)
 
 
 _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
@@ -263,12 +264,16 @@ def selective_scan_bwd_triton(
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.empty(ncb, batch, groups, n_state, length, device=dev, dtype=f32)
-    dC_part = torch.empty(ncb, batch, groups, n_state, length, device=dev, dtype=f32)
-    dA_part = torch.empty(batch, dim, nc, n_state, device=dev, dtype=f32)
-    dD_part = torch.empty(batch, dim, nc, device=dev, dtype=f32) if D is not None else None
-    dbias_part = (torch.empty(batch, dim, nc, device=dev, dtype=f32)
-                  if delta_bias is not None else None)
+    # one channel block: dB, dC stored in their dtype (no partial sums, no conversion)
+    dB_part = torch.empty(ncb, batch, groups, n_state, length, device=dev,
+                          dtype=B.dtype if ncb == 1 else f32)
+    dC_part = torch.empty(ncb, batch, groups, n_state, length, device=dev,
+                          dtype=C.dtype if ncb == 1 else f32)
+    dA_part = torch.empty(batch, nc, dim, n_state, device=dev, dtype=f32)
+    # dD's and ddelta_bias's partial sums: one allocation
+    vec_part = torch.empty(2, batch, nc, dim, device=dev, dtype=f32)
+    dD_part = vec_part[0] if D is not None else None
+    dbias_part = vec_part[1] if delta_bias is not None else None
     dummy = dA_part
     zz = z if z is not None else u
     _bwd_kernel_launcher[(plan.programs(batch, groups),)](
@@ -286,9 +291,10 @@ def selective_scan_bwd_triton(
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         num_warps=plan.num_warps, **launch_options,
     )
-    dB = (dB_part[0] if ncb == 1 else dB_part.sum(0)).to(B.dtype)
-    dC = (dC_part[0] if ncb == 1 else dC_part.sum(0)).to(C.dtype)
-    dA = dA_part.sum((0, 2))
-    dD = dD_part.sum((0, 2)) if dD_part is not None else None
-    dbias = dbias_part.sum((0, 2)) if dbias_part is not None else None
+    dB = dB_part[0] if ncb == 1 else dB_part.sum(0).to(B.dtype)
+    dC = dC_part[0] if ncb == 1 else dC_part.sum(0).to(C.dtype)
+    dA = dA_part.view(batch * nc, dim * n_state).sum(0).view(dim, n_state)
+    # apart: outputs of the custom op must not alias one another
+    dD = dD_part.view(batch * nc, dim).sum(0) if dD_part is not None else None
+    dbias = dbias_part.view(batch * nc, dim).sum(0) if dbias_part is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
