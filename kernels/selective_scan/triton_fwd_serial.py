@@ -117,7 +117,7 @@ def _serial_block(
             t_i = t0 + i
         sel = offs_i == i
         # one scalar load per state and step, the same address on every lane (L1
-        # broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.3-1.9x slower
+        # broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.5-1.9x slower
         B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
         a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
         if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
