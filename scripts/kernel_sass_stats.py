@@ -160,6 +160,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=128, help="forward chunk")
     p.add_argument("--bwd-chunk", type=int, default=64, help="backward chunk")
     p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
+    p.add_argument("--only", default="", help="kernels whose label starts with this")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
@@ -170,6 +171,8 @@ def main() -> int:
         for label, (mod, name), values, warps in [*configs(args.chunk),
                                                   *serial_configs(dtype),
                                                   *backward_configs(args.bwd_chunk)]:
+            if not label.startswith(args.only):
+                continue
             fn = getattr(modules[mod], name)
             full = {}
             for param in fn.params:
@@ -183,7 +186,7 @@ def main() -> int:
                   + "".join(f"{s[k]:>6}" for k in KEYS), flush=True)
             if args.dump is not None:
                 args.dump.mkdir(parents=True, exist_ok=True)
-                stem = f"{label.replace(' ', '_').replace(':', '')}_{str(dtype)[6:]}"
+                stem = re.sub(r'[^A-Za-z0-9_-]+', '_', f"{label}_{str(dtype)[6:]}")
                 (args.dump / f"{stem}.sass").write_text(sass)
                 (args.dump / f"{stem}.ttgir").write_text(kernel.asm["ttgir"])
     return 0
