@@ -10,9 +10,11 @@ kernel) and keeps the compiled kernel; later calls with the same key launch it d
 
 The key holds everything Triton specialises on: every non-tensor argument by type and
 value (so an int's value, hence its ==1 and divisibility-by-16 properties and its width),
-every tensor by dtype, 16-byte alignment and device, and the keyword arguments
-(constexprs and launch options). Under TRITON_INTERPRET=1 nothing is compiled: every call
-goes through Triton.
+every tensor by dtype, 16-byte alignment and device, the keyword arguments (constexprs
+and launch options), and the current CUDA device (Triton's caches are per current device,
+and a compiled kernel is loaded on the device current when it was first launched).
+Triton settings changed at run time (its `knobs`, e.g. debug) are not in the key. Under
+TRITON_INTERPRET=1 nothing is compiled: every call goes through Triton.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _arg_key(arg: Any) -> Any:
 class CachedLaunch:
     """`CachedLaunch(jit_fn)[grid](*args, **kwargs)`: as `jit_fn[grid](...)`, faster when
     repeated. grid: a tuple of up to 3 ints. Positional arguments are the kernel's leading
-    parameters; keywords are the rest (constexprs) and launch options (num_warps, ...)."""
+    parameters, the first a tensor; keywords are the rest (constexprs) and launch options
+    (num_warps, ...)."""
 
     def __init__(self, fn: Any) -> None:
         self._fn = fn
@@ -50,7 +53,8 @@ class CachedLaunch:
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
 
     def _launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict) -> None:
-        key = (grid, tuple(map(_arg_key, args)), tuple(kwargs.items()),
+        device = torch.cuda.current_device() if args[0].is_cuda else None
+        key = (grid, device, tuple(map(_arg_key, args)), tuple(kwargs.items()),
                tuple(map(type, kwargs.values())))
         runner = self._runners.get(key)
         if runner is not None:

@@ -154,19 +154,26 @@ def test_host_functions_match_reference(case: ScanCase, plan: dict) -> None:
     assert_close_all(case, got, want)
 
 
-def test_repeated_calls_with_new_inputs_of_the_same_shapes() -> None:
+@pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
+def test_repeated_calls_with_new_inputs_of_the_same_shapes(serial: bool) -> None:
     # compiled, the second round launches the kernels the first one cached (launch.py),
     # with new tensors: both must match the reference
     case = _all(ScanCase(1, 4, 200, 16, groups=2))
     inputs = case.inputs(DEVICE)
+    plan = {"chunk": 32, **({"variant": "serial"} if serial else {})}
+    boundary = "serial" if serial else "auto"
     for round_ in range(2):
         if round_:
             inputs = {**inputs, "u": inputs["u"] * -0.5}
         want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=4)
-        got = _host_run(case, inputs, {"chunk": 32}, dout_seed=4)
+        got = _host_run(case, inputs, plan, dout_seed=4, boundary=boundary)
         assert_close_all(case, got, want)
     if not INTERPRETED:
         assert triton_bwd._bwd_kernel_launcher._runners, "no compiled kernel was cached"
+        if serial:
+            from medmamba_kernels.selective_scan import triton_fwd_serial
+
+            assert triton_fwd_serial._serial_kernel_launcher._runners
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
