@@ -170,8 +170,10 @@ def _channel_range(g, cblk, per_group, channel_block):
 
 @triton.jit
 def _load_state_tile(ptr, b, g, s_b, s_g, s_n, s_l, offs_n, offs_l, mask):
-    """The (NP, CHUNK) tile of B or C of batch b, group g at offs_l, fp32, 0 where masked."""
-    return tl.load(ptr + b * s_b + g * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l,
+    """The (NP, CHUNK) tile of B or C of batch b, group g at offs_l, fp32, 0 where masked.
+    The state offset is 64-bit: n * s_n passes 2**31 for L-contiguous B past 143M positions."""
+    n_off = offs_n.to(tl.int64)[:, None] * s_n
+    return tl.load(ptr + b * s_b + g * s_g + n_off + offs_l[None, :] * s_l,
                    mask=mask, other=0.0).to(tl.float32)
 
 
