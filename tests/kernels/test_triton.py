@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from scan_cases import GRAD_NAMES, ScanCase, assert_close_all, run_with_grads
+from scan_cases import (GRAD_NAMES, TOLERANCE, ScanCase, assert_close_all, relative_error,
+                        run_with_grads)
 
 triton = pytest.importorskip("triton")
 
@@ -279,6 +280,47 @@ def test_launch_plan_keeps_large_channel_counts_on_one_grid_axis() -> None:
     plan = plan_launch(batch=1, dim=48, groups=1, length=2_097_152)
     assert plan.programs(1, 1) == plan.n_chunks * plan.n_channel_blocks
     assert plan.n_chunks * plan.chunk >= 2_097_152
+
+
+@pytest.mark.slow
+def test_state_offsets_past_two_to_the_31() -> None:
+    # B and C L-contiguous, L past 2**31 / 15: state 15's offset needs 64 bits (the tile
+    # kernels "auto" takes for 2 channels). u and B are zero before a closing window, so
+    # the state entering it is exactly 0: the window's output, last state and gradients
+    # equal the reference's on the window alone (and the earlier positions add nothing
+    # to dA, dD, ddelta_bias).
+    if INTERPRETED:
+        pytest.skip("about 22 GB of tensors: the GPU runs it")
+    if torch.cuda.get_device_properties(DEVICE).total_memory < 40 * 2**30:
+        pytest.skip("about 22 GB of tensors: needs a GPU of 40 GB or more")
+    length, window = 150_000_000, 512
+    case = ScanCase(1, 2, window, 16, dtype=torch.bfloat16, has_D=True, has_bias=True,
+                    softplus=True, last_state=True)
+    small = case.inputs(DEVICE)
+    big = {}
+    for name, value in small.items():
+        if name in ("u", "delta", "B", "C"):
+            big[name] = torch.zeros(*value.shape[:-1], length, dtype=value.dtype,
+                                    device=DEVICE)
+            big[name][..., -window:] = value
+        else:
+            big[name] = value
+    want_out, want_last, want_grads = run_with_grads(selective_scan_reference, small,
+                                                     case.flags(), dout_seed=2)
+    flags = {"delta_softplus": True, "reverse": False}
+    out, last = selective_scan_fwd_triton(**_four_d(big), **flags)
+    dout = torch.zeros_like(out)
+    dout[..., -window:] = torch.randn(want_out.shape, generator=torch.Generator().manual_seed(
+        2)).to(out.dtype).to(DEVICE)
+    grads = dict(zip(GRAD_NAMES, selective_scan_bwd_triton(dout, **_four_d(big), **flags)))
+    errors = {"out": relative_error(out[..., -window:], want_out),
+              "last_state": relative_error(last, want_last)}
+    for name, want in want_grads.items():
+        got = grads[name]
+        if got.shape[-1] == length:
+            got = got[..., -window:].reshape(want.shape)
+        errors[f"d{name}"] = relative_error(got, want)
+    assert all(e <= TOLERANCE[case.dtype] for e in errors.values()), errors
 
 
 @pytest.mark.parametrize("override", [{"chunk": 24}, {"carry_block": 3}], ids=str)
