@@ -45,14 +45,14 @@ def _import_kernels():
         spec.loader.exec_module(module)
     from medmamba_kernels.selective_scan import (
         triton_bwd,
-        triton_common,
+        triton_chunks,
         triton_fwd,
         triton_fwd_deferred,
         triton_fwd_rows,
         triton_fwd_serial,
     )
 
-    return (triton_common, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows,
+    return (triton_chunks, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows,
             triton_fwd_serial)
 
 
@@ -119,14 +119,14 @@ def configs(chunk: int):
     """(label, module attribute path, args, num_warps) for every forward kernel."""
     base = _row1_args(chunk, backward=False)
     warps = max(1, chunk * 16 // 2048)
-    yield "chunked: aggregate", ("triton_common", "_chunk_aggregate_kernel"), base, warps
+    yield "chunked: aggregate", ("triton_chunks", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
     yield "reload: output", ("triton_fwd", "_fwd_output_kernel"), {**base, "BC_IN_LOOP": True}, warps
     yield "rows: aggregate", ("triton_fwd_rows", "_aggregate_rows_kernel"), base, warps
     yield "rows: output", ("triton_fwd_rows", "_fwd_rows_kernel"), base, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
-    yield "carry (block 512, 8 warps)", ("triton_common", "_carry_kernel"), {
+    yield "carry (block 512, 8 warps)", ("triton_chunks", "_carry_kernel"), {
         **base, "BLOCK": 512, "STORE_LAST": True, "n_chunks": 2048}, 8
 
 
@@ -149,7 +149,7 @@ def serial_configs(dtype: torch.dtype):
 def backward_configs(chunk: int):
     """The backward kernels at the host function's default plan for row 1 (one warp)."""
     base = _row1_args(chunk, backward=True)
-    yield "bwd: aggregate (h and g)", ("triton_common", "_chunk_aggregate_kernel"), base, 1
+    yield "bwd: aggregate (h and g)", ("triton_chunks", "_chunk_aggregate_kernel"), base, 1
     for reverse in (False, True):
         label = f"bwd{' reverse' if reverse else ''}"
         yield label, ("triton_bwd", "_bwd_kernel"), {**base, "REVERSE": reverse}, 1
@@ -163,7 +163,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="kernels whose label starts with this")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    modules = dict(zip(("triton_common", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
+    modules = dict(zip(("triton_chunks", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
                         "triton_fwd_rows", "triton_fwd_serial"), _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))

@@ -15,15 +15,12 @@ import cProfile
 import io
 import pstats
 import sys
-import time
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_selective_scan import ANCHORS, bwd, fwd, make_inputs  # noqa: E402
+from scan_bench_common import ANCHORS, host_ms, row_calls
 
 
 @triton.jit
@@ -41,17 +38,8 @@ def _empty45(p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10,
 
 
 def host_us(fn, calls: int = 100, trials: int = 7) -> float:
-    """Median over trials of the host time a call (launches queued, no synchronisation)."""
-    fn()
-    times = []
-    for _ in range(trials):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    torch.cuda.synchronize()
-    return sorted(times)[trials // 2]
+    """Median over trials of the host microseconds a call (scan_bench_common.host_ms)."""
+    return host_ms(fn, calls, trials) * 1e3
 
 
 def launcher_cost() -> None:
@@ -132,17 +120,7 @@ def main() -> int:
     shapes = list(ANCHORS)
     for row in (int(r) for r in args.rows.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
-            x = make_inputs(*shapes[row - 1], dtype)
-            out, _ = fwd(**x)
-            dout = torch.randn_like(out)
-
-            def run_fwd():
-                fwd(**x)
-
-            def run_fwd_bwd():
-                fwd(**x)
-                bwd(dout, **x)
-
+            run_fwd, run_fwd_bwd = row_calls(shapes[row - 1], dtype)
             print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
                   f"f+b {host_us(run_fwd_bwd):.1f} us")
             print(kernel_times(run_fwd, run_fwd_bwd))

@@ -14,7 +14,7 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
-            "profile_gpu_step", "kernel_sass_stats"]
+            "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead"]
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ class CachedLaunch:
         self._names = [p.name for p in params]
         self._defaults = {p.name: p.default for p in params
                           if p.default is not inspect.Parameter.empty}
-        self._runners: dict[tuple, Callable | None] = {}
+        # key -> (the compiled kernel's runner, the keyword parameters in signature order)
+        self._runners: dict[tuple, tuple[Callable[..., None], list]] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
@@ -56,10 +57,9 @@ class CachedLaunch:
         device = torch.cuda.current_device() if args[0].is_cuda else None
         key = (grid, device, tuple(map(_arg_key, args)), tuple(kwargs.items()),
                tuple(map(type, kwargs.values())))
-        runner = self._runners.get(key)
-        if runner is not None:
-            tail = [kwargs[n] if n in kwargs else self._defaults[n]
-                    for n in self._names[len(args):]]
+        cached = self._runners.get(key)
+        if cached is not None:
+            runner, tail = cached
             runner(*args, *tail)
             return
         compiled = self._fn[grid](*args, **kwargs)
@@ -68,4 +68,7 @@ class CachedLaunch:
         if len(self._runners) >= _MAX_ENTRIES:
             self._runners.clear()
         full_grid = (tuple(grid) + (1, 1))[:3]
-        self._runners[key] = compiled[full_grid]
+        # the key holds the keyword values: their order for the runner is fixed with it
+        tail = [kwargs[n] if n in kwargs else self._defaults[n]
+                for n in self._names[len(args):]]
+        self._runners[key] = (compiled[full_grid], tail)

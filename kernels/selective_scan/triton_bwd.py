@@ -1,7 +1,7 @@
 """Triton backward of the selective scan, parallel over the sequence in chunks.
 
 The adjoint of a scan is a scan the other way. Two cheap passes over the chunks
-(triton_common.py) give, for every chunk, the true forward state entering it and the true
+(triton_chunks.py) give, for every chunk, the true forward state entering it and the true
 adjoint entering it from the other side; `_bwd_kernel` then rescans each chunk both ways
 from those states and writes every gradient. Sums over positions and channels (dA, dD,
 ddelta_bias, and dB/dC shared by the channels of a group) are written as per-program
@@ -33,9 +33,9 @@ from .triton_common import (
     _previous_chunk,
     _scan_edge_columns,
     _softplus,
-    chunk_boundary_states,
     plan_launch,
 )
+from .triton_chunks import chunk_boundary_states
 from .triton_fwd_serial import serial_applies, serial_boundary_states, serial_plan
 
 
@@ -235,7 +235,7 @@ def selective_scan_bwd_triton(
     `maxnreg` caps the registers per thread of the main kernel (more resident warps, maybe
     spills); None leaves it to the compiler. `boundary`: how the states at the chunk
     boundaries are found, "serial" (triton_fwd_serial's aggregate kernel, one channel a
-    thread), "tile" (triton_common's (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
+    thread), "tile" (triton_chunks' (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -270,8 +270,9 @@ def selective_scan_bwd_triton(
     dC_part = torch.empty(ncb, batch, groups, n_state, length, device=dev,
                           dtype=C.dtype if ncb == 1 else f32)
     dA_part = torch.empty(batch, nc, dim, n_state, device=dev, dtype=f32)
-    # dD's and ddelta_bias's partial sums: one allocation
-    vec_part = torch.empty(2, batch, nc, dim, device=dev, dtype=f32)
+    # dD's and ddelta_bias's partial sums: one allocation, none when neither is asked for
+    vec_part = (torch.empty(2, batch, nc, dim, device=dev, dtype=f32)
+                if D is not None or delta_bias is not None else None)
     dD_part = vec_part[0] if D is not None else None
     dbias_part = vec_part[1] if delta_bias is not None else None
     dummy = dA_part

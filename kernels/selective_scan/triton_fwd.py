@@ -3,7 +3,7 @@
 Five variants, three launches each for a sequence of several chunks (maths in README.md,
 "Triton kernels"):
 
-- "chunked": chunk aggregates and the carry scan over chunks (triton_common.py) give the
+- "chunked": chunk aggregates and the carry scan over chunks (triton_chunks.py) give the
   true state entering every chunk; then `_fwd_output_kernel` rescans each chunk from that
   state and writes the output.
 - "reload": "chunked" with the output kernel reloading the B and C tiles per channel
@@ -61,9 +61,9 @@ from .triton_common import (
     _previous_chunk,
     _scan_edge_columns,
     _store_output,
-    chunk_boundary_states,
     plan_launch,
 )
+from .triton_chunks import chunk_boundary_states
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states
 from .triton_fwd_serial import serial_applies, serial_forward

@@ -9,7 +9,7 @@ sum of dt from the chunk's first position (in scan order) to t. So:
 
 1. `_fwd_local_kernel` scans every chunk from zero, writes y_local = <C, hs> (fp32
    scratch), the chunk's end state E and the sum of its dt S;
-2. the carry scan over chunks (triton_common._carry_kernel) turns E into true end states;
+2. the carry scan over chunks (triton_chunks._carry_kernel) turns E into true end states;
 3. `_fwd_correct_kernel` adds <C_t, exp(A R_t) h0> and the skip/gate terms.
 
 Against the "chunked" variant this replaces the aggregate pass (an exp and a cross-lane
@@ -37,8 +37,8 @@ from .triton_common import (
     _next_pow2,
     _previous_chunk,
     _store_output,
-    carry_chunks,
 )
+from .triton_chunks import carry_chunks
 
 
 @triton.jit

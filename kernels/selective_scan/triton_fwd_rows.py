@@ -10,7 +10,7 @@ and C rows are re-read per channel from L1/L2, as the "reload" variant does for 
 
 The chunk aggregates are computed the same way (`_aggregate_rows_kernel`, one state
 index at a time, as `_chunk_aggregate_kernel` does for the whole tile), then carried
-across chunks by triton_common's `carry_chunks`; a sequence of one chunk runs the
+across chunks by triton_chunks' `carry_chunks`; a sequence of one chunk runs the
 output kernel alone.
 """
 
@@ -30,8 +30,8 @@ from .triton_common import (
     _previous_chunk,
     _scan_edge_columns,
     _store_output,
-    carry_chunks,
 )
+from .triton_chunks import carry_chunks
 
 
 @triton.jit

@@ -16,7 +16,7 @@ served by L1), which is the layout h needs. dt, u and z arrive TI positions at a
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
-(triton_common.carry_chunks), then this kernel again from each chunk's entering state.
+(triton_chunks.carry_chunks), then this kernel again from each chunk's entering state.
 A sequence of one chunk is one launch.
 """
 
@@ -35,8 +35,8 @@ from .triton_common import (
     _next_pow2,
     _previous_chunk,
     _softplus,
-    carry_chunks,
 )
+from .triton_chunks import carry_chunks
 
 # "auto" takes this variant from this many positions on (session 16: faster on the bench
 # rows of L >= 16384 but fp32 with 48 channels; L = 4096 slower, too few programs for its
@@ -256,7 +256,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     bytes of the input dtype (fewer if a given chunk is shorter); block_d channels a
     program (default: one a thread)."""
     if ti is None:
-        ti = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+        ti = max(1, 16 // dtype.itemsize)
         if chunk is not None:  # the largest power of two dividing the chunk, at most 16 B
             ti = min(ti, chunk & -chunk)
     _check_power_of_two("ti", ti)
@@ -335,7 +335,7 @@ def serial_boundary_states(
     delta_softplus: bool, reverse: bool, plan: SerialPlan,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(H, Q) as triton_common.chunk_boundary_states returns them, from this kernel's
+    """(H, Q) as triton_chunks.chunk_boundary_states returns them, from this kernel's
     aggregates: H always; Q (the adjoint) when dout is given."""
     batch, dim, _ = delta.shape
     n_state, nc = A.shape[1], plan.n_chunks

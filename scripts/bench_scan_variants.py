@@ -1,0 +1,167 @@
+"""Exploration timings of the Triton selective scan (the options of
+scripts/bench_selective_scan.py that compare kernel variants and launch configs):
+
+    --sweep          chunk / num_warps variants, fwd and bwd apart
+    --fwd-variants   forward variants side by side, and the public call's host overhead
+    --bwd-variants   backward configs (BWD_CONFIGS) side by side
+    --host           do_bench vs CUDA-graph replay vs host time a call
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scan_bench_common import ANCHORS, bwd, fwd, host_ms, make_inputs, rel, row_calls
+
+
+def sweep(dtypes, rows=(1, 5, 6, 3, 4)):
+    from triton.testing import do_bench
+
+    variants = [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2), (256, 2)]
+    small = [(512, 2), (512, 4), (512, 8), (256, 1), (256, 2), (128, 1), (128, 2), (64, 2),
+             (64, 1), (32, 1)]
+    for dt in dtypes:
+        for row in rows:
+            shape = list(ANCHORS)[row - 1]
+            x = make_inputs(*shape, dt)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+            for chunk, warps in (variants if row in (1, 5, 6) else small):
+                kw = dict(chunk=chunk, num_warps=warps)
+                t_f = do_bench(lambda: fwd(**x, **kw), warmup=5, rep=30, return_mode="median")
+                t_b = do_bench(lambda: bwd(dout, **x, **kw), warmup=5, rep=30,
+                               return_mode="median")
+                print(f"sweep row {row} {str(dt)[6:]:<9} chunk {chunk:>4} warps {warps:>2}  "
+                      f"fwd {t_f:8.3f} ms  bwd {t_b:8.3f} ms", flush=True)
+            del x, out, dout
+
+
+def compare_fwd_variants(dtypes, shapes):
+    """Forward variants side by side, in ms (same inputs, same run; "auto" is the default's pick),
+    and the host overhead of the public call: eager path vs the torch.library op (the path
+    every call took before). True if every variant matches "chunked" within the dtype's
+    tolerance."""
+    from triton.testing import do_bench
+
+    from medmamba_kernels.selective_scan import interface
+
+    # (column, host-function keywords). "reload" and "rows" at longer chunks: session 15's
+    # log (scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" with
+    # register caps, 2 positions a load, chunks of 128 and 1024: session 16's
+    # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log, _call8_caps.log). Here "serial"
+    # at its default chunks (at most 256 since session 17), at 1024 (row 6's former
+    # default) and with 16 channels a program ("d16": 48 = 3 x 16, no idle lanes on row 6)
+    variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
+                ("serial c1024", {"variant": "serial", "chunk": 1024}),
+                ("serial d16", {"variant": "serial", "channel_block": 16}),
+                ("auto", {}))
+    ok = True
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
+          + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            ref_out, ref_last = fwd(**x, variant="chunked")
+            times = []
+            err = 0.0
+            for v, kw in variants:
+                kw = kw or {"variant": v}
+                out, last = fwd(**x, **kw)
+                err = max(err, rel(out, ref_out), rel(last, ref_last))
+                times.append(do_bench(lambda kw=kw: fwd(**x, **kw), warmup=10, rep=50,
+                                      return_mode="median"))
+            args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+            leaves = [a.detach().requires_grad_() for a in args]
+            dout = torch.randn_like(ref_out)
+
+            def op_fb():
+                out, _ = interface._scan_fwd_op(*leaves, True, False, "triton")
+                out.backward(dout)
+
+            def eager_fb():
+                interface.selective_scan(*leaves, delta_softplus=True,
+                                         backend="triton").backward(dout)
+
+            def op_f():
+                interface._scan_fwd_op(*args, True, False, "triton")
+
+            def eager_f():
+                interface.selective_scan(*args, delta_softplus=True, backend="triton")
+
+            host = [do_bench(f, warmup=10, rep=50, return_mode="median")
+                    for f in (op_fb, eager_fb, op_f, eager_f)]
+            ok &= err < (1e-4 if dt == torch.float32 else 2e-2)
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>14.3f}" for t in times) + f"{err:>11.1e}"
+                  + f"{host[0]:>9.3f}{host[1]:>11.3f}{host[2]:>9.3f}{host[3]:>11.3f}",
+                  flush=True)
+            del x, leaves, args, dout
+    print("variant checks (max err vs chunked):", "all ok" if ok else "SOME FAILED")
+    return ok
+
+
+def compare_host(dtypes, shapes):
+    """Where a row's time goes: do_bench's median (the table's method), the same calls
+    replayed from a CUDA graph (GPU time without host gaps), and the host's time to issue
+    one call (launches queued, no synchronisation). A row whose host time reaches its
+    do_bench time is host-bound: faster kernels cannot show there."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    print(f"{'batch, dim, L':<18}{'dtype':<6}{'fwd':>9}{'graph':>9}{'host':>9}"
+          f"{'f+b':>9}{'graph':>9}{'host':>9}   (ms)")
+    for dt in dtypes:
+        for shape in shapes:
+            run_fwd, run_fwd_bwd = row_calls(shape, dt)
+            cols = []
+            for fn in (run_fwd, run_fwd_bwd):
+                cols += [do_bench(fn, warmup=10, rep=50, return_mode="median"),
+                         do_bench_cudagraph(fn, rep=50, return_mode="median"), host_ms(fn)]
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(f"{c:>9.3f}" for c in cols),
+                  flush=True)
+            del run_fwd, run_fwd_bwd
+
+
+# Backward configs (chunk, num_warps, maxnreg, channel_block, boundary) for --bwd-variants;
+# the first is the default on every bench row and the reference for the error column.
+# "boundary": how the states at chunk boundaries are found (triton_bwd.py): "serial" (one
+# channel a thread) or "tile" (the (N, CHUNK) tile kernel, the default until session 16).
+# Session 13's sweep of chunks, warps, register caps and channel blocks (scripts/results/
+# kernel_h200_2026-11-30c/bwd_variants.log) found none better than chunk 64 on one warp
+# across the rows (a few within 5% either way on some); session 17's on row 5 (8, 128,
+# 16384), where bf16 f+b stood level with mamba_ssm, neither (kernel_h200_2026-12-01_s17/
+# bwd_variants_row5_call8.log: the default 1.50 ms bf16, the others 1.55-2.54).
+BWD_CONFIGS = [(64, 1, None, None, "auto"), (64, 1, None, None, "serial"),
+               (64, 1, None, None, "tile"), (32, 1, None, None, "auto"),
+               (128, 1, None, None, "auto"), (128, 2, None, None, "auto"),
+               (64, 2, None, None, "auto"), (64, 1, 168, None, "auto"),
+               (64, 1, None, 64, "auto"), (64, 1, None, 32, "auto")]
+
+
+def compare_bwd_variants(dtypes, shapes):
+    """Backward launch configs side by side (same inputs, same run), bwd only."""
+    from triton.testing import do_bench
+
+    names = [f"{chunk}/w{warps}/{maxnreg or '-'}/{block or '-'}/{where}"
+             for chunk, warps, maxnreg, block, where in BWD_CONFIGS]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>20}" for n in names)
+          + f"{'max err':>10}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            out, _ = fwd(**x)
+            dout = torch.randn_like(out)
+            times, err, ref = [], 0.0, None
+            for chunk, warps, maxnreg, block, where in BWD_CONFIGS:
+                kw = dict(chunk=chunk, num_warps=warps, maxnreg=maxnreg, channel_block=block,
+                          boundary=where)
+                grads = bwd(dout, **x, **kw)
+                if ref is None:
+                    ref = grads
+                else:
+                    err = max([err] + [rel(a, b) for a, b in zip(grads, ref)
+                                       if a is not None])
+                times.append(do_bench(lambda kw=kw: bwd(dout, **x, **kw), warmup=5, rep=30,
+                                      return_mode="median"))
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>20.3f}" for t in times) + f"{err:>10.1e}", flush=True)
+            del x, out, dout, ref
