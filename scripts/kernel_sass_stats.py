@@ -111,7 +111,7 @@ def _row1_args(chunk: int, backward: bool) -> dict:
                 per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
                 s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
                 s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
-                s_Cl=1, tile_pin=0, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                s_Cl=1, tile_pin=0, part_stride=D * 18, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
                 HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True)
 
 
@@ -127,7 +127,9 @@ def configs(chunk: int):
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
     yield "carry (block 512, 8 warps)", ("triton_chunks", "_carry_kernel"), {
-        **base, "BLOCK": 512, "STORE_LAST": True, "n_chunks": 2048}, 8
+        **base, "BLOCK": 512, "STORE_LAST": True, "WITH_Q": False, "n_chunks": 2048}, 8
+    yield "carry, H and Q (block 512)", ("triton_chunks", "_carry_kernel"), {
+        **base, "BLOCK": 512, "STORE_LAST": False, "WITH_Q": True, "n_chunks": 2048}, 8
 
 
 def serial_configs(dtype: torch.dtype):

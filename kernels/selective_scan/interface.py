@@ -186,7 +186,21 @@ def _scan_bwd_op(
     _, bwd = _host_functions(backend, u.device)
     grads = _without_autocast(bwd, u.device.type, dout, u, delta, A, B, C, D, z, delta_bias,
                               delta_softplus, reverse)
-    return [u.new_empty(0) if g is None else g.contiguous() for g in grads]
+    return _unaliased([u.new_empty(0) if g is None else g.contiguous() for g in grads])
+
+
+def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Outputs of a custom op must not share memory: the Triton backward returns dA, dD
+    and ddelta_bias (and dB, dC of short sequences) as views of one sum."""
+    seen = set()
+    result = []
+    for t in tensors:
+        storage = t.untyped_storage().data_ptr()
+        if t.numel() and storage in seen:
+            t = t.clone()
+        seen.add(storage)
+        result.append(t)
+    return result
 
 
 @_scan_bwd_op.register_fake

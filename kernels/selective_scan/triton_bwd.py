@@ -43,7 +43,7 @@ from .triton_fwd_serial import serial_applies, serial_boundary_states, serial_pl
 def _bwd_kernel(
     dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, Q_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
+    dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block, part_stride,
     s_ob, s_od, s_ol, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
@@ -53,8 +53,10 @@ def _bwd_kernel(
     """One chunk of one (batch, group), looping over a block of its channels.
 
     du, ddelta, dz: contiguous (batch, dim, L). dB, dC: partial sums (n_cblk, batch,
-    groups, N, L), in their own dtype. dA: (batch, n_chunks, dim, N); dD, dbias: (batch,
-    n_chunks, dim): chunk-major, so that the host sums over contiguous leading axes.
+    groups, N, L), in their own dtype. dA, dD, dbias: partial sums, one row of
+    `part_stride` elements per (batch, chunk) holding dA (dim, N) at dA_ptr, dD (dim,) at
+    dD_ptr and dbias (dim,) at dbias_ptr (pointers into the same row), so that one sum
+    over rows reduces all three.
     The boundary states h0, q0 enter each scan through the drive at the chunk's edge (h =
     decay * h0 + drive at the first position in scan order, g = q0 + C dy at the last)
     rather than through a fix-up `cumulative decay * state + scan` after it, so neither
@@ -178,16 +180,17 @@ def _bwd_kernel(
         tl.store(du_ptr + row * length + offs_l, du.to(du_ptr.dtype.element_ty), mask=mask_l)
         tl.store(ddelta_ptr + row * length + offs_l, ddt.to(ddelta_ptr.dtype.element_ty),
                  mask=mask_l)
-        part = (b * n_chunks + c) * dim + d
+        part = (b * n_chunks + c) * part_stride
         if MULTI_CHUNK:
             dt_dA = dt
         else:
             dt_dA = tl.where(has_prev_state, dt, 0.0)
-        tl.store(dA_ptr + part * N + offs_n, tl.sum(gha * dt_dA[None, :], axis=1), mask=mask_n)
+        tl.store(dA_ptr + part + d * N + offs_n, tl.sum(gha * dt_dA[None, :], axis=1),
+                 mask=mask_n)
         if HAS_D:
-            tl.store(dD_ptr + part, tl.sum(dy * u, axis=0))
+            tl.store(dD_ptr + part + d, tl.sum(dy * u, axis=0))
         if HAS_BIAS:
-            tl.store(dbias_ptr + part, tl.sum(ddt, axis=0))
+            tl.store(dbias_ptr + part + d, tl.sum(ddt, axis=0))
     acc_off = (((cblk * (n_bgd // n_cblk) + b * groups + g) * N + offs_n[:, None]) * length
                + offs_l[None, :])
     tl.store(dB_ptr + acc_off, dB_acc.to(dB_ptr.dtype.element_ty), mask=mask_nl)
@@ -264,18 +267,14 @@ def selective_scan_bwd_triton(
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    # one channel block: dB, dC stored in their dtype (no partial sums, no conversion)
-    dB_part = torch.empty(ncb, batch, groups, n_state, length, device=dev,
-                          dtype=B.dtype if ncb == 1 else f32)
-    dC_part = torch.empty(ncb, batch, groups, n_state, length, device=dev,
-                          dtype=C.dtype if ncb == 1 else f32)
-    dA_part = torch.empty(batch, nc, dim, n_state, device=dev, dtype=f32)
-    # dD's and ddelta_bias's partial sums: one allocation, none when neither is asked for
-    vec_part = (torch.empty(2, batch, nc, dim, device=dev, dtype=f32)
-                if D is not None or delta_bias is not None else None)
-    dD_part = vec_part[0] if D is not None else None
-    dbias_part = vec_part[1] if delta_bias is not None else None
-    dummy = dA_part
+    dB_part, dC_part, dBC_part = _state_grad_buffers(B, C, ncb, dev)
+    # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
+    n_vec = (D is not None) + (delta_bias is not None)
+    part = torch.empty(batch * nc, dim * (n_state + n_vec), device=dev, dtype=f32)
+    dA_part = part
+    dD_part = part[:, dim * n_state:] if D is not None else None
+    dbias_part = part[:, part.shape[1] - dim:] if delta_bias is not None else None
+    dummy = part
     zz = z if z is not None else u
     _bwd_kernel_launcher[(plan.programs(batch, groups),)](
         dout, u, delta, zz, A, B, C, D if D is not None else dummy,
@@ -284,7 +283,7 @@ def selective_scan_bwd_triton(
         dD_part if dD_part is not None else dummy,
         dbias_part if dbias_part is not None else dummy,
         dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
-        plan.channel_block,
+        plan.channel_block, part.shape[1],
         *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
         *B.stride(), *C.stride(),
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
@@ -292,10 +291,37 @@ def selective_scan_bwd_triton(
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         num_warps=plan.num_warps, **launch_options,
     )
-    dB = dB_part[0] if ncb == 1 else dB_part.sum(0).to(B.dtype)
-    dC = dC_part[0] if ncb == 1 else dC_part.sum(0).to(C.dtype)
-    dA = dA_part.view(batch * nc, dim * n_state).sum(0).view(dim, n_state)
-    # apart: outputs of the custom op must not alias one another
-    dD = dD_part.view(batch * nc, dim).sum(0) if dD_part is not None else None
-    dbias = dbias_part.view(batch * nc, dim).sum(0) if dbias_part is not None else None
+    dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)
+    # one sum for the three (views of one tensor: the custom op unaliases its outputs)
+    totals = part.sum(0)
+    dA = totals[:dim * n_state].view(dim, n_state)
+    dD = totals[dim * n_state:dim * (n_state + 1)] if D is not None else None
+    dbias = totals[totals.shape[0] - dim:] if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def _state_grad_buffers(
+    B: torch.Tensor, C: torch.Tensor, n_cblk: int, dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(dB_part, dC_part, both): where the kernel writes dB and dC. One channel block: the
+    gradients themselves in their dtype, both None. Several: fp32 partial sums (n_cblk,
+    batch, groups, N, L), views of one allocation `both` that one sum reduces."""
+    shape = tuple(B.shape)
+    if n_cblk == 1:
+        return (torch.empty(1, *shape, device=dev, dtype=B.dtype),
+                torch.empty(1, *shape, device=dev, dtype=C.dtype), None)
+    both = torch.empty(2, n_cblk, *shape, device=dev, dtype=torch.float32)
+    return both[0], both[1], both
+
+
+def _sum_state_grads(
+    dB_part: torch.Tensor, dC_part: torch.Tensor, both: torch.Tensor | None,
+    B_dtype: torch.dtype, C_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dB, dC from `_state_grad_buffers`' tensors after the kernel."""
+    if both is None:
+        return dB_part[0], dC_part[0]
+    if B_dtype != C_dtype:
+        return dB_part.sum(0).to(B_dtype), dC_part.sum(0).to(C_dtype)
+    sums = both.sum(1).to(B_dtype)
+    return sums[0], sums[1]

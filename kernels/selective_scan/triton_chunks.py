@@ -87,24 +87,12 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
-def _carry_kernel(
-    S_ptr, E_ptr, A_ptr, last_ptr, dim, n_chunks,
-    N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
-    STORE_LAST: tl.constexpr,
-):
-    """Scan the chunk aggregates of one (batch, channel) in place.
-
-    After it, E[c] holds the true state at the end of chunk c in the direction of flow
-    (REVERSE: from the last chunk to the first). Chunks are taken BLOCK at a time, a
-    tl.associative_scan inside a block and a carried state between blocks.
-    """
-    row = tl.program_id(0).to(tl.int64)  # batch * dim + channel
-    d = row % dim
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
+def _carry_row(S_ptr, E_ptr, A2, row, n_chunks, offs_n, mask_n,
+               N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """Scan one (batch, channel)'s chunk aggregates E in place; returns the state leaving
+    the last chunk in the direction of flow."""
     offs_c = tl.arange(0, BLOCK)
-    A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
-    carry = tl.zeros([NP], dtype=tl.float32)
+    carry = tl.zeros(A2.shape, dtype=tl.float32)
     n_blocks = tl.cdiv(n_chunks, BLOCK)
     for i in range(0, n_blocks):
         if REVERSE:
@@ -128,8 +116,34 @@ def _carry_kernel(
         else:
             edge = offs_c == BLOCK - 1
         carry = tl.sum(tl.where(edge[:, None], h, 0.0), axis=0)
-    if STORE_LAST:
-        tl.store(last_ptr + row * N + offs_n, carry, mask=mask_n)
+    return carry
+
+
+@triton.jit
+def _carry_kernel(
+    S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, dim, n_chunks,
+    N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
+    STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr,
+):
+    """Scan the chunk aggregates of one (batch, channel) in place.
+
+    After it, E[c] holds the true state at the end of chunk c in the direction of flow
+    (REVERSE: from the last chunk to the first). Chunks are taken BLOCK at a time, a
+    tl.associative_scan inside a block and a carried state between blocks. WITH_Q: the
+    programs of grid row 1 scan Q, which flows the other way (the backward's adjoint), in
+    the same launch.
+    """
+    row = tl.program_id(0).to(tl.int64)  # batch * dim + channel
+    d = row % dim
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+    if WITH_Q and tl.program_id(1) == 1:
+        _carry_row(S_ptr, Q_ptr, A2, row, n_chunks, offs_n, mask_n, N, BLOCK, not REVERSE)
+    else:
+        carry = _carry_row(S_ptr, E_ptr, A2, row, n_chunks, offs_n, mask_n, N, BLOCK, REVERSE)
+        if STORE_LAST:
+            tl.store(last_ptr + row * N + offs_n, carry, mask=mask_n)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -181,20 +195,24 @@ def chunk_boundary_states(
         REVERSE=reverse, num_warps=plan.num_warps,
     )
     if forward:
-        carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
-    if adjoint:
+        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
+    elif adjoint:
         carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
     return H, Q
 
 
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
-                 last_state: torch.Tensor | None, carry_block: int, reverse: bool) -> None:
+                 last_state: torch.Tensor | None, carry_block: int, reverse: bool,
+                 Q: torch.Tensor | None = None) -> None:
     """Launch `_carry_kernel`: E (batch, dim, n_chunks, N), the chunks' states from zero,
     becomes the true state at each chunk's boundary, in place; with `last_state`, the
-    state leaving the last chunk in the direction of flow is written there too."""
+    state leaving the last chunk in the direction of flow is written there too. Q, of E's
+    shape, is scanned the other way in the same launch (one launch fewer for the
+    backward, whose forward and adjoint aggregates share S)."""
     batch, dim, n_chunks, n_state = E.shape
-    _carry_kernel_launcher[(batch * dim,)](
-        S, E, A, last_state if last_state is not None else S, dim, n_chunks,
+    _carry_kernel_launcher[(batch * dim, 1 if Q is None else 2)](
+        S, E, Q if Q is not None else E, A, last_state if last_state is not None else S,
+        dim, n_chunks,
         N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
-        STORE_LAST=last_state is not None, num_warps=8,
+        STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8,
     )

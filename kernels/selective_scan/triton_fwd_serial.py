@@ -351,7 +351,5 @@ def serial_boundary_states(
         Q = torch.empty_like(H)
         _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
                 not reverse, aggregate=True, adjoint=True)
-    carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
-    if Q is not None:
-        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
+    carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
     return H, Q

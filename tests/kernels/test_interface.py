@@ -149,6 +149,25 @@ def test_torch_compile_fullgraph_with_backward(backend: str) -> None:
     torch.testing.assert_close(grad, grad_eager)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backward_op_outputs_share_no_memory(backend: str) -> None:
+    # the Triton backward sums dA, dD and ddelta_bias (and dB, dC of several channel
+    # blocks) in one tensor; a custom op's outputs must not alias one another
+    torch.manual_seed(0)
+    b, d, n, length = 2, 4, 3, 40
+    u, delta, z, dout = (torch.randn(b, d, length) for _ in range(4))
+    B, C = torch.randn(b, 1, n, length), torch.randn(b, 1, n, length)
+    A, D, bias = -torch.rand(d, n) - 0.5, torch.randn(d), torch.randn(d)
+    grads = torch.ops.medmamba.selective_scan_bwd(dout, u, delta, A, B, C, D, z, bias,
+                                                  True, False, backend)
+    storages = [g.untyped_storage().data_ptr() for g in grads]
+    assert len(set(storages)) == len(grads)
+    want = torch.ops.medmamba.selective_scan_bwd(dout, u, delta, A, B, C, D, z, bias,
+                                                 True, False, "torch")
+    for got, expected in zip(grads, want):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_torch_compile_does_not_recompile_on_repeated_calls() -> None:
     """The eager path remembers checked argument metadata; a compiled graph must not guard
     on that memory, or every new shape would compile the caller's whole frame twice."""

@@ -155,6 +155,18 @@ def test_host_functions_match_reference(case: ScanCase, plan: dict) -> None:
     assert_close_all(case, got, want)
 
 
+def test_state_gradients_of_mixed_dtypes_over_channel_blocks() -> None:
+    # several channel blocks sum dB and dC as partials in one buffer; B in fp32 and C in
+    # u's bf16 are summed apart, each returned in its own dtype
+    case = _all(ScanCase(2, 4, 100, 4, dtype=torch.bfloat16, groups=2))
+    inputs = case.inputs(DEVICE)
+    inputs["B"] = inputs["B"].float()
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=5)
+    got = _host_run(case, inputs, {"chunk": 32, "channel_block": 1}, dout_seed=5)
+    assert got[2]["B"].dtype == torch.float32 and got[2]["C"].dtype == torch.bfloat16
+    assert_close_all(case, got, want)
+
+
 @pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
 def test_repeated_calls_with_new_inputs_of_the_same_shapes(serial: bool) -> None:
     # compiled, the second round launches the kernels the first one cached (launch.py),
