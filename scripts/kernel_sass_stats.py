@@ -126,10 +126,13 @@ def configs(chunk: int):
     yield "rows: output", ("triton_fwd_rows", "_fwd_rows_kernel"), base, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
-    yield "carry (block 512, 8 warps)", ("triton_chunks", "_carry_kernel"), {
-        **base, "BLOCK": 512, "STORE_LAST": True, "WITH_Q": False, "n_chunks": 2048}, 8
+    carry = {**base, "BLOCK": 512, "STORE_LAST": True, "WITH_Q": False, "FIX": False,
+             "n_chunks": 2048, "n_blocks": 4}
+    yield "carry (block 512, 8 warps)", ("triton_chunks", "_carry_kernel"), carry, 8
+    yield "carry fix-up (block 512)", ("triton_chunks", "_carry_kernel"), {
+        **carry, "FIX": True}, 8
     yield "carry, H and Q (block 512)", ("triton_chunks", "_carry_kernel"), {
-        **base, "BLOCK": 512, "STORE_LAST": False, "WITH_Q": True, "n_chunks": 2048}, 8
+        **carry, "STORE_LAST": False, "WITH_Q": True}, 8
 
 
 def serial_configs(dtype: torch.dtype):

@@ -19,6 +19,7 @@ from .launch import CachedLaunch
 from .triton_common import (
     LaunchPlan,
     _affine_combine,
+    _cdiv,
     _channel_range,
     _decompose_pid,
     _load_dt,
@@ -87,63 +88,97 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
-def _carry_row(S_ptr, E_ptr, A2, row, n_chunks, offs_n, mask_n,
-               N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
-    """Scan one (batch, channel)'s chunk aggregates E in place; returns the state leaving
-    the last chunk in the direction of flow."""
+def _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n,
+                N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """Block k of one row's chunk aggregates E, scanned in place from a zero state.
+    Returns (the state leaving the block in the direction of flow, the block's sum of S)."""
     offs_c = tl.arange(0, BLOCK)
-    carry = tl.zeros(A2.shape, dtype=tl.float32)
-    n_blocks = tl.cdiv(n_chunks, BLOCK)
-    for i in range(0, n_blocks):
-        if REVERSE:
-            k = n_blocks - 1 - i
-        else:
-            k = i
-        cc = k * BLOCK + offs_c
+    cc = k * BLOCK + offs_c
+    mask_c = cc < n_chunks
+    s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
+    ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
+    mask = mask_c[:, None] & mask_n[None, :]
+    e = tl.load(ptrs, mask=mask, other=0.0)
+    decay = tl.exp2(s[:, None] * A2[None, :])
+    _, h = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
+                               reverse=REVERSE)
+    tl.store(ptrs, h, mask=mask)
+    # masked chunks are identities, so the block's far row holds what leaves it
+    if REVERSE:
+        edge = offs_c == 0
+    else:
+        edge = offs_c == BLOCK - 1
+    return tl.sum(tl.where(edge[:, None], h, 0.0), axis=0), tl.sum(s, axis=0)
+
+
+@triton.jit
+def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
+               N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """Block k of E (scanned from zero by `_scan_block`) + the true state entering it,
+    XB[row, previous block in flow order], decayed to each chunk's end."""
+    if REVERSE:
+        has_prev = k + 1 < n_blocks
+        k_prev = k + 1
+    else:
+        has_prev = k > 0
+        k_prev = k - 1
+    if has_prev:
+        h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
+        cc = k * BLOCK + tl.arange(0, BLOCK)
         mask_c = cc < n_chunks
         s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
+        upto = tl.cumsum(s, axis=0, reverse=REVERSE)  # inclusive, in flow order
         ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
         mask = mask_c[:, None] & mask_n[None, :]
         e = tl.load(ptrs, mask=mask, other=0.0)
-        decay = tl.exp2(s[:, None] * A2[None, :])
-        acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
-                                       reverse=REVERSE)
-        h = acum * carry[None, :] + hs
-        tl.store(ptrs, h, mask=mask)
-        # masked chunks are identities, so the block's far row holds the carry
-        if REVERSE:
-            edge = offs_c == 0
-        else:
-            edge = offs_c == BLOCK - 1
-        carry = tl.sum(tl.where(edge[:, None], h, 0.0), axis=0)
-    return carry
+        e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
+        tl.store(ptrs, e, mask=mask)
 
 
 @triton.jit
 def _carry_kernel(
-    S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, dim, n_chunks,
+    S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, SB_ptr, EB_ptr, QB_ptr, dim, n_chunks, n_blocks,
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
-    STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr,
+    STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, FIX: tl.constexpr,
 ):
-    """Scan the chunk aggregates of one (batch, channel) in place.
+    """Block program_id(1) of the chunk aggregates of row program_id(0) (batch * dim +
+    channel); program_id(2) == 1 (WITH_Q) works on Q, which flows the other way (the
+    backward's adjoint), in the same launch.
 
-    After it, E[c] holds the true state at the end of chunk c in the direction of flow
-    (REVERSE: from the last chunk to the first). Chunks are taken BLOCK at a time, a
-    tl.associative_scan inside a block and a carried state between blocks. WITH_Q: the
-    programs of grid row 1 scan Q, which flows the other way (the backward's adjoint), in
-    the same launch.
+    Not FIX: the block is scanned in place from a zero state (a tl.associative_scan);
+    with one block that is the result: E[c] holds the true state at the end of chunk c in
+    the direction of flow (REVERSE: from the last chunk to the first), and STORE_LAST
+    writes the state leaving the row. With several blocks (n_blocks > 1) each block also
+    writes its sum of S and its end state (SB, EB / QB): `carry_chunks` scans those, then
+    runs this kernel again with FIX to add each block's true entering state.
     """
-    row = tl.program_id(0).to(tl.int64)  # batch * dim + channel
+    row = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1).to(tl.int64)
     d = row % dim
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
-    if WITH_Q and tl.program_id(1) == 1:
-        _carry_row(S_ptr, Q_ptr, A2, row, n_chunks, offs_n, mask_n, N, BLOCK, not REVERSE)
+    if WITH_Q and tl.program_id(2) == 1:
+        if FIX:
+            _fix_block(S_ptr, Q_ptr, QB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
+                       N, BLOCK, not REVERSE)
+        else:
+            q_out, _ = _scan_block(S_ptr, Q_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
+                                   BLOCK, not REVERSE)
+            if n_blocks > 1:
+                tl.store(QB_ptr + (row * n_blocks + k) * N + offs_n, q_out, mask=mask_n)
     else:
-        carry = _carry_row(S_ptr, E_ptr, A2, row, n_chunks, offs_n, mask_n, N, BLOCK, REVERSE)
-        if STORE_LAST:
-            tl.store(last_ptr + row * N + offs_n, carry, mask=mask_n)
+        if FIX:
+            _fix_block(S_ptr, E_ptr, EB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
+                       N, BLOCK, REVERSE)
+        else:
+            h_out, s_sum = _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
+                                       BLOCK, REVERSE)
+            if n_blocks > 1:
+                tl.store(EB_ptr + (row * n_blocks + k) * N + offs_n, h_out, mask=mask_n)
+                tl.store(SB_ptr + row * n_blocks + k, s_sum)
+            elif STORE_LAST:
+                tl.store(last_ptr + row * N + offs_n, h_out, mask=mask_n)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -204,15 +239,38 @@ def chunk_boundary_states(
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
                  Q: torch.Tensor | None = None) -> None:
-    """Launch `_carry_kernel`: E (batch, dim, n_chunks, N), the chunks' states from zero,
-    becomes the true state at each chunk's boundary, in place; with `last_state`, the
-    state leaving the last chunk in the direction of flow is written there too. Q, of E's
-    shape, is scanned the other way in the same launch (one launch fewer for the
-    backward, whose forward and adjoint aggregates share S)."""
+    """E (batch, dim, n_chunks, N), the chunks' states from zero, becomes the true state
+    at each chunk's boundary, in place; with `last_state`, the state leaving the last chunk
+    in the direction of flow is written there too. Q, of E's shape, is scanned the other
+    way in the same launches (the backward's forward and adjoint aggregates share S).
+
+    Rows of more than `carry_block` chunks are cut into blocks scanned in parallel, the
+    blocks' aggregates are carried by this function (recursively), then every block gets
+    its entering state: a row no longer walks its blocks one after the other (1 x 48 x 2M
+    positions: 64 blocks of 512 chunks a row, 48 rows).
+    """
     batch, dim, n_chunks, n_state = E.shape
-    _carry_kernel_launcher[(batch * dim, 1 if Q is None else 2)](
-        S, E, Q if Q is not None else E, A, last_state if last_state is not None else S,
-        dim, n_chunks,
-        N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
-        STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8,
-    )
+    n_blocks = _cdiv(n_chunks, carry_block)
+    if n_blocks >= 2**16:
+        raise ValueError(f"selective scan too long: {n_chunks} chunks make {n_blocks} carry "
+                         f"blocks of {carry_block} (at most 65535); use a larger chunk")
+    grid = (batch * dim, n_blocks, 1 if Q is None else 2)
+    SB = EB = QB = None
+    if n_blocks > 1:
+        SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=torch.float32)
+        EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=torch.float32)
+        QB = torch.empty_like(EB) if Q is not None else None
+    dummy = S
+    args = (S, E, Q if Q is not None else E, A,
+            last_state if last_state is not None else dummy,
+            SB if SB is not None else dummy, EB if EB is not None else dummy,
+            QB if QB is not None else dummy, dim, n_chunks, n_blocks)
+    options = dict(N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
+                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8)
+    launch = _carry_kernel_launcher[grid]
+    launch(*args, FIX=False, **options)
+    if n_blocks == 1:
+        return
+    outer_block = min(carry_block, max(16, _next_pow2(n_blocks)))
+    carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB)
+    launch(*args, FIX=True, **options)

@@ -155,6 +155,40 @@ def test_host_functions_match_reference(case: ScanCase, plan: dict) -> None:
     assert_close_all(case, got, want)
 
 
+def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse: bool):
+    """The carry scan step by step: (true states at each chunk's end, last state)."""
+    out = torch.empty_like(E)
+    h = torch.zeros(E.shape[0], E.shape[1], E.shape[3])
+    order = range(E.shape[2] - 1, -1, -1) if reverse else range(E.shape[2])
+    for c in order:
+        h = torch.exp(S[:, :, c, None] * A) * h + E[:, :, c]
+        out[:, :, c] = h
+    return out, h
+
+
+@pytest.mark.parametrize("n_chunks", [1, 5, 37])
+@pytest.mark.parametrize("carry_block", [2, 4, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool) -> None:
+    # rows longer than a block are carried block-parallel, recursively (37 chunks in
+    # blocks of 2: six levels), with the adjoint Q flowing the other way in the same launches
+    from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
+
+    gen = torch.Generator().manual_seed(n_chunks * 100 + carry_block)
+    batch, dim, n_state = 2, 3, 5
+    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
+    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    A = -torch.rand(dim, n_state, generator=gen) * 2
+    want_E, want_last = _carry_reference(S, E, A, reverse)
+    want_Q, _ = _carry_reference(S, Q, A, not reverse)
+    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev)
+    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_state_gradients_of_mixed_dtypes_over_channel_blocks() -> None:
     # several channel blocks sum dB and dC as partials in one buffer; B in fp32 and C in
     # u's bf16 are summed apart, each returned in its own dtype
