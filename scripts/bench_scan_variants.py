@@ -165,3 +165,34 @@ def compare_bwd_variants(dtypes, shapes):
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
                   + "".join(f"{t:>20.3f}" for t in times) + f"{err:>10.1e}", flush=True)
             del x, out, dout, ref
+
+
+def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel"),
+                                   (256, "parallel"), (128, "parallel"))):
+    """The carry over chunks alone (triton_chunks.carry_chunks), in us, by carry block and
+    mode (blocks in turn or in parallel): the forward's (chunks of 256, H alone) and the
+    backward's (chunks of 64, H and Q)."""
+    from triton.testing import do_bench
+
+    from medmamba_kernels.selective_scan import triton_chunks
+
+    default = triton_chunks.PARALLEL_MIN_BLOCKS
+    print(f"{'batch, dim, L':<18}{'pass':<10}{'chunks':>8}"
+          + "".join(f"{f'{mode} {block}':>14}" for block, mode in configs))
+    for batch, dim, length in shapes:
+        for name, chunk, both in (("forward", 256, False), ("backward", 64, True)):
+            nc = -(-length // chunk)
+            S = torch.rand(batch, dim, nc, device="cuda") * 0.1
+            E = torch.randn(batch, dim, nc, 16, device="cuda")
+            Q = torch.randn_like(E) if both else None
+            A = -torch.rand(dim, 16, device="cuda")
+            last = torch.empty(batch, dim, 16, device="cuda")
+            times = []
+            for block, mode in configs:
+                triton_chunks.PARALLEL_MIN_BLOCKS = 2 if mode == "parallel" else 2**40
+                times.append(do_bench(
+                    lambda: triton_chunks.carry_chunks(S, E, A, last, block, False, Q),
+                    warmup=5, rep=30, return_mode="median") * 1e3)
+            triton_chunks.PARALLEL_MIN_BLOCKS = default
+            print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
+                  + "".join(f"{t:>14.1f}" for t in times), flush=True)

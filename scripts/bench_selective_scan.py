@@ -9,11 +9,12 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
     python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
+    python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by block
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
 inputs read once plus the outputs written once, at the copy bandwidth measured here.
-The exploration options (--sweep, --fwd-variants, --bwd-variants, --host) live in
+The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carry) live in
 bench_scan_variants.py; the anchors, inputs and timing helpers in scan_bench_common.py.
 """
 
@@ -24,7 +25,8 @@ import sys
 
 import torch
 
-from bench_scan_variants import compare_bwd_variants, compare_fwd_variants, compare_host, sweep
+from bench_scan_variants import (compare_bwd_variants, compare_carry, compare_fwd_variants,
+                                 compare_host, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
@@ -122,6 +124,8 @@ def main() -> int:
                         "by side, bwd only")
     p.add_argument("--host", action="store_true",
                    help="do_bench vs CUDA-graph replay vs host time a call (host-bound rows)")
+    p.add_argument("--carry", action="store_true",
+                   help="the carry over chunks alone, by carry block (forward and backward)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -158,6 +162,9 @@ def main() -> int:
         return 0
     if args.host:
         compare_host(dtypes, shapes)
+        return 0
+    if args.carry:
+        compare_carry(shapes)
         return 0
 
     ok = True

@@ -8,6 +8,7 @@
 #   table      scripts/bench_selective_scan.py: the table
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
+#   carry      ... --carry (the carry over chunks alone, by carry block)
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>.log; its tail is printed.
 set -o pipefail
@@ -22,6 +23,7 @@ for section in "$@"; do
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
     host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
+    carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

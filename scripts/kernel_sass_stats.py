@@ -126,11 +126,11 @@ def configs(chunk: int):
     yield "rows: output", ("triton_fwd_rows", "_fwd_rows_kernel"), base, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps
     yield "deferred: correct", ("triton_fwd_deferred", "_fwd_correct_kernel"), base, warps
-    carry = {**base, "BLOCK": 512, "STORE_LAST": True, "WITH_Q": False, "FIX": False,
+    carry = {**base, "BLOCK": 512, "STORE_LAST": True, "WITH_Q": False, "STAGE": 0,
              "n_chunks": 2048, "n_blocks": 4}
     yield "carry (block 512, 8 warps)", ("triton_chunks", "_carry_kernel"), carry, 8
-    yield "carry fix-up (block 512)", ("triton_chunks", "_carry_kernel"), {
-        **carry, "FIX": True}, 8
+    yield "carry blocks from zero", ("triton_chunks", "_carry_kernel"), {**carry, "STAGE": 1}, 8
+    yield "carry blocks' fix-up", ("triton_chunks", "_carry_kernel"), {**carry, "STAGE": 2}, 8
     yield "carry, H and Q (block 512)", ("triton_chunks", "_carry_kernel"), {
         **carry, "STORE_LAST": False, "WITH_Q": True}, 8
 

@@ -88,10 +88,11 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
-def _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n,
+def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
                 N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
-    """Block k of one row's chunk aggregates E, scanned in place from a zero state.
-    Returns (the state leaving the block in the direction of flow, the block's sum of S)."""
+    """Block k of one row's chunk aggregates E, scanned in place from the state `carry`
+    entering it (None: zero). Returns (the state leaving the block in the direction of
+    flow, the block's sum of S)."""
     offs_c = tl.arange(0, BLOCK)
     cc = k * BLOCK + offs_c
     mask_c = cc < n_chunks
@@ -100,8 +101,12 @@ def _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n,
     mask = mask_c[:, None] & mask_n[None, :]
     e = tl.load(ptrs, mask=mask, other=0.0)
     decay = tl.exp2(s[:, None] * A2[None, :])
-    _, h = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
-                               reverse=REVERSE)
+    acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
+                                   reverse=REVERSE)
+    if carry is None:
+        h = hs
+    else:
+        h = acum * carry[None, :] + hs
     tl.store(ptrs, h, mask=mask)
     # masked chunks are identities, so the block's far row holds what leaves it
     if REVERSE:
@@ -109,6 +114,21 @@ def _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n,
     else:
         edge = offs_c == BLOCK - 1
     return tl.sum(tl.where(edge[:, None], h, 0.0), axis=0), tl.sum(s, axis=0)
+
+
+@triton.jit
+def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
+              N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """All blocks of one row in turn, in the direction of flow; returns the last state."""
+    carry = tl.zeros(A2.shape, dtype=tl.float32)
+    for i in range(0, n_blocks):
+        if REVERSE:
+            k = n_blocks - 1 - i
+        else:
+            k = i
+        carry, _ = _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n, N,
+                               BLOCK, REVERSE)
+    return carry
 
 
 @triton.jit
@@ -139,18 +159,19 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
 def _carry_kernel(
     S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, SB_ptr, EB_ptr, QB_ptr, dim, n_chunks, n_blocks,
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
-    STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, FIX: tl.constexpr,
+    STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, STAGE: tl.constexpr,
 ):
-    """Block program_id(1) of the chunk aggregates of row program_id(0) (batch * dim +
-    channel); program_id(2) == 1 (WITH_Q) works on Q, which flows the other way (the
-    backward's adjoint), in the same launch.
+    """The chunk aggregates of row program_id(0) (batch * dim + channel), BLOCK chunks a
+    tl.associative_scan; program_id(2) == 1 (WITH_Q) works on Q, which flows the other
+    way (the backward's adjoint), in the same launch. After it E[c] holds the true state
+    at the end of chunk c in the direction of flow (REVERSE: from the last chunk to the
+    first); STORE_LAST writes the state leaving the row.
 
-    Not FIX: the block is scanned in place from a zero state (a tl.associative_scan);
-    with one block that is the result: E[c] holds the true state at the end of chunk c in
-    the direction of flow (REVERSE: from the last chunk to the first), and STORE_LAST
-    writes the state leaving the row. With several blocks (n_blocks > 1) each block also
-    writes its sum of S and its end state (SB, EB / QB): `carry_chunks` scans those, then
-    runs this kernel again with FIX to add each block's true entering state.
+    STAGE 0: a program walks all blocks of its row in turn, carrying the state.
+    STAGE 1: program_id(1) = k scans block k from a zero state and writes the block's sum
+    of S and end state (SB, EB / QB), which `carry_chunks` carries; STAGE 2 then adds each
+    block's true entering state. More launches and twice the bytes, but rows of many
+    blocks no longer wait on them one after the other.
     """
     row = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1).to(tl.int64)
@@ -159,26 +180,30 @@ def _carry_kernel(
     mask_n = offs_n < N
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     if WITH_Q and tl.program_id(2) == 1:
-        if FIX:
+        if STAGE == 0:
+            _scan_row(S_ptr, Q_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
+                      not REVERSE)
+        elif STAGE == 1:
+            q_out, _ = _scan_block(S_ptr, Q_ptr, A2, None, row, n_chunks, k, offs_n, mask_n,
+                                   N, BLOCK, not REVERSE)
+            tl.store(QB_ptr + (row * n_blocks + k) * N + offs_n, q_out, mask=mask_n)
+        else:
             _fix_block(S_ptr, Q_ptr, QB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
                        N, BLOCK, not REVERSE)
-        else:
-            q_out, _ = _scan_block(S_ptr, Q_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
-                                   BLOCK, not REVERSE)
-            if n_blocks > 1:
-                tl.store(QB_ptr + (row * n_blocks + k) * N + offs_n, q_out, mask=mask_n)
     else:
-        if FIX:
+        if STAGE == 0:
+            h_out = _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N,
+                              BLOCK, REVERSE)
+            if STORE_LAST:
+                tl.store(last_ptr + row * N + offs_n, h_out, mask=mask_n)
+        elif STAGE == 1:
+            h_out, s_sum = _scan_block(S_ptr, E_ptr, A2, None, row, n_chunks, k, offs_n,
+                                       mask_n, N, BLOCK, REVERSE)
+            tl.store(EB_ptr + (row * n_blocks + k) * N + offs_n, h_out, mask=mask_n)
+            tl.store(SB_ptr + row * n_blocks + k, s_sum)
+        else:
             _fix_block(S_ptr, E_ptr, EB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
                        N, BLOCK, REVERSE)
-        else:
-            h_out, s_sum = _scan_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
-                                       BLOCK, REVERSE)
-            if n_blocks > 1:
-                tl.store(EB_ptr + (row * n_blocks + k) * N + offs_n, h_out, mask=mask_n)
-                tl.store(SB_ptr + row * n_blocks + k, s_sum)
-            elif STORE_LAST:
-                tl.store(last_ptr + row * N + offs_n, h_out, mask=mask_n)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -236,6 +261,13 @@ def chunk_boundary_states(
     return H, Q
 
 
+# Rows of at least this many carry blocks scan them in parallel (`carry_chunks`); measured
+# on an H200 (bench_selective_scan.py --carry, session 18): the backward's H and Q of
+# (1, 48, 2097152), 64 blocks of 512 chunks a row, 439 us against 590 walking them in turn
+# (torch.profiler); (2, 64, 262144), 8 blocks, 154 against 131.
+PARALLEL_MIN_BLOCKS = 16
+
+
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
                  Q: torch.Tensor | None = None) -> None:
@@ -244,33 +276,33 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     in the direction of flow is written there too. Q, of E's shape, is scanned the other
     way in the same launches (the backward's forward and adjoint aggregates share S).
 
-    Rows of more than `carry_block` chunks are cut into blocks scanned in parallel, the
-    blocks' aggregates are carried by this function (recursively), then every block gets
-    its entering state: a row no longer walks its blocks one after the other (1 x 48 x 2M
-    positions: 64 blocks of 512 chunks a row, 48 rows).
+    A row's chunks are scanned `carry_block` at a time. Rows of fewer than
+    PARALLEL_MIN_BLOCKS blocks walk them in turn (one launch); longer rows scan all blocks
+    at once from zero, carry the blocks' aggregates (this function, recursively), then add
+    each block's entering state (two launches more).
     """
     batch, dim, n_chunks, n_state = E.shape
     n_blocks = _cdiv(n_chunks, carry_block)
+    options = dict(N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
+                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8)
+    dirs = 1 if Q is None else 2
+    dummy = S
+    common = (S, E, Q if Q is not None else dummy, A,
+              last_state if last_state is not None else dummy)
+    if n_blocks < PARALLEL_MIN_BLOCKS:
+        _carry_kernel_launcher[(batch * dim, 1, dirs)](
+            *common, dummy, dummy, dummy, dim, n_chunks, n_blocks, STAGE=0, **options)
+        return
     if n_blocks >= 2**16:
         raise ValueError(f"selective scan too long: {n_chunks} chunks make {n_blocks} carry "
                          f"blocks of {carry_block} (at most 65535); use a larger chunk")
-    grid = (batch * dim, n_blocks, 1 if Q is None else 2)
-    SB = EB = QB = None
-    if n_blocks > 1:
-        SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=torch.float32)
-        EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=torch.float32)
-        QB = torch.empty_like(EB) if Q is not None else None
-    dummy = S
-    args = (S, E, Q if Q is not None else E, A,
-            last_state if last_state is not None else dummy,
-            SB if SB is not None else dummy, EB if EB is not None else dummy,
-            QB if QB is not None else dummy, dim, n_chunks, n_blocks)
-    options = dict(N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
-                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8)
-    launch = _carry_kernel_launcher[grid]
-    launch(*args, FIX=False, **options)
-    if n_blocks == 1:
-        return
+    f32 = torch.float32
+    SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=f32)
+    EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=f32)
+    QB = torch.empty_like(EB) if Q is not None else None
+    args = (*common, SB, EB, QB if QB is not None else dummy, dim, n_chunks, n_blocks)
+    launch = _carry_kernel_launcher[(batch * dim, n_blocks, dirs)]
+    launch(*args, STAGE=1, **options)
     outer_block = min(carry_block, max(16, _next_pow2(n_blocks)))
     carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB)
-    launch(*args, FIX=True, **options)
+    launch(*args, STAGE=2, **options)

@@ -169,10 +169,16 @@ def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse:
 @pytest.mark.parametrize("n_chunks", [1, 5, 37])
 @pytest.mark.parametrize("carry_block", [2, 4, 64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool) -> None:
-    # rows longer than a block are carried block-parallel, recursively (37 chunks in
-    # blocks of 2: six levels), with the adjoint Q flowing the other way in the same launches
+@pytest.mark.parametrize("parallel_from", [2, 16], ids=["parallel", "default"])
+def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool,
+                                  parallel_from: int, monkeypatch) -> None:
+    # rows of many blocks are carried block-parallel, recursively (from 2 blocks on, 37
+    # chunks in blocks of 2 take six levels), the others block after block; the adjoint Q
+    # flows the other way in the same launches
+    from medmamba_kernels.selective_scan import triton_chunks
     from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
+
+    monkeypatch.setattr(triton_chunks, "PARALLEL_MIN_BLOCKS", parallel_from)
 
     gen = torch.Generator().manual_seed(n_chunks * 100 + carry_block)
     batch, dim, n_state = 2, 3, 5
