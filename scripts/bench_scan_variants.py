@@ -176,7 +176,7 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
 
     from medmamba_kernels.selective_scan import triton_chunks
 
-    default = triton_chunks.PARALLEL_MIN_BLOCKS
+    defaults = (triton_chunks.PARALLEL_MIN_BLOCKS, triton_chunks.PARALLEL_BLOCK)
     print(f"{'batch, dim, L':<18}{'pass':<10}{'chunks':>8}"
           + "".join(f"{f'{mode} {block}':>14}" for block, mode in configs))
     for batch, dim, length in shapes:
@@ -190,9 +190,10 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
             times = []
             for block, mode in configs:
                 triton_chunks.PARALLEL_MIN_BLOCKS = 2 if mode == "parallel" else 2**40
+                triton_chunks.PARALLEL_BLOCK = block
                 times.append(do_bench(
                     lambda: triton_chunks.carry_chunks(S, E, A, last, block, False, Q),
                     warmup=5, rep=30, return_mode="median") * 1e3)
-            triton_chunks.PARALLEL_MIN_BLOCKS = default
+            triton_chunks.PARALLEL_MIN_BLOCKS, triton_chunks.PARALLEL_BLOCK = defaults
             print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
                   + "".join(f"{t:>14.1f}" for t in times), flush=True)

@@ -261,11 +261,14 @@ def chunk_boundary_states(
     return H, Q
 
 
-# Rows of at least this many carry blocks scan them in parallel (`carry_chunks`); measured
-# on an H200 (bench_selective_scan.py --carry, session 18): the backward's H and Q of
-# (1, 48, 2097152), 64 blocks of 512 chunks a row, 439 us against 590 walking them in turn
-# (torch.profiler); (2, 64, 262144), 8 blocks, 154 against 131.
+# Rows of at least this many carry blocks scan them in parallel, in blocks of at most
+# PARALLEL_BLOCK chunks (`carry_chunks`). Measured on an H200 (bench_selective_scan.py
+# --carry, session 18, scripts/results/kernel_h200_2026-12-01_s18/carry_call5.log), us:
+# the backward's H and Q of (1, 48, 2097152), 32768 chunks a row: 594 in turn (blocks of
+# 512), 439 in parallel in blocks of 512, 360 in blocks of 256; its forward's 8192 chunks
+# 88 / 57 / 45; (2, 64, 262144), 4096 chunks: 127 / 155 / 126 (8 blocks: in turn).
 PARALLEL_MIN_BLOCKS = 16
+PARALLEL_BLOCK = 256
 
 
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
@@ -278,8 +281,9 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
 
     A row's chunks are scanned `carry_block` at a time. Rows of fewer than
     PARALLEL_MIN_BLOCKS blocks walk them in turn (one launch); longer rows scan all blocks
-    at once from zero, carry the blocks' aggregates (this function, recursively), then add
-    each block's entering state (two launches more).
+    (of at most PARALLEL_BLOCK chunks) at once from zero, carry the blocks' aggregates
+    (this function, recursively), then add each block's entering state (two launches
+    more).
     """
     batch, dim, n_chunks, n_state = E.shape
     n_blocks = _cdiv(n_chunks, carry_block)
@@ -293,6 +297,9 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
         _carry_kernel_launcher[(batch * dim, 1, dirs)](
             *common, dummy, dummy, dummy, dim, n_chunks, n_blocks, STAGE=0, **options)
         return
+    carry_block = min(carry_block, PARALLEL_BLOCK)
+    n_blocks = _cdiv(n_chunks, carry_block)
+    options["BLOCK"] = carry_block
     if n_blocks >= 2**16:
         raise ValueError(f"selective scan too long: {n_chunks} chunks make {n_blocks} carry "
                          f"blocks of {carry_block} (at most 65535); use a larger chunk")

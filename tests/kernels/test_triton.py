@@ -179,6 +179,8 @@ def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool
     from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
 
     monkeypatch.setattr(triton_chunks, "PARALLEL_MIN_BLOCKS", parallel_from)
+    if parallel_from == 2:  # parallel blocks capped below the given block (4 -> 2)
+        monkeypatch.setattr(triton_chunks, "PARALLEL_BLOCK", 2)
 
     gen = torch.Generator().manual_seed(n_chunks * 100 + carry_block)
     batch, dim, n_state = 2, 3, 5
