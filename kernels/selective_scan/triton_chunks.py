@@ -6,7 +6,7 @@ start from (README.md, "Triton kernels"):
    (the chunk's decay is exp(A * that sum)).
 2. `_carry_kernel`: a scan over chunks that turns those local aggregates into the true
    state at each chunk's boundary, in place (`carry_chunks`; the "rows", "deferred" and
-   "serial" variants feed it their own aggregates).
+   "serial" variants feed it their own aggregates). Long rows run it block-parallel.
 """
 
 from __future__ import annotations
