@@ -261,7 +261,8 @@ def chunk_boundary_states(
     return H, Q
 
 
-# Rows of at least this many carry blocks scan them in parallel, in blocks of at most
+# Rows of at least this many carry blocks (of the caller's size: 512 chunks for the
+# launch plans, so from 8192 chunks on) scan them in parallel, in blocks of at most
 # PARALLEL_BLOCK chunks (`carry_chunks`). Measured on an H200 (bench_selective_scan.py
 # --carry, session 18, scripts/results/kernel_h200_2026-12-01_s18/carry_call5.log), us:
 # the backward's H and Q of (1, 48, 2097152), 32768 chunks a row: 594 in turn (blocks of
@@ -269,6 +270,7 @@ def chunk_boundary_states(
 # 88 / 57 / 45; (2, 64, 262144), 4096 chunks: 127 / 155 / 126 (8 blocks: in turn).
 PARALLEL_MIN_BLOCKS = 16
 PARALLEL_BLOCK = 256
+_MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, the block index
 
 
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
@@ -297,12 +299,11 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
         _carry_kernel_launcher[(batch * dim, 1, dirs)](
             *common, dummy, dummy, dummy, dim, n_chunks, n_blocks, STAGE=0, **options)
         return
-    carry_block = min(carry_block, PARALLEL_BLOCK)
+    # blocks of at least 2 chunks (the recursion must shrink), few enough for grid axis 1
+    carry_block = max(2, min(carry_block, PARALLEL_BLOCK),
+                      _next_pow2(_cdiv(n_chunks, _MAX_GRID_Y)))
     n_blocks = _cdiv(n_chunks, carry_block)
     options["BLOCK"] = carry_block
-    if n_blocks >= 2**16:
-        raise ValueError(f"selective scan too long: {n_chunks} chunks make {n_blocks} carry "
-                         f"blocks of {carry_block} (at most 65535); use a larger chunk")
     f32 = torch.float32
     SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=f32)
     EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=f32)
@@ -310,6 +311,6 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     args = (*common, SB, EB, QB if QB is not None else dummy, dim, n_chunks, n_blocks)
     launch = _carry_kernel_launcher[(batch * dim, n_blocks, dirs)]
     launch(*args, STAGE=1, **options)
-    outer_block = min(carry_block, max(16, _next_pow2(n_blocks)))
+    outer_block = max(2, min(carry_block, max(16, _next_pow2(n_blocks))))
     carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB)
     launch(*args, STAGE=2, **options)

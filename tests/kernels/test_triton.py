@@ -167,7 +167,7 @@ def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse:
 
 
 @pytest.mark.parametrize("n_chunks", [1, 5, 37])
-@pytest.mark.parametrize("carry_block", [2, 4, 64])
+@pytest.mark.parametrize("carry_block", [1, 2, 4, 64])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("parallel_from", [2, 16], ids=["parallel", "default"])
 def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool,
@@ -195,6 +195,34 @@ def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool
     carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev)
     for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_carry_blocks_grow_to_fit_the_grid(monkeypatch) -> None:
+    # parallel blocks are indexed on grid axis 1 (at most 65535 on CUDA): a row of more
+    # blocks than that takes larger ones (here a limit of 3: 37 chunks in blocks of 16)
+    from medmamba_kernels.selective_scan import triton_chunks
+
+    monkeypatch.setattr(triton_chunks, "PARALLEL_MIN_BLOCKS", 2)
+    monkeypatch.setattr(triton_chunks, "_MAX_GRID_Y", 3)
+    launches = []
+    real = triton_chunks._carry_kernel_launcher
+
+    class Recorder:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(triton_chunks, "_carry_kernel_launcher", Recorder())
+    gen = torch.Generator().manual_seed(11)
+    S = torch.rand(1, 2, 37, generator=gen) * 0.5
+    E = torch.randn(1, 2, 37, 3, generator=gen)
+    A = -torch.rand(2, 3, generator=gen)
+    want, want_last = _carry_reference(S, E, A, False)
+    E_dev, last = E.to(DEVICE), torch.empty(1, 2, 3, device=DEVICE)
+    triton_chunks.carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, 2, False)
+    assert max(grid[1] for grid in launches) <= 3
+    torch.testing.assert_close(E_dev.cpu(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last.cpu(), want_last, rtol=1e-5, atol=1e-5)
 
 
 def test_state_gradients_of_mixed_dtypes_over_channel_blocks() -> None:
