@@ -21,7 +21,8 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 "auto" (the default, `auto_variant`) takes "serial" where
 triton_fwd_serial.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions, at
 least 32 channels a group (in fp32 only whole warps of them); otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
-chunk (L <= 512), "chunked" when it is several. Measured on an H200 with
+chunk (L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
+(`rows_offsets_fit`), "chunked" otherwise. Measured on an H200 with
 scripts/bench_selective_scan.py --fwd-variants (session 16, raw log
 scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log), ms:
 
@@ -65,7 +66,7 @@ from .triton_common import (
 )
 from .triton_chunks import chunk_boundary_states
 from .triton_fwd_deferred import deferred_forward
-from .triton_fwd_rows import launch_rows_output, rows_boundary_states
+from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offsets_fit
 from .triton_fwd_serial import serial_applies, serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
@@ -190,8 +191,17 @@ def selective_scan_fwd_triton(
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state)
+    asked = variant
     if variant == "auto":
         variant = auto_variant(u.dtype, plan.n_chunks, length, dim // groups)
+    if variant == "rows" and not rows_offsets_fit(B, C):
+        if asked == "auto":
+            variant = "chunked"
+        else:
+            raise ValueError(
+                "variant 'rows' forms B/C state offsets in 32 bits, and (N - 1) x the "
+                f"state stride of B {tuple(B.stride())} or C {tuple(C.stride())} reaches "
+                "2**31; use variant 'chunked' or 'auto'")
     if not A.is_contiguous():
         A = A.contiguous()
     if out is None:

@@ -137,6 +137,15 @@ def _fwd_rows_kernel(
 _fwd_rows_kernel_launcher = CachedLaunch(_fwd_rows_kernel)
 
 
+def rows_offsets_fit(B: torch.Tensor, C: torch.Tensor) -> bool:
+    """Whether these kernels' 32-bit state offsets n * s_n stay below 2**31 for B and C.
+    Forming them in 64 bits cost the bf16 aggregate its 16-byte loads in offline SASS for
+    sm_90 (LDG 5 -> 19, instructions 328 -> 656-672, session 18, untimed), and "auto" takes
+    "rows" only for L <= 512, where contiguous B and C are far from the limit."""
+    last_n = B.shape[2] - 1
+    return last_n * max(abs(B.stride(2)), abs(C.stride(2))) < 2**31
+
+
 def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
                        delta_softplus: bool, reverse: bool) -> None:
     """Launch `_fwd_rows_kernel` over the plan's programs: H as the host function made it

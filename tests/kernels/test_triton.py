@@ -225,6 +225,21 @@ def test_carry_blocks_grow_to_fit_the_grid(monkeypatch) -> None:
     torch.testing.assert_close(last.cpu(), want_last, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_variant_refuses_state_offsets_past_two_to_the_31() -> None:
+    # the "rows" kernels form n * s_n in 32 bits; meta tensors: nothing is allocated
+    from medmamba_kernels.selective_scan.triton_fwd_rows import rows_offsets_fit
+
+    def state(stride_n: int) -> torch.Tensor:
+        return torch.empty_strided((1, 1, 16, 8), (0, 0, stride_n, 1), device="meta")
+
+    assert rows_offsets_fit(state(8), state(8))
+    assert not rows_offsets_fit(state(8), state(2**28))
+    u = torch.empty(1, 2, 8, device="meta")
+    with pytest.raises(ValueError, match="variant 'rows'.*32 bits"):
+        selective_scan_fwd_triton(u, u, torch.empty(2, 16, device="meta"), state(2**28),
+                                  state(8), None, None, None, False, False, variant="rows")
+
+
 def test_state_gradients_of_mixed_dtypes_over_channel_blocks() -> None:
     # several channel blocks sum dB and dC as partials in one buffer; B in fp32 and C in
     # u's bf16 are summed apart, each returned in its own dtype
