@@ -174,9 +174,8 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
     backward's (chunks of 64, H and Q)."""
     from triton.testing import do_bench
 
-    from medmamba_kernels.selective_scan import triton_chunks
+    from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
 
-    defaults = (triton_chunks.PARALLEL_MIN_BLOCKS, triton_chunks.PARALLEL_BLOCK)
     print(f"{'batch, dim, L':<18}{'pass':<10}{'chunks':>8}"
           + "".join(f"{f'{mode} {block}':>14}" for block, mode in configs))
     for batch, dim, length in shapes:
@@ -190,15 +189,12 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
             A = -200.0 - torch.rand(dim, 16, device="cuda")
             last = torch.empty(batch, dim, 16, device="cuda")
             times = []
-            try:
-                for block, mode in configs:
-                    triton_chunks.PARALLEL_MIN_BLOCKS = 2 if mode == "parallel" else 2**40
-                    triton_chunks.PARALLEL_BLOCK = block
-                    times.append(do_bench(
-                        lambda: triton_chunks.carry_chunks(S, E, A, last, block, False, Q),
-                        warmup=5, rep=30, return_mode="median") * 1e3)
-            finally:
-                triton_chunks.PARALLEL_MIN_BLOCKS, triton_chunks.PARALLEL_BLOCK = defaults
+            for block, mode in configs:
+                modes = dict(parallel_from=2 if mode == "parallel" else 2**40,
+                             parallel_block=block)
+                times.append(do_bench(
+                    lambda: carry_chunks(S, E, A, last, block, False, Q, **modes),
+                    warmup=5, rep=30, return_mode="median") * 1e3)
             assert torch.isfinite(E).all(), "carried states overflowed: timings unreliable"
             print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
                   + "".join(f"{t:>14.1f}" for t in times), flush=True)

@@ -17,7 +17,7 @@ K="env PYTHONPATH=/tmp/k:$PWD:${PYTHONPATH:-} python3"
 for section in "$@"; do
   log="$OUT/$section.log"
   case $section in
-    tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py \
+    tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;

@@ -27,7 +27,7 @@ from .launch import CachedLaunch
 from .triton_common import (
     _affine_combine,
     _channel_range,
-    _decompose_pid,
+    _chunk_tile,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
@@ -63,13 +63,9 @@ def _bwd_kernel(
     scan needs its decay products as an output: ~12% fewer instructions per element on
     sm_90.
     """
-    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
+    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
+        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     chunk_start = c * CHUNK
-    offs_l = chunk_start + tl.arange(0, CHUNK)
-    mask_l = offs_l < length
-    mask_nl = mask_n[:, None] & mask_l[None, :]
     Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # Neighbours in scan order: the forward state comes from c_prev, the adjoint from
@@ -271,7 +267,6 @@ def selective_scan_bwd_triton(
     # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
     n_vec = (D is not None) + (delta_bias is not None)
     part = torch.empty(batch * nc, dim * (n_state + n_vec), device=dev, dtype=f32)
-    dA_part = part
     dD_part = part[:, dim * n_state:] if D is not None else None
     dbias_part = part[:, part.shape[1] - dim:] if delta_bias is not None else None
     dummy = part
@@ -279,7 +274,7 @@ def selective_scan_bwd_triton(
     _bwd_kernel_launcher[(plan.programs(batch, groups),)](
         dout, u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, Q,
-        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,
+        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part,
         dD_part if dD_part is not None else dummy,
         dbias_part if dbias_part is not None else dummy,
         dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,

@@ -21,7 +21,7 @@ from .triton_common import (
     _affine_combine,
     _cdiv,
     _channel_range,
-    _decompose_pid,
+    _chunk_tile,
     _load_dt,
     _load_state_tile,
     _next_pow2,
@@ -47,12 +47,8 @@ def _chunk_aggregate_kernel(
     weights dy*C by the decay of the positions from it to the chunk's far end (inclusive).
     Layout of S: (batch, dim, n_chunks); of E, Q: (batch, dim, n_chunks, N).
     """
-    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_l = c * CHUNK + tl.arange(0, CHUNK)
-    mask_l = offs_l < length
-    mask_nl = mask_n[:, None] & mask_l[None, :]
+    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
+        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     if DO_FWD:
         Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     if DO_BWD:
@@ -88,18 +84,24 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
+def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr):
+    """Block k of one row's chunks: (their sums of dt, 0 past the row's end; the pointers
+    and mask of their (BLOCK, NP) states; those states)."""
+    cc = k * BLOCK + tl.arange(0, BLOCK)
+    mask_c = cc < n_chunks
+    s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
+    ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
+    mask = mask_c[:, None] & mask_n[None, :]
+    return s, ptrs, mask, tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
 def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
                 N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
     """Block k of one row's chunk aggregates E, scanned in place from the state `carry`
     entering it (None: zero). Returns (the state leaving the block in the direction of
     flow, the block's sum of S)."""
-    offs_c = tl.arange(0, BLOCK)
-    cc = k * BLOCK + offs_c
-    mask_c = cc < n_chunks
-    s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
-    ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
-    mask = mask_c[:, None] & mask_n[None, :]
-    e = tl.load(ptrs, mask=mask, other=0.0)
+    s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK)
     decay = tl.exp2(s[:, None] * A2[None, :])
     acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
                                    reverse=REVERSE)
@@ -109,6 +111,7 @@ def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
         h = acum * carry[None, :] + hs
     tl.store(ptrs, h, mask=mask)
     # masked chunks are identities, so the block's far row holds what leaves it
+    offs_c = tl.arange(0, BLOCK)
     if REVERSE:
         edge = offs_c == 0
     else:
@@ -144,15 +147,32 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
         k_prev = k - 1
     if has_prev:
         h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
-        cc = k * BLOCK + tl.arange(0, BLOCK)
-        mask_c = cc < n_chunks
-        s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
+        s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N,
+                                       BLOCK)
         upto = tl.cumsum(s, axis=0, reverse=REVERSE)  # inclusive, in flow order
-        ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
-        mask = mask_c[:, None] & mask_n[None, :]
-        e = tl.load(ptrs, mask=mask, other=0.0)
         e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
         tl.store(ptrs, e, mask=mask)
+
+
+@triton.jit
+def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
+                 offs_n, mask_n, N, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
+                 STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr):
+    """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row."""
+    if STAGE == 0:
+        x_out = _scan_row(S_ptr, X_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
+                          REVERSE)
+        if STORE_LAST:
+            tl.store(last_ptr + row * N + offs_n, x_out, mask=mask_n)
+    elif STAGE == 1:
+        x_out, s_sum = _scan_block(S_ptr, X_ptr, A2, None, row, n_chunks, k, offs_n, mask_n,
+                                   N, BLOCK, REVERSE)
+        tl.store(XB_ptr + (row * n_blocks + k) * N + offs_n, x_out, mask=mask_n)
+        if STORE_SB:
+            tl.store(SB_ptr + row * n_blocks + k, s_sum)
+    else:
+        _fix_block(S_ptr, X_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n, N,
+                   BLOCK, REVERSE)
 
 
 @triton.jit
@@ -180,30 +200,11 @@ def _carry_kernel(
     mask_n = offs_n < N
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     if WITH_Q and tl.program_id(2) == 1:
-        if STAGE == 0:
-            _scan_row(S_ptr, Q_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
-                      not REVERSE)
-        elif STAGE == 1:
-            q_out, _ = _scan_block(S_ptr, Q_ptr, A2, None, row, n_chunks, k, offs_n, mask_n,
-                                   N, BLOCK, not REVERSE)
-            tl.store(QB_ptr + (row * n_blocks + k) * N + offs_n, q_out, mask=mask_n)
-        else:
-            _fix_block(S_ptr, Q_ptr, QB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
-                       N, BLOCK, not REVERSE)
+        _carry_stage(S_ptr, Q_ptr, QB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
+                     offs_n, mask_n, N, BLOCK, not REVERSE, STAGE, False, False)
     else:
-        if STAGE == 0:
-            h_out = _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N,
-                              BLOCK, REVERSE)
-            if STORE_LAST:
-                tl.store(last_ptr + row * N + offs_n, h_out, mask=mask_n)
-        elif STAGE == 1:
-            h_out, s_sum = _scan_block(S_ptr, E_ptr, A2, None, row, n_chunks, k, offs_n,
-                                       mask_n, N, BLOCK, REVERSE)
-            tl.store(EB_ptr + (row * n_blocks + k) * N + offs_n, h_out, mask=mask_n)
-            tl.store(SB_ptr + row * n_blocks + k, s_sum)
-        else:
-            _fix_block(S_ptr, E_ptr, EB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n,
-                       N, BLOCK, REVERSE)
+        _carry_stage(S_ptr, E_ptr, EB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
+                     offs_n, mask_n, N, BLOCK, REVERSE, STAGE, True, STORE_LAST)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -275,42 +276,45 @@ _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, the block index
 
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
-                 Q: torch.Tensor | None = None) -> None:
+                 Q: torch.Tensor | None = None, *, parallel_from: int = PARALLEL_MIN_BLOCKS,
+                 parallel_block: int = PARALLEL_BLOCK) -> None:
     """E (batch, dim, n_chunks, N), the chunks' states from zero, becomes the true state
     at each chunk's boundary, in place; with `last_state`, the state leaving the last chunk
     in the direction of flow is written there too. Q, of E's shape, is scanned the other
     way in the same launches (the backward's forward and adjoint aggregates share S).
 
-    A row's chunks are scanned `carry_block` at a time. Rows of fewer than
-    PARALLEL_MIN_BLOCKS blocks walk them in turn (one launch); longer rows scan all blocks
-    (of at most PARALLEL_BLOCK chunks) at once from zero, carry the blocks' aggregates
-    (this function, recursively), then add each block's entering state (two launches
-    more).
+    A row's chunks are scanned `carry_block` at a time. Rows of fewer than `parallel_from`
+    blocks walk them in turn (one launch); longer rows scan all blocks (of at most
+    `parallel_block` chunks) at once from zero, carry the blocks' aggregates (this
+    function, recursively), then add each block's entering state (two launches more).
     """
     batch, dim, n_chunks, n_state = E.shape
     n_blocks = _cdiv(n_chunks, carry_block)
+    parallel = n_blocks >= parallel_from
+    if parallel:
+        # blocks of at least 2 chunks (the recursion must shrink), few enough for grid axis 1
+        carry_block = max(2, min(carry_block, parallel_block),
+                          _next_pow2(_cdiv(n_chunks, _MAX_GRID_Y)))
+        n_blocks = _cdiv(n_chunks, carry_block)
+    dummy = S
+    SB = EB = QB = dummy
+    if parallel:
+        f32 = torch.float32
+        SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=f32)
+        EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=f32)
+        QB = torch.empty_like(EB) if Q is not None else dummy
+    launch = _carry_kernel_launcher[(batch * dim, n_blocks if parallel else 1,
+                                     1 if Q is None else 2)]
+    args = (S, E, Q if Q is not None else dummy, A,
+            last_state if last_state is not None else dummy, SB, EB, QB,
+            dim, n_chunks, n_blocks)
     options = dict(N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
                    STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8)
-    dirs = 1 if Q is None else 2
-    dummy = S
-    common = (S, E, Q if Q is not None else dummy, A,
-              last_state if last_state is not None else dummy)
-    if n_blocks < PARALLEL_MIN_BLOCKS:
-        _carry_kernel_launcher[(batch * dim, 1, dirs)](
-            *common, dummy, dummy, dummy, dim, n_chunks, n_blocks, STAGE=0, **options)
+    if not parallel:
+        launch(*args, STAGE=0, **options)
         return
-    # blocks of at least 2 chunks (the recursion must shrink), few enough for grid axis 1
-    carry_block = max(2, min(carry_block, PARALLEL_BLOCK),
-                      _next_pow2(_cdiv(n_chunks, _MAX_GRID_Y)))
-    n_blocks = _cdiv(n_chunks, carry_block)
-    options["BLOCK"] = carry_block
-    f32 = torch.float32
-    SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=f32)
-    EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=f32)
-    QB = torch.empty_like(EB) if Q is not None else None
-    args = (*common, SB, EB, QB if QB is not None else dummy, dim, n_chunks, n_blocks)
-    launch = _carry_kernel_launcher[(batch * dim, n_blocks, dirs)]
     launch(*args, STAGE=1, **options)
     outer_block = max(2, min(carry_block, max(16, _next_pow2(n_blocks))))
-    carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB)
+    carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB if Q is not None else None,
+                 parallel_from=parallel_from, parallel_block=parallel_block)
     launch(*args, STAGE=2, **options)

@@ -153,6 +153,20 @@ def _decompose_pid(pid, n_bgd, n_cblk, groups):
 
 
 @triton.jit
+def _chunk_tile(n_bgd, n_cblk, groups, length, N, NP: tl.constexpr, CHUNK: tl.constexpr):
+    """What a tile kernel's program works on: (chunk, batch, group, channel block) from
+    its id, and the offsets and masks of its (NP, CHUNK) tile of states x positions:
+    (c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl)."""
+    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_l = c * CHUNK + tl.arange(0, CHUNK)
+    mask_l = offs_l < length
+    mask_nl = mask_n[:, None] & mask_l[None, :]
+    return c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl
+
+
+@triton.jit
 def _channel_range(g, cblk, per_group, channel_block):
     """[d0, d_end): the channels of group g's channel block cblk."""
     d0 = g * per_group + cblk * channel_block

@@ -55,7 +55,7 @@ from .launch import CachedLaunch
 from .triton_common import (
     _affine_combine,
     _channel_range,
-    _decompose_pid,
+    _chunk_tile,
     _load_channel,
     _load_state_tile,
     _next_pow2,
@@ -103,12 +103,8 @@ def _fwd_output_kernel(
     them across the loop: fewer registers for more loads. ``tile_pin`` is 0 at run time;
     ``d * tile_pin`` in the address keeps the compiler from hoisting the loads back out.
     """
-    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_l = c * CHUNK + tl.arange(0, CHUNK)
-    mask_l = offs_l < length
-    mask_nl = mask_n[:, None] & mask_l[None, :]
+    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
+        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     if not BC_IN_LOOP:
         Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
         Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)

@@ -30,7 +30,7 @@ from .triton_common import (
     LaunchPlan,
     _affine_combine,
     _channel_range,
-    _decompose_pid,
+    _chunk_tile,
     _load_channel,
     _load_dt,
     _load_state_tile,
@@ -52,13 +52,9 @@ def _fwd_local_kernel(
 ):
     """Per chunk and channel, from a zero start: Y = <C, h> (fp32, contiguous (batch,
     dim, L)), E = the state at the chunk's far end in scan order, S = sum of dt."""
-    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
+    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
+        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     offs_k = tl.arange(0, CHUNK)
-    offs_l = c * CHUNK + offs_k
-    mask_l = offs_l < length
-    mask_nl = mask_n[:, None] & mask_l[None, :]
     Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
     # positions past L have dt = 0 (decay 1, drive 0): the far end holds the end state
@@ -96,11 +92,8 @@ def _fwd_correct_kernel(
 ):
     """out = (Y + <C_t, exp(A R_t) h0> + D u) * silu(z); H[b, d, c] is the true state
     leaving chunk c (after the carry scan)."""
-    c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_l = c * CHUNK + tl.arange(0, CHUNK)
-    mask_l = offs_l < length
+    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, _ = _chunk_tile(
+        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     # the first chunk in scan order starts from zero: no C tile, no exps
     c_end = tl.where(has_prev, length, 0)

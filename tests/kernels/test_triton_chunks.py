@@ -1,0 +1,81 @@
+"""The carry over chunks (triton_chunks.carry_chunks) vs a step-by-step carry: blocks in
+turn and block-parallel (recursively), both directions, the adjoint Q in the same
+launches. The whole forward and backward, which run it, are tested in test_triton.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from medmamba_kernels.selective_scan import triton_chunks  # noqa: E402
+from medmamba_kernels.selective_scan.triton_chunks import carry_chunks  # noqa: E402
+from test_triton import _fast_interpreter  # noqa: E402, F401  (fixture)
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse: bool):
+    """The carry scan step by step: (true states at each chunk's end, last state)."""
+    out = torch.empty_like(E)
+    h = torch.zeros(E.shape[0], E.shape[1], E.shape[3])
+    order = range(E.shape[2] - 1, -1, -1) if reverse else range(E.shape[2])
+    for c in order:
+        h = torch.exp(S[:, :, c, None] * A) * h + E[:, :, c]
+        out[:, :, c] = h
+    return out, h
+
+
+@pytest.mark.parametrize("n_chunks", [1, 5, 37])
+@pytest.mark.parametrize("carry_block", [1, 2, 4, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("parallel_from", [2, 16], ids=["parallel", "default"])
+def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool,
+                                  parallel_from: int) -> None:
+    # rows of many blocks are carried block-parallel, recursively (from 2 blocks on, 37
+    # chunks in blocks of 2 take six levels), the others block after block; the adjoint Q
+    # flows the other way in the same launches; parallel blocks capped below the given
+    # block (4 -> 2)
+    parallel_block = 2 if parallel_from == 2 else triton_chunks.PARALLEL_BLOCK
+    gen = torch.Generator().manual_seed(n_chunks * 100 + carry_block)
+    batch, dim, n_state = 2, 3, 5
+    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
+    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    A = -torch.rand(dim, n_state, generator=gen) * 2
+    want_E, want_last = _carry_reference(S, E, A, reverse)
+    want_Q, _ = _carry_reference(S, Q, A, not reverse)
+    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
+                 parallel_from=parallel_from, parallel_block=parallel_block)
+    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_carry_blocks_grow_to_fit_the_grid(monkeypatch) -> None:
+    # parallel blocks are indexed on grid axis 1 (at most 65535 on CUDA): a row of more
+    # blocks than that takes larger ones (here a limit of 3: 37 chunks in blocks of 16)
+    monkeypatch.setattr(triton_chunks, "_MAX_GRID_Y", 3)
+    launches = []
+    real = triton_chunks._carry_kernel_launcher
+
+    class Recorder:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(triton_chunks, "_carry_kernel_launcher", Recorder())
+    gen = torch.Generator().manual_seed(11)
+    S = torch.rand(1, 2, 37, generator=gen) * 0.5
+    E = torch.randn(1, 2, 37, 3, generator=gen)
+    A = -torch.rand(2, 3, generator=gen)
+    want, want_last = _carry_reference(S, E, A, False)
+    E_dev, last = E.to(DEVICE), torch.empty(1, 2, 3, device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, 2, False, parallel_from=2)
+    assert max(grid[1] for grid in launches) <= 3
+    torch.testing.assert_close(E_dev.cpu(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last.cpu(), want_last, rtol=1e-5, atol=1e-5)
