@@ -198,3 +198,55 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
             assert torch.isfinite(E).all(), "carried states overflowed: timings unreliable"
             print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
                   + "".join(f"{t:>14.1f}" for t in times), flush=True)
+
+
+# (label, serial_plan keywords): channels a thread (block_d over num_warps warps) and
+# positions a load (ti). Session 19 (scripts/results/kernel_h200_2026-12-01_s19): two
+# channels a thread (B/C loads shared by both) lost on every row, as did B/C read as tiles
+# of TI positions and a read-ahead of the next block's dt/u/z (both since removed)
+SERIAL_CONFIGS = (("default", {}), ("2ch", {"block_d": 64}), ("2ch ti2", {"block_d": 64, "ti": 2}),
+                  ("2ch w2", {"block_d": 128, "num_warps": 2}))
+
+
+def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64):
+    """The "serial" kernel's plans side by side, in ms (same inputs, same run): the forward
+    (aggregate, carry, output) and the backward's boundary states at the backward's chunk
+    (aggregate, adjoint aggregate, carry). Each forward is checked against the first."""
+    from triton.testing import do_bench
+
+    from medmamba_kernels.selective_scan import triton_fwd_serial as serial
+
+    names = [label for label, _ in configs]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{'fwd ' + n:>13}" for n in names)
+          + "".join(f"{'bnd ' + n:>13}" for n in names) + f"{'max err':>10}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            u, delta, A, B, C, D, z, bias = (x[k] for k in (
+                "u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+            out = torch.empty_like(u)
+            last = torch.empty(*u.shape[:2], A.shape[1], device=u.device)
+            dout = torch.randn_like(u)
+            fwd_t, bnd_t, err, ref = [], [], 0.0, None
+            for _, kw in configs:
+                def run_fwd(kw=kw):
+                    serial.serial_forward(u, delta, A, B, C, D, z, bias, True, False, out,
+                                          last, **kw)
+
+                plan = serial.serial_plan(*u.shape[:2], B.shape[1], u.shape[2], dt,
+                                          chunk=bwd_chunk, **kw)
+
+                def run_bnd(plan=plan):
+                    serial.serial_boundary_states(u, delta, z, dout, A, B, C, bias, True,
+                                                  False, plan)
+
+                run_fwd()
+                if ref is None:
+                    ref = out.clone()
+                err = max(err, rel(out, ref))
+                fwd_t.append(do_bench(run_fwd, warmup=5, rep=30, return_mode="median"))
+                bnd_t.append(do_bench(run_bnd, warmup=5, rep=30, return_mode="median"))
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>13.3f}" for t in fwd_t + bnd_t) + f"{err:>10.1e}",
+                  flush=True)
+            del x, u, delta, A, B, C, D, z, bias, out, dout, ref

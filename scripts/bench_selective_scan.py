@@ -26,7 +26,7 @@ import sys
 import torch
 
 from bench_scan_variants import (compare_bwd_variants, compare_carry, compare_fwd_variants,
-                                 compare_host, sweep)
+                                 compare_host, compare_serial_options, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
@@ -126,6 +126,8 @@ def main() -> int:
                    help="do_bench vs CUDA-graph replay vs host time a call (host-bound rows)")
     p.add_argument("--carry", action="store_true",
                    help="the carry over chunks alone, by carry block (forward and backward)")
+    p.add_argument("--serial-options", action="store_true",
+                   help='the "serial" kernel\'s block options (prefetch, B/C tiles) side by side')
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -165,6 +167,9 @@ def main() -> int:
         return 0
     if args.carry:
         compare_carry(shapes)
+        return 0
+    if args.serial_options:
+        compare_serial_options(dtypes, [s for s in shapes if s[2] >= 16384])
         return 0
 
     ok = True

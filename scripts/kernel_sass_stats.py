@@ -149,6 +149,10 @@ def serial_configs(dtype: torch.dtype):
     yield "serial: aggregate", kernel, {**base, "AGGREGATE": True}, 1
     yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True}, 1
     yield "serial: output", kernel, base, 1
+    for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
+                        ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
+        yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1
+        yield f"serial: output, {label}", kernel, {**base, **opts}, 1
 
 
 def backward_configs(chunk: int):
@@ -183,8 +187,10 @@ def main() -> int:
             for param in fn.params:
                 if param.name.endswith("_ptr"):
                     full[param.name] = dtype if param.name in _IO else torch.float32
-                else:
+                elif param.name in values or not param.has_default:
                     full[param.name] = values[param.name]
+                else:  # a constexpr with a default the config leaves alone
+                    full[param.name] = param.default
             kernel = compile_sm90(fn, full, warps)
             s, sass = stats(kernel)
             print(f"{label:<28}{str(dtype)[6:]:<6}{s['REG']:>5}{s['STACK']:>6}{s['total']:>7}"

@@ -226,6 +226,7 @@ def selective_scan_bwd_triton(
     num_warps: int | None = None,
     maxnreg: int | None = None,
     boundary: str = "auto",
+    states: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -235,6 +236,8 @@ def selective_scan_bwd_triton(
     spills); None leaves it to the compiler. `boundary`: how the states at the chunk
     boundaries are found, "serial" (triton_fwd_serial's aggregate kernel, one channel a
     thread), "tile" (triton_chunks' (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
+    `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
+    leaving each chunk; where given, "serial" boundaries compute only the adjoint's.
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -250,8 +253,11 @@ def selective_scan_bwd_triton(
         boundary = auto_boundary(length, dim // groups, u.dtype)
     if multi and boundary == "serial":
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
+        if states is not None and tuple(states.shape) != (batch, dim, plan.n_chunks, n_state):
+            raise ValueError(f"states: expected ({batch}, {dim}, {plan.n_chunks}, {n_state}) "
+                             f"for chunks of {plan.chunk}, got {tuple(states.shape)}")
         H, Q = serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias,
-                                      delta_softplus, reverse, splan)
+                                      delta_softplus, reverse, splan, H=states)
     elif multi:
         H, Q = chunk_boundary_states(
             u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,

@@ -61,6 +61,8 @@ from .triton_common import (
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
+    _MAX_CHUNK,
+    _MAX_SINGLE_CHUNK,
     _store_output,
     plan_launch,
 )
@@ -70,6 +72,28 @@ from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offs
 from .triton_fwd_serial import serial_applies, serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
+# The backward's chunk where it has several (triton_common.plan_launch, backward=True):
+# the granularity of the states a "serial" forward keeps for it
+BACKWARD_CHUNK = _MAX_CHUNK[True]
+
+
+def _result(out: torch.Tensor, last_state: torch.Tensor, keep_states: bool,
+            states: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    return (out, last_state, states) if keep_states else (out, last_state)
+
+
+def backward_states(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor | None:
+    """Where the backward's default plan finds its chunk boundary states with the "serial"
+    aggregates (triton_bwd.auto_boundary), an fp32 (batch, dim, chunks, N) tensor for the
+    "serial" forward to fill with them; None where it does not (one chunk, or the tile
+    boundary kernels)."""
+    batch, dim, length = u.shape
+    n_chunks = -(-length // BACKWARD_CHUNK)
+    if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(length, dim // B.shape[1],
+                                                                 u.dtype):
+        return None
+    return torch.empty(batch, dim, n_chunks, A.shape[1], device=u.device,
+                       dtype=torch.float32)
 
 
 def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int) -> str:
@@ -167,7 +191,8 @@ def selective_scan_fwd_triton(
     variant: str = "auto",
     ti: int | None = None,
     maxnreg: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_states: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Forward host function (contract: interface.py's docstring).
 
     `out`, if given, is a contiguous (batch, dim, L) tensor of u's dtype that receives the
@@ -179,7 +204,9 @@ def selective_scan_fwd_triton(
     `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
     program), not `carry_block`. `ti`: positions per load of "serial" (default 16 bytes'
     worth); `maxnreg`: its output kernel's register cap (None: the compiler's choice).
-    Returns (out, last_state fp32 (batch, dim, N)).
+    Returns (out, last_state fp32 (batch, dim, N)); with `keep_states`, also the states
+    leaving every chunk of the backward's plan (`backward_states`) or None where the
+    forward does not produce them: passed to the backward, they spare it a pass.
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -209,15 +236,17 @@ def selective_scan_fwd_triton(
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
     if variant == "serial":
+        states = backward_states(u, A, B) if keep_states else None
         serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
                        last_state, chunk=chunk, num_warps=num_warps, ti=ti,
-                       block_d=channel_block, maxnreg=maxnreg)
-        return out, last_state
+                       block_d=channel_block, maxnreg=maxnreg, sub_states=states,
+                       sub_chunk=BACKWARD_CHUNK)
+        return _result(out, last_state, keep_states, states)
     multi = plan.n_chunks > 1
     if multi and variant == "deferred":
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,
                          out, last_state)
-        return out, last_state
+        return _result(out, last_state, keep_states)
     zz = z if z is not None else u
     dummy = last_state
     if multi and variant == "rows":
@@ -233,7 +262,7 @@ def selective_scan_fwd_triton(
     if variant == "rows":
         launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
                            delta_softplus=delta_softplus, reverse=reverse)
-        return out, last_state
+        return _result(out, last_state, keep_states)
     _fwd_output_kernel_launcher[(plan.programs(batch, groups),)](
         u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, out,
@@ -245,4 +274,4 @@ def selective_scan_fwd_triton(
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, BC_IN_LOOP=variant == "reload",
         num_warps=plan.num_warps,
     )
-    return out, last_state
+    return _result(out, last_state, keep_states)

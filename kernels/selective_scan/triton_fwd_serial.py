@@ -137,16 +137,34 @@ def _serial_block(
     return h, y_acc
 
 
+@triton.jit
+def _store_sub_state(h, t0, length, Hs_ptr, row, n_sub, offs_n, mask_nd, N: tl.constexpr,
+                     TI: tl.constexpr, SUB: tl.constexpr, REVERSE: tl.constexpr):
+    """After the block at t0: if it ends a sub-chunk of SUB positions in scan order (or the
+    sequence), h is the state leaving that sub-chunk: Hs[b, d, sub] (the backward's
+    boundary states at its chunk of SUB)."""
+    if REVERSE:
+        ends = t0 % SUB == 0
+        sub = t0 // SUB
+    else:
+        last = tl.minimum(t0 + TI, length) - 1
+        ends = ((last + 1) % SUB == 0) | (last == length - 1)
+        sub = last // SUB
+    if ends:
+        tl.store(Hs_ptr + (row[None, :] * n_sub + sub) * N + offs_n[:, None], h, mask=mask_nd)
+
+
 @triton.jit(do_not_specialize=["s_An"])  # a stride of 1 would make A's tile n-contiguous
 def _serial_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, S_ptr, out_ptr,
-    dim, groups, length, n_chunks, chunk_len, n_dblk, per_group,
+    Hs_ptr, dim, groups, length, n_chunks, chunk_len, n_dblk, per_group, n_sub,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_An,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, TI: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False,
+    AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
+    SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -155,8 +173,10 @@ def _serial_kernel(
     the chunk (H[b, d, previous chunk] after the carry scan); with one chunk, H is the
     last state (batch, dim, N), written here. ADJOINT (with AGGREGATE, REVERSE flipped by
     the caller): u_ptr holds dout and B_ptr holds C; H receives the chunk's adjoint from
-    zero, q = a_t (q + C_t dy_t) against the forward's order, and S is left alone (the
-    forward aggregate wrote the same sums).
+    zero, q = a_t (q + C_t dy_t) against the forward's order; S is written only with
+    STORE_SUMS (a forward aggregate may have written the same sums). SUB_STATES (output
+    pass): also the states leaving every sub-chunk of SUB positions, Hs (batch, dim, n_sub,
+    N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`).
     """
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
                                    groups)
@@ -206,6 +226,9 @@ def _serial_kernel(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
+        if SUB_STATES:
+            _store_sub_state(h, chunk_start + n_full * TI, length, Hs_ptr, row, n_sub, offs_n,
+                             mask_nd, N, TI, SUB, REVERSE)
     for j in range(0, n_full):
         if REVERSE:
             t0 = chunk_start + (n_full - 1 - j) * TI
@@ -215,13 +238,19 @@ def _serial_kernel(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
+        if SUB_STATES:
+            _store_sub_state(h, t0, length, Hs_ptr, row, n_sub, offs_n, mask_nd, N, TI, SUB,
+                             REVERSE)
     if not REVERSE and has_tail:
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
+        if SUB_STATES:
+            _store_sub_state(h, chunk_start + n_full * TI, length, Hs_ptr, row, n_sub, offs_n,
+                             mask_nd, N, TI, SUB, REVERSE)
     if AGGREGATE:
-        if not ADJOINT:  # the same sums as the forward aggregate's: written once
+        if STORE_SUMS:
             tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
         tl.store(H_ptr + (row[None, :] * n_chunks + c) * N + offs_n[:, None], h, mask=mask_nd)
     elif not MULTI_CHUNK:
@@ -282,10 +311,12 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
             C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
             H: torch.Tensor, S: torch.Tensor, out: torch.Tensor, softplus: bool,
             reverse: bool, aggregate: bool, adjoint: bool = False,
-            maxnreg: int | None = None) -> None:
+            maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
+            sub_chunk: int = 64, store_sums: bool | None = None) -> None:
     """One `_serial_kernel` launch. drive_in: u (dout for the adjoint); drive_proj: B (C
     for the adjoint). maxnreg caps the registers a thread (more resident warps, maybe
-    spills)."""
+    spills). sub_states (output pass): receives the states leaving every sub-chunk of
+    `sub_chunk` positions. store_sums: write S (default: not for the adjoint)."""
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
@@ -296,13 +327,17 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     _serial_kernel_launcher[(grid,)](
         drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, S, out,
+        sub_states if sub_states is not None else dummy,
         dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
+        sub_states.shape[2] if sub_states is not None else 1,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=plan.ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-        AGGREGATE=aggregate, ADJOINT=adjoint, num_warps=plan.num_warps,
+        AGGREGATE=aggregate, ADJOINT=adjoint,
+        STORE_SUMS=not adjoint if store_sums is None else store_sums,
+        SUB_STATES=sub_states is not None, SUB=sub_chunk, num_warps=plan.num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 
@@ -313,34 +348,52 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    reverse: bool, out: torch.Tensor, last_state: torch.Tensor, *,
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
-                   maxnreg: int | None = None) -> None:
+                   maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
+                   sub_chunk: int = 64) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
-    output kernel's registers."""
+    output kernel's registers. sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if
+    given, receives the state leaving every sub-chunk of `sub_chunk` positions (a power of
+    two, a multiple of the plan's positions a load): what `serial_boundary_states` of a
+    backward at chunks of `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
                        block_d)
+    if sub_states is not None:
+        _check_power_of_two("sub_chunk", sub_chunk)
+        want = (batch, dim, -(-length // sub_chunk), A.shape[1])
+        if tuple(sub_states.shape) != want or sub_chunk % plan.ti:
+            raise ValueError(f"sub_states: expected {want} for sub-chunks of {sub_chunk} "
+                             f"(a multiple of {plan.ti}), got {tuple(sub_states.shape)}")
+    sub = {"sub_states": sub_states, "sub_chunk": sub_chunk}
     if plan.n_chunks == 1:
         _launch(plan, u, delta, z, A, B, C, D, delta_bias, last_state, last_state, out,
-                delta_softplus, reverse, aggregate=False, maxnreg=maxnreg)
+                delta_softplus, reverse, aggregate=False, maxnreg=maxnreg, **sub)
         return
     H, _ = serial_boundary_states(u, delta, z, None, A, B, C, delta_bias, delta_softplus,
                                   reverse, plan, last_state=last_state)
     _launch(plan, u, delta, z, A, B, C, D, delta_bias, H, H, out, delta_softplus, reverse,
-            aggregate=False, maxnreg=maxnreg)
+            aggregate=False, maxnreg=maxnreg, **sub)
 
 
 def serial_boundary_states(
     u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor | None, dout: torch.Tensor | None,
     A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, delta_bias: torch.Tensor | None,
     delta_softplus: bool, reverse: bool, plan: SerialPlan,
-    last_state: torch.Tensor | None = None,
+    last_state: torch.Tensor | None = None, H: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(H, Q) as triton_chunks.chunk_boundary_states returns them, from this kernel's
-    aggregates: H always; Q (the adjoint) when dout is given."""
+    aggregates: H always; Q (the adjoint) when dout is given. A given H (the forward's
+    `sub_states` at this plan's chunk) is returned as it is, and only Q is computed."""
     batch, dim, _ = delta.shape
     n_state, nc = A.shape[1], plan.n_chunks
     f32 = torch.float32
     S = torch.empty(batch, dim, nc, device=delta.device, dtype=f32)
+    if H is not None and dout is not None:
+        Q = torch.empty_like(H)
+        _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
+                not reverse, aggregate=True, adjoint=True, store_sums=True)
+        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
+        return H, Q
     H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
     # z gates the output only: the forward aggregate compiles without it
     _launch(plan, u, delta, None, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
