@@ -249,8 +249,9 @@ def selective_scan_bwd_triton(
     A = A.contiguous()
     dev, f32 = u.device, torch.float32
     multi = plan.n_chunks > 1
-    if boundary == "auto":
-        boundary = auto_boundary(length, dim // groups, u.dtype)
+    if boundary == "auto":  # kept states are the "serial" forward's
+        boundary = "serial" if states is not None else auto_boundary(length, dim // groups,
+                                                                     u.dtype)
     if multi and boundary == "serial":
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
         if states is not None and tuple(states.shape) != (batch, dim, plan.n_chunks, n_state):

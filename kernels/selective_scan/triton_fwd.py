@@ -90,18 +90,20 @@ def backward_states(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.
     batch, dim, length = u.shape
     n_chunks = -(-length // BACKWARD_CHUNK)
     if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(length, dim // B.shape[1],
-                                                                 u.dtype):
+                                                                 u.dtype, training=True):
         return None
     return torch.empty(batch, dim, n_chunks, A.shape[1], device=u.device,
                        dtype=torch.float32)
 
 
-def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int) -> str:
+def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int,
+                 training: bool = False) -> str:
     """The forward variant "auto" runs (measurements in the module docstring).
 
-    per_group: channels sharing B/C (`serial_applies` says when "serial" pays).
+    per_group: channels sharing B/C (`serial_applies` says when "serial" pays, `training`:
+    when the backward's boundary states are to be kept).
     """
-    if serial_applies(length, per_group, dtype):
+    if serial_applies(length, per_group, dtype, training):
         return "serial"
     if dtype == torch.float32:
         return "deferred"
@@ -216,7 +218,7 @@ def selective_scan_fwd_triton(
                        num_warps, n_state)
     asked = variant
     if variant == "auto":
-        variant = auto_variant(u.dtype, plan.n_chunks, length, dim // groups)
+        variant = auto_variant(u.dtype, plan.n_chunks, length, dim // groups, keep_states)
     if variant == "rows" and not rows_offsets_fit(B, C):
         if asked == "auto":
             variant = "chunked"

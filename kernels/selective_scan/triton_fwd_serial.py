@@ -49,16 +49,20 @@ _TARGET_PROGRAMS = 4096
 _MIN_CHUNK, _MAX_CHUNK = 64, 256
 
 
-def serial_applies(length: int, per_group: int, dtype: torch.dtype) -> bool:
+def serial_applies(length: int, per_group: int, dtype: torch.dtype,
+                   training: bool = False) -> bool:
     """Whether "auto" takes this variant (forward) or its boundary states (backward).
 
     per_group: channels sharing B/C, one a thread of a 32-wide warp. Fewer than 32 leave
-    threads idle (untimed: multi-head scans with small heads stay on the tile kernels);
-    in fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred".
+    threads idle (untimed: multi-head scans with small heads stay on the tile kernels).
+    In fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred"
+    in the forward alone; `training` (the forward keeps the backward's boundary states,
+    which only this variant produces) takes it there too (session 19: row 6 fp32
+    fwd+bwd 12.19 -> 11.56 ms, scripts/results/kernel_h200_2026-12-01_s19).
     """
     if length < SERIAL_MIN_LENGTH or per_group < 32:
         return False
-    return dtype != torch.float32 or per_group % 32 == 0
+    return training or dtype != torch.float32 or per_group % 32 == 0
 
 
 @triton.jit

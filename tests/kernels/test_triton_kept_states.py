@@ -89,7 +89,7 @@ def test_public_function_passes_the_kept_states(monkeypatch: pytest.MonkeyPatch)
     """Where "serial" applies (forced here: the rule wants L >= 16384), the autograd path
     keeps the forward's states and the backward computes only the adjoint's."""
     for module in (triton_fwd, triton_bwd):
-        monkeypatch.setattr(module, "serial_applies", lambda *args: True)
+        monkeypatch.setattr(module, "serial_applies", lambda *args, **kwargs: True)
     given = []
     real = triton_fwd_serial.serial_boundary_states
 
@@ -134,3 +134,19 @@ def test_kept_states_only_where_the_backward_reads_them() -> None:
     assert triton_fwd.backward_states(u[..., :4096], A, B[..., :4096]) is None
     assert triton_fwd.backward_states(u[..., :SUB], A, B[..., :SUB]) is None
     assert triton_fwd.backward_states(u[:, :16], A[:16], B) is None
+
+
+@pytest.mark.parametrize(("per_group", "dtype", "training", "expected"), [
+    (48, torch.float32, False, "deferred"), (48, torch.float32, True, "serial"),
+    (64, torch.float32, False, "serial"), (48, torch.bfloat16, False, "serial"),
+    (16, torch.float32, True, "deferred"),
+], ids=str)
+def test_training_takes_serial_for_whole_warps_or_not(per_group: int, dtype: torch.dtype,
+                                                      training: bool, expected: str) -> None:
+    # bench row 6 (48 channels, fp32): "deferred" is the faster forward alone, "serial"
+    # with its kept states the faster forward + backward
+    length = 2_097_152
+    assert triton_fwd.auto_variant(dtype, 8, length, per_group, training) == expected
+    u = torch.empty(1, per_group, length, device="meta")
+    A, B = torch.empty(per_group, 16, device="meta"), torch.empty(1, 1, 16, length, device="meta")
+    assert (triton_fwd.backward_states(u, A, B) is not None) == (per_group >= 32)
