@@ -75,7 +75,7 @@ def compare_fwd_variants(dtypes, shapes):
             dout = torch.randn_like(ref_out)
 
             def op_fb():
-                out, _ = interface._scan_fwd_op(*leaves, True, False, "triton")
+                out = interface._scan_fwd_op(*leaves, True, False, "triton", True)[0]
                 out.backward(dout)
 
             def eager_fb():

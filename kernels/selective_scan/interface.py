@@ -151,19 +151,38 @@ def _scan_fwd_op(
     delta_softplus: bool,
     reverse: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_states: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, last_state, kept states): with keep_states (a training call) and the Triton
+    backend, the states the backward would otherwise compute again (triton_fwd's
+    `backward_states`); an empty tensor where there are none."""
     fwd, _ = _host_functions(backend, u.device)
-    out, last_state = _without_autocast(fwd, u.device.type, u, delta, A, B, C, D, z, delta_bias,
-                                        delta_softplus, reverse)
+    states = None
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    if keep_states and backend == Backend.TRITON.value:
+        out, last_state, states = _without_autocast(
+            functools.partial(fwd, keep_states=True), u.device.type, *args)
+    else:
+        out, last_state = _without_autocast(fwd, u.device.type, *args)
     # The fake kernels promise contiguous outputs (inductor asserts strides).
-    return out.contiguous(), last_state.contiguous()
+    return (out.contiguous(), last_state.contiguous(),
+            states if states is not None else _no_states(u))
+
+
+def _no_states(u: torch.Tensor) -> torch.Tensor:
+    return u.new_empty(0, dtype=torch.float32)
 
 
 @_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend,
+      keep_states=False):
     out = u.new_empty(u.shape)
     last_state = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
-    return out, last_state
+    states = None
+    if keep_states and backend == Backend.TRITON.value:
+        fwd_module = importlib.import_module(f"{__package__}.triton_fwd")
+        states = fwd_module.backward_states(u, A, B)
+    return out, last_state, states if states is not None else _no_states(u)
 
 
 @torch.library.custom_op("medmamba::selective_scan_bwd", mutates_args=())
@@ -180,10 +199,13 @@ def _scan_bwd_op(
     delta_softplus: bool,
     reverse: bool,
     backend: str,
+    states: Optional[torch.Tensor] = None,
 ) -> list[torch.Tensor]:
     """Gradients of all eight inputs; an absent optional input gets an empty tensor
-    (custom ops cannot return None)."""
+    (custom ops cannot return None). states: the forward's kept states (empty: none)."""
     _, bwd = _host_functions(backend, u.device)
+    if states is not None and states.numel():
+        bwd = functools.partial(bwd, states=states)
     grads = _without_autocast(bwd, u.device.type, dout, u, delta, A, B, C, D, z, delta_bias,
                               delta_softplus, reverse)
     return _unaliased([u.new_empty(0) if g is None else g.contiguous() for g in grads])
@@ -204,24 +226,26 @@ def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @_scan_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend,
+      states=None):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [u.new_empty(0) if x is None else x.new_empty(x.shape) for x in inputs]
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend, _keep = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.flags = (delta_softplus, reverse, backend)
-    ctx.mark_non_differentiable(output[1])  # last_state: documented as gradient-free
+    # last_state is documented as gradient-free; the kept states are the backward's input
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
-def _backward(ctx, dout, _dlast_state):
-    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-    grads = _scan_bwd_op(dout, u, delta, A, B, C, D, z, delta_bias, *ctx.flags)
+def _backward(ctx, dout, _dlast_state, _dstates):
+    u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+    grads = _scan_bwd_op(dout, u, delta, A, B, C, D, z, delta_bias, *ctx.flags, states)
     present = (u, delta, A, B, C, D, z, delta_bias)
     grads = [None if x is None else g for g, x in zip(grads, present)]
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -336,7 +360,10 @@ def selective_scan(
                 out, last_state = _without_autocast(fwd, u.device.type, *inputs,
                                                     delta_softplus, reverse)
         else:
-            out, last_state = _scan_fwd_op(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value
+            training = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                                       for x in inputs)
+            out, last_state, _ = _scan_fwd_op(
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value,
+                training,
             )
     return (out, last_state) if return_last_state else out

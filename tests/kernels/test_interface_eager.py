@@ -24,9 +24,10 @@ CASE = ScanCase(2, 3, 40, 4, groups=1, has_D=True, has_z=True, has_bias=True, so
                 reverse=True)
 
 
-def _op(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _op(x: dict, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     args = [x[k] for k in GRAD_NAMES]
-    return interface._scan_fwd_op(*args, True, True, "triton")
+    out, last, _ = interface._scan_fwd_op(*args, True, True, "triton", training)
+    return out, last
 
 
 def test_inference_matches_op() -> None:
@@ -49,7 +50,7 @@ def test_gradients_match_op(autocast: bool) -> None:
     assert not last.requires_grad
     grads = torch.autograd.grad(out, list(leaves.values()), dout)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-    want, _ = _op(ref_leaves)
+    want, _ = _op(ref_leaves, training=True)
     want_grads = torch.autograd.grad(want, list(ref_leaves.values()), dout)
     assert torch.equal(out, want)
     for name, g, w in zip(leaves, grads, want_grads):

@@ -150,3 +150,31 @@ def test_training_takes_serial_for_whole_warps_or_not(per_group: int, dtype: tor
     u = torch.empty(1, per_group, length, device="meta")
     A, B = torch.empty(per_group, 16, device="meta"), torch.empty(1, 1, 16, length, device="meta")
     assert (triton_fwd.backward_states(u, A, B) is not None) == (per_group >= 32)
+
+
+def test_op_path_keeps_states_for_training_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch.library op (what torch.compile records) keeps the states in training
+    calls only, its fake agrees on their shape, and its backward uses them."""
+    from medmamba_kernels.selective_scan import interface
+
+    for module in (triton_fwd, triton_bwd):
+        monkeypatch.setattr(module, "serial_applies", lambda *args, **kwargs: True)
+    case = _all(ScanCase(1, 3, 200, 4))
+    inputs = case.inputs(DEVICE)
+    x = _four_d(inputs)
+    args = [x[k] for k in GRAD_NAMES]
+    _, _, none = interface._scan_fwd_op(*args, True, False, "triton", False)
+    assert none.numel() == 0
+    out, _, states = interface._scan_fwd_op(*args, True, False, "triton", True)
+    assert states.shape == (1, 3, 4, 4) and torch.isfinite(states).all()
+    meta = [None if a is None else a.to("meta") for a in args]
+    with torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True):
+        fake = interface._scan_fwd_op(*meta, True, False, "triton", True)
+    assert fake[2].shape == states.shape
+    want = run_with_grads(selective_scan_reference, inputs,
+                          {"delta_softplus": True, "reverse": False}, dout_seed=6)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    grads = interface._scan_bwd_op(dout, *args, True, False, "triton", states)
+    named = {name: g.reshape(inputs[name].shape) for name, g in zip(GRAD_NAMES, grads)}
+    for name, w in want[2].items():
+        assert relative_error(named[name], w) <= TOLERANCE[case.dtype], name
