@@ -23,8 +23,12 @@ last_state (batch, dim, N) float32 (h at t = L-1, or t = 0 when reverse); the ba
 returns one gradient per input with that input's shape and dtype (None for absent
 optional inputs); returned tensors should be contiguous (the op makes them so, at the
 cost of a copy, because its fake kernels promise contiguous outputs); the backward
-recomputes from the inputs (the forward saves nothing big) and gets no gradient for
-last_state. Host functions never modify their inputs.
+recomputes from the inputs and gets no gradient for last_state. One exception to
+"recomputes": training calls ask the Triton forward to keep the states at the backward's
+64-position chunk boundaries (`keep_states=True`: it then returns them as a third value,
+or None) where its "serial" variant produces them anyway, 4 N bytes a channel every 64
+positions (half of a bf16 u at N = 16), held until the backward, which then skips its
+forward aggregate pass. Host functions never modify their inputs.
 
 Eager calls on the Triton backend skip the op's Python dispatch (tens of microseconds, more
 than the GPU time of short rows): `_EagerTritonScan` runs the same host functions under

@@ -237,7 +237,8 @@ def selective_scan_bwd_triton(
     boundaries are found, "serial" (triton_fwd_serial's aggregate kernel, one channel a
     thread), "tile" (triton_chunks' (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
     `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
-    leaving each chunk; where given, "serial" boundaries compute only the adjoint's.
+    leaving each chunk; where given, "serial" boundaries compute only the adjoint's
+    ("auto" then takes "serial"; an explicit "tile" ignores them).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -254,9 +255,12 @@ def selective_scan_bwd_triton(
                                                                      u.dtype)
     if multi and boundary == "serial":
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
-        if states is not None and tuple(states.shape) != (batch, dim, plan.n_chunks, n_state):
-            raise ValueError(f"states: expected ({batch}, {dim}, {plan.n_chunks}, {n_state}) "
-                             f"for chunks of {plan.chunk}, got {tuple(states.shape)}")
+        want = (batch, dim, plan.n_chunks, n_state)
+        if states is not None and (tuple(states.shape) != want or states.dtype != f32
+                                   or not states.is_contiguous() or states.device != dev):
+            raise ValueError(f"states: expected a contiguous float32 {want} tensor on {dev} "
+                             f"for chunks of {plan.chunk}, got {tuple(states.shape)} "
+                             f"{states.dtype} on {states.device}")
         H, Q = serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias,
                                       delta_softplus, reverse, splan, H=states)
     elif multi:

@@ -83,10 +83,10 @@ def _result(out: torch.Tensor, last_state: torch.Tensor, keep_states: bool,
 
 
 def backward_states(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor | None:
-    """Where the backward's default plan finds its chunk boundary states with the "serial"
-    aggregates (triton_bwd.auto_boundary), an fp32 (batch, dim, chunks, N) tensor for the
-    "serial" forward to fill with them; None where it does not (one chunk, or the tile
-    boundary kernels)."""
+    """Where a training call runs the "serial" forward (`serial_applies(training=True)`)
+    and the backward's default plan has several chunks, an fp32 (batch, dim, chunks, N)
+    tensor for the forward to fill with the states leaving them (the backward then takes
+    "serial" boundaries); None elsewhere."""
     batch, dim, length = u.shape
     n_chunks = -(-length // BACKWARD_CHUNK)
     if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(length, dim // B.shape[1],
@@ -238,7 +238,8 @@ def selective_scan_fwd_triton(
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
     if variant == "serial":
-        states = backward_states(u, A, B) if keep_states else None
+        keep = keep_states and (ti is None or ti <= BACKWARD_CHUNK)
+        states = backward_states(u, A, B) if keep else None
         serial_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, out,
                        last_state, chunk=chunk, num_warps=num_warps, ti=ti,
                        block_d=channel_block, maxnreg=maxnreg, sub_states=states,

@@ -111,7 +111,8 @@ def test_backward_refuses_states_of_another_plan() -> None:
     case = ScanCase(1, 2, 200, 4)
     x = _four_d(case.inputs(DEVICE))
     wrong = torch.zeros(1, 2, 3, 4, device=DEVICE)  # 200 positions are 4 chunks of 64
-    with pytest.raises(ValueError, match=r"^states: expected \(1, 2, 4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"^states: expected a contiguous float32 \(1, 2, 4, 4\)"):
         selective_scan_bwd_triton(torch.ones_like(x["u"]), **x, delta_softplus=False,
                                   reverse=False, boundary="serial", states=wrong)
 
