@@ -58,7 +58,7 @@ def serial_applies(length: int, per_group: int, dtype: torch.dtype,
     In fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred"
     in the forward alone; `training` (the forward keeps the backward's boundary states,
     which only this variant produces) takes it there too (session 19: row 6 fp32
-    fwd+bwd 12.19 -> 11.56 ms, scripts/results/kernel_h200_2026-12-01_s19).
+    fwd+bwd 12.19 -> 11.56 ms, call 6 of scripts/results/kernel_h200_2026-12-01_s19).
     """
     if length < SERIAL_MIN_LENGTH or per_group < 32:
         return False
