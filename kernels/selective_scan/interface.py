@@ -354,18 +354,17 @@ def selective_scan(
             # checks again when it runs.
             _require_triton(u.device)
         inputs = (u, delta, A, B, C, D, z, delta_bias)
+        training = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                                   for x in inputs)
         if (chosen is Backend.TRITON and type(u) is torch.Tensor
                 and not torch.compiler.is_compiling()):
-            if torch.is_grad_enabled() and any(x is not None and x.requires_grad
-                                               for x in inputs):
+            if training:
                 out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse)
             else:  # inference: no graph to record
                 fwd, _ = _triton_host_functions()
                 out, last_state = _without_autocast(fwd, u.device.type, *inputs,
                                                     delta_softplus, reverse)
         else:
-            training = torch.is_grad_enabled() and any(x is not None and x.requires_grad
-                                                       for x in inputs)
             out, last_state, _ = _scan_fwd_op(
                 u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value,
                 training,

@@ -36,7 +36,8 @@ from .triton_common import (
     plan_launch,
 )
 from .triton_chunks import chunk_boundary_states
-from .triton_fwd_serial import serial_applies, serial_boundary_states, serial_plan
+from .serial_planning import serial_applies, serial_plan
+from .triton_fwd_serial import serial_boundary_states
 
 
 @triton.jit
@@ -200,7 +201,7 @@ BOUNDARIES = ("auto", "serial", "tile")
 
 
 def auto_boundary(length: int, per_group: int, dtype: torch.dtype) -> str:
-    """"serial" by the forward's rule (triton_fwd_serial.serial_applies), else "tile".
+    """"serial" by the forward's rule (serial_planning.serial_applies), else "tile".
     Measured with bench_selective_scan.py --bwd-variants (session 16): row 1 3.55 -> 3.05
     ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40 bf16; L = 4096 and
     512 not faster."""

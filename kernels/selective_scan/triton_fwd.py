@@ -19,7 +19,7 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
   registers, positions walked in order (no shuffles); the same three passes.
 
 "auto" (the default, `auto_variant`) takes "serial" where
-triton_fwd_serial.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions, at
+serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions, at
 least 32 channels a group (in fp32 only whole warps of them); otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
 chunk (L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
 (`rows_offsets_fit`), "chunked" otherwise. Measured on an H200 with
@@ -69,7 +69,8 @@ from .triton_common import (
 from .triton_chunks import chunk_boundary_states
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offsets_fit
-from .triton_fwd_serial import serial_applies, serial_forward
+from .serial_planning import serial_applies
+from .triton_fwd_serial import serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
 # The backward's chunk where it has several (triton_common.plan_launch, backward=True):
@@ -202,7 +203,7 @@ def selective_scan_fwd_triton(
     `num_warps` override the launch plan (tests use small ones); defaults suit the GPU.
     A sequence of one chunk needs no carries: one launch does everything. `variant`:
     "chunked", "deferred", "reload", "rows", "serial" or "auto" (`auto_variant`: by dtype,
-    length and channels a group). "serial" plans its own chunks (triton_fwd_serial's
+    length and channels a group). "serial" plans its own chunks (serial_planning's
     `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
     program), not `carry_block`. `ti`: positions per load of "serial" (default 16 bytes'
     worth); `maxnreg`: its output kernel's register cap (None: the compiler's choice).

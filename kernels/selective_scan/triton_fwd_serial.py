@@ -22,8 +22,6 @@ A sequence of one chunk is one launch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -36,34 +34,8 @@ from .triton_common import (
     _previous_chunk,
     _softplus,
 )
+from .serial_planning import SerialPlan, serial_plan
 from .triton_chunks import carry_chunks
-
-# "auto" takes this variant from this many positions on (session 16: faster on the bench
-# rows of L >= 16384 but fp32 with 48 channels; L = 4096 slower, too few programs for its
-# three launches)
-SERIAL_MIN_LENGTH = 16384
-# Programs wanted per launch (one warp each; ~16 resident per SM at ~128 registers).
-_TARGET_PROGRAMS = 4096
-# Longer chunks leave fewer programs: chunks of 256 against the 1024 the target asks for on
-# bench row 6 (1, 48, 2097152): 2.94 against 3.18 ms fp32, 2.15 against 2.25 bf16 (s16)
-_MIN_CHUNK, _MAX_CHUNK = 64, 256
-
-
-def serial_applies(length: int, per_group: int, dtype: torch.dtype,
-                   training: bool = False) -> bool:
-    """Whether "auto" takes this variant (forward) or its boundary states (backward).
-
-    per_group: channels sharing B/C, one a thread of a 32-wide warp. Fewer than 32 leave
-    threads idle (untimed: multi-head scans with small heads stay on the tile kernels).
-    In fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred"
-    in the forward alone; `training` (the forward keeps the backward's boundary states,
-    which only this variant produces) takes it there too (session 19: row 6 fp32
-    fwd+bwd 12.19 -> 11.56 ms, call 6 of scripts/results/kernel_h200_2026-12-01_s19).
-    """
-    if length < SERIAL_MIN_LENGTH or per_group < 32:
-        return False
-    return training or dtype != torch.float32 or per_group % 32 == 0
-
 
 @triton.jit
 def _pick(x, sel):
@@ -264,52 +236,6 @@ def _serial_kernel(
 _serial_kernel_launcher = CachedLaunch(_serial_kernel)
 
 
-@dataclass(frozen=True)
-class SerialPlan:
-    """How `_serial_kernel` splits a (batch, dim, L) scan (see `serial_plan`)."""
-
-    chunk: int
-    n_chunks: int
-    block_d: int  # channels a program, one per thread (a power of two)
-    n_dblk: int  # channel blocks per group
-    num_warps: int
-    ti: int  # positions a load
-
-    @property
-    def carry_block(self) -> int:
-        """Chunks a step of `carry_chunks`."""
-        return min(512, max(16, _next_pow2(self.n_chunks)))
-
-
-def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
-                chunk: int | None = None, num_warps: int | None = None,
-                ti: int | None = None,
-                block_d: int | None = None) -> SerialPlan:
-    """Chunks long enough to leave about _TARGET_PROGRAMS programs; TI positions = 16
-    bytes of the input dtype (fewer if a given chunk is shorter); block_d channels a
-    program (default: one a thread)."""
-    if ti is None:
-        ti = max(1, 16 // dtype.itemsize)
-        if chunk is not None:  # the largest power of two dividing the chunk, at most 16 B
-            ti = min(ti, chunk & -chunk)
-    _check_power_of_two("ti", ti)
-    if num_warps is None:
-        num_warps = 1
-    per_group = dim // groups
-    if block_d is None:
-        block_d = 32 * num_warps
-    block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
-    rows = batch * groups * -(-per_group // block_d)
-    if chunk is None:
-        want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
-        chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
-        chunk = min(chunk, max(ti, _next_pow2(length)))
-    if chunk % ti:
-        raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
-    n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
-
-
 def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
             z: torch.Tensor | None, A: torch.Tensor, drive_proj: torch.Tensor,
             C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
@@ -392,12 +318,24 @@ def serial_boundary_states(
     n_state, nc = A.shape[1], plan.n_chunks
     f32 = torch.float32
     S = torch.empty(batch, dim, nc, device=delta.device, dtype=f32)
-    if H is not None and dout is not None:
+    kept = H is not None
+    if not kept:
+        H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
+        # z gates the output only: the forward aggregate compiles without it
+        _launch(plan, u, delta, None, A, B, C, None, delta_bias, H, S, H, delta_softplus,
+                reverse, aggregate=True)
+    Q = None
+    if dout is not None:
+        # the adjoint flows against scan order, driven by C dy: dout in u's place, C in B's;
+        # it writes the sums of dt where no forward aggregate did
         Q = torch.empty_like(H)
         _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
-                not reverse, aggregate=True, adjoint=True, store_sums=True)
+                not reverse, aggregate=True, adjoint=True, store_sums=kept)
+    if not kept:
+        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
+    elif Q is not None:
         carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
-        return H, Q
+    return H, Q
     H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
     # z gates the output only: the forward aggregate compiles without it
     _launch(plan, u, delta, None, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
