@@ -203,7 +203,11 @@ def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel
 # (label, serial_plan keywords): channels a thread (block_d over num_warps warps) and
 # positions a load (ti). Session 19 (scripts/results/kernel_h200_2026-12-01_s19): two
 # channels a thread (B/C loads shared by both) lost on every row, as did B/C read as tiles
-# of TI positions and a read-ahead of the next block's dt/u/z (both since removed)
+# of TI positions and a read-ahead of the next block's dt/u/z (both since removed).
+# Session 20 (kernel_h200_2026-12-01_s20): each state's B/C over a block as one 16-byte
+# load (a block's steps one state at a time) 1.5x slower; a read-ahead of the next block
+# again (0.5-1.4% faster, and it faulted again, on the adjoint of (8, 128, 16384) fp32);
+# z read with dt and u at a block's start instead of at its end: no change
 SERIAL_CONFIGS = (("default", {}), ("2ch", {"block_d": 64}), ("2ch ti2", {"block_d": 64, "ti": 2}),
                   ("2ch w2", {"block_d": 128, "num_warps": 2}))
 

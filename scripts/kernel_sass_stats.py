@@ -56,7 +56,7 @@ def _import_kernels():
             triton_fwd_serial)
 
 
-def compile_sm90(fn, args: dict, num_warps: int):
+def compile_sm90(fn, args: dict, num_warps: int, maxnreg: int | None = None):
     """triton.compile for sm_90 with the signature Triton's launcher would derive."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -76,7 +76,8 @@ def compile_sm90(fn, args: dict, num_warps: int):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps,
+                                   **({} if maxnreg is None else {"maxnreg": maxnreg})})
 
 
 def _tool(name: str, cubin: bytes, *flags: str) -> str:
@@ -112,7 +113,8 @@ def _row1_args(chunk: int, backward: bool) -> dict:
                 s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
                 s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
                 s_Cl=1, tile_pin=0, part_stride=D * 18, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
-                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True)
+                HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True,
+                PREFETCH=False)
 
 
 def configs(chunk: int):
@@ -138,7 +140,7 @@ def configs(chunk: int):
 def serial_configs(dtype: torch.dtype):
     """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp)."""
     L, D = 262144, 64
-    base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
+    base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2, n_sub=L // 64,
                 per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
                 s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
                 s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
@@ -162,6 +164,7 @@ def backward_configs(chunk: int):
     for reverse in (False, True):
         label = f"bwd{' reverse' if reverse else ''}"
         yield label, ("triton_bwd", "_bwd_kernel"), {**base, "REVERSE": reverse}, 1
+    yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True}, 1
 
 
 def main() -> int:
@@ -170,10 +173,12 @@ def main() -> int:
     p.add_argument("--bwd-chunk", type=int, default=64, help="backward chunk")
     p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
     p.add_argument("--only", default="", help="kernels whose label starts with this")
+    p.add_argument("--maxnreg", type=int, default=None, help="cap registers a thread")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     modules = dict(zip(("triton_chunks", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
-                        "triton_fwd_rows", "triton_fwd_serial"), _import_kernels()))
+                        "triton_fwd_rows", "triton_fwd_serial"),
+                       _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))
     for dtype in (torch.float32, torch.bfloat16):
@@ -191,7 +196,7 @@ def main() -> int:
                     full[param.name] = values[param.name]
                 else:  # a constexpr with a default the config leaves alone
                     full[param.name] = param.default
-            kernel = compile_sm90(fn, full, warps)
+            kernel = compile_sm90(fn, full, warps, args.maxnreg)
             s, sass = stats(kernel)
             print(f"{label:<28}{str(dtype)[6:]:<6}{s['REG']:>5}{s['STACK']:>6}{s['total']:>7}"
                   + "".join(f"{s[k]:>6}" for k in KEYS), flush=True)

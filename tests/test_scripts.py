@@ -14,7 +14,7 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
-            "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead"]
+            "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table"]
 
 
 @pytest.mark.slow
@@ -24,3 +24,28 @@ def test_gpu_script_imports_and_shows_its_usage(script: str) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
+
+
+def test_ncu_source_table_ranks_instructions_and_opcodes(tmp_path: Path) -> None:
+    # the layout of `ncu --page source --csv --print-source sass`: a kernel-name line,
+    # then one row per SASS instruction
+    rows = [
+        '"Kernel Name","_k",',
+        '"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb",'
+        '"stall_long_sb (Not Issued)","stall_wait"',
+        '"0x10","      LDG.E.128 R40, desc[UR28][R30.64]","2","0","0","2"',
+        '"0x20","      FADD R29, R40, R35","90","85","80","5"',
+        '"0x30","  @P1   FADD R3, R2, R1","8","0","0","8"',
+    ]
+    csv_path = tmp_path / "src.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    result = subprocess.run([sys.executable, str(SCRIPTS / "ncu_source_table.py"),
+                             str(csv_path), "--top", "2"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "" and lines[1] == "3 instructions, 100 samples"
+    assert "90.0%" in lines[2] and "FADD R29" in lines[2] and "long_sb=85" in lines[2]
+    assert "(Not Issued)" not in result.stdout and len(lines[2:4]) == 2
+    summary = lines[lines.index("samples by opcode:") + 1:]
+    assert summary[0].split() == ["98.0%", "FADD"] and summary[1].split() == ["2.0%", "LDG"]

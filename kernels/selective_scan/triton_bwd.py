@@ -41,6 +41,33 @@ from .triton_fwd_serial import serial_boundary_states
 
 
 @triton.jit
+def _channel_vectors(d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+                     dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
+                     s_zb, s_zd, s_zl, LOAD_Z: tl.constexpr):
+    """Channel d's raw dt at the chunk's positions and at their successors in scan order,
+    u, dout and z (u in z's place unless LOAD_Z), fp32, 0 where masked."""
+    delta_row = delta_ptr + b * s_db + d * s_dd
+    dt_raw = tl.load(delta_row + offs_l * s_dl, mask=mask_l, other=0.0).to(tl.float32)
+    dt_next = tl.load(delta_row + offs_next * s_dl, mask=mask_next,
+                      other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
+                   other=0.0).to(tl.float32)
+    if LOAD_Z:
+        zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
+    else:
+        zz = u
+    return dt_raw, dt_next, u, dout, zz
+
+
+@triton.jit
+def _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl):
+    return tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _bwd_kernel(
     dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, Q_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -50,6 +77,7 @@ def _bwd_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -97,11 +125,27 @@ def _bwd_kernel(
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
+    # PREFETCH: each channel's vectors load one channel ahead, while the previous one
+    # computes; loaded at the channel's start they stalled the kernel on a DRAM round trip
+    # (ncu source counters, session 20: the four instructions consuming them held 28% of
+    # the stall samples). `selective_scan_bwd_triton` says where it is taken.
+    n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
+        d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+        dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
+        s_zb, s_zd, s_zl, HAS_Z and PREFETCH)
     for d in range(d0, d_end):
-        delta_row = delta_ptr + b * s_db + d * s_dd
-        dt_raw = tl.load(delta_row + offs_l * s_dl, mask=mask_l, other=0.0).to(tl.float32)
-        dt_next = tl.load(delta_row + offs_next * s_dl, mask=mask_next,
-                          other=0.0).to(tl.float32)
+        if PREFETCH:
+            dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
+            # (the last channel reads itself again: every address stays in the tensors)
+            n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
+                tl.minimum(d + 1, d_end - 1), b, offs_l, mask_l, offs_next, mask_next,
+                delta_ptr, u_ptr, dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob,
+                s_od, s_ol, s_zb, s_zd, s_zl, HAS_Z)
+        else:  # z is read where it is used, below
+            dt_raw, dt_next, u, dout, zz = _channel_vectors(
+                d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr, dout_ptr,
+                z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb, s_zd,
+                s_zl, False)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d)
             dt_raw += bias
@@ -113,10 +157,6 @@ def _bwd_kernel(
             dt = dt_raw
         dt = tl.where(mask_l, dt, 0.0)
         dt_next = tl.where(mask_next, dt_next, 0.0)
-        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
-                    other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
-                       other=0.0).to(tl.float32)
         A = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0)
         A2 = A * 1.4426950408889634
         row = b * dim + d
@@ -141,8 +181,8 @@ def _bwd_kernel(
             _, h = tl.associative_scan((decay, drive), axis=1,
                                        combine_fn=_affine_combine, reverse=REVERSE)
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                         other=0.0).to(tl.float32)
+            if not PREFETCH:
+                zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
             sz = tl.sigmoid(zz)
             y = tl.sum(Ct * h, axis=0)
             if HAS_D:
@@ -228,6 +268,7 @@ def selective_scan_bwd_triton(
     maxnreg: int | None = None,
     boundary: str = "auto",
     states: torch.Tensor | None = None,
+    prefetch: bool | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -240,6 +281,10 @@ def selective_scan_bwd_triton(
     `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
     leaving each chunk; where given, "serial" boundaries compute only the adjoint's
     ("auto" then takes "serial"; an explicit "tile" ignores them).
+    `prefetch`: the main kernel loads each channel's vectors one channel ahead; None takes
+    it for 2-byte inputs. On an H200 (session 20), its main kernel's time a fwd+bwd: bf16
+    (2, 64, 262144) 2341 -> 1986 us, (8, 128, 16384) 1178 -> 996; fp32 no faster (2333 ->
+    2379, 1170 -> 1188: its registers spill 56 bytes in offline SASS, none without).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -296,6 +341,7 @@ def selective_scan_bwd_triton(
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
+        PREFETCH=u.dtype.itemsize < 4 if prefetch is None else prefetch,
         num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)

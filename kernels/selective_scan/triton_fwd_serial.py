@@ -336,15 +336,3 @@ def serial_boundary_states(
     elif Q is not None:
         carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
     return H, Q
-    H = torch.empty(batch, dim, nc, n_state, device=delta.device, dtype=f32)
-    # z gates the output only: the forward aggregate compiles without it
-    _launch(plan, u, delta, None, A, B, C, None, delta_bias, H, S, H, delta_softplus, reverse,
-            aggregate=True)
-    Q = None
-    if dout is not None:
-        # the adjoint flows against scan order, driven by C dy: dout in u's place, C in B's
-        Q = torch.empty_like(H)
-        _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
-                not reverse, aggregate=True, adjoint=True)
-    carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
-    return H, Q

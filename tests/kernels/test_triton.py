@@ -285,17 +285,41 @@ def test_backward_register_cap_keeps_gradients(case: ScanCase) -> None:
     # maxnreg=128 (swept by the GPU bench) is half what the kernel takes uncapped at chunk
     # 64, so on a GPU it spills; the interpreter ignores the cap: there this only checks
     # that the host function passes it on
+    _check_backward_options(case, {"chunk": 64}, maxnreg=128)
+
+
+def _check_backward_options(case: ScanCase, plan: dict, **options) -> None:
+    """Forward and backward with `plan` (both host functions) and backward-only
+    `options`, against the reference."""
     inputs = case.inputs(DEVICE)
     want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=9)
     x = _four_d(inputs)
     flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
-    out, last = selective_scan_fwd_triton(**x, **flags, chunk=64)
+    out, last = selective_scan_fwd_triton(**x, **flags, **plan)
     gen = torch.Generator().manual_seed(9)
     dout = torch.randn(out.shape, generator=gen).to(out.dtype).to(DEVICE)
-    grads = selective_scan_bwd_triton(dout, **x, **flags, chunk=64, maxnreg=128)
+    grads = selective_scan_bwd_triton(dout, **x, **flags, **plan, **options)
     named = {name: grad.reshape(inputs[name].shape)
              for name, grad in zip(GRAD_NAMES, grads) if inputs[name] is not None}
     assert_close_all(case, (out, last, named), want)
+
+
+# Programs of two channels, of one (the prefetch re-reads its own channel) and one chunk
+PREFETCH_CASES = [
+    (_all(ScanCase(2, 4, 64, 16, groups=2, reverse=True)), {"chunk": 16}),
+    (_all(ScanCase(2, 2, 343, 4)), {"chunk": 64, "channel_block": 1}),
+    (_all(ScanCase(2, 4, 343, 16, dtype=torch.bfloat16, groups=2)), {"chunk": 64}),
+    (_all(ScanCase(1, 3, 45, 16, reverse=True)), {}),
+]
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize(("case", "plan"), PREFETCH_CASES,
+                         ids=[c.id for c, _ in PREFETCH_CASES])
+def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict,
+                                            prefetch: bool) -> None:
+    # the default takes it by dtype (2-byte inputs only): here both ways for each
+    _check_backward_options(case, plan, prefetch=prefetch)
 
 
 def test_launch_plan_keeps_large_channel_counts_on_one_grid_axis() -> None:
