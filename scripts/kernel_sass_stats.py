@@ -140,8 +140,8 @@ def configs(chunk: int):
 def serial_configs(dtype: torch.dtype):
     """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp)."""
     L, D = 262144, 64
-    base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2, n_sub=L // 64,
-                per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
+    base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
+                n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
                 s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
                 s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
                 N=16, NP=16, BLOCK_D=32, TI=16 // dtype.itemsize, HAS_BIAS=True,

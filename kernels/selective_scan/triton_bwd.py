@@ -129,10 +129,11 @@ def _bwd_kernel(
     # computes; loaded at the channel's start they stalled the kernel on a DRAM round trip
     # (ncu source counters, session 20: the four instructions consuming them held 28% of
     # the stall samples). `selective_scan_bwd_triton` says where it is taken.
-    n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
-        d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
-        dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
-        s_zb, s_zd, s_zl, HAS_Z and PREFETCH)
+    if PREFETCH:
+        n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
+            d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+            dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
+            s_zb, s_zd, s_zl, HAS_Z)
     for d in range(d0, d_end):
         if PREFETCH:
             dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
@@ -284,7 +285,7 @@ def selective_scan_bwd_triton(
     `prefetch`: the main kernel loads each channel's vectors one channel ahead; None takes
     it for 2-byte inputs. On an H200 (session 20), its main kernel's time a fwd+bwd: bf16
     (2, 64, 262144) 2341 -> 1986 us, (8, 128, 16384) 1178 -> 996; fp32 no faster (2333 ->
-    2379, 1170 -> 1188: its registers spill 56 bytes in offline SASS, none without).
+    2379, 1170 -> 1188: its registers spill 80 bytes in offline SASS, none without).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
