@@ -8,6 +8,7 @@
 #   table      scripts/bench_selective_scan.py: the table
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
+#   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" block options side by side)
 #   inference  pytest -m gpu tests/inference
@@ -19,11 +20,13 @@ for section in "$@"; do
   log="$OUT/$section.log"
   case $section in
     tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
-             tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py > "$log" 2>&1 ;;
+             tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
+             tests/kernels/test_triton_common.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
     host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
+    times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \

@@ -174,6 +174,8 @@ def main() -> int:
     p.add_argument("--dump", type=Path, default=None, help="write SASS and TTGIR here")
     p.add_argument("--only", default="", help="kernels whose label starts with this")
     p.add_argument("--maxnreg", type=int, default=None, help="cap registers a thread")
+    p.add_argument("--reverse", action="store_true",
+                   help="the forward kernels scanning from the end (reverse=True)")
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     modules = dict(zip(("triton_chunks", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
@@ -196,6 +198,8 @@ def main() -> int:
                     full[param.name] = values[param.name]
                 else:  # a constexpr with a default the config leaves alone
                     full[param.name] = param.default
+            if args.reverse and "REVERSE" in full and not label.startswith("bwd"):
+                full["REVERSE"] = True
             kernel = compile_sm90(fn, full, warps, args.maxnreg)
             s, sass = stats(kernel)
             print(f"{label:<28}{str(dtype)[6:]:<6}{s['REG']:>5}{s['STACK']:>6}{s['total']:>7}"

@@ -25,13 +25,13 @@ import triton.language as tl
 
 from .launch import CachedLaunch
 from .triton_common import (
-    _affine_combine,
     _channel_range,
     _chunk_tile,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
+    _scan_tile,
     _softplus,
     plan_launch,
 )
@@ -175,12 +175,10 @@ def _bwd_kernel(
         decay = tl.exp2(A2[:, None] * dt[None, :])
         # h at the first position = decay * h0 + drive: the scan then starts from h0
         if MULTI_CHUNK:
-            _, h = tl.associative_scan(
-                (decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0)),
-                axis=1, combine_fn=_affine_combine, reverse=REVERSE)
+            h = _scan_tile(decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0),
+                           NP, CHUNK, REVERSE)
         else:
-            _, h = tl.associative_scan((decay, drive), axis=1,
-                                       combine_fn=_affine_combine, reverse=REVERSE)
+            h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
         if HAS_Z:
             if not PREFETCH:
                 zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
@@ -200,8 +198,7 @@ def _bwd_kernel(
         cdy = Ct * dy[None, :]
         if MULTI_CHUNK:
             cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
-        _, gadj = tl.associative_scan((decay_next, cdy), axis=1,
-                                      combine_fn=_affine_combine, reverse=not REVERSE)
+        gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
 
         dC_acc += h * dy[None, :]
         dB_acc += gadj * x[None, :]

@@ -129,6 +129,56 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _affine_combine_exclusive(fa1, fb1, ea1, eb1, fa2, fb2, ea2, eb2):
+    # Pairs (F, E) of a segment: F all of it, E all of it but its last element in scan
+    # order (identity for one element); E of "1 then 2" is F1 then E2. Associative, so an
+    # inclusive scan of the pairs yields the exclusive scan of F in E.
+    return fa1 * fa2, fb1 * fa2 + fb2, fa1 * ea2, fb1 * ea2 + eb2
+
+
+@triton.jit
+def _quarters(x, NP: tl.constexpr, CHUNK: tl.constexpr):
+    """x (NP, CHUNK) as four (NP, CHUNK // 4) tiles: positions 4j, 4j + 1, 4j + 2, 4j + 3.
+    The four share a thread wherever x's layout holds 4 consecutive positions a thread."""
+    x4 = tl.reshape(x, (NP, CHUNK // 4, 2, 2))
+    even, odd = tl.split(x4)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _scan_tile(a, b, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+    """h_t = a_t h_(t -+ 1) + b_t along axis 1 of (NP, CHUNK) tiles, from h = 0 outside.
+
+    Forward: tl.associative_scan. REVERSE: triton 3.6 lowers tl.associative_scan(reverse=
+    True) through a flip of the whole tile, 544 warp shuffles on an (16, 64) fp32 tile on
+    one warp against 64 forward (3.9: 160). Here each thread first composes its 4
+    consecutive positions in registers, the lanes then scan only those groups' maps
+    (exclusive, `_affine_combine_exclusive`), and each position applies the map of what
+    follows its group: 176 shuffles (3.9: 96), offline SASS for sm_90.
+    """
+    if not REVERSE or CHUNK < 4:
+        _, h = tl.associative_scan((a, b), axis=1, combine_fn=_affine_combine,
+                                   reverse=REVERSE)
+        return h
+    a0, a1, a2, a3 = _quarters(a, NP, CHUNK)
+    b0, b1, b2, b3 = _quarters(b, NP, CHUNK)
+    group_a = a0 * a1 * a2 * a3
+    group_b = ((b3 * a2 + b2) * a1 + b1) * a0 + b0
+    one = tl.full(group_a.shape, 1.0, tl.float32)
+    zero = tl.zeros(group_a.shape, tl.float32)
+    _, _, _, after = tl.associative_scan((group_a, group_b, one, zero), axis=1,
+                                         combine_fn=_affine_combine_exclusive, reverse=True)
+    h3 = a3 * after + b3
+    h2 = a2 * h3 + b2
+    h1 = a1 * h2 + b1
+    h0 = a0 * h1 + b0
+    h = tl.join(tl.join(h0, h2), tl.join(h1, h3))
+    return tl.reshape(h, (NP, CHUNK))
+
+
+@triton.jit
 def _scan_edge_columns(CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     """(first, last) position of a chunk tile in scan order, as (CHUNK,) column masks."""
     col = tl.arange(0, CHUNK)

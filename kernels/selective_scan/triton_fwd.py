@@ -53,7 +53,6 @@ import triton.language as tl
 
 from .launch import CachedLaunch
 from .triton_common import (
-    _affine_combine,
     _channel_range,
     _chunk_tile,
     _load_channel,
@@ -61,6 +60,7 @@ from .triton_common import (
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
+    _scan_tile,
     _MAX_CHUNK,
     _MAX_SINGLE_CHUNK,
     _store_output,
@@ -158,8 +158,7 @@ def _fwd_output_kernel(
                          other=0.0)
             h0 = tl.where(has_prev, h0, 0.0)
             drive += tl.where(first_col[None, :], decay * h0[:, None], 0.0)
-        _, h = tl.associative_scan((decay, drive), axis=1, combine_fn=_affine_combine,
-                                   reverse=REVERSE)
+        h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
         if not MULTI_CHUNK:
             # only the thread holding the far end stores: no cross-lane reduction
             tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,

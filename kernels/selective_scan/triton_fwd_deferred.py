@@ -28,7 +28,6 @@ import triton.language as tl
 from .launch import CachedLaunch
 from .triton_common import (
     LaunchPlan,
-    _affine_combine,
     _channel_range,
     _chunk_tile,
     _load_channel,
@@ -36,6 +35,7 @@ from .triton_common import (
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
+    _scan_tile,
     _store_output,
 )
 from .triton_chunks import carry_chunks
@@ -70,8 +70,8 @@ def _fwd_local_kernel(
         row = b * dim + d
         part = row * n_chunks + c
         tl.store(S_ptr + part, tl.sum(dt, axis=0))
-        _, h = tl.associative_scan((tl.exp2(A2[:, None] * dt[None, :]), Bt * (dt * u)[None, :]),
-                                   axis=1, combine_fn=_affine_combine, reverse=REVERSE)
+        h = _scan_tile(tl.exp2(A2[:, None] * dt[None, :]), Bt * (dt * u)[None, :], NP, CHUNK,
+                       REVERSE)
         # only the thread holding the far end stores: no cross-lane reduction
         tl.store(E_ptr + part * N + offs_n[:, None] + 0 * offs_k[None, :], h,
                  mask=mask_n[:, None] & at_end[None, :])

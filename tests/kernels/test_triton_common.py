@@ -1,0 +1,50 @@
+"""Shared Triton helpers (triton_common.py) against plain loops: the tile scan both ways,
+over chunk lengths that take its in-register path and those that do not."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from medmamba_kernels.selective_scan.triton_common import _scan_tile  # noqa: E402
+from test_triton import _fast_interpreter  # noqa: E402, F401  (fixture)
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+@triton.jit
+def _scan_tile_kernel(a_ptr, b_ptr, h_ptr, NP: tl.constexpr, CHUNK: tl.constexpr,
+                      REVERSE: tl.constexpr):
+    offs = tl.arange(0, NP)[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+    h = _scan_tile(tl.load(a_ptr + offs), tl.load(b_ptr + offs), NP, CHUNK, REVERSE)
+    tl.store(h_ptr + offs, h)
+
+
+def _scan_reference(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
+    h = torch.empty_like(b)
+    state = torch.zeros(b.shape[0], dtype=torch.float64)
+    steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
+    for t in steps:
+        state = a[:, t].double() * state + b[:, t].double()
+        h[:, t] = state.float()
+    return h
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 8, 64, 128])
+@pytest.mark.parametrize("n_rows", [1, 16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_tile_matches_a_loop(chunk: int, n_rows: int, reverse: bool) -> None:
+    gen = torch.Generator().manual_seed(chunk * 10 + n_rows)
+    # decays in (0, 1] with some exact zeros: a zero cuts the recurrence, so a position
+    # must not see anything from beyond it
+    a = torch.rand(n_rows, chunk, generator=gen)
+    a[torch.rand(n_rows, chunk, generator=gen) < 0.1] = 0.0
+    b = torch.randn(n_rows, chunk, generator=gen)
+    h = torch.full_like(b, float("nan"), device=DEVICE)
+    _scan_tile_kernel[(1,)](a.to(DEVICE), b.to(DEVICE), h, n_rows, chunk, reverse)
+    torch.testing.assert_close(h.cpu(), _scan_reference(a, b, reverse), rtol=1e-5, atol=1e-5)
