@@ -192,6 +192,9 @@ def _bwd_kernel(
             dy = dout * zz * sz
         else:
             dy = dout
+        dC_acc += h * dy[None, :]
+        # a_t * h_prev = h_t - drive_t: no shifted forward state needed
+        ha = h - drive
         # adjoint states g_t = dL/dh_t, flowing against scan order
         decay_next = tl.exp2(A2[:, None] * dt_next[None, :])
         # the successor's decay is 1 at the far end (mask_next), so g there = q0 + C dy
@@ -200,11 +203,9 @@ def _bwd_kernel(
             cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
         gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
 
-        dC_acc += h * dy[None, :]
         dB_acc += gadj * x[None, :]
         gB = tl.sum(gadj * Bt, axis=0)
-        # g_t * a_t * h_prev = g_t * (h_t - drive_t): no shifted forward state needed
-        gha = gadj * (h - drive)
+        gha = gadj * ha
         ddt = gB * u + tl.sum(gha * A[:, None], axis=0)
         du = gB * dt
         if HAS_D:

@@ -161,7 +161,14 @@ def _scan_tile(a, b, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexp
     if not REVERSE or CHUNK < 4:
         _, h = tl.associative_scan((a, b), axis=1, combine_fn=_affine_combine,
                                    reverse=REVERSE)
-        return h
+    else:  # (an else, not an early return: the compiler would build this for CHUNK < 4)
+        h = _reverse_scan_by_quarters(a, b, NP, CHUNK)
+    return h
+
+
+@triton.jit
+def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr):
+    """`_scan_tile` with REVERSE, CHUNK >= 4."""
     a0, a1, a2, a3 = _quarters(a, NP, CHUNK)
     b0, b1, b2, b3 = _quarters(b, NP, CHUNK)
     group_a = a0 * a1 * a2 * a3
