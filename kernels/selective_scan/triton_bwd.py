@@ -267,7 +267,7 @@ def selective_scan_bwd_triton(
     maxnreg: int | None = None,
     boundary: str = "auto",
     states: torch.Tensor | None = None,
-    prefetch: bool | None = None,
+    prefetch: bool = True,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -280,10 +280,10 @@ def selective_scan_bwd_triton(
     `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
     leaving each chunk; where given, "serial" boundaries compute only the adjoint's
     ("auto" then takes "serial"; an explicit "tile" ignores them).
-    `prefetch`: the main kernel loads each channel's vectors one channel ahead; None takes
-    it for 2-byte inputs. On an H200 (session 20), its main kernel's time a fwd+bwd: bf16
-    (2, 64, 262144) 2341 -> 1986 us, (8, 128, 16384) 1178 -> 996; fp32 no faster (2333 ->
-    2379, 1170 -> 1188: its registers spill 80 bytes in offline SASS, none without).
+    `prefetch`: the main kernel loads each channel's vectors one channel ahead. On an
+    H200, backward alone (session 21, after the reverse scan by quarters): (2, 64, 262144)
+    fp32 2.90 -> 2.66 ms, (8, 128, 16384) fp32 1.45 -> 1.33, bf16 2.55 -> 2.09 and 1.28 ->
+    1.05. Before that change fp32 was no faster with it (its registers spilled 80 bytes).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -340,7 +340,7 @@ def selective_scan_bwd_triton(
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-        PREFETCH=u.dtype.itemsize < 4 if prefetch is None else prefetch,
+        PREFETCH=prefetch,
         num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)
