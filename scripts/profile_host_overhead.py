@@ -63,10 +63,14 @@ def launcher_cost() -> None:
     raw_ints = host_us(lambda: compiled.run(64, 1, 1, stream, compiled.function,
                                             compiled.packed_metadata, None, None, None,
                                             *ptrs, *ints, *consts.values()))
+    from medmamba_kernels.selective_scan.launch import CachedLaunch
+
+    cached_launch = CachedLaunch(_empty45)
+    cached = host_us(lambda: cached_launch[(64,)](*args, **consts))
     alloc = host_us(lambda: torch.empty(2, 256, 4096, device="cuda"))
     print(f"launch, 5 args {few:.1f} us; 45 args {many:.1f} us; compiled runner {run_only:.1f}"
           f" us; raw run {raw:.1f} us; raw run, pointers as ints {raw_ints:.1f} us; "
-          f"torch.empty {alloc:.1f} us")
+          f"CachedLaunch {cached:.1f} us; torch.empty {alloc:.1f} us")
 
 
 def profile(fn, top: int, calls: int = 100) -> str:

@@ -91,3 +91,46 @@ def test_interpreted_kernels_always_go_through_triton() -> None:
     for _ in range(3):
         launch[(4,)](x, y, 64, 1, BLOCK=16)
     assert [entry[0] for entry in jit.log] == ["triton"] * 3
+
+
+class _CompiledWithLaunchFunction(_Compiled):
+    """A compiled kernel as triton 3.4-3.9 expose it: launch function and packed metadata."""
+
+    packed_metadata = ("packed",)
+
+    def run(self, *args):
+        self._log.append(("run", args))
+
+
+class _Hooks:
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+
+@pytest.mark.parametrize("hook", [False, True])
+def test_runner_on_a_gpu_calls_the_launch_function_unless_a_hook_is_installed(
+        monkeypatch, hook: bool) -> None:
+    from triton import knobs
+
+    from medmamba_kernels.selective_scan import launch as launch_module
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1000 + device,
+                        raising=False)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", _Hooks([print] if hook else []))
+    log: list = []
+    runner = launch_module._runner(_CompiledWithLaunchFunction(log), (8, 2, 1), 3)
+    runner("x", 64, 16)
+    if hook:  # the runner calls Triton's hooks
+        assert log == [("runner", (8, 2, 1), ("x", 64, 16))]
+    else:  # grid, the stream current on device 3, the kernel, its metadata, no hooks
+        assert log == [("run", (8, 2, 1, 1003, "handle", ("packed",), None, None, None, "x",
+                                64, 16))]
+
+
+def test_runner_on_the_cpu_or_without_a_launch_function_is_tritons() -> None:
+    from medmamba_kernels.selective_scan import launch as launch_module
+
+    for compiled, device in ((_CompiledWithLaunchFunction([]), None), (_Compiled([]), 0)):
+        runner = launch_module._runner(compiled, (4, 1, 1), device)
+        runner("x")
+        assert compiled._log == [("runner", (4, 1, 1), ("x",))]
