@@ -9,6 +9,7 @@
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
 #   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
+#   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" block options side by side)
 #   inference  pytest -m gpu tests/inference
@@ -27,6 +28,7 @@ for section in "$@"; do
     bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
     host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
     times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
+    hostprof) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 25 > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
