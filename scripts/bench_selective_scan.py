@@ -90,10 +90,10 @@ def floors(batch, dim, length, dtype, bw):
     return fwd_bytes / bw * 1e3, (fwd_bytes + bwd_bytes) / bw * 1e3
 
 
-def bench_row(shape, dtype, bw, quick, layout="contiguous"):
+def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False):
     from triton.testing import do_bench
 
-    run_fwd, run_fwd_bwd = row_calls(shape, dtype, layout)
+    run_fwd, run_fwd_bwd = row_calls(shape, dtype, layout, reverse)
     rep = 30 if quick else 100
     t_f = do_bench(run_fwd, warmup=10, rep=rep, return_mode="median")
     t_fb = do_bench(run_fwd_bwd, warmup=10, rep=rep, return_mode="median")
@@ -110,6 +110,9 @@ def main() -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     p.add_argument("--layout", choices=["contiguous", "network"], default="contiguous",
                    help="network: z and dout strided as the Mamba layer passes them")
+    p.add_argument("--reverse", action="store_true",
+                   help="time scans from the end (reverse=True; x mamba: against its forward "
+                        "scans, which have no reverse)")
     p.add_argument("--sweep", action="store_true",
                    help="time chunk / num_warps variants on the long rows, fwd and bwd apart")
     p.add_argument("--profile", action="store_true",
@@ -182,13 +185,14 @@ def main() -> int:
         ok &= check(1, 70_000, 3, torch.float32)  # batch * dim > 65,535
         ok &= check_chunking(2, 64, 262144, torch.float32)
     bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); z and dout {args.layout}")
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); z and dout {args.layout}"
+          + ("; reverse=True" if args.reverse else ""))
     header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
               f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
     lines = []
     for dt in dtypes:
         for shape in shapes:
-            r = bench_row(shape, dt, bw, args.quick, args.layout)
+            r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse)
             lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
                          f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
             print(lines[-1], flush=True)

@@ -104,10 +104,12 @@ def host_ms(fn, calls: int = 50, trials: int = 1) -> float:
     return sorted(times)[trials // 2]
 
 
-def row_calls(shape, dtype, layout: str = "contiguous"):
+def row_calls(shape, dtype, layout: str = "contiguous", reverse: bool = False):
     """(run_fwd, run_fwd_bwd): the host functions on one bench row's inputs (z and dout
-    strided as the Mamba layer passes them with layout="network")."""
+    strided as the Mamba layer passes them with layout="network"; scanning from the end
+    with reverse)."""
     x = make_inputs(*shape, dtype)
+    x["reverse"] = reverse
     out, _ = fwd(**x)
     dout = torch.randn_like(out)
     if layout == "network":
