@@ -51,10 +51,10 @@ def compare_fwd_variants(dtypes, shapes):
     # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log, _call8_caps.log). Here "serial"
     # at its default chunks (at most 256 since session 17), at 1024 (row 6's former
     # default) and with 16 channels a program ("d16": 48 = 3 x 16, no idle lanes on row 6)
-    # "chunked" folds its aggregates in the output kernel up to triton_fwd.FOLD_MAX_CHUNKS
-    # chunks (session 21); "carried" runs the carry launch instead
-    variants = (("chunked", {}), ("carried", {"variant": "chunked", "fold": False}),
-                ("rows", {}), ("deferred", {}), ("serial", {}), ("auto", {}))
+    variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
+                ("serial c1024", {"variant": "serial", "chunk": 1024}),
+                ("serial d16", {"variant": "serial", "channel_block": 16}),
+                ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
           + f"{'max err':>11}{'op f+b':>9}{'eager f+b':>11}{'op fwd':>9}{'eager fwd':>11}")

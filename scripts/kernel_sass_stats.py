@@ -124,8 +124,6 @@ def configs(chunk: int):
     yield "chunked: aggregate", ("triton_chunks", "_chunk_aggregate_kernel"), base, warps
     yield "chunked: output", ("triton_fwd", "_fwd_output_kernel"), base, warps
     yield "reload: output", ("triton_fwd", "_fwd_output_kernel"), {**base, "BC_IN_LOOP": True}, warps
-    yield "chunked: output, fold 32", ("triton_fwd", "_fwd_output_kernel"), {
-        **base, "FOLD": True, "NCP": 32, "n_chunks": 32}, warps
     yield "rows: aggregate", ("triton_fwd_rows", "_aggregate_rows_kernel"), base, warps
     yield "rows: output", ("triton_fwd_rows", "_fwd_rows_kernel"), base, warps
     yield "deferred: local", ("triton_fwd_deferred", "_fwd_local_kernel"), base, warps

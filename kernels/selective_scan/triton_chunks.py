@@ -232,33 +232,6 @@ def chunk_boundary_states(
     the forward state leaving chunk c at its last position in scan order, Q[b, d, c] the
     adjoint leaving chunk c at its first position in scan order (it flows backwards).
     """
-    S, H, Q = chunk_aggregates(u, delta, z, dout, A, B, C, delta_bias, delta_softplus,
-                               reverse, plan, forward, adjoint)
-    if forward:
-        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
-    elif adjoint:
-        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
-    return H, Q
-
-
-def chunk_aggregates(
-    u: torch.Tensor | None,
-    delta: torch.Tensor,
-    z: torch.Tensor | None,
-    dout: torch.Tensor | None,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    reverse: bool,
-    plan: LaunchPlan,
-    forward: bool,
-    adjoint: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The aggregate pass alone: (S, H, Q), S (batch, dim, n_chunks) each chunk's sum of
-    dt, H and Q as `chunk_boundary_states` returns them but each chunk's own, from zero
-    (before the carry)."""
     batch, dim, length = delta.shape
     groups, n_state = B.shape[1], A.shape[1]
     nc = plan.n_chunks
@@ -282,7 +255,11 @@ def chunk_aggregates(
         SOFTPLUS=delta_softplus, HAS_Z=z is not None, DO_FWD=forward, DO_BWD=adjoint,
         REVERSE=reverse, num_warps=plan.num_warps,
     )
-    return S, H, Q
+    if forward:
+        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
+    elif adjoint:
+        carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
+    return H, Q
 
 
 # Rows of at least this many carry blocks (of the caller's size: 512 chunks for the

@@ -66,19 +66,13 @@ from .triton_common import (
     _store_output,
     plan_launch,
 )
-from .triton_chunks import chunk_aggregates, chunk_boundary_states
+from .triton_chunks import chunk_boundary_states
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offsets_fit
 from .serial_planning import serial_applies
 from .triton_fwd_serial import serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
-# "chunked" folds the chunk aggregates in its output kernel up to this many chunks (one
-# launch fewer: L = 4096 has 32 forward chunks; each program reads and weighs every
-# chunk's aggregate, so the fold grows with the count); `fold=True` up to FOLD_LIMIT.
-FOLD_MAX_CHUNKS = 32
-FOLD_LIMIT = 1024
-
 # The backward's chunk where it has several (triton_common.plan_launch, backward=True):
 # the granularity of the states a "serial" forward keeps for it
 BACKWARD_CHUNK = _MAX_CHUNK[True]
@@ -117,52 +111,21 @@ def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int,
     return "rows" if n_chunks == 1 else "chunked"
 
 
-@triton.jit
-def _folded_entering_state(S_ptr, E_ptr, A2, row, c, n_chunks, offs_n, mask_n, N,
-                           NCP: tl.constexpr, REVERSE: tl.constexpr):
-    """The state entering chunk c from the chunks before it in scan order, each one's
-    own state from zero E[row, k] (N,) and sum of dt S[row, k]: sum over them of
-    exp(A * sum of S over the chunks between k and c) * E[k]; the exponents are <= 0.
-    All n_chunks (<= NCP) are read at once: one round trip, no carry launch."""
-    kk = tl.arange(0, NCP)
-    mask_k = kk < n_chunks
-    s = tl.load(S_ptr + row * n_chunks + kk, mask=mask_k, other=0.0)
-    incl = tl.cumsum(s, axis=0)  # S summed over chunks 0..k
-    if REVERSE:
-        before = mask_k & (kk > c)
-        # chunks c+1 .. k-1
-        between = incl - s - tl.sum(tl.where(kk <= c, s, 0.0), axis=0)
-    else:
-        before = kk < c
-        # chunks k+1 .. c-1
-        between = tl.sum(tl.where(kk < c, s, 0.0), axis=0) - incl
-    between = tl.maximum(between, 0.0)  # (rounding of the difference)
-    e = tl.load(E_ptr + (row * n_chunks + kk)[:, None] * N + offs_n[None, :],
-                mask=before[:, None] & mask_n[None, :], other=0.0)
-    w = tl.exp2(between[:, None] * A2[None, :])
-    return tl.sum(tl.where(before[:, None], w * e, 0.0), axis=0)
-
-
 @triton.jit(do_not_specialize=["tile_pin"])  # its 0 must stay a run-time value
 def _fwd_output_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, out_ptr,
-    S_ptr, last_ptr,
     dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, tile_pin,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    BC_IN_LOOP: tl.constexpr = False, FOLD: tl.constexpr = False, NCP: tl.constexpr = 1,
+    BC_IN_LOOP: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
     out is contiguous (batch, dim, L). With several chunks, H[b, d, c] is the state
     leaving chunk c; with one chunk, H is the last state (batch, dim, N), written here.
-    FOLD (several chunks, at most NCP): H[b, d, c] is instead chunk c's own state from
-    zero and S[b, d, c] its sum of dt (the aggregate pass without the carry); each
-    program folds the chunks before its own (`_folded_entering_state`) and the chunk last
-    in scan order writes the last state to last_ptr (batch, dim, N).
     BC_IN_LOOP reloads the B and C tiles for every channel (from L1/L2) instead of holding
     them across the loop: fewer registers for more loads. ``tile_pin`` is 0 at run time;
     ``d * tile_pin`` in the address keeps the compiler from hoisting the loads back out.
@@ -178,11 +141,6 @@ def _fwd_output_kernel(
     # backward): the scan's decay products are then not needed after it. Positions past L
     # are identities (dt = 0), so the tile's edge column is right for a partial chunk too.
     first_col, last_col = _scan_edge_columns(CHUNK, REVERSE)
-    # (as a mask: a branch here, or a scalar in the mask, trips Triton's interpreter)
-    if REVERSE:
-        is_last = offs_n * 0 + c == 0
-    else:
-        is_last = offs_n * 0 + c == n_chunks - 1
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     for d in range(d0, d_end):
         dt, u, A2 = _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n,
@@ -196,25 +154,15 @@ def _fwd_output_kernel(
         decay = tl.exp2(A2[:, None] * dt[None, :])
         drive = Bt * (dt * u)[None, :]
         if MULTI_CHUNK:
-            if FOLD:
-                h0 = _folded_entering_state(S_ptr, H_ptr, A2, row, c, n_chunks, offs_n,
-                                            mask_n, N, NCP, REVERSE)
-            else:
-                h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
-                             other=0.0)
-                h0 = tl.where(has_prev, h0, 0.0)
+            h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
+                         other=0.0)
+            h0 = tl.where(has_prev, h0, 0.0)
             drive += tl.where(first_col[None, :], decay * h0[:, None], 0.0)
         h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
         if not MULTI_CHUNK:
             # only the thread holding the far end stores: no cross-lane reduction
             tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,
                      mask=mask_n[:, None] & last_col[None, :])
-        elif FOLD:  # past L, dt = 0 makes positions identities: the edge holds it
-            # (reduced to a vector first: a store of the tile, contiguous along the
-            # states, made the compiler run the whole scan a second time in that layout:
-            # bf16 3648 instructions and 264 bytes of spill against 1912 and none, offline)
-            h_end = tl.sum(tl.where(last_col[None, :], h, 0.0), axis=1)
-            tl.store(last_ptr + row * N + offs_n, h_end, mask=mask_n & is_last)
         if BC_IN_LOOP:
             Ct = _load_state_tile(C_ptr + pin, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
                                   mask_nl)
@@ -246,7 +194,6 @@ def selective_scan_fwd_triton(
     ti: int | None = None,
     maxnreg: int | None = None,
     keep_states: bool = False,
-    fold: bool | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Forward host function (contract: interface.py's docstring).
 
@@ -259,9 +206,6 @@ def selective_scan_fwd_triton(
     `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
     program), not `carry_block`. `ti`: positions per load of "serial" (default 16 bytes'
     worth); `maxnreg`: its output kernel's register cap (None: the compiler's choice).
-    `fold` ("chunked" and "reload" with several chunks): the output kernel folds the
-    chunk aggregates into each chunk's entering state itself, no carry launch; None takes
-    it up to FOLD_MAX_CHUNKS chunks, True at most FOLD_LIMIT.
     Returns (out, last_state fp32 (batch, dim, N)); with `keep_states`, also the states
     leaving every chunk of the backward's plan (`backward_states`) or None where the
     forward does not produce them: passed to the backward, they spare it a pass.
@@ -308,19 +252,9 @@ def selective_scan_fwd_triton(
         return _result(out, last_state, keep_states)
     zz = z if z is not None else u
     dummy = last_state
-    if fold is None:
-        fold = plan.n_chunks <= FOLD_MAX_CHUNKS
-    fold = fold and multi and variant in ("chunked", "reload")
-    if fold and plan.n_chunks > FOLD_LIMIT:
-        raise ValueError(f"fold: at most {FOLD_LIMIT} chunks, got {plan.n_chunks}")
-    S = dummy
     if multi and variant == "rows":
         H = rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus, reverse, plan,
                                  last_state)
-    elif fold:
-        S, H, _ = chunk_aggregates(u, delta, None, None, A, B, C, delta_bias,
-                                   delta_softplus, reverse, plan, forward=True,
-                                   adjoint=False)
     elif multi:
         H, _ = chunk_boundary_states(
             u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
@@ -334,13 +268,13 @@ def selective_scan_fwd_triton(
         return _result(out, last_state, keep_states)
     _fwd_output_kernel_launcher[(plan.programs(batch, groups),)](
         u, delta, zz, A, B, C, D if D is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, H, out, S, last_state,
+        delta_bias if delta_bias is not None else dummy, H, out,
         dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
         batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), 0,
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, BC_IN_LOOP=variant == "reload",
-        FOLD=fold, NCP=_next_pow2(plan.n_chunks) if fold else 1, num_warps=plan.num_warps,
+        num_warps=plan.num_warps,
     )
     return _result(out, last_state, keep_states)
