@@ -142,8 +142,9 @@ BWD_CONFIGS = [
     ("maxnreg 168", dict(maxnreg=168)),
     ("block 64", dict(channel_block=64)),
     ("block 32", dict(channel_block=32)),
-    ("prefetch", dict(prefetch=True)),
     ("no prefetch", dict(prefetch=False)),
+    ("A ahead", dict(ahead=1)),
+    ("vectors ahead", dict(ahead=0)),
 ]
 
 

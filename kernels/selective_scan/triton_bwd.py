@@ -62,6 +62,27 @@ def _channel_vectors(d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_pt
 
 
 @triton.jit
+def _channel_A(d, offs_n, mask_n, A_ptr, N):
+    return tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0)
+
+
+@triton.jit
+def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n, H_ptr, Q_ptr,
+                        N, MULTI_CHUNK: tl.constexpr, A):
+    """Channel d's forward state entering the chunk and adjoint entering it from the far
+    end, as stored (the caller zeroes them at the sequence's ends); A stands in for both
+    with one chunk."""
+    if MULTI_CHUNK:
+        row = b * dim + d
+        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
+        q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n, other=0.0)
+    else:
+        h0 = A  # (unused)
+        q0 = A
+    return h0, q0
+
+
+@triton.jit
 def _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl):
     return tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
                    other=0.0).to(tl.float32)
@@ -77,7 +98,7 @@ def _bwd_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 2,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -134,19 +155,46 @@ def _bwd_kernel(
             d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
             dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
             s_zb, s_zd, s_zl, HAS_Z)
+        if AHEAD >= 1:
+            n_A = _channel_A(d0, offs_n, mask_n, A_ptr, N)
+        if AHEAD >= 2:
+            n_h0, n_q0 = _channel_boundaries(d0, b, dim, n_chunks, c_prev, c_next, offs_n,
+                                             mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK, n_A)
     for d in range(d0, d_end):
         if PREFETCH:
             dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
+            if AHEAD >= 1:
+                A = n_A
+            else:
+                A = _channel_A(d, offs_n, mask_n, A_ptr, N)
+            if AHEAD >= 2:
+                h0 = n_h0
+                q0 = n_q0
+            else:
+                h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n,
+                                             mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK, A)
             # (the last channel reads itself again: every address stays in the tensors)
+            d_ahead = tl.minimum(d + 1, d_end - 1)
             n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
-                tl.minimum(d + 1, d_end - 1), b, offs_l, mask_l, offs_next, mask_next,
-                delta_ptr, u_ptr, dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob,
-                s_od, s_ol, s_zb, s_zd, s_zl, HAS_Z)
+                d_ahead, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+                dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb,
+                s_zd, s_zl, HAS_Z)
+            # AHEAD: A (1) and the boundary states (2) too; session 21's ncu put 5-9% of
+            # the stall samples on A's first use, 5% (fp32) on h0's
+            if AHEAD >= 1:
+                n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
+            if AHEAD >= 2:
+                n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
+                                                 offs_n, mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK,
+                                                 n_A)
         else:  # z is read where it is used, below
             dt_raw, dt_next, u, dout, zz = _channel_vectors(
                 d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr, dout_ptr,
                 z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb, s_zd,
                 s_zl, False)
+            A = _channel_A(d, offs_n, mask_n, A_ptr, N)
+            h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n,
+                                         H_ptr, Q_ptr, N, MULTI_CHUNK, A)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d)
             dt_raw += bias
@@ -158,15 +206,10 @@ def _bwd_kernel(
             dt = dt_raw
         dt = tl.where(mask_l, dt, 0.0)
         dt_next = tl.where(mask_next, dt_next, 0.0)
-        A = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0)
         A2 = A * 1.4426950408889634
         row = b * dim + d
         if MULTI_CHUNK:
-            h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n,
-                         other=0.0)
             h0 = tl.where(has_prev, h0, 0.0)
-            q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n,
-                         other=0.0)
             q0 = tl.where(has_next, q0, 0.0)
 
         # forward states h_t
@@ -268,6 +311,7 @@ def selective_scan_bwd_triton(
     boundary: str = "auto",
     states: torch.Tensor | None = None,
     prefetch: bool = True,
+    ahead: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -284,9 +328,18 @@ def selective_scan_bwd_triton(
     H200, backward alone (session 21, after the reverse scan by quarters): (2, 64, 262144)
     fp32 2.90 -> 2.66 ms, (8, 128, 16384) fp32 1.45 -> 1.33, bf16 2.55 -> 2.09 and 1.28 ->
     1.05. Before that change fp32 was no faster with it (its registers spilled 80 bytes).
+    `ahead` (with prefetch): also read ahead each channel's A (1) and its boundary states
+    (2); None: 2 for fp32, 0 for 2-byte inputs. Backward alone, H200, session 21
+    (bwd_variants_call7_ahead.log), ms for 0 / 1 / 2: (2, 64, 262144) fp32 2.62 / 2.55 /
+    2.47, bf16 2.08 / 2.14 / 2.22; (8, 128, 16384) fp32 1.30 / 1.27 / 1.23, bf16 1.05 /
+    1.08 / 1.13 (bf16 spills 80 / 136 / 176 bytes, fp32 72 / 128 / 96, offline SASS).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
+    if ahead is None:
+        ahead = 2 if u.dtype.itemsize == 4 else 0
+    if ahead not in (0, 1, 2):
+        raise ValueError(f"ahead: expected 0, 1, 2 or None, got {ahead!r}")
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -340,7 +393,7 @@ def selective_scan_bwd_triton(
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-        PREFETCH=prefetch,
+        PREFETCH=prefetch, AHEAD=ahead,
         num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)

@@ -313,13 +313,23 @@ PREFETCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize(("prefetch", "ahead"), [(False, None), (True, 0), (True, 1),
+                                                 (True, 2)])
 @pytest.mark.parametrize(("case", "plan"), PREFETCH_CASES,
                          ids=[c.id for c, _ in PREFETCH_CASES])
-def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict,
-                                            prefetch: bool) -> None:
-    # the default takes it by dtype (2-byte inputs only): here both ways for each
-    _check_backward_options(case, plan, prefetch=prefetch)
+def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict, prefetch: bool,
+                                            ahead: int | None) -> None:
+    # the default reads ahead the channel vectors, and for fp32 A and the boundary states
+    # too (ahead=2): here every setting for each dtype
+    _check_backward_options(case, plan, prefetch=prefetch, ahead=ahead)
+
+
+def test_backward_refuses_unknown_read_ahead() -> None:
+    case = ScanCase(1, 2, 16, 4)
+    x = _four_d(case.inputs(DEVICE))
+    dout = torch.zeros_like(x["u"])
+    with pytest.raises(ValueError, match="^ahead: expected 0, 1, 2 or None, got 3"):
+        selective_scan_bwd_triton(dout, **x, delta_softplus=False, reverse=False, ahead=3)
 
 
 def test_launch_plan_keeps_large_channel_counts_on_one_grid_axis() -> None:
