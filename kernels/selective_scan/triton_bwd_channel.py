@@ -1,0 +1,58 @@
+"""What the backward's main kernel (triton_bwd.py) reads for each channel of its block.
+
+Helpers of `_bwd_kernel`, apart so that the kernel's module stays readable: with
+PREFETCH it calls them one channel ahead of the channel it computes.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _channel_vectors(d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+                     dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
+                     s_zb, s_zd, s_zl, LOAD_Z: tl.constexpr):
+    """Channel d's raw dt at the chunk's positions and at their successors in scan order,
+    u, dout and z (u in z's place unless LOAD_Z), fp32, 0 where masked."""
+    delta_row = delta_ptr + b * s_db + d * s_dd
+    dt_raw = tl.load(delta_row + offs_l * s_dl, mask=mask_l, other=0.0).to(tl.float32)
+    dt_next = tl.load(delta_row + offs_next * s_dl, mask=mask_next,
+                      other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
+                   other=0.0).to(tl.float32)
+    if LOAD_Z:
+        zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
+    else:
+        zz = u
+    return dt_raw, dt_next, u, dout, zz
+
+
+@triton.jit
+def _channel_A(d, offs_n, mask_n, A_ptr, N):
+    return tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0)
+
+
+@triton.jit
+def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n, H_ptr, Q_ptr,
+                        N, MULTI_CHUNK: tl.constexpr, A):
+    """Channel d's forward state entering the chunk and adjoint entering it from the far
+    end, as stored (the caller zeroes them at the sequence's ends); A stands in for both
+    with one chunk."""
+    if MULTI_CHUNK:
+        row = b * dim + d
+        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
+        q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n, other=0.0)
+    else:
+        h0 = A  # (unused)
+        q0 = A
+    return h0, q0
+
+
+@triton.jit
+def _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl):
+    return tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                   other=0.0).to(tl.float32)
