@@ -7,9 +7,9 @@ profile_host_overhead.py, session 17). Rows of short sequences are host-bound (b
 `--host`): a forward of (2, 256, 4096) runs 3 launches in 0.056 ms of GPU time. So the
 first call of a given specialisation goes through Triton (which compiles or finds the
 kernel) and keeps the compiled kernel; later calls with the same key launch it directly:
-through the compiled kernel's launch function with the current stream (7 us for an empty
-kernel of 45 arguments, session 21), not its runner (14 us: it looks the device and
-stream up again and builds launch metadata for Triton's launch hooks, which it calls
+through the compiled kernel's launch function with the current stream (8-10 us for an
+empty kernel of 45 arguments, session 21), not its runner (11-15 us: it looks the device
+and stream up again and builds launch metadata for Triton's launch hooks, which it calls
 even when none is installed). Where a hook is installed (a profiler), the runner again.
 
 The key holds everything Triton specialises on: every non-tensor argument by type and
@@ -79,9 +79,12 @@ class CachedLaunch:
 
 
 def _launch_hooks_installed() -> bool:
-    # triton >= 3.5 keeps hook chains (empty when unused); earlier ones None
-    from triton import knobs
-
+    # triton >= 3.5 keeps hook chains (empty when unused); earlier ones None; without
+    # `knobs` (older still) assume hooks, which keeps Triton's own runner
+    try:
+        from triton import knobs
+    except ImportError:
+        return True
     hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
