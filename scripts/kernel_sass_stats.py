@@ -164,7 +164,7 @@ def backward_configs(chunk: int):
     for reverse in (False, True):
         label = f"bwd{' reverse' if reverse else ''}"
         yield label, ("triton_bwd", "_bwd_kernel"), {**base, "REVERSE": reverse}, 1
-    yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True}, 1
+    yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 2}, 1
     yield "bwd prefetch, A ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 1}, 1
     yield "bwd prefetch, vectors ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 0}, 1
 

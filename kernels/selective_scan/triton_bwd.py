@@ -51,7 +51,7 @@ def _bwd_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 2,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -103,51 +103,48 @@ def _bwd_kernel(
     # computes; loaded at the channel's start they stalled the kernel on a DRAM round trip
     # (ncu source counters, session 20: the four instructions consuming them held 28% of
     # the stall samples). `selective_scan_bwd_triton` says where it is taken.
+    # AHEAD (PREFETCH only): each channel's A (1) and its boundary states (2) too;
+    # session 21's ncu put 5-9% of the stall samples on A's first use, 5% (fp32) on h0's
     if PREFETCH:
         n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
             d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
             dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
             s_zb, s_zd, s_zl, HAS_Z)
-        if AHEAD >= 1:
-            n_A = _channel_A(d0, offs_n, mask_n, A_ptr, N)
-        if AHEAD >= 2:
-            n_h0, n_q0 = _channel_boundaries(d0, b, dim, n_chunks, c_prev, c_next, offs_n,
-                                             mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK, n_A)
+    if AHEAD >= 1:
+        n_A = _channel_A(d0, offs_n, mask_n, A_ptr, N)
+    if AHEAD >= 2:
+        n_h0, n_q0 = _channel_boundaries(d0, b, dim, n_chunks, c_prev, c_next, offs_n,
+                                         mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
     for d in range(d0, d_end):
         if PREFETCH:
             dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
-            if AHEAD >= 1:
-                A = n_A
-            else:
-                A = _channel_A(d, offs_n, mask_n, A_ptr, N)
-            if AHEAD >= 2:
-                h0 = n_h0
-                q0 = n_q0
-            else:
-                h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n,
-                                             mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK, A)
+        else:  # z is read where it is used, below
+            dt_raw, dt_next, u, dout, zz = _channel_vectors(
+                d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr, dout_ptr,
+                z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb, s_zd,
+                s_zl, False)
+        if AHEAD >= 1:
+            A = n_A
+        else:
+            A = _channel_A(d, offs_n, mask_n, A_ptr, N)
+        if AHEAD >= 2:
+            h0 = n_h0
+            q0 = n_q0
+        else:
+            h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n,
+                                         H_ptr, Q_ptr, N, MULTI_CHUNK)
+        if PREFETCH:
             # (the last channel reads itself again: every address stays in the tensors)
             d_ahead = tl.minimum(d + 1, d_end - 1)
             n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
                 d_ahead, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
                 dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb,
                 s_zd, s_zl, HAS_Z)
-            # AHEAD: A (1) and the boundary states (2) too; session 21's ncu put 5-9% of
-            # the stall samples on A's first use, 5% (fp32) on h0's
             if AHEAD >= 1:
                 n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
             if AHEAD >= 2:
                 n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
-                                                 offs_n, mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK,
-                                                 n_A)
-        else:  # z is read where it is used, below
-            dt_raw, dt_next, u, dout, zz = _channel_vectors(
-                d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr, dout_ptr,
-                z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb, s_zd,
-                s_zl, False)
-            A = _channel_A(d, offs_n, mask_n, A_ptr, N)
-            h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n,
-                                         H_ptr, Q_ptr, N, MULTI_CHUNK, A)
+                                                 offs_n, mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d)
             dt_raw += bias
@@ -346,7 +343,7 @@ def selective_scan_bwd_triton(
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-        PREFETCH=prefetch, AHEAD=ahead,
+        PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
         num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)

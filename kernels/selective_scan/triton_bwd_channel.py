@@ -38,17 +38,15 @@ def _channel_A(d, offs_n, mask_n, A_ptr, N):
 
 @triton.jit
 def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n, H_ptr, Q_ptr,
-                        N, MULTI_CHUNK: tl.constexpr, A):
+                        N, MULTI_CHUNK: tl.constexpr):
     """Channel d's forward state entering the chunk and adjoint entering it from the far
-    end, as stored (the caller zeroes them at the sequence's ends); A stands in for both
-    with one chunk."""
+    end, as stored (the caller zeroes them at the sequence's ends); 0 with one chunk."""
+    h0 = 0.0
+    q0 = 0.0
     if MULTI_CHUNK:
         row = b * dim + d
         h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
         q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n, other=0.0)
-    else:
-        h0 = A  # (unused)
-        q0 = A
     return h0, q0
 
 
