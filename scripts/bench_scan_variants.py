@@ -41,19 +41,18 @@ def compare_fwd_variants(dtypes, shapes):
     and the host overhead of the public call: eager path vs the torch.library op (the path
     every call took before). True if every variant matches "chunked" within the dtype's
     tolerance."""
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
     from medmamba_kernels.selective_scan import interface
 
     # (column, host-function keywords). "reload" and "rows" at longer chunks: session 15's
     # log (scripts/results/kernel_h200_2026-11-30_s15/fwd_variants.log); "serial" with
-    # register caps, 2 positions a load, chunks of 128 and 1024: session 16's
-    # (kernel_h200_2026-11-30_s16/fwd_variants_call6.log, _call8_caps.log). Here "serial"
-    # at its default chunks (at most 256 since session 17), at 1024 (row 6's former
-    # default) and with 16 channels a program ("d16": 48 = 3 x 16, no idle lanes on row 6)
+    # register caps, 2 positions a load, chunks of 128 and 1024, 16 channels a program:
+    # sessions 16-17 (kernel_h200_2026-11-30_s16/fwd_variants_call6.log, _call8_caps.log);
+    # "chained" (one launch, chunks joined by look-back; tried and dropped): session 22
+    # (kernel_h200_2026-12-01_s22/fwd_chained_call1.log). Each row's second line: the same
+    # calls replayed from a CUDA graph, i.e. their GPU time without host gaps.
     variants = (("chunked", {}), ("rows", {}), ("deferred", {}), ("serial", {}),
-                ("serial c1024", {"variant": "serial", "chunk": 1024}),
-                ("serial d16", {"variant": "serial", "channel_block": 16}),
                 ("auto", {}))
     ok = True
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{v:>14}" for v, _ in variants)
@@ -62,7 +61,7 @@ def compare_fwd_variants(dtypes, shapes):
         for shape in shapes:
             x = make_inputs(*shape, dt)
             ref_out, ref_last = fwd(**x, variant="chunked")
-            times = []
+            times, graph = [], []
             err = 0.0
             for v, kw in variants:
                 kw = kw or {"variant": v}
@@ -70,6 +69,8 @@ def compare_fwd_variants(dtypes, shapes):
                 err = max(err, rel(out, ref_out), rel(last, ref_last))
                 times.append(do_bench(lambda kw=kw: fwd(**x, **kw), warmup=10, rep=50,
                                       return_mode="median"))
+                graph.append(do_bench_cudagraph(lambda kw=kw: fwd(**x, **kw), rep=50,
+                                                return_mode="median"))
             args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
             leaves = [a.detach().requires_grad_() for a in args]
             dout = torch.randn_like(ref_out)
@@ -95,6 +96,7 @@ def compare_fwd_variants(dtypes, shapes):
                   + "".join(f"{t:>14.3f}" for t in times) + f"{err:>11.1e}"
                   + f"{host[0]:>9.3f}{host[1]:>11.3f}{host[2]:>9.3f}{host[3]:>11.3f}",
                   flush=True)
+            print(f"{'  CUDA graph':<24}" + "".join(f"{t:>14.3f}" for t in graph), flush=True)
             del x, leaves, args, dout
     print("variant checks (max err vs chunked):", "all ok" if ok else "SOME FAILED")
     return ok

@@ -6,6 +6,7 @@ from the kernel so that both read without its Triton code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,7 @@ class SerialPlan:
         return min(512, max(16, _next_pow2(self.n_chunks)))
 
 
+@functools.lru_cache(maxsize=1024)  # host time counts on short rows; few shapes a run
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None,

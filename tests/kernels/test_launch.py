@@ -119,11 +119,11 @@ def test_runner_on_a_gpu_calls_the_launch_function_unless_a_hook_is_installed(
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", _Hooks([print] if hook else []))
     log: list = []
     runner = launch_module._runner(_CompiledWithLaunchFunction(log), (8, 2, 1), 3)
-    runner("x", 64, 16)
-    if hook:  # the runner calls Triton's hooks
+    runner(("x", 64), [4096, 64], [16])  # arguments, the same as addresses, constexprs
+    if hook:  # the runner calls Triton's hooks, which may look at the tensors
         assert log == [("runner", (8, 2, 1), ("x", 64, 16))]
     else:  # grid, the stream current on device 3, the kernel, its metadata, no hooks
-        assert log == [("run", (8, 2, 1, 1003, "handle", ("packed",), None, None, None, "x",
+        assert log == [("run", (8, 2, 1, 1003, "handle", ("packed",), None, None, None, 4096,
                                 64, 16))]
 
 
@@ -132,8 +132,19 @@ def test_runner_on_the_cpu_or_without_a_launch_function_is_tritons() -> None:
 
     for compiled, device in ((_CompiledWithLaunchFunction([]), None), (_Compiled([]), 0)):
         runner = launch_module._runner(compiled, (4, 1, 1), device)
-        runner("x")
+        runner(("x",), [4096], [])
         assert compiled._log == [("runner", (4, 1, 1), ("x",))]
+
+
+def test_tensors_are_keyed_by_dtype_and_alignment_and_launched_as_addresses() -> None:
+    from medmamba_kernels.selective_scan.launch import _key_and_addresses
+
+    x, y = _tensors()
+    key, addresses = _key_and_addresses((x, torch.nn.Parameter(y), 64, True, 0.5))
+    assert addresses == [x.data_ptr(), y.data_ptr(), 64, True, 0.5]
+    assert key == ((torch.float32, True), (torch.float32, True), 64, (bool, True),
+                   (float, 0.5))
+    assert _key_and_addresses((x[1:],))[0] == ((torch.float32, False),)
 
 
 def test_a_triton_without_knobs_counts_as_hooked(monkeypatch) -> None:
