@@ -147,6 +147,8 @@ BWD_CONFIGS = [
     ("no prefetch", dict(prefetch=False)),
     ("A ahead", dict(ahead=1)),
     ("vectors ahead", dict(ahead=0)),
+    ("adj quarters", dict(adjoint="quarters")),
+    ("adj shifted", dict(adjoint="shifted")),
 ]
 
 

@@ -167,6 +167,10 @@ def backward_configs(chunk: int):
     yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 2}, 1
     yield "bwd prefetch, A ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 1}, 1
     yield "bwd prefetch, vectors ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 0}, 1
+    # the adjoint from dt loaded shifted (adjoint="shifted": bf16's default scanning forwards)
+    for ahead in (2, 0):
+        yield f"bwd prefetch {ahead}, shifted", ("triton_bwd", "_bwd_kernel"), {
+            **base, "PREFETCH": True, "AHEAD": ahead, "SHIFTED_DECAY": True}, 1
 
 
 def main() -> int:

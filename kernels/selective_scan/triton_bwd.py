@@ -8,13 +8,9 @@ ddelta_bias, and dB/dC shared by the channels of a group) are written as per-pro
 partial sums in fp32 and reduced with torch: deterministic, no atomics.
 Maths in README.md, "Triton kernels".
 
-The chunk-boundary states enter the two scans through their drives (see `_bwd_kernel`).
-Of three kernels tried this is the one kept. Against the previous one (boundary states
-applied after the scans) it was faster on 11 of the 12 bench rows (6 shapes x fp32/bf16)
-at chunk 64, e.g. (2, 64, 262144): 3.56 vs 4.08 ms fp32, 3.33 vs 3.85 ms bf16; measured on
-an H200, scripts/bench_selective_scan.py --bwd-variants, 2026-11-30; raw log
-scripts/results/kernel_h200_2026-11-30/kernel.log. The third (the against-order scan run
-forwards on reversed inputs) spilled more than this one in offline SASS.
+The chunk-boundary states enter the two scans through their drives (see `_bwd_kernel`):
+faster than applying them after the scans on 11 of the 12 bench rows (H200, 2026-11-30,
+scripts/results/kernel_h200_2026-11-30/kernel.log; README.md, "Backward, also chunked").
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import triton.language as tl
 
 from .launch import CachedLaunch
 from .triton_common import (
+    _adjoint_scan_by_quarters,
     _channel_range,
     _chunk_tile,
     _load_state_tile,
@@ -51,7 +48,7 @@ def _bwd_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -75,6 +72,10 @@ def _bwd_kernel(
     # c_next; inside the chunk the adjoint at t decays by a at t's successor t_next.
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)  # previous against scan order
+    # The adjoint needs the successor's decay at every position. Scanned by quarters
+    # (`_adjoint_scan_by_quarters`) it takes the decays as they are; otherwise (SHIFTED)
+    # from dt loaded shifted by one. `selective_scan_bwd_triton` says which is taken.
+    SHIFTED: tl.constexpr = SHIFTED_DECAY or CHUNK < 4
     if REVERSE:
         offs_next = offs_l - 1
     else:
@@ -109,7 +110,7 @@ def _bwd_kernel(
         n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
             d0, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
             dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
-            s_zb, s_zd, s_zl, HAS_Z)
+            s_zb, s_zd, s_zl, HAS_Z, SHIFTED)
     if AHEAD >= 1:
         n_A = _channel_A(d0, offs_n, mask_n, A_ptr, N)
     if AHEAD >= 2:
@@ -122,7 +123,7 @@ def _bwd_kernel(
             dt_raw, dt_next, u, dout, zz = _channel_vectors(
                 d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr, dout_ptr,
                 z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb, s_zd,
-                s_zl, False)
+                s_zl, False, SHIFTED)
         if AHEAD >= 1:
             A = n_A
         else:
@@ -139,7 +140,7 @@ def _bwd_kernel(
             n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
                 d_ahead, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
                 dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb,
-                s_zd, s_zl, HAS_Z)
+                s_zd, s_zl, HAS_Z, SHIFTED)
             if AHEAD >= 1:
                 n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
             if AHEAD >= 2:
@@ -148,14 +149,17 @@ def _bwd_kernel(
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d)
             dt_raw += bias
-            dt_next += bias
+            if SHIFTED:
+                dt_next += bias
         if SOFTPLUS:
             dt = _softplus(dt_raw)
-            dt_next = _softplus(dt_next)
+            if SHIFTED:
+                dt_next = _softplus(dt_next)
         else:
             dt = dt_raw
         dt = tl.where(mask_l, dt, 0.0)
-        dt_next = tl.where(mask_next, dt_next, 0.0)
+        if SHIFTED:
+            dt_next = tl.where(mask_next, dt_next, 0.0)
         A2 = A * 1.4426950408889634
         row = b * dim + d
         if MULTI_CHUNK:
@@ -189,12 +193,19 @@ def _bwd_kernel(
         # a_t * h_prev = h_t - drive_t: no shifted forward state needed
         ha = h - drive
         # adjoint states g_t = dL/dh_t, flowing against scan order
-        decay_next = tl.exp2(A2[:, None] * dt_next[None, :])
-        # the successor's decay is 1 at the far end (mask_next), so g there = q0 + C dy
+        # nothing follows the far end inside the chunk, so g there = q0 + C dy
         cdy = Ct * dy[None, :]
         if MULTI_CHUNK:
             cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
-        gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
+        if SHIFTED:
+            decay_next = tl.exp2(A2[:, None] * dt_next[None, :])  # 1 at the far end
+            gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
+        else:
+            # the decays again, not kept from the forward scan: kept, they stayed live
+            # across it, and the kernel spilled more and ran 5-11% slower (session 22).
+            # dt + 0.0 is not dt (-0.0): the compiler cannot merge the two exponentials
+            gadj = _adjoint_scan_by_quarters(tl.exp2(A2[:, None] * (dt + 0.0)[None, :]), cdy,
+                                             NP, CHUNK, REVERSE)
 
         dB_acc += gadj * x[None, :]
         gB = tl.sum(gadj * Bt, axis=0)
@@ -230,6 +241,7 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
 BOUNDARIES = ("auto", "serial", "tile")
+ADJOINTS = ("auto", "quarters", "shifted")
 
 
 def auto_boundary(length: int, per_group: int, dtype: torch.dtype) -> str:
@@ -262,6 +274,7 @@ def selective_scan_bwd_triton(
     states: torch.Tensor | None = None,
     prefetch: bool = True,
     ahead: int | None = None,
+    adjoint: str = "auto",
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -283,6 +296,10 @@ def selective_scan_bwd_triton(
     (bwd_variants_call7_ahead.log), ms for 0 / 1 / 2: (2, 64, 262144) fp32 2.62 / 2.55 /
     2.47, bf16 2.08 / 2.14 / 2.22; (8, 128, 16384) fp32 1.30 / 1.27 / 1.23, bf16 1.05 /
     1.08 / 1.13 (bf16 spills 80 / 136 / 176 bytes, fp32 72 / 128 / 96, offline SASS).
+    `adjoint`: where the adjoint scan gets each position's successor decay: "quarters"
+    (`_adjoint_scan_by_quarters`, from the decays themselves), "shifted" (from dt loaded
+    at shifted positions) or "auto": "shifted" for 2-byte inputs scanning forwards, else
+    "quarters" (measured: kernels README.md, "Adjoint by quarters").
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -290,6 +307,10 @@ def selective_scan_bwd_triton(
         ahead = 2 if u.dtype.itemsize == 4 else 0
     if ahead not in (0, 1, 2):
         raise ValueError(f"ahead: expected 0, 1, 2 or None, got {ahead!r}")
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"adjoint: expected one of {ADJOINTS}, got {adjoint!r}")
+    if adjoint == "auto":
+        adjoint = "shifted" if u.dtype.itemsize == 2 and not reverse else "quarters"
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -344,7 +365,7 @@ def selective_scan_bwd_triton(
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-        num_warps=plan.num_warps, **launch_options,
+        SHIFTED_DECAY=adjoint == "shifted", num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)

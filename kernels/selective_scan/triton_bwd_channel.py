@@ -13,13 +13,17 @@ import triton.language as tl
 @triton.jit
 def _channel_vectors(d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
                      dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol,
-                     s_zb, s_zd, s_zl, LOAD_Z: tl.constexpr):
-    """Channel d's raw dt at the chunk's positions and at their successors in scan order,
-    u, dout and z (u in z's place unless LOAD_Z), fp32, 0 where masked."""
+                     s_zb, s_zd, s_zl, LOAD_Z: tl.constexpr, LOAD_NEXT: tl.constexpr):
+    """Channel d's raw dt at the chunk's positions and (LOAD_NEXT) at their successors in
+    scan order (else dt again), u, dout and z (u in z's place unless LOAD_Z), fp32, 0
+    where masked."""
     delta_row = delta_ptr + b * s_db + d * s_dd
     dt_raw = tl.load(delta_row + offs_l * s_dl, mask=mask_l, other=0.0).to(tl.float32)
-    dt_next = tl.load(delta_row + offs_next * s_dl, mask=mask_next,
-                      other=0.0).to(tl.float32)
+    if LOAD_NEXT:
+        dt_next = tl.load(delta_row + offs_next * s_dl, mask=mask_next,
+                          other=0.0).to(tl.float32)
+    else:
+        dt_next = dt_raw
     u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
                 other=0.0).to(tl.float32)
     dout = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,

@@ -186,6 +186,46 @@ def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
+                              REVERSE: tl.constexpr):
+    """The adjoint of the scan with decays d along axis 1 (CHUNK >= 4), from d as it is:
+    g_t = d_s g_s + c_t with s the position after t in the forward scan's order (t + 1,
+    or t - 1 under REVERSE), g = 0 past the end.
+
+    Written with q = d g at a group's far end (the side g comes from), each group of
+    positions 4j..4j+3 maps the q entering it to the q it passes on with its own decays
+    only (e.g. forward: q_j = d0 (c0 + d1 (c1 + d2 (c2 + d3 (c3 + q_(j+1)))))), so the
+    backward needs neither dt at shifted positions nor its softplus and load. The lanes
+    scan the groups' maps as `_reverse_scan_by_quarters` does, against the forward's
+    order.
+    """
+    d0, d1, d2, d3 = _quarters(d, NP, CHUNK)
+    c0, c1, c2, c3 = _quarters(c, NP, CHUNK)
+    group_a = d0 * d1 * d2 * d3
+    if REVERSE:  # g flows from position 0 upwards
+        group_b = (((c0 * d0 + c1) * d1 + c2) * d2 + c3) * d3
+    else:
+        group_b = (((c3 * d3 + c2) * d2 + c1) * d1 + c0) * d0
+    one = tl.full(group_a.shape, 1.0, tl.float32)
+    zero = tl.zeros(group_a.shape, tl.float32)
+    _, _, _, q_in = tl.associative_scan((group_a, group_b, one, zero), axis=1,
+                                        combine_fn=_affine_combine_exclusive,
+                                        reverse=not REVERSE)
+    if REVERSE:
+        g0 = q_in + c0
+        g1 = d0 * g0 + c1
+        g2 = d1 * g1 + c2
+        g3 = d2 * g2 + c3
+    else:
+        g3 = q_in + c3
+        g2 = d3 * g3 + c2
+        g1 = d2 * g2 + c1
+        g0 = d1 * g1 + c0
+    g = tl.join(tl.join(g0, g2), tl.join(g1, g3))
+    return tl.reshape(g, (NP, CHUNK))
+
+
+@triton.jit
 def _scan_edge_columns(CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     """(first, last) position of a chunk tile in scan order, as (CHUNK,) column masks."""
     col = tl.arange(0, CHUNK)

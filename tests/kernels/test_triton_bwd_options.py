@@ -1,6 +1,7 @@
 """The backward host function's options against the reference: how the chunk-boundary
-states are found ("serial", "tile", the "auto" rule), a register cap, and the main
-kernel's read-ahead (`prefetch`, `ahead`); bad values refused. The default path is tested
+states are found ("serial", "tile", the "auto" rule), a register cap, the main kernel's
+read-ahead (`prefetch`, `ahead`) and its adjoint's decays (`adjoint`); bad values
+refused. The default path is tested
 in test_triton.py."""
 
 from __future__ import annotations
@@ -106,6 +107,25 @@ def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict, prefetch
     # the default reads ahead the channel vectors, and for fp32 A and the boundary states
     # too (ahead=2): here every setting for each dtype
     _check_backward_options(case, plan, prefetch=prefetch, ahead=ahead)
+
+
+@pytest.mark.parametrize("adjoint", ["quarters", "shifted"])
+@pytest.mark.parametrize(("case", "plan"), PREFETCH_CASES,
+                         ids=[c.id for c, _ in PREFETCH_CASES])
+def test_backward_adjoint_from_either_decays(case: ScanCase, plan: dict,
+                                             adjoint: str) -> None:
+    # "auto" takes "shifted" for 2-byte inputs scanning forwards, "quarters" elsewhere:
+    # here both for each dtype and direction
+    _check_backward_options(case, plan, adjoint=adjoint)
+
+
+def test_backward_refuses_unknown_adjoint() -> None:
+    case = ScanCase(1, 2, 16, 4)
+    x = _four_d(case.inputs(DEVICE))
+    dout = torch.zeros_like(x["u"])
+    with pytest.raises(ValueError, match="^adjoint: expected one of"):
+        selective_scan_bwd_triton(dout, **x, delta_softplus=False, reverse=False,
+                                  adjoint="tile")
 
 
 def test_backward_refuses_unknown_read_ahead() -> None:
