@@ -149,14 +149,20 @@ BWD_CONFIGS = [
     ("vectors ahead", dict(ahead=0)),
     ("adj quarters", dict(adjoint="quarters")),
     ("adj shifted", dict(adjoint="shifted")),
+    ("adj q ahead1", dict(adjoint="quarters", ahead=1)),
+    ("adj q ahead2", dict(adjoint="quarters", ahead=2)),
+    ("adj q no pf", dict(adjoint="quarters", prefetch=False)),
 ]
 
 
-def compare_bwd_variants(dtypes, shapes):
-    """Backward launch configs side by side (same inputs, same run), bwd only."""
+def compare_bwd_variants(dtypes, shapes, labels=None):
+    """Backward launch configs side by side (same inputs, same run), bwd only: every one
+    in BWD_CONFIGS, or the default and those named in `labels`."""
     from triton.testing import do_bench
 
-    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n, _ in BWD_CONFIGS)
+    configs = [c for i, c in enumerate(BWD_CONFIGS) if i == 0 or labels is None
+               or c[0] in labels]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n, _ in configs)
           + f"{'max err':>10}")
     for dt in dtypes:
         for shape in shapes:
@@ -164,7 +170,7 @@ def compare_bwd_variants(dtypes, shapes):
             out, _ = fwd(**x)
             dout = torch.randn_like(out)
             times, err, ref = [], 0.0, None
-            for _, kw in BWD_CONFIGS:
+            for _, kw in configs:
                 grads = bwd(dout, **x, **kw)
                 if ref is None:
                     ref = grads

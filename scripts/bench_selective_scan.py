@@ -122,6 +122,9 @@ def main() -> int:
     p.add_argument("--fwd-variants", action="store_true",
                    help="time the forward variants (chunked, deferred, auto) side by side, "
                         "and the public call against the torch.library op path (host overhead)")
+    p.add_argument("--bwd-configs", default=None,
+                   help="with --bwd-variants: the labels to time besides the default, "
+                        "comma-separated (bench_scan_variants.BWD_CONFIGS)")
     p.add_argument("--bwd-variants", action="store_true",
                    help="time the backward launch configs (BWD_CONFIGS: chunk/warps/maxnreg/channel block) side "
                         "by side, bwd only")
@@ -163,7 +166,8 @@ def main() -> int:
     if args.fwd_variants:
         return 0 if compare_fwd_variants(dtypes, shapes) else 1
     if args.bwd_variants:
-        compare_bwd_variants(dtypes, shapes)
+        compare_bwd_variants(dtypes, shapes, None if args.bwd_configs is None
+                             else args.bwd_configs.split(","))
         return 0
     if args.host:
         compare_host(dtypes, shapes)
