@@ -19,8 +19,11 @@ options), and the current CUDA device (Triton's caches are per current device, a
 compiled kernel is loaded and launched on the device current when it was first launched;
 like Triton's, the key ignores which device a tensor is on). The launch function gets
 each tensor as its address, read once for key and launch: given a tensor, it calls
-data_ptr() and asks the driver about the pointer again (~2.3 us a launch of 13 tensors on
-the H200 machine, session 21's `profile_host_overhead.py`: 10.4 against 8.1 us).
+data_ptr() and asks the driver about the pointer again (~2.3 us a launch of 11 tensors on
+the H200 machine, session 21's `profile_host_overhead.py`: 10.4 against 8.1 us). So a
+cached launch does not check that the tensors are on the GPU: the callers' inputs are
+checked to share one device (interface.py), and the first call of a key went through
+Triton's checks.
 Triton settings changed at run time (its `knobs`, e.g. debug) are not in the key. Under
 TRITON_INTERPRET=1 nothing is compiled: every call goes through Triton.
 """
