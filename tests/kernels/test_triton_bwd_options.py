@@ -109,9 +109,13 @@ def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict, prefetch
     _check_backward_options(case, plan, prefetch=prefetch, ahead=ahead)
 
 
+# chunks of 2 positions: too short to group by four, "quarters" takes the shifted load
+ADJOINT_CASES = PREFETCH_CASES + [(_all(ScanCase(1, 2, 9, 4, reverse=True)), {"chunk": 2})]
+
+
 @pytest.mark.parametrize("adjoint", ["quarters", "shifted"])
-@pytest.mark.parametrize(("case", "plan"), PREFETCH_CASES,
-                         ids=[c.id for c, _ in PREFETCH_CASES])
+@pytest.mark.parametrize(("case", "plan"), ADJOINT_CASES,
+                         ids=[c.id for c, _ in ADJOINT_CASES])
 def test_backward_adjoint_from_either_decays(case: ScanCase, plan: dict,
                                              adjoint: str) -> None:
     # "auto" takes "shifted" for 2-byte inputs scanning forwards, "quarters" elsewhere:
