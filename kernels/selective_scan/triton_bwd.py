@@ -287,19 +287,13 @@ def selective_scan_bwd_triton(
     `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
     leaving each chunk; where given, "serial" boundaries compute only the adjoint's
     ("auto" then takes "serial"; an explicit "tile" ignores them).
-    `prefetch`: the main kernel loads each channel's vectors one channel ahead. On an
-    H200, backward alone (session 21, after the reverse scan by quarters): (2, 64, 262144)
-    fp32 2.90 -> 2.66 ms, (8, 128, 16384) fp32 1.45 -> 1.33, bf16 2.55 -> 2.09 and 1.28 ->
-    1.05. Before that change fp32 was no faster with it (its registers spilled 80 bytes).
-    `ahead` (with prefetch): also read ahead each channel's A (1) and its boundary states
-    (2); None: 2 for fp32, 0 for 2-byte inputs. Backward alone, H200, session 21
-    (bwd_variants_call7_ahead.log), ms for 0 / 1 / 2: (2, 64, 262144) fp32 2.62 / 2.55 /
-    2.47, bf16 2.08 / 2.14 / 2.22; (8, 128, 16384) fp32 1.30 / 1.27 / 1.23, bf16 1.05 /
-    1.08 / 1.13 (bf16 spills 80 / 136 / 176 bytes, fp32 72 / 128 / 96, offline SASS).
-    `adjoint`: where the adjoint scan gets each position's successor decay: "quarters"
-    (`_adjoint_scan_by_quarters`, from the decays themselves), "shifted" (from dt loaded
-    at shifted positions) or "auto": "shifted" for 2-byte inputs scanning forwards, else
-    "quarters" (measured: kernels README.md, "Adjoint by quarters").
+    `prefetch`: the main kernel loads each channel's vectors one channel ahead; `ahead`
+    (with prefetch): also each channel's A (1) and its boundary states (2), None: 2 for
+    fp32, 0 for 2-byte inputs. `adjoint`: where the adjoint scan gets each position's
+    successor decay: "quarters" (`_adjoint_scan_by_quarters`, from the decays themselves),
+    "shifted" (from dt loaded at shifted positions) or "auto": "shifted" for 2-byte inputs
+    scanning forwards, else "quarters". The defaults as measured: kernels README.md,
+    "Backward: channel vectors read one channel ahead" and "Adjoint by quarters".
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")

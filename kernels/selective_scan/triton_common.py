@@ -167,22 +167,36 @@ def _scan_tile(a, b, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexp
 
 
 @triton.jit
+def _from_quarters(x0, x1, x2, x3, NP: tl.constexpr, CHUNK: tl.constexpr):
+    """The inverse of `_quarters` (register renames where the four share a thread)."""
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (NP, CHUNK))
+
+
+@triton.jit
+def _entering_groups(group_a, group_b, DOWN: tl.constexpr):
+    """The value entering each group of positions from the groups before it in the flow
+    (towards lower positions if DOWN), 0 at the start: the exclusive scan of the groups'
+    affine maps (a, b), as pairs (F, E) (`_affine_combine_exclusive`)."""
+    one = tl.full(group_a.shape, 1.0, tl.float32)
+    zero = tl.zeros(group_a.shape, tl.float32)
+    _, _, _, entering = tl.associative_scan((group_a, group_b, one, zero), axis=1,
+                                            combine_fn=_affine_combine_exclusive,
+                                            reverse=DOWN)
+    return entering
+
+
+@triton.jit
 def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr):
     """`_scan_tile` with REVERSE, CHUNK >= 4."""
     a0, a1, a2, a3 = _quarters(a, NP, CHUNK)
     b0, b1, b2, b3 = _quarters(b, NP, CHUNK)
-    group_a = a0 * a1 * a2 * a3
     group_b = ((b3 * a2 + b2) * a1 + b1) * a0 + b0
-    one = tl.full(group_a.shape, 1.0, tl.float32)
-    zero = tl.zeros(group_a.shape, tl.float32)
-    _, _, _, after = tl.associative_scan((group_a, group_b, one, zero), axis=1,
-                                         combine_fn=_affine_combine_exclusive, reverse=True)
+    after = _entering_groups(a0 * a1 * a2 * a3, group_b, True)
     h3 = a3 * after + b3
     h2 = a2 * h3 + b2
     h1 = a1 * h2 + b1
     h0 = a0 * h1 + b0
-    h = tl.join(tl.join(h0, h2), tl.join(h1, h3))
-    return tl.reshape(h, (NP, CHUNK))
+    return _from_quarters(h0, h1, h2, h3, NP, CHUNK)
 
 
 @triton.jit
@@ -201,16 +215,11 @@ def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
     """
     d0, d1, d2, d3 = _quarters(d, NP, CHUNK)
     c0, c1, c2, c3 = _quarters(c, NP, CHUNK)
-    group_a = d0 * d1 * d2 * d3
     if REVERSE:  # g flows from position 0 upwards
         group_b = (((c0 * d0 + c1) * d1 + c2) * d2 + c3) * d3
     else:
         group_b = (((c3 * d3 + c2) * d2 + c1) * d1 + c0) * d0
-    one = tl.full(group_a.shape, 1.0, tl.float32)
-    zero = tl.zeros(group_a.shape, tl.float32)
-    _, _, _, q_in = tl.associative_scan((group_a, group_b, one, zero), axis=1,
-                                        combine_fn=_affine_combine_exclusive,
-                                        reverse=not REVERSE)
+    q_in = _entering_groups(d0 * d1 * d2 * d3, group_b, not REVERSE)
     if REVERSE:
         g0 = q_in + c0
         g1 = d0 * g0 + c1
@@ -221,8 +230,7 @@ def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
         g2 = d3 * g3 + c2
         g1 = d2 * g2 + c1
         g0 = d1 * g1 + c0
-    g = tl.join(tl.join(g0, g2), tl.join(g1, g3))
-    return tl.reshape(g, (NP, CHUNK))
+    return _from_quarters(g0, g1, g2, g3, NP, CHUNK)
 
 
 @triton.jit
