@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from bench_scan_variants import (compare_bwd_variants, compare_carry, compare_fwd_variants,
+from bench_scan_variants import (BWD_CONFIGS, compare_bwd_variants, compare_carry, compare_fwd_variants,
                                  compare_host, compare_serial_options, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
@@ -124,7 +124,8 @@ def main() -> int:
                         "and the public call against the torch.library op path (host overhead)")
     p.add_argument("--bwd-configs", default=None,
                    help="with --bwd-variants: the labels to time besides the default, "
-                        "comma-separated (bench_scan_variants.BWD_CONFIGS)")
+                        "comma-separated (bench_scan_variants.BWD_CONFIGS); with --profile: "
+                        "the one label whose backward config runs")
     p.add_argument("--bwd-variants", action="store_true",
                    help="time the backward launch configs (BWD_CONFIGS: chunk/warps/maxnreg/channel block) side "
                         "by side, bwd only")
@@ -148,13 +149,15 @@ def main() -> int:
     if args.only is not None:
         shapes = [shapes[args.only - 1]]
         if args.profile:
+            # --bwd-configs LABEL: the backward's config (BWD_CONFIGS) of these runs
+            bwd_kw = dict(BWD_CONFIGS)[args.bwd_configs] if args.bwd_configs else {}
             for dt in dtypes:
                 x = make_inputs(*shapes[0], dt)
                 out, _ = fwd(**x, variant=args.variant)
                 dout = torch.randn_like(out)
                 for _ in range(3):
                     fwd(**x, variant=args.variant)
-                    bwd(dout, **x)
+                    bwd(dout, **x, **bwd_kw)
             torch.cuda.synchronize()
             return 0
     elif args.quick:

@@ -10,6 +10,8 @@
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
 #   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
 #   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
+#   public     ... --public: the same for the public selective_scan (eager autograd)
+#   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" block options side by side)
 #   inference  pytest -m gpu tests/inference
@@ -29,6 +31,8 @@ for section in "$@"; do
     host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
     times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
     hostprof) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 25 > "$log" 2>&1 ;;
+    public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
+    threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \

@@ -2,6 +2,7 @@
 
     python scripts/profile_host_overhead.py            # rows 3 and 4, fp32 and bf16
     python scripts/profile_host_overhead.py --top 30
+    python scripts/profile_host_overhead.py --public    # through the public selective_scan
 
 Prints the host microseconds of one Triton launch (an empty kernel with 5 and with 45
 arguments: the launcher's own cost), then per row and dtype the host time of one forward
@@ -110,11 +111,35 @@ def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
     return "\n".join(lines)
 
 
+def public_calls(shape, dtype):
+    """(run_fwd, run_fwd_bwd) through the public `selective_scan` as a user calls it: an
+    inference call, and a training call (inputs that require grad) with its backward."""
+    from medmamba_kernels.selective_scan.interface import selective_scan
+
+    from scan_bench_common import make_inputs
+
+    x = make_inputs(*shape, dtype)
+    flags = {k: x.pop(k) for k in ("delta_softplus", "reverse")}
+    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+    dout = torch.randn(shape, device="cuda", dtype=dtype)
+
+    def run_fwd():
+        with torch.no_grad():
+            selective_scan(**x, **flags)
+
+    def run_fwd_bwd():
+        selective_scan(**leaves, **flags).backward(dout)
+
+    return run_fwd, run_fwd_bwd
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="3,4", help="bench rows (1-6), comma-separated")
     p.add_argument("--top", type=int, default=18, help="functions a profile (0: none)")
     p.add_argument("--launcher-only", action="store_true")
+    p.add_argument("--public", action="store_true",
+                   help="profile the public selective_scan (eager autograd) instead")
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"triton {triton.__version__}")
@@ -124,7 +149,8 @@ def main() -> int:
     shapes = list(ANCHORS)
     for row in (int(r) for r in args.rows.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
-            run_fwd, run_fwd_bwd = row_calls(shapes[row - 1], dtype)
+            run_fwd, run_fwd_bwd = (public_calls if args.public else row_calls)(
+                shapes[row - 1], dtype)
             print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
                   f"f+b {host_us(run_fwd_bwd):.1f} us")
             print(kernel_times(run_fwd, run_fwd_bwd))
