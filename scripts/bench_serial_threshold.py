@@ -3,12 +3,14 @@ serial_planning.SERIAL_MIN_LENGTH at its default and lowered (GPU machine).
 
     python scripts/bench_serial_threshold.py                  # the default shapes
     python scripts/bench_serial_threshold.py --min 2048 --shapes 2,256,4096 8,128,4096
+    python scripts/bench_serial_threshold.py --base 4096 --min 1000000000   # tiles alone
 
 Per shape and dtype, for the forward alone (an inference call) and forward+backward (the
 host functions as a training call runs them: the forward keeps the backward's states
 where "serial" runs), ms: do_bench's median, the same calls replayed from a CUDA graph
 (GPU time without host gaps) and the host's time to issue one call. Each with the
-default threshold, then with it at --min (the backward's boundary rule follows it too).
+default threshold (or --base), then with it at --min (the backward's boundary rule
+follows it too).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def _outputs(shape, dtype):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--min", type=int, default=2048, help="the lowered threshold")
+    p.add_argument("--min", type=int, default=2048, help="the threshold to compare")
+    p.add_argument("--base", type=int, default=None,
+                   help="the threshold compared against (default: SERIAL_MIN_LENGTH)")
     p.add_argument("--shapes", nargs="*", default=None, help="batch,dim,L ...")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -55,13 +59,14 @@ def main() -> int:
     shapes = ([tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes
               else DEFAULT_SHAPES)
     default = serial_planning.SERIAL_MIN_LENGTH
-    print(f"{torch.cuda.get_device_name()}; threshold {default} against {args.min}; ms")
+    base = default if args.base is None else args.base
+    print(f"{torch.cuda.get_device_name()}; threshold {base} against {args.min}; ms")
     print(f"{'batch, dim, L':<18}{'dtype':<6}{'min L':>7}{'fwd':>8}{'graph':>8}{'host':>8}"
           f"{'f+b':>8}{'graph':>8}{'host':>8}{'max err':>9}")
     for dtype in (torch.float32, torch.bfloat16):
         for shape in shapes:
             reference = None
-            for threshold in (default, args.min):
+            for threshold in (base, args.min):
                 serial_planning.SERIAL_MIN_LENGTH = threshold
                 run_fwd, run_fwd_bwd = row_calls(shape, dtype)
                 cols = _times(run_fwd) + _times(run_fwd_bwd)

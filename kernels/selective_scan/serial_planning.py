@@ -13,10 +13,18 @@ import torch
 
 from .triton_common import _check_power_of_two, _next_pow2
 
-# "auto" takes this variant from this many positions on (session 16: faster on the bench
-# rows of L >= 16384 but fp32 with 48 channels; L = 4096 slower, too few programs for its
-# three launches)
-SERIAL_MIN_LENGTH = 16384
+# "auto" takes this variant from this many positions a sequence and this much work in
+# all (batch * dim * L) on. Session 23 (bench_serial_threshold.py on an H200, GPU time of
+# CUDA-graph replays, forward and forward+backward, fp32 and bf16; scripts/results/
+# kernel_h200_2026-12-01_s23/threshold_*.log): faster on every shape of 2**21 elements or
+# more from L = 2048 on (e.g. (2, 256, 4096) bf16 forward 0.056 -> 0.048 ms, fwd+bwd
+# 0.241 -> 0.193; (2, 512, 2048) fp32 0.068 -> 0.055 and 0.249 -> 0.214; (2, 64, 16384)
+# bf16 0.055 -> 0.048 and 0.255 -> 0.207); slower or level under it (its three passes each
+# walk a chunk of >= 64 positions in turn: (1, 128, 4096) fp32 forward 0.021 -> 0.034,
+# (2, 128, 2048) 0.021 -> 0.034; (1, 64, 16384) level, 0.036 -> 0.039). Session 16 had
+# found L = 4096 slower on (2, 256, 4096) fp32 with the kernels of then.
+SERIAL_MIN_LENGTH = 2048
+SERIAL_MIN_ELEMENTS = 2**21
 # Programs wanted per launch (one warp each; ~16 resident per SM at ~128 registers).
 _TARGET_PROGRAMS = 4096
 # Longer chunks leave fewer programs: chunks of 256 against the 1024 the target asks for on
@@ -24,18 +32,20 @@ _TARGET_PROGRAMS = 4096
 _MIN_CHUNK, _MAX_CHUNK = 64, 256
 
 
-def serial_applies(length: int, per_group: int, dtype: torch.dtype,
+def serial_applies(sequences: int, length: int, per_group: int, dtype: torch.dtype,
                    training: bool = False) -> bool:
     """Whether "auto" takes this variant (forward) or its boundary states (backward).
 
-    per_group: channels sharing B/C, one a thread of a 32-wide warp. Fewer than 32 leave
-    threads idle (untimed: multi-head scans with small heads stay on the tile kernels).
-    In fp32 a count that is not a multiple of 32 (48 on bench row 6) lost to "deferred"
-    in the forward alone; `training` (the forward keeps the backward's boundary states,
-    which only this variant produces) takes it there too (session 19: row 6 fp32
-    fwd+bwd 12.19 -> 11.56 ms, call 6 of scripts/results/kernel_h200_2026-12-01_s19).
+    sequences: batch * dim; per_group: channels sharing B/C, one a thread of a 32-wide
+    warp. Fewer than 32 leave threads idle (untimed: multi-head scans with small heads stay
+    on the tile kernels). In fp32 a count that is not a multiple of 32 (48 on bench row 6)
+    lost to "deferred" in the forward alone; `training` (the forward keeps the backward's
+    boundary states, which only this variant produces) takes it there too (session 19:
+    row 6 fp32 fwd+bwd 12.19 -> 11.56 ms, call 6 of scripts/results/
+    kernel_h200_2026-12-01_s19).
     """
-    if length < SERIAL_MIN_LENGTH or per_group < 32:
+    if (length < SERIAL_MIN_LENGTH or sequences * length < SERIAL_MIN_ELEMENTS
+            or per_group < 32):
         return False
     return training or dtype != torch.float32 or per_group % 32 == 0
 

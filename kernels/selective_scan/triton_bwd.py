@@ -244,12 +244,12 @@ BOUNDARIES = ("auto", "serial", "tile")
 ADJOINTS = ("auto", "quarters", "shifted")
 
 
-def auto_boundary(length: int, per_group: int, dtype: torch.dtype) -> str:
-    """"serial" by the forward's rule (serial_planning.serial_applies), else "tile".
-    Measured with bench_selective_scan.py --bwd-variants (session 16): row 1 3.55 -> 3.05
-    ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40 bf16; L = 4096 and
-    512 not faster."""
-    return "serial" if serial_applies(length, per_group, dtype) else "tile"
+def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
+    """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
+    dim), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
+    row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
+    bf16; the lengths from 2048 on: with the forward's (session 23)."""
+    return "serial" if serial_applies(sequences, length, per_group, dtype) else "tile"
 
 
 def selective_scan_bwd_triton(
@@ -314,8 +314,8 @@ def selective_scan_bwd_triton(
     dev, f32 = u.device, torch.float32
     multi = plan.n_chunks > 1
     if boundary == "auto":  # kept states are the "serial" forward's
-        boundary = "serial" if states is not None else auto_boundary(length, dim // groups,
-                                                                     u.dtype)
+        boundary = ("serial" if states is not None
+                    else auto_boundary(batch * dim, length, dim // groups, u.dtype))
     if multi and boundary == "serial":
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
         want = (batch, dim, plan.n_chunks, n_state)

@@ -19,12 +19,15 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
   registers, positions walked in order (no shuffles); the same three passes.
 
 "auto" (the default, `auto_variant`) takes "serial" where
-serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions, at
-least 32 channels a group (in fp32 only whole warps of them); otherwise "deferred" for fp32 inputs, and for fp16/bf16 "rows" when the sequence is one
-chunk (L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
-(`rows_offsets_fit`), "chunked" otherwise. Measured on an H200 with
-scripts/bench_selective_scan.py --fwd-variants (session 16, raw log
-scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log), ms:
+serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions and
+SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (in fp32 only whole warps of
+them; measured in session 23: serial_planning.py); otherwise "deferred" for fp32 inputs,
+and for fp16/bf16 "rows" when the sequence is one chunk (L <= 512) and B/C's state
+strides keep its 32-bit offsets below 2**31 (`rows_offsets_fit`), "chunked" otherwise.
+Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
+log scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log; (2, 256,
+4096) fp32 "serial" has since come down to 0.055 ms of GPU time against 0.067 for
+"deferred", session 23), ms:
 
     batch, dim, L     dtype  chunked  rows   deferred  serial
     2, 64, 262144     fp32     1.022  1.587   0.992    0.772
@@ -90,21 +93,21 @@ def backward_states(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.
     "serial" boundaries); None elsewhere."""
     batch, dim, length = u.shape
     n_chunks = -(-length // BACKWARD_CHUNK)
-    if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(length, dim // B.shape[1],
-                                                                 u.dtype, training=True):
+    if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(
+            batch * dim, length, dim // B.shape[1], u.dtype, training=True):
         return None
     return torch.empty(batch, dim, n_chunks, A.shape[1], device=u.device,
                        dtype=torch.float32)
 
 
-def auto_variant(dtype: torch.dtype, n_chunks: int, length: int, per_group: int,
-                 training: bool = False) -> str:
+def auto_variant(dtype: torch.dtype, n_chunks: int, sequences: int, length: int,
+                 per_group: int, training: bool = False) -> str:
     """The forward variant "auto" runs (measurements in the module docstring).
 
-    per_group: channels sharing B/C (`serial_applies` says when "serial" pays, `training`:
-    when the backward's boundary states are to be kept).
+    sequences: batch * dim; per_group: channels sharing B/C (`serial_applies` says when
+    "serial" pays, `training`: when the backward's boundary states are to be kept).
     """
-    if serial_applies(length, per_group, dtype, training):
+    if serial_applies(sequences, length, per_group, dtype, training):
         return "serial"
     if dtype == torch.float32:
         return "deferred"
@@ -218,7 +221,8 @@ def selective_scan_fwd_triton(
                        num_warps, n_state)
     asked = variant
     if variant == "auto":
-        variant = auto_variant(u.dtype, plan.n_chunks, length, dim // groups, keep_states)
+        variant = auto_variant(u.dtype, plan.n_chunks, batch * dim, length, dim // groups,
+                               keep_states)
     if variant == "rows" and not rows_offsets_fit(B, C):
         if asked == "auto":
             variant = "chunked"

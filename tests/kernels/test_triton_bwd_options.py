@@ -28,7 +28,8 @@ from test_triton import (  # noqa: E402, F401  (_fast_interpreter: fixture)
 
 
 # The cases of several chunks, whose backward needs boundary states: "auto" takes "tile"
-# below SERIAL_MIN_LENGTH positions, so both ways are run here explicitly.
+# below SERIAL_MIN_LENGTH positions or SERIAL_MIN_ELEMENTS, so both ways are run here
+# explicitly.
 MULTI_CHUNK_CASES = [(c, p) for c, p in CASES if p.get("chunk", 1 << 30) < c.length]
 
 
@@ -49,17 +50,17 @@ def test_backward_refuses_unknown_boundary() -> None:
                                   reverse=False, boundary="fast")
 
 
-@pytest.mark.parametrize(("length", "per_group", "dtype", "expected"), [
-    (16384, 64, torch.float32, "serial"), (2_097_152, 32, torch.float32, "serial"),
-    (16383, 64, torch.float32, "tile"), (2_097_152, 48, torch.float32, "tile"),
-    (2_097_152, 48, torch.bfloat16, "serial"), (4096, 256, torch.bfloat16, "tile"),
-    (262144, 16, torch.bfloat16, "tile"),
+@pytest.mark.parametrize(("sequences", "length", "per_group", "dtype", "expected"), [
+    (128, 16384, 64, torch.float32, "serial"), (32, 2_097_152, 32, torch.float32, "serial"),
+    (128, 2047, 64, torch.float32, "tile"), (48, 2_097_152, 48, torch.float32, "tile"),
+    (48, 2_097_152, 48, torch.bfloat16, "serial"), (512, 4096, 256, torch.bfloat16, "serial"),
+    (128, 4096, 128, torch.bfloat16, "tile"), (128, 262144, 16, torch.bfloat16, "tile"),
 ], ids=str)
-def test_auto_boundary_rule(length: int, per_group: int, dtype: torch.dtype,
+def test_auto_boundary_rule(sequences: int, length: int, per_group: int, dtype: torch.dtype,
                             expected: str) -> None:
     # measured (--bwd-variants, session 16): row 6's 48 channels lose with "serial" in
-    # fp32 only, as the forward does
-    assert triton_bwd.auto_boundary(length, per_group, dtype) == expected
+    # fp32 only, as the forward does; the lengths and sizes as the forward's (session 23)
+    assert triton_bwd.auto_boundary(sequences, length, per_group, dtype) == expected
 
 
 @pytest.mark.parametrize("case", [

@@ -111,31 +111,35 @@ def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=False, reverse=False)
     # fp32: one chunk runs the tile output kernel whether "deferred" or "chunked" is named
     assert bool(rows_calls) == (expected == "rows")
-    assert triton_fwd.auto_variant(dtype, n_chunks=1, length=64, per_group=2) == expected
+    assert triton_fwd.auto_variant(dtype, n_chunks=1, sequences=4, length=64,
+                                   per_group=2) == expected
     assert relative_error(got, want) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize(("dtype", "length", "per_group", "expected"), [
-    (torch.float32, 16384, 64, "serial"), (torch.bfloat16, 262144, 64, "serial"),
-    (torch.float32, 2_097_152, 48, "deferred"), (torch.bfloat16, 2_097_152, 48, "serial"),
-    (torch.float32, 4096, 256, "deferred"), (torch.bfloat16, 4096, 256, "chunked"),
-    (torch.bfloat16, 262144, 16, "chunked"), (torch.float32, 262144, 16, "deferred"),
+@pytest.mark.parametrize(("dtype", "sequences", "length", "per_group", "expected"), [
+    (torch.float32, 128, 16384, 64, "serial"), (torch.bfloat16, 128, 262144, 64, "serial"),
+    (torch.float32, 48, 2_097_152, 48, "deferred"), (torch.bfloat16, 48, 2_097_152, 48, "serial"),
+    (torch.float32, 512, 4096, 256, "serial"), (torch.bfloat16, 512, 4096, 256, "serial"),
+    (torch.bfloat16, 1024, 2048, 512, "serial"), (torch.float32, 1024, 1024, 512, "deferred"),
+    (torch.float32, 256, 4096, 128, "deferred"), (torch.bfloat16, 64, 16384, 64, "chunked"),
+    (torch.bfloat16, 128, 262144, 16, "chunked"), (torch.float32, 128, 262144, 16, "deferred"),
 ], ids=str)
-def test_auto_takes_serial_for_long_sequences(dtype: torch.dtype, length: int,
+def test_auto_takes_serial_for_long_sequences(dtype: torch.dtype, sequences: int, length: int,
                                               per_group: int, expected: str) -> None:
-    # measured (bench_selective_scan.py --fwd-variants, session 16): "serial" faster on
-    # every row of L >= 16384 but fp32 with 48 channels a group; under 32 channels a group
-    # (multi-head scans' small heads) a warp would idle
-    assert triton_fwd.auto_variant(dtype, 8, length, per_group) == expected
+    # measured (bench_serial_threshold.py, session 23): "serial" faster on every shape of
+    # 2**21 elements or more from L = 2048 on, but fp32 with 48 channels a group (session
+    # 16); slower or level under that; under 32 channels a group (multi-head scans' small
+    # heads) a warp would idle
+    assert triton_fwd.auto_variant(dtype, 8, sequences, length, per_group) == expected
 
 
 def test_auto_dispatches_a_long_sequence_to_serial(monkeypatch: pytest.MonkeyPatch) -> None:
     # dispatch only (the serial kernel's results are checked above): a stand-in records
-    # the call instead of interpreting 16,384 steps
+    # the call instead of interpreting 65,536 steps
     calls = []
     monkeypatch.setattr(triton_fwd, "serial_forward",
                         lambda *args, **kwargs: calls.append(kwargs))
-    x = _four_d(ScanCase(1, 32, 16384, 1).inputs(DEVICE))
+    x = _four_d(ScanCase(1, 32, 65536, 1).inputs(DEVICE))
     selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False)
     assert len(calls) == 1 and calls[0]["chunk"] is None
 

@@ -86,8 +86,9 @@ def test_backward_from_kept_states_matches_reference(case: ScanCase, chunk: int)
 
 
 def test_public_function_passes_the_kept_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where "serial" applies (forced here: the rule wants L >= 16384), the autograd path
-    keeps the forward's states and the backward computes only the adjoint's."""
+    """Where "serial" applies (forced here: the rule wants L >= 2048 and 2**21 elements),
+    the autograd path keeps the forward's states and the backward computes only the
+    adjoint's."""
     for module in (triton_fwd, triton_bwd):
         monkeypatch.setattr(module, "serial_applies", lambda *args, **kwargs: True)
     given = []
@@ -131,8 +132,12 @@ def test_kept_states_only_where_the_backward_reads_them() -> None:
     u = torch.empty(2, 64, 16384, device="meta")
     A, B = torch.empty(64, 16, device="meta"), torch.empty(2, 1, 16, 16384, device="meta")
     assert triton_fwd.backward_states(u, A, B).shape == (2, 64, 16384 // SUB, 16)
-    # shorter than the serial rule, one backward chunk, too few channels a group
-    assert triton_fwd.backward_states(u[..., :4096], A, B[..., :4096]) is None
+    # less work than the serial rule wants, shorter, one backward chunk, too few channels a
+    # group
+    assert triton_fwd.backward_states(u[..., :8192], A, B[..., :8192]) is None
+    wide = torch.empty(2, 1024, 1024, device="meta")
+    assert triton_fwd.backward_states(wide, torch.empty(1024, 16, device="meta"),
+                                      torch.empty(2, 1, 16, 1024, device="meta")) is None
     assert triton_fwd.backward_states(u[..., :SUB], A, B[..., :SUB]) is None
     assert triton_fwd.backward_states(u[:, :16], A[:16], B) is None
 
@@ -147,7 +152,7 @@ def test_training_takes_serial_for_whole_warps_or_not(per_group: int, dtype: tor
     # bench row 6 (48 channels, fp32): "deferred" is the faster forward alone, "serial"
     # with its kept states the faster forward + backward
     length = 2_097_152
-    assert triton_fwd.auto_variant(dtype, 8, length, per_group, training) == expected
+    assert triton_fwd.auto_variant(dtype, 8, per_group, length, per_group, training) == expected
     u = torch.empty(1, per_group, length, device="meta")
     A, B = torch.empty(per_group, 16, device="meta"), torch.empty(1, 1, 16, length, device="meta")
     assert (triton_fwd.backward_states(u, A, B) is not None) == (per_group >= 32)
