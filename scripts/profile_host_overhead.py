@@ -133,6 +133,68 @@ def public_calls(shape, dtype):
     return run_fwd, run_fwd_bwd
 
 
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u):
+        return u.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def autograd_costs(shape, dtype, trace: bool = False) -> str:
+    """Host us a call (launches queued, no synchronisation) of a training step's pieces,
+    to tell the autograd engine's cost from ours: the host functions' forward+backward;
+    the same through the autograd Function with the leaves' .grad reset (no accumulation)
+    and kept (accumulated); the public call; and a trivial Function (a clone) with its
+    backward: the engine alone. With trace: torch.profiler's table of the Function's
+    calls (CPU ops and CUDA runtime calls by own time) instead."""
+    from medmamba_kernels.selective_scan import interface
+
+    from scan_bench_common import make_inputs
+
+    x = make_inputs(*shape, dtype)
+    flags = (x.pop("delta_softplus"), x.pop("reverse"))
+    leaves = [v.detach().requires_grad_() for v in x.values()]
+    dout = torch.randn(shape, device="cuda", dtype=dtype)
+    run_host = row_calls(shape, dtype)[1]
+
+    def function(reset: bool):
+        def run():
+            if reset:
+                for leaf in leaves:
+                    leaf.grad = None
+            out, _ = interface._EagerTritonScan.apply(*leaves, *flags)
+            torch.autograd.backward(out, dout)
+        return run
+
+    def public():
+        interface.selective_scan(*leaves, delta_softplus=flags[0], reverse=flags[1]).backward(dout)
+
+    u = leaves[0]
+
+    def engine():
+        _Identity.apply(u).backward(dout)
+
+    if trace:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        run = function(False)
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                run()
+            torch.cuda.synchronize()
+        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    parts = (("host functions", run_host), ("Function, .grad reset", function(True)),
+             ("Function, accumulated", function(False)), ("public", public),
+             ("clone Function", engine))
+    return "  ".join(f"{name} {host_us(fn):.1f}" for name, fn in parts)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="3,4", help="bench rows (1-6), comma-separated")
@@ -140,6 +202,8 @@ def main() -> int:
     p.add_argument("--launcher-only", action="store_true")
     p.add_argument("--public", action="store_true",
                    help="profile the public selective_scan (eager autograd) instead")
+    p.add_argument("--autograd", action="store_true",
+                   help="host us of a training call's pieces (autograd_costs) only")
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"triton {triton.__version__}")
@@ -149,6 +213,12 @@ def main() -> int:
     shapes = list(ANCHORS)
     for row in (int(r) for r in args.rows.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
+            if args.autograd:
+                print(f"row {row} {str(dtype)[6:]}, host us a call: "
+                      + autograd_costs(shapes[row - 1], dtype))
+                if args.top:
+                    print(autograd_costs(shapes[row - 1], dtype, trace=True))
+                continue
             run_fwd, run_fwd_bwd = (public_calls if args.public else row_calls)(
                 shapes[row - 1], dtype)
             print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
