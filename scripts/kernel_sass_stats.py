@@ -112,7 +112,7 @@ def _row1_args(chunk: int, backward: bool) -> dict:
                 per_group=D, channel_block=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L,
                 s_dd=L, s_dl=1, s_zb=D * L, s_zd=L, s_zl=1, s_ob=D * L, s_od=L, s_ol=1,
                 s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1, s_Cb=16 * L, s_Cg=16 * L, s_Cn=L,
-                s_Cl=1, tile_pin=0, part_stride=D * 18, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                s_Cl=1, tile_pin=0, part_stride=D * 18, dC_shift=0, BC_IN_LOOP=False, N=16, NP=16, CHUNK=chunk, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
                 HAS_D=True, REVERSE=False, DO_FWD=True, DO_BWD=backward, MULTI_CHUNK=True,
                 PREFETCH=False)
 

@@ -74,6 +74,23 @@ def launcher_cost() -> None:
           f"CachedLaunch {cached:.1f} us; torch.empty {alloc:.1f} us")
 
 
+def stubbed_us(*fns) -> list[float]:
+    """Host us a call of each fn with every cached launch replaced by a no-op (after a
+    first real call: everything compiled): what the host functions cost besides their
+    launches (Python, allocations, torch ops)."""
+    from medmamba_kernels.selective_scan.launch import CachedLaunch
+
+    for fn in fns:
+        fn()
+    torch.cuda.synchronize()
+    real = CachedLaunch._launch
+    CachedLaunch._launch = lambda self, grid, args, kwargs: None
+    try:
+        return [host_us(fn) for fn in fns]
+    finally:
+        CachedLaunch._launch = real
+
+
 def profile(fn, top: int, calls: int = 100) -> str:
     fn()
     torch.cuda.synchronize()
@@ -222,7 +239,8 @@ def main() -> int:
             run_fwd, run_fwd_bwd = (public_calls if args.public else row_calls)(
                 shapes[row - 1], dtype)
             print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
-                  f"f+b {host_us(run_fwd_bwd):.1f} us")
+                  f"f+b {host_us(run_fwd_bwd):.1f} us; launches stubbed: "
+                  f"{' '.join(f'{t:.1f}' for t in stubbed_us(run_fwd, run_fwd_bwd))} us")
             print(kernel_times(run_fwd, run_fwd_bwd))
             if args.top:
                 print(profile(run_fwd_bwd, args.top))

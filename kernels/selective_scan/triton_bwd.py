@@ -41,8 +41,9 @@ from .triton_fwd_serial import serial_boundary_states
 @triton.jit
 def _bwd_kernel(
     dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, Q_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, part_ptr,
     dim, groups, length, n_chunks, n_cblk, n_bgd, per_group, channel_block, part_stride,
+    dC_shift,
     s_ob, s_od, s_ol, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
@@ -53,10 +54,11 @@ def _bwd_kernel(
     """One chunk of one (batch, group), looping over a block of its channels.
 
     du, ddelta, dz: contiguous (batch, dim, L). dB, dC: partial sums (n_cblk, batch,
-    groups, N, L), in their own dtype. dA, dD, dbias: partial sums, one row of
-    `part_stride` elements per (batch, chunk) holding dA (dim, N) at dA_ptr, dD (dim,) at
-    dD_ptr and dbias (dim,) at dbias_ptr (pointers into the same row), so that one sum
-    over rows reduces all three.
+    groups, N, L), in their own dtype, dC's at dC_ptr + dC_shift (both in one buffer, or
+    dC_shift 0). dA, dD, dbias: partial sums, one row of `part_stride` elements per
+    (batch, chunk) at part_ptr holding dA (dim, N), then dD (dim,) if HAS_D, then dbias
+    (dim,) if HAS_BIAS, so that one sum over rows reduces all three (offsets formed here:
+    the host then needs no views of the row, a few microseconds each).
     The boundary states h0, q0 enter each scan through the drive at the chunk's edge (h =
     decay * h0 + drive at the first position in scan order, g = q0 + C dy at the last)
     rather than through a fix-up `cumulative decay * state + scan` after it, so neither
@@ -220,21 +222,23 @@ def _bwd_kernel(
         tl.store(du_ptr + row * length + offs_l, du.to(du_ptr.dtype.element_ty), mask=mask_l)
         tl.store(ddelta_ptr + row * length + offs_l, ddt.to(ddelta_ptr.dtype.element_ty),
                  mask=mask_l)
-        part = (b * n_chunks + c) * part_stride
+        part = part_ptr + (b * n_chunks + c) * part_stride
         if MULTI_CHUNK:
             dt_dA = dt
         else:
             dt_dA = tl.where(has_prev_state, dt, 0.0)
-        tl.store(dA_ptr + part + d * N + offs_n, tl.sum(gha * dt_dA[None, :], axis=1),
-                 mask=mask_n)
+        tl.store(part + d * N + offs_n, tl.sum(gha * dt_dA[None, :], axis=1), mask=mask_n)
         if HAS_D:
-            tl.store(dD_ptr + part + d, tl.sum(dy * u, axis=0))
+            tl.store(part + dim * N + d, tl.sum(dy * u, axis=0))
         if HAS_BIAS:
-            tl.store(dbias_ptr + part + d, tl.sum(ddt, axis=0))
+            if HAS_D:
+                tl.store(part + dim * (N + 1) + d, tl.sum(ddt, axis=0))
+            else:
+                tl.store(part + dim * N + d, tl.sum(ddt, axis=0))
     acc_off = (((cblk * (n_bgd // n_cblk) + b * groups + g) * N + offs_n[:, None]) * length
                + offs_l[None, :])
     tl.store(dB_ptr + acc_off, dB_acc.to(dB_ptr.dtype.element_ty), mask=mask_nl)
-    tl.store(dC_ptr + acc_off, dC_acc.to(dC_ptr.dtype.element_ty), mask=mask_nl)
+    tl.store(dC_ptr + dC_shift + acc_off, dC_acc.to(dC_ptr.dtype.element_ty), mask=mask_nl)
 
 
 _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
@@ -337,22 +341,18 @@ def selective_scan_bwd_triton(
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part, dC_part, dBC_part = _state_grad_buffers(B, C, ncb, dev)
+    dB_part, dC_part, dC_shift = _state_grad_buffers(B, C, ncb, dev)
     # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
-    n_vec = (D is not None) + (delta_bias is not None)
-    part = torch.empty(batch * nc, dim * (n_state + n_vec), device=dev, dtype=f32)
-    dD_part = part[:, dim * n_state:] if D is not None else None
-    dbias_part = part[:, part.shape[1] - dim:] if delta_bias is not None else None
+    sizes = [dim * n_state] + [dim] * ((D is not None) + (delta_bias is not None))
+    part = torch.empty(batch * nc, sum(sizes), device=dev, dtype=f32)
     dummy = part
     zz = z if z is not None else u
     _bwd_kernel_launcher[(plan.programs(batch, groups),)](
         dout, u, delta, zz, A, B, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, Q,
         du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part,
-        dD_part if dD_part is not None else dummy,
-        dbias_part if dbias_part is not None else dummy,
         dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
-        plan.channel_block, part.shape[1],
+        plan.channel_block, part.shape[1], dC_shift,
         *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
         *B.stride(), *C.stride(),
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
@@ -361,37 +361,36 @@ def selective_scan_bwd_triton(
         PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
         SHIFTED_DECAY=adjoint == "shifted", num_warps=plan.num_warps, **launch_options,
     )
-    dB, dC = _sum_state_grads(dB_part, dC_part, dBC_part, B.dtype, C.dtype)
+    dB, dC = _sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)
-    totals = part.sum(0)
-    dA = totals[:dim * n_state].view(dim, n_state)
-    dD = totals[dim * n_state:dim * (n_state + 1)] if D is not None else None
-    dbias = totals[totals.shape[0] - dim:] if delta_bias is not None else None
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    dA, *vectors = part.sum(0).split(sizes)
+    dD = vectors.pop(0) if D is not None else None
+    dbias = vectors.pop(0) if delta_bias is not None else None
+    return du, ddelta, dA.view(dim, n_state), dB, dC, dD, dz, dbias
 
 
 def _state_grad_buffers(
     B: torch.Tensor, C: torch.Tensor, n_cblk: int, dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(dB_part, dC_part, both): where the kernel writes dB and dC. One channel block: the
-    gradients themselves in their dtype, both None. Several: fp32 partial sums (n_cblk,
-    batch, groups, N, L), views of one allocation `both` that one sum reduces."""
-    shape = tuple(B.shape)
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(dB_part, dC_part, dC_shift): where the kernel writes dB and dC. One channel block:
+    the gradients themselves, in their shapes and dtypes, shift 0. Several: fp32 partial
+    sums (2, n_cblk, batch, groups, N, L) in one buffer given as both, dC's half
+    `dC_shift` elements on, which one sum reduces (no views: microseconds each)."""
     if n_cblk == 1:
-        return (torch.empty(1, *shape, device=dev, dtype=B.dtype),
-                torch.empty(1, *shape, device=dev, dtype=C.dtype), None)
-    both = torch.empty(2, n_cblk, *shape, device=dev, dtype=torch.float32)
-    return both[0], both[1], both
+        return (torch.empty(B.shape, device=dev, dtype=B.dtype),
+                torch.empty(C.shape, device=dev, dtype=C.dtype), 0)
+    both = torch.empty(2, n_cblk, *B.shape, device=dev, dtype=torch.float32)
+    return both, both, n_cblk * B.numel()
 
 
 def _sum_state_grads(
-    dB_part: torch.Tensor, dC_part: torch.Tensor, both: torch.Tensor | None,
+    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int,
     B_dtype: torch.dtype, C_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dB, dC from `_state_grad_buffers`' tensors after the kernel."""
-    if both is None:
-        return dB_part[0], dC_part[0]
+    if not dC_shift:
+        return dB_part, dC_part
+    sums = dB_part.sum(1)
     if B_dtype != C_dtype:
-        return dB_part.sum(0).to(B_dtype), dC_part.sum(0).to(C_dtype)
-    sums = both.sum(1).to(B_dtype)
-    return sums[0], sums[1]
+        return sums[0].to(B_dtype), sums[1].to(C_dtype)
+    return sums.to(B_dtype).unbind(0)
