@@ -184,37 +184,56 @@ def compare_bwd_variants(dtypes, shapes, labels=None):
             del x, out, dout, ref
 
 
-def compare_carry(shapes, configs=((512, "turn"), (256, "turn"), (512, "parallel"),
-                                   (256, "parallel"), (128, "parallel"))):
-    """The carry over chunks alone (triton_chunks.carry_chunks), in us, by carry block and
-    mode (blocks in turn or in parallel): the forward's (chunks of 256, H alone) and the
-    backward's (chunks of 64, H and Q)."""
+# (label, carry_chunks keywords) for --carry: programs a row (`split`, each with its part
+# of the states) and warps a program; blocks and modes as the launch plans pick them.
+# Session 18 compared blocks (512 / 256 / 128) and modes (in turn / parallel):
+# scripts/results/kernel_h200_2026-12-01_s18/carry_call5.log.
+CARRY_CONFIGS = [
+    ("default", {}),
+    ("4 warps", dict(num_warps=4)),
+    ("split 2", dict(split=2)),
+    ("split 4", dict(split=4)),
+    ("split 4, 4 w", dict(split=4, num_warps=4)),
+    ("split 8, 4 w", dict(split=8, num_warps=4)),
+    ("split 8, 2 w", dict(split=8, num_warps=2)),
+    ("split 16, 2 w", dict(split=16, num_warps=2)),
+]
+
+
+def compare_carry(shapes, configs=CARRY_CONFIGS):
+    """The carry over chunks alone (triton_chunks.carry_chunks), in us, by config: the
+    forward's (chunks of 256, H alone), the backward's with kept states (chunks of 64, Q
+    alone, against the scan) and without (H and Q)."""
     from triton.testing import do_bench
 
     from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
 
     print(f"{'batch, dim, L':<18}{'pass':<10}{'chunks':>8}"
-          + "".join(f"{f'{mode} {block}':>14}" for block, mode in configs))
+          + "".join(f"{label:>15}" for label, _ in configs))
     for batch, dim, length in shapes:
-        for name, chunk, both in (("forward", 256, False), ("backward", 64, True)):
+        for name, chunk, with_h, with_q in (("forward", 256, True, False),
+                                            ("bwd kept", 64, False, True),
+                                            ("bwd H+Q", 64, True, True)):
             nc = -(-length // chunk)
+            block = min(512, max(16, 1 << (nc - 1).bit_length()))
             # each timed call carries E in place again: chunk decays of exp(-10) or less
             # keep the states finite over the repetitions (the work does not depend on them)
             S = torch.rand(batch, dim, nc, device="cuda") * 0.1 + 0.05
             E = torch.randn(batch, dim, nc, 16, device="cuda")
-            Q = torch.randn_like(E) if both else None
+            Q = torch.randn_like(E) if with_q else None
             A = -200.0 - torch.rand(dim, 16, device="cuda")
             last = torch.empty(batch, dim, 16, device="cuda")
             times = []
-            for block, mode in configs:
-                modes = dict(parallel_from=2 if mode == "parallel" else 2**40,
-                             parallel_block=block)
-                times.append(do_bench(
-                    lambda: carry_chunks(S, E, A, last, block, False, Q, **modes),
-                    warmup=5, rep=30, return_mode="median") * 1e3)
-            assert torch.isfinite(E).all(), "carried states overflowed: timings unreliable"
+            for _, kw in configs:
+                if with_h:
+                    run = lambda kw=kw: carry_chunks(S, E, A, last, block, False, Q, **kw)
+                else:  # the adjoint alone, flowing against the scan
+                    run = lambda kw=kw: carry_chunks(S, Q, A, None, block, True, **kw)
+                times.append(do_bench(run, warmup=5, rep=30, return_mode="median") * 1e3)
+            assert torch.isfinite(E).all() and (Q is None or torch.isfinite(Q).all()), (
+                "carried states overflowed: timings unreliable")
             print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
-                  + "".join(f"{t:>14.1f}" for t in times), flush=True)
+                  + "".join(f"{t:>15.1f}" for t in times), flush=True)
 
 
 # (label, serial_plan keywords): channels a thread (block_d over num_warps warps) and

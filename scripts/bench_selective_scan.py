@@ -9,7 +9,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
     python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
-    python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by block
+    python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by config
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -132,7 +132,7 @@ def main() -> int:
     p.add_argument("--host", action="store_true",
                    help="do_bench vs CUDA-graph replay vs host time a call (host-bound rows)")
     p.add_argument("--carry", action="store_true",
-                   help="the carry over chunks alone, by carry block (forward and backward)")
+                   help="the carry over chunks alone, by config (programs a row, warps)")
     p.add_argument("--serial-options", action="store_true",
                    help='the "serial" kernel\'s block options (prefetch, B/C tiles) side by side')
     args = p.parse_args()

@@ -21,6 +21,7 @@ from .triton_common import (
     _affine_combine,
     _cdiv,
     _channel_range,
+    _check_power_of_two,
     _chunk_tile,
     _load_dt,
     _load_state_tile,
@@ -84,10 +85,17 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
-def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr):
-    """Block k of one row's chunks: (their sums of dt, 0 past the row's end; the pointers
-    and mask of their (BLOCK, NP) states; those states)."""
-    cc = k * BLOCK + tl.arange(0, BLOCK)
+def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
+                REVERSE: tl.constexpr):
+    """Block k of one row's chunks in the direction of flow (REVERSE: the last chunk
+    first): (their sums of dt, 0 past the row's end; the pointers and mask of their
+    (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
+    3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
+    of the carry kernel, sm_90: 847 shuffles against 207)."""
+    if REVERSE:
+        cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
+    else:
+        cc = k * BLOCK + tl.arange(0, BLOCK)
     mask_c = cc < n_chunks
     s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
     ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
@@ -101,21 +109,18 @@ def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
     """Block k of one row's chunk aggregates E, scanned in place from the state `carry`
     entering it (None: zero). Returns (the state leaving the block in the direction of
     flow, the block's sum of S)."""
-    s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK)
+    s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK,
+                                   REVERSE)
     decay = tl.exp2(s[:, None] * A2[None, :])
-    acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine,
-                                   reverse=REVERSE)
+    acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine)
     if carry is None:
         h = hs
     else:
         h = acum * carry[None, :] + hs
     tl.store(ptrs, h, mask=mask)
-    # masked chunks are identities, so the block's far row holds what leaves it
-    offs_c = tl.arange(0, BLOCK)
-    if REVERSE:
-        edge = offs_c == 0
-    else:
-        edge = offs_c == BLOCK - 1
+    # masked chunks are identities, so the block's far row (in flow order) holds what
+    # leaves it
+    edge = tl.arange(0, BLOCK) == BLOCK - 1
     return tl.sum(tl.where(edge[:, None], h, 0.0), axis=0), tl.sum(s, axis=0)
 
 
@@ -148,17 +153,18 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
     if has_prev:
         h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
         s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N,
-                                       BLOCK)
-        upto = tl.cumsum(s, axis=0, reverse=REVERSE)  # inclusive, in flow order
+                                       BLOCK, REVERSE)
+        upto = tl.cumsum(s, axis=0)  # inclusive, in flow order
         e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
         tl.store(ptrs, e, mask=mask)
 
 
 @triton.jit
 def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                 offs_n, mask_n, N, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
+                 offs_n, mask_n, first, N, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
                  STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr):
-    """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row."""
+    """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row (its states
+    offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program."""
     if STAGE == 0:
         x_out = _scan_row(S_ptr, X_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
                           REVERSE)
@@ -169,7 +175,7 @@ def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n
                                    N, BLOCK, REVERSE)
         tl.store(XB_ptr + (row * n_blocks + k) * N + offs_n, x_out, mask=mask_n)
         if STORE_SB:
-            tl.store(SB_ptr + row * n_blocks + k, s_sum)
+            tl.store(SB_ptr + row * n_blocks + k, s_sum, mask=first)
     else:
         _fix_block(S_ptr, X_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mask_n, N,
                    BLOCK, REVERSE)
@@ -180,9 +186,11 @@ def _carry_kernel(
     S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, SB_ptr, EB_ptr, QB_ptr, dim, n_chunks, n_blocks,
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
     STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, STAGE: tl.constexpr,
+    SPLIT: tl.constexpr = 1,
 ):
-    """The chunk aggregates of row program_id(0) (batch * dim + channel), BLOCK chunks a
-    tl.associative_scan; program_id(2) == 1 (WITH_Q) works on Q, which flows the other
+    """The chunk aggregates of row program_id(0) // SPLIT (batch * dim + channel), NP //
+    SPLIT of its states (the states are independent: SPLIT programs share a row), BLOCK
+    chunks a tl.associative_scan; program_id(2) == 1 (WITH_Q) works on Q, which flows the other
     way (the backward's adjoint), in the same launch. After it E[c] holds the true state
     at the end of chunk c in the direction of flow (REVERSE: from the last chunk to the
     first); STORE_LAST writes the state leaving the row.
@@ -193,18 +201,20 @@ def _carry_kernel(
     block's true entering state. More launches and twice the bytes, but rows of many
     blocks no longer wait on them one after the other.
     """
-    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // SPLIT
+    part = pid % SPLIT
     k = tl.program_id(1).to(tl.int64)
     d = row % dim
-    offs_n = tl.arange(0, NP)
+    offs_n = part * (NP // SPLIT) + tl.arange(0, NP // SPLIT)
     mask_n = offs_n < N
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     if WITH_Q and tl.program_id(2) == 1:
         _carry_stage(S_ptr, Q_ptr, QB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, N, BLOCK, not REVERSE, STAGE, False, False)
+                     offs_n, mask_n, part == 0, N, BLOCK, not REVERSE, STAGE, False, False)
     else:
         _carry_stage(S_ptr, E_ptr, EB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, N, BLOCK, REVERSE, STAGE, True, STORE_LAST)
+                     offs_n, mask_n, part == 0, N, BLOCK, REVERSE, STAGE, True, STORE_LAST)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -274,10 +284,24 @@ PARALLEL_BLOCK = 256
 _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, the block index
 
 
+def _carry_split(rows: int, n_pow2: int, parallel: bool) -> int:
+    """Programs a row by default: 4 where few rows walk their blocks in turn (one program
+    a row would leave most SMs idle), else 1. Measured on an H200 with 4 warps a program
+    (bench_selective_scan.py --carry, session 23, scripts/results/
+    kernel_h200_2026-12-01_s23/carry_call7.log), us, split 1 against 4: (2, 64, 262144)'s
+    128 rows, the backward's adjoint alone (4096 chunks) 56.6 against 43.2, its forward
+    19.3 against 15.5; (2, 128, 32768)'s 256 rows level (13.6 / 13.1); 512 rows and more,
+    or rows carried block-parallel ((1, 48, 2097152)), 1 faster (e.g. 148.9 against
+    201.6). 4 warps against session 18's 8 (split 1): faster on 13 of the 18 cases, e.g.
+    (1, 48, 2097152) 165.0 -> 148.9 and 72.2 -> 58.1, (8, 128, 16384) 22.5 -> 19.3."""
+    return min(4, n_pow2) if rows <= 256 and not parallel else 1
+
+
 def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
                  Q: torch.Tensor | None = None, *, parallel_from: int = PARALLEL_MIN_BLOCKS,
-                 parallel_block: int = PARALLEL_BLOCK) -> None:
+                 parallel_block: int = PARALLEL_BLOCK, split: int | None = None,
+                 num_warps: int = 4) -> None:
     """E (batch, dim, n_chunks, N), the chunks' states from zero, becomes the true state
     at each chunk's boundary, in place; with `last_state`, the state leaving the last chunk
     in the direction of flow is written there too. Q, of E's shape, is scanned the other
@@ -287,6 +311,8 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     blocks walk them in turn (one launch); longer rows scan all blocks (of at most
     `parallel_block` chunks) at once from zero, carry the blocks' aggregates (this
     function, recursively), then add each block's entering state (two launches more).
+    `split` programs (a power of two, at most N rounded up to one) share a row, each with
+    its part of the states (default `_carry_split`); `num_warps` a program.
     """
     batch, dim, n_chunks, n_state = E.shape
     n_blocks = _cdiv(n_chunks, carry_block)
@@ -303,18 +329,27 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
         SB = torch.empty(batch, dim, n_blocks, device=E.device, dtype=f32)
         EB = torch.empty(batch, dim, n_blocks, n_state, device=E.device, dtype=f32)
         QB = torch.empty_like(EB) if Q is not None else dummy
-    launch = _carry_kernel_launcher[(batch * dim, n_blocks if parallel else 1,
+    n_pow2 = _next_pow2(n_state)
+    if split is None:
+        split = _carry_split(batch * dim, n_pow2, parallel)
+    _check_power_of_two("split", split)
+    if split > n_pow2:
+        raise ValueError(f"split: expected at most {n_pow2} (the states rounded up to a "
+                         f"power of two), got {split}")
+    launch = _carry_kernel_launcher[(batch * dim * split, n_blocks if parallel else 1,
                                      1 if Q is None else 2)]
     args = (S, E, Q if Q is not None else dummy, A,
             last_state if last_state is not None else dummy, SB, EB, QB,
             dim, n_chunks, n_blocks)
-    options = dict(N=n_state, NP=_next_pow2(n_state), BLOCK=carry_block, REVERSE=reverse,
-                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, num_warps=8)
+    options = dict(N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
+                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
+                   num_warps=num_warps)
     if not parallel:
         launch(*args, STAGE=0, **options)
         return
     launch(*args, STAGE=1, **options)
     outer_block = max(2, min(carry_block, max(16, _next_pow2(n_blocks))))
     carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB if Q is not None else None,
-                 parallel_from=parallel_from, parallel_block=parallel_block)
+                 parallel_from=parallel_from, parallel_block=parallel_block, split=split,
+                 num_warps=num_warps)
     launch(*args, STAGE=2, **options)

@@ -56,6 +56,35 @@ def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [2, 4, 8])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("parallel_from", [2, 16], ids=["parallel", "default"])
+def test_carry_chunks_with_states_split_over_programs(split: int, reverse: bool,
+                                                      parallel_from: int) -> None:
+    # 5 states padded to 8: 4 and 8 programs a row leave some with masked states, or none
+    gen = torch.Generator().manual_seed(split * 10 + reverse)
+    batch, dim, n_chunks, n_state = 2, 3, 37, 5
+    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
+    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    A = -torch.rand(dim, n_state, generator=gen) * 2
+    want_E, want_last = _carry_reference(S, E, A, reverse)
+    want_Q, _ = _carry_reference(S, Q, A, not reverse)
+    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, 4, reverse, Q_dev,
+                 parallel_from=parallel_from, parallel_block=4, split=split, num_warps=2)
+    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("split", "message"), [(3, "power of two"), (16, "at most 8")])
+def test_carry_chunks_refuses_a_bad_split(split: int, message: str) -> None:
+    S, E, A = torch.zeros(1, 1, 4), torch.zeros(1, 1, 4, 5), torch.zeros(1, 5)
+    with pytest.raises(ValueError, match=f"^split: expected .*{message}"):
+        carry_chunks(S.to(DEVICE), E.to(DEVICE), A.to(DEVICE), None, 4, False, split=split)
+
+
 def test_carry_blocks_grow_to_fit_the_grid(monkeypatch) -> None:
     # parallel blocks are indexed on grid axis 1 (at most 65535 on CUDA): a row of more
     # blocks than that takes larger ones (here a limit of 3: 37 chunks in blocks of 16)
