@@ -128,17 +128,23 @@ def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
     return "\n".join(lines)
 
 
-def public_calls(shape, dtype):
-    """(run_fwd, run_fwd_bwd) through the public `selective_scan` as a user calls it: an
-    inference call, and a training call (inputs that require grad) with its backward."""
-    from medmamba_kernels.selective_scan.interface import selective_scan
-
+def _training_inputs(shape, dtype):
+    """(inputs, leaves, flags, dout): a bench row's inputs by name (no grad), the same as
+    leaves that require grad, the scan's flags, a gradient of the output."""
     from scan_bench_common import make_inputs
 
     x = make_inputs(*shape, dtype)
     flags = {k: x.pop(k) for k in ("delta_softplus", "reverse")}
     leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
-    dout = torch.randn(shape, device="cuda", dtype=dtype)
+    return x, leaves, flags, torch.randn(shape, device="cuda", dtype=dtype)
+
+
+def public_calls(shape, dtype):
+    """(run_fwd, run_fwd_bwd) through the public `selective_scan` as a user calls it: an
+    inference call, and a training call (inputs that require grad) with its backward."""
+    from medmamba_kernels.selective_scan.interface import selective_scan
+
+    x, leaves, flags, dout = _training_inputs(shape, dtype)
 
     def run_fwd():
         with torch.no_grad():
@@ -160,56 +166,52 @@ class _Identity(torch.autograd.Function):
         return grad
 
 
-def autograd_costs(shape, dtype, trace: bool = False) -> str:
+def _function_call(leaves: dict, flags: dict, dout: torch.Tensor, reset: bool):
+    """A training call through the eager autograd Function and its backward; `reset`
+    drops the leaves' .grad first (no accumulation)."""
+    from medmamba_kernels.selective_scan import interface
+
+    def run():
+        if reset:
+            for leaf in leaves.values():
+                leaf.grad = None
+        out, _ = interface._EagerTritonScan.apply(*leaves.values(), *flags.values())
+        torch.autograd.backward(out, dout)
+
+    return run
+
+
+def autograd_costs(shape, dtype) -> str:
     """Host us a call (launches queued, no synchronisation) of a training step's pieces,
     to tell the autograd engine's cost from ours: the host functions' forward+backward;
     the same through the autograd Function with the leaves' .grad reset (no accumulation)
     and kept (accumulated); the public call; and a trivial Function (a clone) with its
-    backward: the engine alone. With trace: torch.profiler's table of the Function's
-    calls (CPU ops and CUDA runtime calls by own time) instead."""
-    from medmamba_kernels.selective_scan import interface
+    backward: the engine alone."""
+    _, leaves, flags, dout = _training_inputs(shape, dtype)
+    u = leaves["u"]
+    parts = (("host functions", row_calls(shape, dtype)[1]),
+             ("Function, .grad reset", _function_call(leaves, flags, dout, True)),
+             ("Function, accumulated", _function_call(leaves, flags, dout, False)),
+             ("public", public_calls(shape, dtype)[1]),
+             ("clone Function", lambda: _Identity.apply(u).backward(dout)))
+    return "  ".join(f"{name} {host_us(fn):.1f}" for name, fn in parts)
 
-    from scan_bench_common import make_inputs
 
-    x = make_inputs(*shape, dtype)
-    flags = (x.pop("delta_softplus"), x.pop("reverse"))
-    leaves = [v.detach().requires_grad_() for v in x.values()]
-    dout = torch.randn(shape, device="cuda", dtype=dtype)
-    run_host = row_calls(shape, dtype)[1]
+def autograd_trace(shape, dtype, calls: int = 20) -> str:
+    """torch.profiler's table of training calls through the autograd Function: CPU ops and
+    CUDA runtime calls by own time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    def function(reset: bool):
-        def run():
-            if reset:
-                for leaf in leaves:
-                    leaf.grad = None
-            out, _ = interface._EagerTritonScan.apply(*leaves, *flags)
-            torch.autograd.backward(out, dout)
-        return run
-
-    def public():
-        interface.selective_scan(*leaves, delta_softplus=flags[0], reverse=flags[1]).backward(dout)
-
-    u = leaves[0]
-
-    def engine():
-        _Identity.apply(u).backward(dout)
-
-    if trace:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
-
-        run = function(False)
-        for _ in range(3):
+    _, leaves, flags, dout = _training_inputs(shape, dtype)
+    run = _function_call(leaves, flags, dout, False)
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
             run()
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
-                run()
-            torch.cuda.synchronize()
-        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
-    parts = (("host functions", run_host), ("Function, .grad reset", function(True)),
-             ("Function, accumulated", function(False)), ("public", public),
-             ("clone Function", engine))
-    return "  ".join(f"{name} {host_us(fn):.1f}" for name, fn in parts)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
 
 
 def main() -> int:
@@ -234,7 +236,7 @@ def main() -> int:
                 print(f"row {row} {str(dtype)[6:]}, host us a call: "
                       + autograd_costs(shapes[row - 1], dtype))
                 if args.top:
-                    print(autograd_costs(shapes[row - 1], dtype, trace=True))
+                    print(autograd_trace(shapes[row - 1], dtype))
                 continue
             run_fwd, run_fwd_bwd = (public_calls if args.public else row_calls)(
                 shapes[row - 1], dtype)

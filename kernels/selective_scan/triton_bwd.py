@@ -387,7 +387,8 @@ def _sum_state_grads(
     dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int,
     B_dtype: torch.dtype, C_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dB, dC from `_state_grad_buffers`' tensors after the kernel."""
+    """dB, dC from `_state_grad_buffers`' tensors after the kernel: with a shift, dB_part
+    is the (2, n_cblk, ...) buffer of both, summed over its channel blocks."""
     if not dC_shift:
         return dB_part, dC_part
     sums = dB_part.sum(1)

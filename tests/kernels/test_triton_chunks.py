@@ -29,6 +29,26 @@ def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse:
     return out, h
 
 
+def _check_carry(seed: int, n_chunks: int, carry_block: int, reverse: bool,
+                 **options) -> None:
+    """carry_chunks (with `options`) of random E, and Q the other way, against the
+    step-by-step carry: states at every chunk and the last state (NaN-filled before)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, dim, n_state = 2, 3, 5
+    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
+    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    A = -torch.rand(dim, n_state, generator=gen) * 2
+    want_E, want_last = _carry_reference(S, E, A, reverse)
+    want_Q, _ = _carry_reference(S, Q, A, not reverse)
+    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
+                 **options)
+    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("n_chunks", [1, 5, 37])
 @pytest.mark.parametrize("carry_block", [1, 2, 4, 64])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -40,20 +60,8 @@ def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool
     # flows the other way in the same launches; parallel blocks capped below the given
     # block (4 -> 2)
     parallel_block = 2 if parallel_from == 2 else triton_chunks.PARALLEL_BLOCK
-    gen = torch.Generator().manual_seed(n_chunks * 100 + carry_block)
-    batch, dim, n_state = 2, 3, 5
-    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
-    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    A = -torch.rand(dim, n_state, generator=gen) * 2
-    want_E, want_last = _carry_reference(S, E, A, reverse)
-    want_Q, _ = _carry_reference(S, Q, A, not reverse)
-    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
-    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
-    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
+    _check_carry(n_chunks * 100 + carry_block, n_chunks, carry_block, reverse,
                  parallel_from=parallel_from, parallel_block=parallel_block)
-    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("split", [2, 4, 8])
@@ -62,20 +70,8 @@ def test_carry_chunks_over_blocks(n_chunks: int, carry_block: int, reverse: bool
 def test_carry_chunks_with_states_split_over_programs(split: int, reverse: bool,
                                                       parallel_from: int) -> None:
     # 5 states padded to 8: 4 and 8 programs a row leave some with masked states, or none
-    gen = torch.Generator().manual_seed(split * 10 + reverse)
-    batch, dim, n_chunks, n_state = 2, 3, 37, 5
-    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
-    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    A = -torch.rand(dim, n_state, generator=gen) * 2
-    want_E, want_last = _carry_reference(S, E, A, reverse)
-    want_Q, _ = _carry_reference(S, Q, A, not reverse)
-    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
-    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
-    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, 4, reverse, Q_dev,
-                 parallel_from=parallel_from, parallel_block=4, split=split, num_warps=2)
-    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    _check_carry(split * 10 + reverse, 37, 4, reverse, parallel_from=parallel_from,
+                 parallel_block=4, split=split, num_warps=2)
 
 
 @pytest.mark.parametrize(("split", "message"), [(3, "power of two"), (16, "at most 8")])
