@@ -14,6 +14,7 @@
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" block options side by side)
+#   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>.log; its tail is printed.
 set -o pipefail
@@ -34,6 +35,7 @@ for section in "$@"; do
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
+    layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
