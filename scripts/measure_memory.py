@@ -11,6 +11,8 @@ relative error, then scaled so that no measurement is under-estimated. Stage wei
 the family's conv-output elements per stage (profiling.stage_activation_weights).
 ``--verify`` then plans the hippocampus and a CT-sized 3d_fullres configuration at each
 budget (GB) with the fitted model and measures the planned network at its patch and batch.
+``--verify-only`` skips the fit and verifies the models plans/ holds (do plans made
+with them still fit after a change to the networks or the kernel?).
 Writes DIR/memory_fit.json (coefficients, measurements, verification) as it goes.
 """
 
@@ -197,6 +199,14 @@ def verify(family: str, fit: dict, budgets: list[float], device: torch.device, l
     return results
 
 
+def committed_model(family: str) -> dict:
+    """The memory model plans/<family>.json holds, in fit_family's keys (for --verify-only)."""
+    model = load_template(family).memory_model
+    return {"family": family, "source": model.source, "stage_weights": list(model.stage_weights),
+            **{k: getattr(model, k) for k in ("overhead_bytes", "activation_bytes", "param_bytes",
+                                              "token_bytes", "ssm_from_stage")}}
+
+
 SSM_FROM_STAGE = {"umamba_bot": -1, "umamba_enc": 0, "lightm_unet": 0, "mhs_unet": 1,
                   "plainconv_unet": None, "resenc_unet": None}
 
@@ -207,6 +217,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--verify", nargs="*", type=float, default=[8.0, 16.0, 40.0])
     parser.add_argument("--backend", default="auto", help="kernel backend for every scan (auto, torch)")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="no fit: verify the models committed in plans/ (do the plans still fit?)")
     args = parser.parse_args()
     force_backend(args.backend)
     device = torch.device("cuda")
@@ -218,6 +230,9 @@ def main() -> None:
         print(line, flush=True)
 
     for family in args.families:
+        if args.verify_only:
+            report["families"][family] = committed_model(family)
+            continue
         fit = fit_family(family, device, SSM_FROM_STAGE[family], log)
         log(f"== {family}: a={fit['overhead_bytes']:.4g} b={fit['activation_bytes']:.4g} "
             f"c={fit['param_bytes']:.4g} d={fit['token_bytes']:.4g} weights={fit['stage_weights']} "

@@ -14,7 +14,8 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
-            "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table"]
+            "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
+            "bench_serial_threshold", "bench_bc_layout"]
 
 
 @pytest.mark.slow
@@ -24,6 +25,24 @@ def test_gpu_script_imports_and_shows_its_usage(script: str) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
+
+
+@pytest.mark.slow
+def test_measure_memory_verifies_the_committed_models_with_the_keys_verify_reads() -> None:
+    # --verify-only hands plans/<family>.json's model to verify(), which reads these keys
+    code = ("import json, measure_memory as m; print(json.dumps([m.committed_model(f) for f in "
+            "('umamba_bot', 'plainconv_unet')]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=SCRIPTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    bot, plain = json.loads(result.stdout.splitlines()[-1])
+    for model in (bot, plain):
+        assert model["overhead_bytes"] > 0 and model["activation_bytes"] > 0
+        assert model["stage_weights"] and model["source"].startswith("measured")
+    assert bot["ssm_from_stage"] == -1 and bot["token_bytes"] > 0
+    assert plain["ssm_from_stage"] is None
 
 
 def test_ncu_source_table_ranks_instructions_and_opcodes(tmp_path: Path) -> None:
