@@ -20,7 +20,7 @@ for round in $(seq "${AB_ROUNDS:-1}"); do
     K="env PYTHONPATH=/tmp/$version:$PWD:${PYTHONPATH:-} python3"
     { timeout 150 $K scripts/profile_host_overhead.py --rows "$rows" --top 0
       for row in ${rows//,/ }; do
-        timeout 100 $K scripts/bench_selective_scan.py --only "$row" "$@" | tail -n 2
+        timeout 100 $K scripts/bench_selective_scan.py --only "$row" "$@" | grep -E "^[0-9]+, "
       done; } > "$log" 2>&1
     echo "== $version, round $round: exit $?"; grep -v "^ *$" "$log" | tail -n 24
   done

@@ -204,8 +204,6 @@ def main() -> int:
                     full[param.name] = values[param.name]
                 else:  # a constexpr with a default the config leaves alone
                     full[param.name] = param.default
-            if "GATHER" in full and "GATHER" not in values:  # as the host functions choose
-                full["GATHER"] = dtype.itemsize == 4
             if args.reverse and "REVERSE" in full and not label.startswith("bwd"):
                 full["REVERSE"] = True
             kernel = compile_sm90(fn, full, warps, args.maxnreg)

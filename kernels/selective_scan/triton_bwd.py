@@ -30,7 +30,6 @@ from .triton_common import (
     _scan_edge_columns,
     _scan_tile,
     _softplus,
-    gather_groups,
     plan_launch,
 )
 from .triton_bwd_channel import _channel_A, _channel_boundaries, _channel_vectors, _load_z
@@ -51,7 +50,6 @@ def _bwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
-    GATHER: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -177,9 +175,9 @@ def _bwd_kernel(
         # h at the first position = decay * h0 + drive: the scan then starts from h0
         if MULTI_CHUNK:
             h = _scan_tile(decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0),
-                           NP, CHUNK, REVERSE, GATHER)
+                           NP, CHUNK, REVERSE)
         else:
-            h = _scan_tile(decay, drive, NP, CHUNK, REVERSE, GATHER)
+            h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
         if HAS_Z:
             if not PREFETCH:
                 zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
@@ -203,13 +201,13 @@ def _bwd_kernel(
             cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
         if SHIFTED:
             decay_next = tl.exp2(A2[:, None] * dt_next[None, :])  # 1 at the far end
-            gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE, GATHER)
+            gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
         else:
             # the decays again, not kept from the forward scan: kept, they stayed live
             # across it, and the kernel spilled more and ran 5-11% slower (session 22).
             # dt + 0.0 is not dt (-0.0): the compiler cannot merge the two exponentials
             gadj = _adjoint_scan_by_quarters(tl.exp2(A2[:, None] * (dt + 0.0)[None, :]), cdy,
-                                             NP, CHUNK, REVERSE, GATHER)
+                                             NP, CHUNK, REVERSE)
 
         dB_acc += gadj * x[None, :]
         gB = tl.sum(gadj * Bt, axis=0)
@@ -361,8 +359,7 @@ def selective_scan_bwd_triton(
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-        SHIFTED_DECAY=adjoint == "shifted", GATHER=gather_groups(u.dtype),
-        num_warps=plan.num_warps, **launch_options,
+        SHIFTED_DECAY=adjoint == "shifted", num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)

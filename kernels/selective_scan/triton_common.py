@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import torch
 import triton
 import triton.language as tl
 
@@ -104,14 +103,6 @@ def plan_launch(
     return plan
 
 
-def gather_groups(dtype: torch.dtype) -> bool:
-    """Whether the tile kernels find the groups' entering values by gather
-    (`_entering_groups`' GATHER): for 4-byte inputs, whose tiles hold one group of 4
-    positions a thread. Offline SASS for sm_90: fewer instructions there on every kernel
-    that scans against its tile's order, more (and spill) for 2-byte inputs."""
-    return dtype.itemsize == 4
-
-
 def _check_power_of_two(name: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name}: expected a power of two, got {value}")
@@ -157,22 +148,21 @@ def _quarters(x, NP: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _scan_tile(a, b, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr,
-               GATHER: tl.constexpr = False):
+def _scan_tile(a, b, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     """h_t = a_t h_(t -+ 1) + b_t along axis 1 of (NP, CHUNK) tiles, from h = 0 outside.
 
     Forward: tl.associative_scan. REVERSE: triton 3.6 lowers tl.associative_scan(reverse=
     True) through a flip of the whole tile, 544 warp shuffles on an (16, 64) fp32 tile on
     one warp against 64 forward (3.9: 160). Here each thread first composes its 4
     consecutive positions in registers, the lanes then scan only those groups' maps
-    (`_entering_groups`, GATHER as there), and each position applies the map of what
-    follows its group.
+    (exclusive, `_affine_combine_exclusive`), and each position applies the map of what
+    follows its group: 176 shuffles (3.9: 96), offline SASS for sm_90.
     """
     if not REVERSE or CHUNK < 4:
         _, h = tl.associative_scan((a, b), axis=1, combine_fn=_affine_combine,
                                    reverse=REVERSE)
     else:  # (an else, not an early return: the compiler would build this for CHUNK < 4)
-        h = _reverse_scan_by_quarters(a, b, NP, CHUNK, GATHER)
+        h = _reverse_scan_by_quarters(a, b, NP, CHUNK)
     return h
 
 
@@ -183,54 +173,25 @@ def _from_quarters(x0, x1, x2, x3, NP: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _entering_groups(group_a, group_b, DOWN: tl.constexpr, GATHER: tl.constexpr):
+def _entering_groups(group_a, group_b, DOWN: tl.constexpr):
     """The value entering each group of positions from the groups before it in the flow
-    (towards lower positions if DOWN), 0 at the start: an exclusive scan of the groups'
-    affine maps (a, b) along axis 1.
-
-    GATHER: an inclusive scan in flow order, then a shift by one group; the shift and, if
-    DOWN, putting the groups in flow order first are `tl.gather`s along axis 1, which
-    triton 3.6 lowers to warp shuffles where the axis lies in one warp (the kernels'
-    case). Otherwise an inclusive scan of pairs (F, E) (`_affine_combine_exclusive`):
-    four values a step, and if DOWN a reversed `tl.associative_scan`, which flips the
-    tile around it. Offline SASS for sm_90, a (16, 16) fp32 group tile on one warp: 80
-    shuffles and 312 instructions against 176 and 448. Where a thread holds two groups
-    (2-byte inputs: 8 positions a 16-byte load) a gather shuffles every value from both
-    of a lane's slots: more instructions and spill there (kernels README, "Groups'
-    entering values by gather").
-    """
-    if GATHER:
-        G: tl.constexpr = group_a.shape[1]
-        j = tl.broadcast_to(tl.arange(0, G)[None, :], group_a.shape)
-        if DOWN:  # flow order is G - 1 .. 0
-            group_a = tl.gather(group_a, G - 1 - j, axis=1)
-            group_b = tl.gather(group_b, G - 1 - j, axis=1)
-        _, leaving = tl.associative_scan((group_a, group_b), axis=1,
-                                         combine_fn=_affine_combine)
-        # the value entering group j left the group before it in the flow
-        if DOWN:
-            entering = tl.where(j == G - 1, 0.0,
-                                tl.gather(leaving, tl.maximum(G - 2 - j, 0), axis=1))
-        else:
-            entering = tl.where(j == 0, 0.0,
-                                tl.gather(leaving, tl.maximum(j - 1, 0), axis=1))
-    else:
-        one = tl.full(group_a.shape, 1.0, tl.float32)
-        zero = tl.zeros(group_a.shape, tl.float32)
-        _, _, _, entering = tl.associative_scan((group_a, group_b, one, zero), axis=1,
-                                                combine_fn=_affine_combine_exclusive,
-                                                reverse=DOWN)
+    (towards lower positions if DOWN), 0 at the start: the exclusive scan of the groups'
+    affine maps (a, b), as pairs (F, E) (`_affine_combine_exclusive`)."""
+    one = tl.full(group_a.shape, 1.0, tl.float32)
+    zero = tl.zeros(group_a.shape, tl.float32)
+    _, _, _, entering = tl.associative_scan((group_a, group_b, one, zero), axis=1,
+                                            combine_fn=_affine_combine_exclusive,
+                                            reverse=DOWN)
     return entering
 
 
 @triton.jit
-def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr,
-                              GATHER: tl.constexpr = False):
+def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr):
     """`_scan_tile` with REVERSE, CHUNK >= 4."""
     a0, a1, a2, a3 = _quarters(a, NP, CHUNK)
     b0, b1, b2, b3 = _quarters(b, NP, CHUNK)
     group_b = ((b3 * a2 + b2) * a1 + b1) * a0 + b0
-    after = _entering_groups(a0 * a1 * a2 * a3, group_b, True, GATHER)
+    after = _entering_groups(a0 * a1 * a2 * a3, group_b, True)
     h3 = a3 * after + b3
     h2 = a2 * h3 + b2
     h1 = a1 * h2 + b1
@@ -240,7 +201,7 @@ def _reverse_scan_by_quarters(a, b, NP: tl.constexpr, CHUNK: tl.constexpr,
 
 @triton.jit
 def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
-                              REVERSE: tl.constexpr, GATHER: tl.constexpr = False):
+                              REVERSE: tl.constexpr):
     """The adjoint of the scan with decays d along axis 1 (CHUNK >= 4), from d as it is:
     g_t = d_s g_s + c_t with s the position after t in the forward scan's order (t + 1,
     or t - 1 under REVERSE), g = 0 past the end.
@@ -250,7 +211,7 @@ def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
     only (e.g. forward: q_j = d0 (c0 + d1 (c1 + d2 (c2 + d3 (c3 + q_(j+1)))))), so the
     backward needs neither dt at shifted positions nor its softplus and load. The lanes
     scan the groups' maps as `_reverse_scan_by_quarters` does, against the forward's
-    order (GATHER: `_entering_groups`).
+    order.
     """
     d0, d1, d2, d3 = _quarters(d, NP, CHUNK)
     c0, c1, c2, c3 = _quarters(c, NP, CHUNK)
@@ -258,7 +219,7 @@ def _adjoint_scan_by_quarters(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
         group_b = (((c0 * d0 + c1) * d1 + c2) * d2 + c3) * d3
     else:
         group_b = (((c3 * d3 + c2) * d2 + c1) * d1 + c0) * d0
-    q_in = _entering_groups(d0 * d1 * d2 * d3, group_b, not REVERSE, GATHER)
+    q_in = _entering_groups(d0 * d1 * d2 * d3, group_b, not REVERSE)
     if REVERSE:
         g0 = q_in + c0
         g1 = d0 * g0 + c1

@@ -67,7 +67,6 @@ from .triton_common import (
     _MAX_CHUNK,
     _MAX_SINGLE_CHUNK,
     _store_output,
-    gather_groups,
     plan_launch,
 )
 from .triton_chunks import chunk_boundary_states
@@ -124,7 +123,7 @@ def _fwd_output_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    BC_IN_LOOP: tl.constexpr = False, GATHER: tl.constexpr = False,
+    BC_IN_LOOP: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -162,7 +161,7 @@ def _fwd_output_kernel(
                          other=0.0)
             h0 = tl.where(has_prev, h0, 0.0)
             drive += tl.where(first_col[None, :], decay * h0[:, None], 0.0)
-        h = _scan_tile(decay, drive, NP, CHUNK, REVERSE, GATHER)
+        h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
         if not MULTI_CHUNK:
             # only the thread holding the far end stores: no cross-lane reduction
             tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,
@@ -280,6 +279,6 @@ def selective_scan_fwd_triton(
         N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, BC_IN_LOOP=variant == "reload",
-        GATHER=gather_groups(u.dtype), num_warps=plan.num_warps,
+        num_warps=plan.num_warps,
     )
     return _result(out, last_state, keep_states)

@@ -37,7 +37,6 @@ from .triton_common import (
     _previous_chunk,
     _scan_tile,
     _store_output,
-    gather_groups,
 )
 from .triton_chunks import carry_chunks
 
@@ -50,7 +49,6 @@ def _fwd_local_kernel(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    GATHER: tl.constexpr = False,
 ):
     """Per chunk and channel, from a zero start: Y = <C, h> (fp32, contiguous (batch,
     dim, L)), E = the state at the chunk's far end in scan order, S = sum of dt."""
@@ -73,7 +71,7 @@ def _fwd_local_kernel(
         part = row * n_chunks + c
         tl.store(S_ptr + part, tl.sum(dt, axis=0))
         h = _scan_tile(tl.exp2(A2[:, None] * dt[None, :]), Bt * (dt * u)[None, :], NP, CHUNK,
-                       REVERSE, GATHER)
+                       REVERSE)
         # only the thread holding the far end stores: no cross-lane reduction
         tl.store(E_ptr + part * N + offs_n[:, None] + 0 * offs_k[None, :], h,
                  mask=mask_n[:, None] & at_end[None, :])
@@ -147,8 +145,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
         u, delta, A, B, C, bias, S, H, Y, *common,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
         N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, REVERSE=reverse, GATHER=gather_groups(u.dtype),
-        num_warps=plan.num_warps,
+        SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
     )
     carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     zz = z if z is not None else u
