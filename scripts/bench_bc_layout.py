@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from scan_bench_common import ANCHORS, bwd, fwd, make_inputs, rel
+from scan_bench_common import ANCHORS, bench_and_graph_ms, bwd, fwd, make_inputs, rel
 
 
 def state_major(x: torch.Tensor) -> torch.Tensor:
@@ -30,27 +30,17 @@ def state_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
-def _times(fn) -> list[float]:
-    from triton.testing import do_bench, do_bench_cudagraph
-
-    return [do_bench(fn, warmup=10, rep=50, return_mode="median"),
-            do_bench_cudagraph(fn, rep=50, return_mode="median")]
-
-
 def _calls(shape, dtype):
     x = make_inputs(*shape, dtype)
     out, _ = fwd(**x)
     dout = torch.randn_like(out)
-    xs = {**x, "B": state_major(x["B"]), "C": state_major(x["C"])}
+    def copied():  # "copy": the transposing copies inside the timed call
+        return {**x, "B": state_major(x["B"]), "C": state_major(x["C"])}
 
-    def f_pos():
-        fwd(**x)
+    xs = copied()
 
-    def f_state():
-        fwd(**xs)
-
-    def f_copy():
-        fwd(**{**x, "B": state_major(x["B"]), "C": state_major(x["C"])})
+    def f(fwd_args):
+        return lambda: fwd(**fwd_args())
 
     def fb(fwd_args, bwd_args):
         def run():
@@ -58,11 +48,8 @@ def _calls(shape, dtype):
             return bwd(dout, **bwd_args, states=states)
         return run
 
-    def copied():
-        return {**x, "B": state_major(x["B"]), "C": state_major(x["C"])}
-
     calls = {
-        "fwd pos": f_pos, "fwd state": f_state, "fwd copy": f_copy,
+        "fwd pos": f(lambda: x), "fwd state": f(lambda: xs), "fwd copy": f(copied),
         "f+b pos": fb(lambda: x, x), "f+b state": fb(lambda: xs, xs),
         "f+b mixed": fb(copied, x),
     }
@@ -96,7 +83,7 @@ def main() -> int:
             shape = shapes[row - 1]
             x, xs, dout, calls = _calls(shape, dtype)
             for label, fn in calls.items():
-                t_bench, t_graph = _times(fn)
+                t_bench, t_graph = bench_and_graph_ms(fn)
                 print(f"{str(shape)[1:-1]:<18}{str(dtype)[6:]:<6}{label:<11}"
                       f"{t_bench:>9.3f}{t_graph:>9.3f}", flush=True)
             print(f"{'':<24}max err state vs pos {_errors(x, xs, dout):.1e}", flush=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from scan_bench_common import ANCHORS, bwd, fwd, host_ms, make_inputs, rel, row_calls
+from scan_bench_common import (ANCHORS, bench_and_graph_ms, bwd, fwd, host_ms, make_inputs,
+                               rel, row_calls)
 
 
 def sweep(dtypes, rows=(1, 5, 6, 3, 4)):
@@ -107,8 +108,6 @@ def compare_host(dtypes, shapes):
     replayed from a CUDA graph (GPU time without host gaps), and the host's time to issue
     one call (launches queued, no synchronisation). A row whose host time reaches its
     do_bench time is host-bound: faster kernels cannot show there."""
-    from triton.testing import do_bench, do_bench_cudagraph
-
     print(f"{'batch, dim, L':<18}{'dtype':<6}{'fwd':>9}{'graph':>9}{'host':>9}"
           f"{'f+b':>9}{'graph':>9}{'host':>9}   (ms)")
     for dt in dtypes:
@@ -116,8 +115,7 @@ def compare_host(dtypes, shapes):
             run_fwd, run_fwd_bwd = row_calls(shape, dt)
             cols = []
             for fn in (run_fwd, run_fwd_bwd):
-                cols += [do_bench(fn, warmup=10, rep=50, return_mode="median"),
-                         do_bench_cudagraph(fn, rep=50, return_mode="median"), host_ms(fn)]
+                cols += bench_and_graph_ms(fn) + [host_ms(fn)]
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(f"{c:>9.3f}" for c in cols),
                   flush=True)
             del run_fwd, run_fwd_bwd

@@ -20,17 +20,14 @@ import sys
 
 import torch
 
-from scan_bench_common import host_ms, rel, row_calls
+from scan_bench_common import bench_and_graph_ms, host_ms, rel, row_calls
 
 DEFAULT_SHAPES = ((2, 256, 4096), (8, 128, 4096), (2, 512, 4096), (2, 128, 2048),
                   (2, 512, 2048), (2, 256, 8192), (4, 128, 8192))
 
 
 def _times(fn) -> list[float]:
-    from triton.testing import do_bench, do_bench_cudagraph
-
-    return [do_bench(fn, warmup=10, rep=50, return_mode="median"),
-            do_bench_cudagraph(fn, rep=50, return_mode="median"), host_ms(fn, trials=5)]
+    return bench_and_graph_ms(fn) + [host_ms(fn, trials=5)]
 
 
 def _outputs(shape, dtype):

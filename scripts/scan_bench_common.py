@@ -104,6 +104,15 @@ def host_ms(fn, calls: int = 50, trials: int = 1) -> float:
     return sorted(times)[trials // 2]
 
 
+def bench_and_graph_ms(fn) -> list[float]:
+    """[do_bench's median (the table's method), the median of the same call replayed from
+    a CUDA graph (GPU time without host gaps)], ms."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    return [do_bench(fn, warmup=10, rep=50, return_mode="median"),
+            do_bench_cudagraph(fn, rep=50, return_mode="median")]
+
+
 def row_calls(shape, dtype, layout: str = "contiguous", reverse: bool = False):
     """(run_fwd, run_fwd_bwd): the host functions on one bench row's inputs (z and dout
     strided as the Mamba layer passes them with layout="network"; scanning from the end
