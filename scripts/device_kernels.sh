@@ -6,7 +6,8 @@
 #
 #   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree)
 #   table      scripts/bench_selective_scan.py: the table
-#   fwd        ... --fwd-variants          bwd   ... --bwd-variants
+#   fwd        ... --fwd-variants          bwd   ... --bwd-variants (BWD_LABELS: the
+#              default and these comma-separated labels of BWD_CONFIGS only)
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
 #   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
 #   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
@@ -28,7 +29,8 @@ for section in "$@"; do
              tests/kernels/test_triton_common.py tests/kernels/test_triton_bwd_options.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
-    bwd) timeout 240 $K scripts/bench_selective_scan.py --bwd-variants > "$log" 2>&1 ;;
+    bwd) timeout 300 $K scripts/bench_selective_scan.py --bwd-variants \
+           ${BWD_LABELS:+--bwd-configs "$BWD_LABELS"} > "$log" 2>&1 ;;
     host) timeout 240 $K scripts/bench_selective_scan.py --host > "$log" 2>&1 ;;
     times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
     hostprof) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 25 > "$log" 2>&1 ;;
