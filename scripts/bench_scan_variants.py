@@ -150,10 +150,6 @@ BWD_CONFIGS = [
     ("adj q ahead1", dict(adjoint="quarters", ahead=1)),
     ("adj q ahead2", dict(adjoint="quarters", ahead=2)),
     ("adj q no pf", dict(adjoint="quarters", prefetch=False)),
-    ("stages 2", dict(prefetch=False, stages=2)),
-    ("stages 3", dict(prefetch=False, stages=3)),
-    ("stages 4", dict(prefetch=False, stages=4)),
-    ("st2 pf", dict(stages=2)),
 ]
 
 
@@ -246,8 +242,8 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
 # load (a block's steps one state at a time) 1.5x slower; a read-ahead of the next block
 # again (0.5-1.4% faster, and it faulted again, on the adjoint of (8, 128, 16384) fp32);
 # z read with dt and u at a block's start instead of at its end: no change
-SERIAL_CONFIGS = (("default", {}), ("stages 2", {"stages": 2}), ("stages 3", {"stages": 3}),
-                  ("stages 4", {"stages": 4}))
+SERIAL_CONFIGS = (("default", {}), ("2ch", {"block_d": 64}), ("2ch ti2", {"block_d": 64, "ti": 2}),
+                  ("2ch w2", {"block_d": 128, "num_warps": 2}))
 
 
 def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64):

@@ -151,9 +151,6 @@ def serial_configs(dtype: torch.dtype):
     yield "serial: aggregate", kernel, {**base, "AGGREGATE": True}, 1
     yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True}, 1
     yield "serial: output", kernel, base, 1
-    for st in (2, 3, 4):
-        yield f"serial: output, stages {st}", kernel, {**base, "NUM_STAGES": st}, 1
-        yield f"serial: aggregate, stages {st}", kernel, {**base, "AGGREGATE": True, "NUM_STAGES": st}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
         yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1
@@ -170,10 +167,6 @@ def backward_configs(chunk: int):
     yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 2}, 1
     yield "bwd prefetch, A ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 1}, 1
     yield "bwd prefetch, vectors ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 0}, 1
-    for st in (2, 3):
-        yield f"bwd stages {st}", ("triton_bwd", "_bwd_kernel"), {**base, "NUM_STAGES": st}, 1
-        yield f"bwd stages {st} prefetch 2", ("triton_bwd", "_bwd_kernel"), {
-            **base, "NUM_STAGES": st, "PREFETCH": True, "AHEAD": 2}, 1
     # the adjoint from dt loaded shifted (adjoint="shifted": bf16's default scanning forwards)
     for ahead in (2, 0):
         yield f"bwd prefetch {ahead}, shifted", ("triton_bwd", "_bwd_kernel"), {

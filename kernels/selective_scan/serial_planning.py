@@ -60,7 +60,6 @@ class SerialPlan:
     n_dblk: int  # channel blocks per group
     num_warps: int
     ti: int  # positions a load
-    stages: int | None = None  # software-pipelining depth of the block loop (None: none)
 
     @property
     def carry_block(self) -> int:
@@ -72,7 +71,7 @@ class SerialPlan:
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None,
-                block_d: int | None = None, stages: int | None = None) -> SerialPlan:
+                block_d: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; TI positions = 16
     bytes of the input dtype (fewer if a given chunk is shorter); block_d channels a
     program (default: one a thread)."""
@@ -95,4 +94,4 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, stages)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)

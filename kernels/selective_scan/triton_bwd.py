@@ -50,7 +50,6 @@ def _bwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
-    NUM_STAGES: tl.constexpr = None,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -119,7 +118,7 @@ def _bwd_kernel(
     if AHEAD >= 2:
         n_h0, n_q0 = _channel_boundaries(d0, b, dim, n_chunks, c_prev, c_next, offs_n,
                                          mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
-    for d in tl.range(d0, d_end, num_stages=NUM_STAGES):
+    for d in range(d0, d_end):
         if PREFETCH:
             dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
         else:  # z is read where it is used, below
@@ -280,7 +279,6 @@ def selective_scan_bwd_triton(
     prefetch: bool = True,
     ahead: int | None = None,
     adjoint: str = "auto",
-    stages: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -361,8 +359,7 @@ def selective_scan_bwd_triton(
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-        SHIFTED_DECAY=adjoint == "shifted", NUM_STAGES=stages, num_warps=plan.num_warps,
-        **launch_options,
+        SHIFTED_DECAY=adjoint == "shifted", num_warps=plan.num_warps, **launch_options,
     )
     dB, dC = _sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)

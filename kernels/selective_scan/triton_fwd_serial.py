@@ -140,7 +140,7 @@ def _serial_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
-    SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, NUM_STAGES: tl.constexpr = None,
+    SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -205,7 +205,7 @@ def _serial_kernel(
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, Hs_ptr, row, n_sub, offs_n,
                              mask_nd, N, TI, SUB, REVERSE)
-    for j in tl.range(0, n_full, num_stages=NUM_STAGES):
+    for j in range(0, n_full):
         if REVERSE:
             t0 = chunk_start + (n_full - 1 - j) * TI
         else:
@@ -267,8 +267,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
         STORE_SUMS=not adjoint if store_sums is None else store_sums,
-        SUB_STATES=sub_states is not None, SUB=sub_chunk, NUM_STAGES=plan.stages,
-        num_warps=plan.num_warps,
+        SUB_STATES=sub_states is not None, SUB=sub_chunk, num_warps=plan.num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 
@@ -280,7 +279,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
                    maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-                   sub_chunk: int = 64, stages: int | None = None) -> None:
+                   sub_chunk: int = 64) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
     output kernel's registers. sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if
     given, receives the state leaving every sub-chunk of `sub_chunk` positions (a power of
@@ -288,7 +287,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     backward at chunks of `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, stages)
+                       block_d)
     if sub_states is not None:
         _check_power_of_two("sub_chunk", sub_chunk)
         want = (batch, dim, -(-length // sub_chunk), A.shape[1])
