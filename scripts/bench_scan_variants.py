@@ -242,8 +242,7 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
 # load (a block's steps one state at a time) 1.5x slower; a read-ahead of the next block
 # again (0.5-1.4% faster, and it faulted again, on the adjoint of (8, 128, 16384) fp32);
 # z read with dt and u at a block's start instead of at its end: no change
-SERIAL_CONFIGS = (("default", {}), ("2ch", {"block_d": 64}), ("2ch ti2", {"block_d": 64, "ti": 2}),
-                  ("2ch w2", {"block_d": 128, "num_warps": 2}))
+SERIAL_CONFIGS = (("ti 8", {"ti": 8}), ("default", {}), ("ti 4", {"ti": 4}))
 
 
 def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64):
@@ -288,3 +287,54 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
                   + "".join(f"{t:>13.3f}" for t in fwd_t + bnd_t) + f"{err:>10.1e}",
                   flush=True)
             del x, u, delta, A, B, C, D, z, bias, out, dout, ref
+
+
+def compare_serial_passes(dtypes, shapes, tis=(4, 8), sub_chunk=64):
+    """GPU time (CUDA-graph replay, ms) of each "serial" pass by positions a load (TI):
+    the forward aggregate ("agg"), the output pass without ("inf") and with ("out") the
+    backward's states kept (an inference and a training forward, at the forward's chunk),
+    and the backward's adjoint aggregate ("adj", chunks of `sub_chunk`). Same inputs for
+    every TI; states are zeros (timing only)."""
+    from triton.testing import do_bench_cudagraph
+
+    from medmamba_kernels.selective_scan import triton_fwd_serial as serial
+
+    passes = ("agg", "inf", "out", "adj")
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(
+        f"{f'{p} ti {ti}':>12}" for p in passes for ti in tis))
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            u, delta, A, B, C, D, z, bias = (x[k] for k in (
+                "u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+            batch, dim, length = u.shape
+            zeros = dict(device=u.device, dtype=torch.float32)
+            dout, out = torch.randn_like(u), torch.empty_like(u)
+            sub = torch.zeros(batch, dim, -(-length // sub_chunk), A.shape[1], **zeros)
+            times = {}
+            for ti in tis:
+                plan = serial.serial_plan(batch, dim, 1, length, dt, ti=ti)
+                adj_plan = serial.serial_plan(batch, dim, 1, length, dt, chunk=sub_chunk, ti=ti)
+                H = torch.zeros(batch, dim, plan.n_chunks, A.shape[1], **zeros)
+                S = torch.zeros(batch, dim, plan.n_chunks, **zeros)
+                Q = torch.zeros(batch, dim, adj_plan.n_chunks, A.shape[1], **zeros)
+                S_adj = torch.zeros(batch, dim, adj_plan.n_chunks, **zeros)
+                calls = {
+                    "agg": lambda: serial._launch(plan, u, delta, None, A, B, C, None, bias,
+                                                  H, S, H, True, False, aggregate=True),
+                    "inf": lambda: serial._launch(plan, u, delta, z, A, B, C, D, bias, H, H,
+                                                  out, True, False, aggregate=False),
+                    "out": lambda: serial._launch(plan, u, delta, z, A, B, C, D, bias, H, H,
+                                                  out, True, False, aggregate=False,
+                                                  sub_states=sub, sub_chunk=sub_chunk),
+                    "adj": lambda: serial._launch(adj_plan, dout, delta, z, A, C, C, None,
+                                                  bias, Q, S_adj, Q, True, True,
+                                                  aggregate=True, adjoint=True,
+                                                  store_sums=True),
+                }
+                for name, call in calls.items():
+                    times[name, ti] = do_bench_cudagraph(call, rep=30, return_mode="median")
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(
+                f"{times[p, ti]:>12.3f}" for p in passes for ti in tis),
+                flush=True)
+            del x, u, delta, A, B, C, D, z, bias, dout, out, sub

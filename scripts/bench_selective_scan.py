@@ -26,7 +26,8 @@ import sys
 import torch
 
 from bench_scan_variants import (BWD_CONFIGS, compare_bwd_variants, compare_carry, compare_fwd_variants,
-                                 compare_host, compare_serial_options, sweep)
+                                 compare_host, compare_serial_options,
+                                 compare_serial_passes, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
@@ -135,6 +136,8 @@ def main() -> int:
                    help="the carry over chunks alone, by config (programs a row, warps)")
     p.add_argument("--serial-options", action="store_true",
                    help='the "serial" kernel\'s block options (prefetch, B/C tiles) side by side')
+    p.add_argument("--serial-passes", action="store_true",
+                   help='each "serial" pass alone by positions a load (GPU time)')
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -180,6 +183,9 @@ def main() -> int:
         return 0
     if args.serial_options:
         compare_serial_options(dtypes, [s for s in shapes if s[2] >= 16384])
+        return 0
+    if args.serial_passes:
+        compare_serial_passes(dtypes, [s for s in shapes if s[2] >= 4096])
         return 0
 
     ok = True

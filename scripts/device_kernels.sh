@@ -15,6 +15,7 @@
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" block options side by side)
+#   passes     ... --serial-passes (each "serial" pass alone by positions a load)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>.log; its tail is printed.
@@ -39,6 +40,7 @@ for section in "$@"; do
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
+    passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

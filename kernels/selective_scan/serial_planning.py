@@ -59,7 +59,8 @@ class SerialPlan:
     block_d: int  # channels a program, one per thread (a power of two)
     n_dblk: int  # channel blocks per group
     num_warps: int
-    ti: int  # positions a load
+    ti: int  # positions a load: the output pass and the adjoint aggregate
+    agg_ti: int  # positions a load of the forward aggregate
 
     @property
     def carry_block(self) -> int:
@@ -70,28 +71,50 @@ class SerialPlan:
 @functools.lru_cache(maxsize=1024)  # host time counts on short rows; few shapes a run
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
-                ti: int | None = None,
-                block_d: int | None = None) -> SerialPlan:
-    """Chunks long enough to leave about _TARGET_PROGRAMS programs; TI positions = 16
-    bytes of the input dtype (fewer if a given chunk is shorter); block_d channels a
-    program (default: one a thread)."""
-    if ti is None:
-        ti = max(1, 16 // dtype.itemsize)
-        if chunk is not None:  # the largest power of two dividing the chunk, at most 16 B
-            ti = min(ti, chunk & -chunk)
-    _check_power_of_two("ti", ti)
+                ti: int | None = None, block_d: int | None = None,
+                keeps_states: bool = False) -> SerialPlan:
+    """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
+    program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
+    chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
+    input dtype for the forward aggregate, as measured (`_default_ti`). keeps_states: the
+    output pass also writes the backward's boundary states."""
+    per_group = dim // groups
     if num_warps is None:
         num_warps = 1
-    per_group = dim // groups
     if block_d is None:
         block_d = 32 * num_warps
     block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
+    if ti is None:
+        ti = _default_ti(dtype, keeps_states and per_group % block_d != 0)
+        agg_ti = 16 // dtype.itemsize
+        if chunk is not None:  # the largest power of two dividing the chunk
+            ti, agg_ti = min(ti, chunk & -chunk), min(agg_ti, chunk & -chunk)
+    else:
+        agg_ti = ti
+    _check_power_of_two("ti", ti)
     rows = batch * groups * -(-per_group // block_d)
     if chunk is None:
         want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
         chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
-        chunk = min(chunk, max(ti, _next_pow2(length)))
+        chunk = min(chunk, max(ti, agg_ti, _next_pow2(length)))
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti)
+
+
+def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:
+    """Positions a load of the output pass and the adjoint aggregate: 8 (32 bytes a
+    channel in fp32, whose blocks then reach h's layout by shuffles instead of shared
+    memory and barriers), except for 4-byte inputs whose kept states need a masked store
+    (a group's channels not a multiple of the block's), where the mask tile pushes the
+    8-position kernel to 197 registers. Session 25 (`passes_call7.log` of scripts/results/
+    kernel_h200_2026-12-01_s25/, GPU time, fp32, 4 -> 8 positions): output pass (2, 64,
+    262144) 0.527 -> 0.373 ms, kept states 0.544 -> 0.408; (8, 128, 16384) 0.269 ->
+    0.186; adjoint aggregate (1, 48, 2097152) 1.310 -> 1.059 (0.284 -> 0.290 on (2, 64,
+    262144)); (1, 48, 2097152) with kept states 2.109 -> 2.329 (masked). bf16 keeps 8
+    (16 bytes): 4 was slower in every pass. The forward aggregate keeps 16 bytes (fp32
+    at 8: 0.230 -> 0.248 ms)."""
+    if dtype.itemsize == 4 and masked_states:
+        return 4
+    return 8

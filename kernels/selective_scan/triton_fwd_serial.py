@@ -114,11 +114,15 @@ def _serial_block(
 
 
 @triton.jit
-def _store_sub_state(h, t0, length, Hs_ptr, row, n_sub, offs_n, mask_nd, N: tl.constexpr,
-                     TI: tl.constexpr, SUB: tl.constexpr, REVERSE: tl.constexpr):
+def _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N: tl.constexpr,
+                     TI: tl.constexpr, SUB: tl.constexpr, REVERSE: tl.constexpr,
+                     MASKED: tl.constexpr):
     """After the block at t0: if it ends a sub-chunk of SUB positions in scan order (or the
     sequence), h is the state leaving that sub-chunk: Hs[b, d, sub] (the backward's
-    boundary states at its chunk of SUB)."""
+    boundary states at its chunk of SUB). hs_rows points at the program's first channel's
+    row of Hs, hs_offs holds the (NP, BLOCK_D) offsets from there of sub-chunk 0: a tile
+    of 32-bit offsets where they fit, not the 64-bit addresses (or the mask) that LLVM
+    hoists out of the loop (168 -> 254 registers, fp32 at 8 positions a load)."""
     if REVERSE:
         ends = t0 % SUB == 0
         sub = t0 // SUB
@@ -127,7 +131,10 @@ def _store_sub_state(h, t0, length, Hs_ptr, row, n_sub, offs_n, mask_nd, N: tl.c
         ends = ((last + 1) % SUB == 0) | (last == length - 1)
         sub = last // SUB
     if ends:
-        tl.store(Hs_ptr + (row[None, :] * n_sub + sub) * N + offs_n[:, None], h, mask=mask_nd)
+        if MASKED:
+            tl.store(hs_rows + sub * N + hs_offs, h, mask=mask_nd)
+        else:
+            tl.store(hs_rows + sub * N + hs_offs, h)
 
 
 @triton.jit(do_not_specialize=["s_An"])  # a stride of 1 would make A's tile n-contiguous
@@ -140,7 +147,8 @@ def _serial_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
-    SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64,
+    SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
+    WIDE_SUB: tl.constexpr = False,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -152,7 +160,8 @@ def _serial_kernel(
     zero, q = a_t (q + C_t dy_t) against the forward's order; S is written only with
     STORE_SUMS (a forward aggregate may have written the same sums). SUB_STATES (output
     pass): also the states leaving every sub-chunk of SUB positions, Hs (batch, dim, n_sub,
-    N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`).
+    N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`; EVEN_D:
+    per_group is a multiple of BLOCK_D, WIDE_SUB: a program's offsets into Hs need 64 bits).
     """
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
                                    groups)
@@ -183,6 +192,12 @@ def _serial_kernel(
     d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
     z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
     out_rows = out_ptr + row[:, None] * length
+    hs_rows = Hs_ptr + (b * dim + g * per_group + dblk * BLOCK_D) * n_sub * N
+    lanes_d = tl.arange(0, BLOCK_D)
+    if WIDE_SUB:
+        lanes_d = lanes_d.to(tl.int64)
+    hs_offs = (lanes_d * n_sub)[None, :] * N + offs_n[:, None]
+    masked: tl.constexpr = NP != N or not EVEN_D
     # every lane reads the same B/C values: a (NP, BLOCK_D) tile of them broadcast over the
     # channels holds all N in each thread, the layout of h (no shuffles, no shared memory)
     n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)
@@ -203,8 +218,8 @@ def _serial_kernel(
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
-            _store_sub_state(h, chunk_start + n_full * TI, length, Hs_ptr, row, n_sub, offs_n,
-                             mask_nd, N, TI, SUB, REVERSE)
+            _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
+                             N, TI, SUB, REVERSE, masked)
     for j in range(0, n_full):
         if REVERSE:
             t0 = chunk_start + (n_full - 1 - j) * TI
@@ -215,16 +230,16 @@ def _serial_kernel(
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
         if SUB_STATES:
-            _store_sub_state(h, t0, length, Hs_ptr, row, n_sub, offs_n, mask_nd, N, TI, SUB,
-                             REVERSE)
+            _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
+                             masked)
     if not REVERSE and has_tail:
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
-            _store_sub_state(h, chunk_start + n_full * TI, length, Hs_ptr, row, n_sub, offs_n,
-                             mask_nd, N, TI, SUB, REVERSE)
+            _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
+                             N, TI, SUB, REVERSE, masked)
     if AGGREGATE:
         if STORE_SUMS:
             tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
@@ -262,12 +277,16 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         sub_states.shape[2] if sub_states is not None else 1,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
-        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=plan.ti,
+        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d,
+        TI=plan.agg_ti if aggregate and not adjoint else plan.ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
         STORE_SUMS=not adjoint if store_sums is None else store_sums,
-        SUB_STATES=sub_states is not None, SUB=sub_chunk, num_warps=plan.num_warps,
+        SUB_STATES=sub_states is not None, SUB=sub_chunk,
+        EVEN_D=(dim // groups) % plan.block_d == 0,
+        WIDE_SUB=sub_states is not None and plan.block_d * sub_states[0, 0].numel() >= 2**31,
+        num_warps=plan.num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
 
@@ -287,7 +306,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     backward at chunks of `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d)
+                       block_d, keeps_states=sub_states is not None)
     if sub_states is not None:
         _check_power_of_two("sub_chunk", sub_chunk)
         want = (batch, dim, -(-length // sub_chunk), A.shape[1])

@@ -144,17 +144,23 @@ def test_auto_dispatches_a_long_sequence_to_serial(monkeypatch: pytest.MonkeyPat
     assert len(calls) == 1 and calls[0]["chunk"] is None
 
 
-@pytest.mark.parametrize(("length", "dim", "dtype", "chunk", "want_chunk", "want_ti"), [
-    (2_097_152, 48, torch.bfloat16, None, 256, 8),  # capped: more programs (bench row 6)
-    (512, 512, torch.float32, None, 64, 4),
-    (100, 4, torch.bfloat16, 4, 4, 4),  # a given chunk shorter than 16 bytes' positions
-    (100, 4, torch.float32, 12, 12, 4),
-    (100, 4, torch.bfloat16, 12, 12, 4),  # the largest power of two dividing it
-], ids=str)
+@pytest.mark.parametrize(
+    ("length", "dim", "dtype", "chunk", "keeps", "want_chunk", "want_ti", "want_agg_ti"), [
+        (2_097_152, 48, torch.bfloat16, None, False, 256, 8, 8),  # capped (bench row 6)
+        (512, 512, torch.float32, None, False, 64, 8, 4),  # aggregate: 16 bytes
+        (512, 512, torch.float32, None, True, 64, 8, 4),
+        (2_097_152, 48, torch.float32, None, True, 256, 4, 4),  # masked kept states
+        (2_097_152, 48, torch.float32, None, False, 256, 8, 4),
+        (100, 4, torch.bfloat16, 4, False, 4, 4, 4),  # a given chunk shorter than a load
+        (100, 4, torch.float32, 12, False, 12, 4, 4),  # the largest power of two dividing it
+        (100, 4, torch.bfloat16, 12, False, 12, 4, 4),
+    ], ids=str)
 def test_serial_plan_sizes(length: int, dim: int, dtype: torch.dtype, chunk: int | None,
-                           want_chunk: int, want_ti: int) -> None:
-    plan = triton_fwd_serial.serial_plan(1, dim, 1, length, dtype, chunk=chunk)
-    assert (plan.chunk, plan.ti) == (want_chunk, want_ti)
+                           keeps: bool, want_chunk: int, want_ti: int,
+                           want_agg_ti: int) -> None:
+    plan = triton_fwd_serial.serial_plan(1, dim, 1, length, dtype, chunk=chunk,
+                                         keeps_states=keeps)
+    assert (plan.chunk, plan.ti, plan.agg_ti) == (want_chunk, want_ti, want_agg_ti)
     assert plan.n_chunks == -(-length // want_chunk)
 
 
