@@ -242,7 +242,7 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
 # load (a block's steps one state at a time) 1.5x slower; a read-ahead of the next block
 # again (0.5-1.4% faster, and it faulted again, on the adjoint of (8, 128, 16384) fp32);
 # z read with dt and u at a block's start instead of at its end: no change
-SERIAL_CONFIGS = (("ti 8", {"ti": 8}), ("default", {}), ("ti 4", {"ti": 4}))
+SERIAL_CONFIGS = (("default", {}), ("chunk 128", {"chunk": 128}), ("chunk 512", {"chunk": 512}))
 
 
 def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64):
@@ -271,7 +271,8 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
                                           last, **kw)
 
                 plan = serial.serial_plan(*u.shape[:2], B.shape[1], u.shape[2], dt,
-                                          chunk=bwd_chunk, **kw)
+                                          chunk=bwd_chunk,
+                                          **{k: v for k, v in kw.items() if k != "chunk"})
 
                 def run_bnd(plan=plan):
                     serial.serial_boundary_states(u, delta, z, dout, A, B, C, bias, True,

@@ -32,22 +32,20 @@ _TARGET_PROGRAMS = 4096
 _MIN_CHUNK, _MAX_CHUNK = 64, 256
 
 
-def serial_applies(sequences: int, length: int, per_group: int, dtype: torch.dtype,
-                   training: bool = False) -> bool:
-    """Whether "auto" takes this variant (forward) or its boundary states (backward).
+def serial_applies(sequences: int, length: int, per_group: int) -> bool:
+    """Whether "auto" takes this variant for the forward (and, through
+    triton_bwd.auto_boundary, the backward's boundary states).
 
     sequences: batch * dim; per_group: channels sharing B/C, one a thread of a 32-wide
     warp. Fewer than 32 leave threads idle (untimed: multi-head scans with small heads stay
-    on the tile kernels). In fp32 a count that is not a multiple of 32 (48 on bench row 6)
-    lost to "deferred" in the forward alone; `training` (the forward keeps the backward's
-    boundary states, which only this variant produces) takes it there too (session 19:
-    row 6 fp32 fwd+bwd 12.19 -> 11.56 ms, call 6 of scripts/results/
-    kernel_h200_2026-12-01_s19).
+    on the tile kernels). Until session 25 an fp32 group that was not a multiple of 32
+    channels took "deferred" unless the call kept the backward's states; with 8 positions a
+    load (`_default_ti`) "serial" is the faster forward there too (bench row 6, (1, 48,
+    2097152) fp32: 2.358 against 2.835 ms, `fwd_variants_fp32_call9.log` of
+    scripts/results/kernel_h200_2026-12-01_s25/).
     """
-    if (length < SERIAL_MIN_LENGTH or sequences * length < SERIAL_MIN_ELEMENTS
-            or per_group < 32):
-        return False
-    return training or dtype != torch.float32 or per_group % 32 == 0
+    return (length >= SERIAL_MIN_LENGTH and sequences * length >= SERIAL_MIN_ELEMENTS
+            and per_group >= 32)
 
 
 @dataclass(frozen=True)

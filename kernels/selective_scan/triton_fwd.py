@@ -20,8 +20,8 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 
 "auto" (the default, `auto_variant`) takes "serial" where
 serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions and
-SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (in fp32 only whole warps of
-them; measured in session 23: serial_planning.py); otherwise "deferred" for fp32 inputs,
+SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (measured in sessions 23 and
+25: serial_planning.py); otherwise "deferred" for fp32 inputs,
 and for fp16/bf16 "rows" when the sequence is one chunk (L <= 512) and B/C's state
 strides keep its 32-bit offsets below 2**31 (`rows_offsets_fit`), "chunked" otherwise.
 Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
@@ -38,6 +38,12 @@ log scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log; (2, 
     2, 64, 262144     bf16     0.950  1.064   1.648    0.599
     1, 48, 2097152    bf16     2.822  2.825   4.928    2.251
     2, 512, 512       bf16     0.060  0.024   0.061    0.282   (one chunk: rows 2.5x)
+
+Session 25 (8 positions a load in fp32's "serial" output pass, serial_planning's
+`_default_ti`; `fwd_variants_fp32_call9.log` of scripts/results/kernel_h200_2026-12-01_s25/)
+took fp32 "serial" to 0.620 ms on (2, 64, 262144), 0.318 on (8, 128, 16384), 0.058 on
+(2, 256, 4096) and 2.358 on (1, 48, 2097152), where "deferred" took 2.828: 48 channels a
+group now run "serial" too.
 
 Deferred's fp32 scratch weighs more against 2-byte inputs. "rows" holds ~60 registers
 instead of 255 but runs the tile's arithmetic row by row; it wins only where a single
@@ -87,27 +93,27 @@ def _result(out: torch.Tensor, last_state: torch.Tensor, keep_states: bool,
 
 
 def backward_states(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor | None:
-    """Where a training call runs the "serial" forward (`serial_applies(training=True)`)
-    and the backward's default plan has several chunks, an fp32 (batch, dim, chunks, N)
-    tensor for the forward to fill with the states leaving them (the backward then takes
-    "serial" boundaries); None elsewhere."""
+    """Where a training call runs the "serial" forward (`serial_applies`) and the
+    backward's default plan has several chunks, an fp32 (batch, dim, chunks, N) tensor for
+    the forward to fill with the states leaving them (the backward then takes "serial"
+    boundaries); None elsewhere."""
     batch, dim, length = u.shape
     n_chunks = -(-length // BACKWARD_CHUNK)
     if length <= _MAX_SINGLE_CHUNK[True] or not serial_applies(
-            batch * dim, length, dim // B.shape[1], u.dtype, training=True):
+            batch * dim, length, dim // B.shape[1]):
         return None
     return torch.empty(batch, dim, n_chunks, A.shape[1], device=u.device,
                        dtype=torch.float32)
 
 
 def auto_variant(dtype: torch.dtype, n_chunks: int, sequences: int, length: int,
-                 per_group: int, training: bool = False) -> str:
+                 per_group: int) -> str:
     """The forward variant "auto" runs (measurements in the module docstring).
 
     sequences: batch * dim; per_group: channels sharing B/C (`serial_applies` says when
-    "serial" pays, `training`: when the backward's boundary states are to be kept).
+    "serial" pays).
     """
-    if serial_applies(sequences, length, per_group, dtype, training):
+    if serial_applies(sequences, length, per_group):
         return "serial"
     if dtype == torch.float32:
         return "deferred"
@@ -221,8 +227,7 @@ def selective_scan_fwd_triton(
                        num_warps, n_state)
     asked = variant
     if variant == "auto":
-        variant = auto_variant(u.dtype, plan.n_chunks, batch * dim, length, dim // groups,
-                               keep_states)
+        variant = auto_variant(u.dtype, plan.n_chunks, batch * dim, length, dim // groups)
     if variant == "rows" and not rows_offsets_fit(B, C):
         if asked == "auto":
             variant = "chunked"
