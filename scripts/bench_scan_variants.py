@@ -290,8 +290,12 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
             del x, u, delta, A, B, C, D, z, bias, out, dout, ref
 
 
-def compare_serial_passes(dtypes, shapes, tis=(4, 8), sub_chunk=64):
-    """GPU time (CUDA-graph replay, ms) of each "serial" pass by positions a load (TI):
+SERIAL_PASS_CONFIGS = (("ti 8", {"ti": 8}), ("ti8 vec4", {"ti": 8, "vec": 4}))
+
+
+def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk=64):
+    """GPU time (CUDA-graph replay, ms) of each "serial" pass by plan options (`configs`:
+    labels and serial_plan keywords):
     the forward aggregate ("agg"), the output pass without ("inf") and with ("out") the
     backward's states kept (an inference and a training forward, at the forward's chunk),
     and the backward's adjoint aggregate ("adj", chunks of `sub_chunk`). Same inputs for
@@ -302,7 +306,7 @@ def compare_serial_passes(dtypes, shapes, tis=(4, 8), sub_chunk=64):
 
     passes = ("agg", "inf", "out", "adj")
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(
-        f"{f'{p} ti {ti}':>12}" for p in passes for ti in tis))
+        f"{f'{p} {c}':>14}" for p in passes for c, _ in configs))
     for dt in dtypes:
         for shape in shapes:
             x = make_inputs(*shape, dt)
@@ -313,9 +317,9 @@ def compare_serial_passes(dtypes, shapes, tis=(4, 8), sub_chunk=64):
             dout, out = torch.randn_like(u), torch.empty_like(u)
             sub = torch.zeros(batch, dim, -(-length // sub_chunk), A.shape[1], **zeros)
             times = {}
-            for ti in tis:
-                plan = serial.serial_plan(batch, dim, 1, length, dt, ti=ti)
-                adj_plan = serial.serial_plan(batch, dim, 1, length, dt, chunk=sub_chunk, ti=ti)
+            for label, kw in configs:
+                plan = serial.serial_plan(batch, dim, 1, length, dt, **kw)
+                adj_plan = serial.serial_plan(batch, dim, 1, length, dt, chunk=sub_chunk, **kw)
                 H = torch.zeros(batch, dim, plan.n_chunks, A.shape[1], **zeros)
                 S = torch.zeros(batch, dim, plan.n_chunks, **zeros)
                 Q = torch.zeros(batch, dim, adj_plan.n_chunks, A.shape[1], **zeros)
@@ -334,8 +338,9 @@ def compare_serial_passes(dtypes, shapes, tis=(4, 8), sub_chunk=64):
                                                   store_sums=True),
                 }
                 for name, call in calls.items():
-                    times[name, ti] = do_bench_cudagraph(call, rep=30, return_mode="median")
+                    times[name, label] = do_bench_cudagraph(call, rep=30,
+                                                            return_mode="median")
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(
-                f"{times[p, ti]:>12.3f}" for p in passes for ti in tis),
+                f"{times[p, c]:>14.3f}" for p in passes for c, _ in configs),
                 flush=True)
             del x, u, delta, A, B, C, D, z, bias, dout, out, sub

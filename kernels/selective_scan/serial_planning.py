@@ -59,6 +59,7 @@ class SerialPlan:
     num_warps: int
     ti: int  # positions a load: the output pass and the adjoint aggregate
     agg_ti: int  # positions a load of the forward aggregate
+    vec: int = 64  # output pass: at most this many positions a lane loads at once
 
     @property
     def carry_block(self) -> int:
@@ -70,26 +71,31 @@ class SerialPlan:
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
-                keeps_states: bool = False) -> SerialPlan:
+                keeps_states: bool = False, vec: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
     input dtype for the forward aggregate, as measured (`_default_ti`). keeps_states: the
-    output pass also writes the backward's boundary states."""
+    output pass also writes the backward's boundary states. vec: the output pass loads a
+    channel's TI positions in pieces of at most this many (`_default_vec`)."""
     per_group = dim // groups
     if num_warps is None:
         num_warps = 1
     if block_d is None:
         block_d = 32 * num_warps
     block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
+    masked_states = keeps_states and per_group % block_d != 0
+    if vec is None:
+        vec = _default_vec(dtype, masked_states)
     if ti is None:
-        ti = _default_ti(dtype, keeps_states and per_group % block_d != 0)
+        ti = _default_ti(dtype, masked_states)
         agg_ti = 16 // dtype.itemsize
         if chunk is not None:  # the largest power of two dividing the chunk
             ti, agg_ti = min(ti, chunk & -chunk), min(agg_ti, chunk & -chunk)
     else:
         agg_ti = ti
     _check_power_of_two("ti", ti)
+    _check_power_of_two("vec", vec)
     rows = batch * groups * -(-per_group // block_d)
     if chunk is None:
         want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
@@ -98,7 +104,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec)
 
 
 def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:
@@ -116,3 +122,15 @@ def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:
     if dtype.itemsize == 4 and masked_states:
         return 4
     return 8
+
+
+def _default_vec(dtype: torch.dtype, masked_states: bool) -> int:
+    """Positions a lane of the output pass loads at once: 4, i.e. a block's 8 positions over
+    two lanes a channel. In bf16 this turns the block's layout conversions from shared
+    memory and 48 barriers into shuffles (offline SASS for sm_90), as fp32's 8 positions
+    get by themselves. Session 25 (`passes_bf16_vec_call10.log`, GPU time, bf16, 8 -> 4):
+    output pass (2, 64, 262144) 0.378 -> 0.355 ms, kept states 0.399 -> 0.363; (8, 128,
+    16384) 0.188 -> 0.179. Kept states with a masked store (a group's channels not a
+    multiple of the block's) keep whole 16-byte loads: (1, 48, 2097152) 1.396 -> 1.478.
+    The aggregates keep 16-byte loads (0.197 -> 0.219 ms with 4)."""
+    return 8 if masked_states and dtype.itemsize == 2 else 4

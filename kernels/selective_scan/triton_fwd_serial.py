@@ -148,7 +148,7 @@ def _serial_kernel(
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
-    WIDE_SUB: tl.constexpr = False,
+    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -188,6 +188,8 @@ def _serial_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     offs_i = tl.arange(0, TI)
+    if VEC < TI:  # the same positions, vectors of VEC as far as the compiler knows
+        offs_i = offs_i % VEC + (offs_i // VEC) * VEC
     u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
     d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
     z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
@@ -279,6 +281,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d,
         TI=plan.agg_ti if aggregate and not adjoint else plan.ti,
+        VEC=64 if aggregate else plan.vec,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,

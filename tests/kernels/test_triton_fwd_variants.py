@@ -164,6 +164,17 @@ def test_serial_plan_sizes(length: int, dim: int, dtype: torch.dtype, chunk: int
     assert plan.n_chunks == -(-length // want_chunk)
 
 
+@pytest.mark.parametrize(("dim", "dtype", "keeps", "want_vec"), [
+    (64, torch.bfloat16, False, 4), (64, torch.bfloat16, True, 4), (64, torch.float32, True, 4),
+    (48, torch.bfloat16, True, 8),  # a masked store of kept states: whole 16-byte loads
+    (48, torch.bfloat16, False, 4),
+], ids=str)
+def test_serial_plan_vector_positions(dim: int, dtype: torch.dtype, keeps: bool,
+                                      want_vec: int) -> None:
+    plan = triton_fwd_serial.serial_plan(1, dim, 1, 2_097_152, dtype, keeps_states=keeps)
+    assert plan.vec == want_vec
+
+
 def test_serial_plan_refuses_bad_positions_a_load() -> None:
     with pytest.raises(ValueError, match="^ti: expected a power of two, got 3"):
         triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, ti=3)
