@@ -5,6 +5,8 @@ scripts/bench_selective_scan.py that compare kernel variants and launch configs)
     --fwd-variants   forward variants side by side, and the public call's host overhead
     --bwd-variants   backward configs (BWD_CONFIGS) side by side
     --host           do_bench vs CUDA-graph replay vs host time a call
+    --serial-options "serial" plans side by side (forward, backward boundary states)
+    --serial-passes  each "serial" pass alone by plan option (GPU time)
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
             del x, u, delta, A, B, C, D, z, bias, out, dout, ref
 
 
-SERIAL_PASS_CONFIGS = (("ti 8", {"ti": 8}), ("ti8 vec4", {"ti": 8, "vec": 4}))
+SERIAL_PASS_CONFIGS = (("default", {}), ("ti 4", {"ti": 4}), ("whole", {"vec": 64}))
 
 
 def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk=64):
@@ -299,7 +301,8 @@ def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk
     the forward aggregate ("agg"), the output pass without ("inf") and with ("out") the
     backward's states kept (an inference and a training forward, at the forward's chunk),
     and the backward's adjoint aggregate ("adj", chunks of `sub_chunk`). Same inputs for
-    every TI; states are zeros (timing only)."""
+    every config; states are zeros (timing only). "whole": each lane loads a block's
+    positions at once (before session 25's `vec`)."""
     from triton.testing import do_bench_cudagraph
 
     from medmamba_kernels.selective_scan import triton_fwd_serial as serial

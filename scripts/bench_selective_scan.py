@@ -135,9 +135,9 @@ def main() -> int:
     p.add_argument("--carry", action="store_true",
                    help="the carry over chunks alone, by config (programs a row, warps)")
     p.add_argument("--serial-options", action="store_true",
-                   help='the "serial" kernel\'s block options (prefetch, B/C tiles) side by side')
+                   help='the "serial" kernel\'s plans side by side (SERIAL_CONFIGS)')
     p.add_argument("--serial-passes", action="store_true",
-                   help='each "serial" pass alone by positions a load (GPU time)')
+                   help='each "serial" pass alone by plan (SERIAL_PASS_CONFIGS; GPU time)')
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)

@@ -59,7 +59,7 @@ class SerialPlan:
     num_warps: int
     ti: int  # positions a load: the output pass and the adjoint aggregate
     agg_ti: int  # positions a load of the forward aggregate
-    vec: int = 64  # output pass: at most this many positions a lane loads at once
+    vec: int  # output pass: at most this many positions a lane loads at once
 
     @property
     def carry_block(self) -> int:

@@ -251,6 +251,8 @@ def _serial_kernel(
 
 
 _serial_kernel_launcher = CachedLaunch(_serial_kernel)
+# a program's offsets into the kept states from this many on are 64-bit (tests lower it)
+_INT32_OFFSETS = 2**31
 
 
 def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
@@ -288,7 +290,8 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         STORE_SUMS=not adjoint if store_sums is None else store_sums,
         SUB_STATES=sub_states is not None, SUB=sub_chunk,
         EVEN_D=(dim // groups) % plan.block_d == 0,
-        WIDE_SUB=sub_states is not None and plan.block_d * sub_states[0, 0].numel() >= 2**31,
+        WIDE_SUB=(sub_states is not None
+                  and plan.block_d * sub_states[0, 0].numel() >= _INT32_OFFSETS),
         num_warps=plan.num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )

@@ -68,6 +68,19 @@ def test_forward_keeps_the_states_the_backward_computes(case: ScanCase, chunk: i
     assert relative_error(kept, want) <= TOLERANCE[torch.float32]
 
 
+def test_kept_states_with_64_bit_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # past 2**31 elements of a program's kept states the offsets are 64-bit: the same states
+    monkeypatch.setattr(triton_fwd_serial, "_INT32_OFFSETS", 1)
+    case, chunk = CASES[0]
+    x = _four_d(case.inputs(DEVICE))
+    plan = triton_fwd_serial.serial_plan(case.batch, case.dim, x["B"].shape[1], case.length,
+                                         case.dtype, chunk=SUB)
+    want, _ = triton_fwd_serial.serial_boundary_states(
+        x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
+        case.softplus, case.reverse, plan)
+    assert relative_error(_kept_states(case, x, chunk), want) <= TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize(("case", "chunk"), CASES[:6],
                          ids=[f"{c.id}-c{k}" for c, k in CASES[:6]])
 def test_backward_from_kept_states_matches_reference(case: ScanCase, chunk: int) -> None:
