@@ -138,19 +138,24 @@ def configs(chunk: int):
 
 
 def serial_configs(dtype: torch.dtype):
-    """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp)."""
+    """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp;
+    serial_planning's positions a load: 16 bytes in the forward aggregate, 8 positions,
+    loaded 4 at a time, in the output pass and the adjoint aggregate)."""
     L, D = 262144, 64
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
                 n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
                 s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
                 s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
-                N=16, NP=16, BLOCK_D=32, TI=16 // dtype.itemsize, HAS_BIAS=True,
+                N=16, NP=16, BLOCK_D=32, TI=8, VEC=4, EVEN_D=True, HAS_BIAS=True,
                 SOFTPLUS=True, HAS_Z=True, HAS_D=True, REVERSE=False, MULTI_CHUNK=True,
                 AGGREGATE=False, ADJOINT=False)
     kernel = ("triton_fwd_serial", "_serial_kernel")
-    yield "serial: aggregate", kernel, {**base, "AGGREGATE": True}, 1
-    yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True}, 1
+    yield "serial: aggregate", kernel, {**base, "AGGREGATE": True,
+                                        "TI": 16 // dtype.itemsize, "VEC": 64}, 1
+    yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True,
+                                                "VEC": 64}, 1
     yield "serial: output", kernel, base, 1
+    yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
         yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1
