@@ -14,8 +14,8 @@
 #   public     ... --public: the same for the public selective_scan (eager autograd)
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
-#   serial     ... --serial-options ("serial" block options side by side)
-#   passes     ... --serial-passes (each "serial" pass alone by positions a load)
+#   serial     ... --serial-options ("serial" plans side by side)
+#   passes     ... --serial-passes (each "serial" pass alone, by plan)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>.log; its tail is printed.

@@ -9,7 +9,7 @@
 mkdir -p /tmp/k && ln -sfn "$PWD/kernels" /tmp/k/medmamba_kernels
 report=${OUT:-/tmp}/ncu_$1_$2_$3.txt
 metrics='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:sm__pipe_.*_cycles_active\.avg\.pct_of_peak_sustained_active$'
-[ -n "${BREAKDOWN:-}" ] && metrics+=',breakdown:l1tex__throughput.avg.pct_of_peak_sustained_elapsed,breakdown:sm__throughput.avg.pct_of_peak_sustained_elapsed,smsp__inst_executed.sum,smsp__inst_executed_pipe_lsu.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_lg.sum'
+[ -n "${BREAKDOWN:-}" ] && metrics+=',breakdown:l1tex__throughput.avg.pct_of_peak_sustained_elapsed,breakdown:sm__throughput.avg.pct_of_peak_sustained_elapsed,smsp__inst_executed.sum,smsp__inst_executed_pipe_lsu.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum'
 PYTHONPATH=/tmp/k:$PWD timeout 500 ncu --clock-control none -k regex:"${KERNELS:-_serial|_carry|_bwd|_chunk|_fwd}" -c "${4:-10}" \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats \
