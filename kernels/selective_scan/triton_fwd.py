@@ -213,8 +213,9 @@ def selective_scan_fwd_triton(
     "chunked", "deferred", "reload", "rows", "serial" or "auto" (`auto_variant`: by dtype,
     length and channels a group). "serial" plans its own chunks (serial_planning's
     `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
-    program), not `carry_block`. `ti`: positions per load of "serial" (default 16 bytes'
-    worth); `maxnreg`: its output kernel's register cap (None: the compiler's choice).
+    program), not `carry_block`. `ti`: positions per load of "serial" (default: its plan's,
+    serial_planning's `_default_ti`); `maxnreg`: its output kernel's register cap (None:
+    the compiler's choice).
     Returns (out, last_state fp32 (batch, dim, N)); with `keep_states`, also the states
     leaving every chunk of the backward's plan (`backward_states`) or None where the
     forward does not produce them: passed to the backward, they spare it a pass.

@@ -12,7 +12,8 @@ The reduction over the N states is in-thread, so a step costs per state one expo
 and four multiply-adds, no shuffle and no shared memory. B_t and C_t are the same for
 every channel of a group: each thread reads all N of them (one broadcast load per state,
 served by L1), which is the layout h needs. dt, u and z arrive TI positions at a time as
-(BLOCK_D, TI) tiles, 16 bytes per channel, and out leaves the same way.
+(BLOCK_D, TI) tiles (the plan's TI: 8 positions in the output pass, VEC of them a vector
+load; serial_planning's `_default_ti`, `_default_vec`), and out leaves the same way.
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
