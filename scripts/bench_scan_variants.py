@@ -17,6 +17,12 @@ from scan_bench_common import (ANCHORS, bench_and_graph_ms, bwd, fwd, host_ms, m
                                rel, row_calls)
 
 
+def _scan_args(x: dict) -> tuple:
+    """(u, delta, A, B, C, D, z, delta_bias) of make_inputs' dict, for the host functions
+    that take them positionally."""
+    return tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+
+
 def sweep(dtypes, rows=(1, 5, 6, 3, 4)):
     from triton.testing import do_bench
 
@@ -74,8 +80,7 @@ def compare_fwd_variants(dtypes, shapes):
                                       return_mode="median"))
                 graph.append(do_bench_cudagraph(lambda kw=kw: fwd(**x, **kw), rep=50,
                                                 return_mode="median"))
-            args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-            leaves = [a.detach().requires_grad_() for a in args]
+            leaves = [a.detach().requires_grad_() for a in _scan_args(x)]
             dout = torch.randn_like(ref_out)
 
             def op_fb():
@@ -261,8 +266,7 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
     for dt in dtypes:
         for shape in shapes:
             x = make_inputs(*shape, dt)
-            u, delta, A, B, C, D, z, bias = (x[k] for k in (
-                "u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+            u, delta, A, B, C, D, z, bias = _scan_args(x)
             out = torch.empty_like(u)
             last = torch.empty(*u.shape[:2], A.shape[1], device=u.device)
             dout = torch.randn_like(u)
@@ -313,8 +317,7 @@ def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk
     for dt in dtypes:
         for shape in shapes:
             x = make_inputs(*shape, dt)
-            u, delta, A, B, C, D, z, bias = (x[k] for k in (
-                "u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+            u, delta, A, B, C, D, z, bias = _scan_args(x)
             batch, dim, length = u.shape
             zeros = dict(device=u.device, dtype=torch.float32)
             dout, out = torch.randn_like(u), torch.empty_like(u)

@@ -61,6 +61,13 @@ class SerialPlan:
     agg_ti: int  # positions a load of the forward aggregate
     vec: int  # output pass: at most this many positions a lane loads at once
 
+    def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int]:
+        """(TI, VEC) of one pass: positions a block and at most how many of them a lane
+        loads at once. The forward aggregate takes `agg_ti`, the output pass `vec`."""
+        if aggregate:
+            return (self.ti if adjoint else self.agg_ti), 64
+        return self.ti, self.vec
+
     @property
     def carry_block(self) -> int:
         """Chunks a step of `carry_chunks`."""

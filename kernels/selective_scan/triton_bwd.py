@@ -252,12 +252,11 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
     """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
     dim), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
     row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
-    bf16; the lengths from 2048 on: with the forward's (session 23). Without kept states
-    an fp32 group that is not whole warps stays on "tile" (session 16's measurement; the
-    forward's rule changed in session 25, this one was not measured again)."""
-    if not serial_applies(sequences, length, per_group):
-        return "tile"
-    return "tile" if dtype == torch.float32 and per_group % 32 else "serial"
+    bf16; the lengths from 2048 on: with the forward's (session 23). fp32 groups that are
+    not whole warps stay on "tile" (session 16; not measured again since session 25)."""
+    fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
+    ok = serial_applies(sequences, length, per_group) and not fp32_part_warps
+    return "serial" if ok else "tile"
 
 
 def selective_scan_bwd_triton(
