@@ -296,12 +296,17 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
             del x, u, delta, A, B, C, D, z, bias, out, dout, ref
 
 
-SERIAL_PASS_CONFIGS = (("default", {}), ("ti 4", {"ti": 4}), ("whole", {"vec": 64}))
+# labels -> serial_plan keywords of --serial-passes (--pass-configs picks some)
+SERIAL_PASS_CONFIGS = {"default": {}, "ti 2": {"ti": 2, "vec": 2}, "ti 4": {"ti": 4},
+                       "whole": {"vec": 64}, "ti 2 bc 2": {"ti": 2, "vec": 2, "bc": 2},
+                       "ti 4 bc 2": {"ti": 4, "bc": 2}, "ti 4 bc 4": {"ti": 4, "bc": 4},
+                       "ti 8 bc 4": {"ti": 8, "vec": 64, "bc": 4},
+                       "ti 8 bc 8": {"ti": 8, "vec": 64, "bc": 8}}
 
 
-def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk=64):
-    """GPU time (CUDA-graph replay, ms) of each "serial" pass by plan options (`configs`:
-    labels and serial_plan keywords):
+def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), sub_chunk=64):
+    """GPU time (CUDA-graph replay, ms) of each "serial" pass by plan options (`labels` of
+    SERIAL_PASS_CONFIGS):
     the forward aggregate ("agg"), the output pass without ("inf") and with ("out") the
     backward's states kept (an inference and a training forward, at the forward's chunk),
     and the backward's adjoint aggregate ("adj", chunks of `sub_chunk`). Same inputs for
@@ -311,6 +316,7 @@ def compare_serial_passes(dtypes, shapes, configs=SERIAL_PASS_CONFIGS, sub_chunk
 
     from medmamba_kernels.selective_scan import triton_fwd_serial as serial
 
+    configs = [(label, SERIAL_PASS_CONFIGS[label]) for label in labels]
     passes = ("agg", "inf", "out", "adj")
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(
         f"{f'{p} {c}':>14}" for p in passes for c, _ in configs))

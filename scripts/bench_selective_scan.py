@@ -138,6 +138,9 @@ def main() -> int:
                    help='the "serial" kernel\'s plans side by side (SERIAL_CONFIGS)')
     p.add_argument("--serial-passes", action="store_true",
                    help='each "serial" pass alone by plan (SERIAL_PASS_CONFIGS; GPU time)')
+    p.add_argument("--pass-configs", default=None,
+                   help="with --serial-passes: the labels of SERIAL_PASS_CONFIGS to time, "
+                        "comma-separated (default: default, ti 4, whole)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -185,7 +188,8 @@ def main() -> int:
         compare_serial_options(dtypes, [s for s in shapes if s[2] >= 16384])
         return 0
     if args.serial_passes:
-        compare_serial_passes(dtypes, [s for s in shapes if s[2] >= 4096])
+        labels = {} if args.pass_configs is None else {"labels": args.pass_configs.split(",")}
+        compare_serial_passes(dtypes, [s for s in shapes if s[2] >= 4096], **labels)
         return 0
 
     ok = True

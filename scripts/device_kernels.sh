@@ -15,15 +15,17 @@
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   serial     ... --serial-options ("serial" plans side by side)
-#   passes     ... --serial-passes (each "serial" pass alone, by plan)
+#   passes     ... --serial-passes (each "serial" pass alone, by plan; PASS_LABELS: the
+#              comma-separated labels of SERIAL_PASS_CONFIGS to time)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
-# Each section's log goes to $OUT/<section>.log; its tail is printed.
+# Each section's log goes to $OUT/<section>$LOG_TAG.log; its tail is printed. KERNELS_DIR
+# (default ./kernels) runs other kernels, e.g. .devdata/old/kernels of device_kernel_ab.sh.
 set -o pipefail
-mkdir -p /tmp/k "$OUT" && ln -sfn "$PWD/kernels" /tmp/k/medmamba_kernels
+mkdir -p /tmp/k "$OUT" && ln -sfn "$(realpath "${KERNELS_DIR:-kernels}")" /tmp/k/medmamba_kernels
 K="env PYTHONPATH=/tmp/k:$PWD:${PYTHONPATH:-} python3"
 for section in "$@"; do
-  log="$OUT/$section.log"
+  log="$OUT/$section${LOG_TAG:-}.log"
   case $section in
     tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
@@ -40,7 +42,8 @@ for section in "$@"; do
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
-    passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes > "$log" 2>&1 ;;
+    passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes \
+              ${PASS_LABELS:+--pass-configs "$PASS_LABELS"} > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;
