@@ -145,7 +145,7 @@ def serial_configs(dtype: torch.dtype):
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
                 n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
                 s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
-                s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2, s_Hn=2,  # run-time values
+                s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
                 N=16, NP=16, BLOCK_D=32, TI=8, VEC=4, EVEN_D=True, HAS_BIAS=True,
                 SOFTPLUS=True, HAS_Z=True, HAS_D=True, REVERSE=False, MULTI_CHUNK=True,
                 AGGREGATE=False, ADJOINT=False)
@@ -156,13 +156,10 @@ def serial_configs(dtype: torch.dtype):
                                                 "VEC": 64}, 1
     yield "serial: output", kernel, base, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
-    for label, opts in (("bc 2", {"BC_TI": 2}), ("bc 4", {"BC_TI": 4}),
-                        ("ti 4 bc 4", {"TI": 4, "VEC": 4, "BC_TI": 4}),
-                        ("ti 4 bc 2", {"TI": 4, "VEC": 4, "BC_TI": 2})):
+    for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
+                        ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
         yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1
         yield f"serial: output, {label}", kernel, {**base, **opts}, 1
-        yield f"serial: output, kept states, {label}", kernel, {**base, "SUB_STATES": True, **opts}, 1
-        yield f"serial: adjoint aggregate, {label}", kernel, {**base, "AGGREGATE": True, "ADJOINT": True, **opts}, 1
 
 
 def backward_configs(chunk: int):

@@ -45,21 +45,6 @@ def _pick(x, sel):
 
 
 @triton.jit
-def _column(x, i: tl.constexpr, W: tl.constexpr):
-    """x[:, :, i] of a (R, C, W) tile whose W (a power of two) a thread holds: reshapes and
-    splits, register renames (a select-and-sum pick costs an add an element)."""
-    if W == 1:
-        return tl.reshape(x, (x.shape[0], x.shape[1]))
-    else:
-        lo, hi = tl.split(tl.reshape(x, (x.shape[0], x.shape[1], W // 2, 2)))
-        if i % 2 == 0:
-            half = lo
-        else:
-            half = hi
-        return _column(half, i // 2, W // 2)
-
-
-@triton.jit
 def _silu_gate(z_rows, offs_t, s_zl, mask):
     """silu(z) over a (BLOCK_D, TI) block, fp32."""
     zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=mask, other=0.0).to(tl.float32)
@@ -73,7 +58,6 @@ def _serial_block(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
-    BC_TI: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
@@ -99,31 +83,27 @@ def _serial_block(
     else:
         x = dt * u
     y = tl.zeros(dt.shape, dtype=tl.float32)
-    offs_bc = tl.arange(0, BC_TI)
     for k in tl.static_range(TI):
         if REVERSE:
             i = TI - 1 - k
         else:
             i = k
-        if k % BC_TI == 0:  # the first of BC_TI positions in scan order
-            # B/C of BC_TI positions, (BLOCK_D, NP, BC_TI) tiles broadcast over the
-            # channels: every lane reads the same address, BC_TI positions a load
-            t_bc = t0 + (i - i % BC_TI) + offs_bc
-            if TAIL:
-                t_bc = tl.minimum(t_bc, length - 1)
-            B_blk = tl.load(B_rows[:, :, None] + t_bc[None, None, :] * s_Bl)
-            if not AGGREGATE:
-                C_blk = tl.load(C_rows[:, :, None] + t_bc[None, None, :] * s_Cl)
-        sel = offs_i == i
-        B_i = _column(B_blk, i % BC_TI, BC_TI).to(tl.float32) * drive_n
-        a_i = tl.exp2(A2 * _pick(dt, sel)[:, None])
-        if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
-            h = a_i * (h + B_i * _pick(x, sel)[:, None])
+        if TAIL:
+            t_i = tl.minimum(t0 + i, length - 1)
         else:
-            h = a_i * h + B_i * _pick(x, sel)[:, None]
+            t_i = t0 + i
+        sel = offs_i == i
+        # one scalar load per state and step, the same address on every lane (L1
+        # broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.5-1.9x slower
+        B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+        a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
+        if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
+            h = a_i * (h + B_i * _pick(x, sel)[None, :])
+        else:
+            h = a_i * h + B_i * _pick(x, sel)[None, :]
         if not AGGREGATE:
-            C_i = _column(C_blk, i % BC_TI, BC_TI).to(tl.float32)
-            y = tl.where(sel[None, :], tl.sum(C_i * h, axis=1)[:, None], y)
+            C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+            y = tl.where(sel[None, :], tl.sum(C_i * h, axis=0)[:, None], y)
     if AGGREGATE:
         return h, y_acc + tl.sum(dt, axis=1)
     if HAS_D:
@@ -158,20 +138,18 @@ def _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N: tl.constexpr,
             tl.store(hs_rows + sub * N + hs_offs, h)
 
 
-# run-time strides of 1: seen as 1, the compiler would take h's tile as n-contiguous and lay
-# it out 4 states of 4 channels a thread, converting every position's columns to it
-@triton.jit(do_not_specialize=["s_An", "s_Hn"])
+@triton.jit(do_not_specialize=["s_An"])  # a stride of 1 would make A's tile n-contiguous
 def _serial_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, S_ptr, out_ptr,
     Hs_ptr, dim, groups, length, n_chunks, chunk_len, n_dblk, per_group, n_sub,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_An, s_Hn,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_An,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, TI: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
-    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
+    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -190,21 +168,20 @@ def _serial_kernel(
                                    groups)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
-    offs_hn = offs_n * s_Hn  # H and Hs are n-contiguous (s_Hn = 1, see the decorator)
     local_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = local_d < per_group
     offs_d = g * per_group + local_d
-    mask_nd = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :] * s_An, mask=mask_nd,
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None] * s_An, mask=mask_nd,
                  other=0.0) * 1.4426950408889634
     row = b * dim + offs_d
     if MULTI_CHUNK and not AGGREGATE:
         has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
-        h = tl.load(H_ptr + (row[:, None] * n_chunks + c_prev) * N + offs_hn[None, :],
+        h = tl.load(H_ptr + (row[None, :] * n_chunks + c_prev) * N + offs_n[:, None],
                     mask=mask_nd, other=0.0)
         h = tl.where(has_prev, h, 0.0)
     else:
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     bias = 0.0
     Dv = 0.0
     if HAS_BIAS:
@@ -222,18 +199,18 @@ def _serial_kernel(
     lanes_d = tl.arange(0, BLOCK_D)
     if WIDE_SUB:
         lanes_d = lanes_d.to(tl.int64)
-    hs_offs = (lanes_d * n_sub)[:, None] * N + offs_hn[None, :]
+    hs_offs = (lanes_d * n_sub)[None, :] * N + offs_n[:, None]
     masked: tl.constexpr = NP != N or not EVEN_D
     # every lane reads the same B/C values: a (NP, BLOCK_D) tile of them broadcast over the
     # channels holds all N in each thread, the layout of h (no shuffles, no shared memory)
     n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)
-    zero_d = 0 * offs_d[:, None]
-    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe[None, :] * s_Bn + zero_d
-    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe[None, :] * s_Cn + zero_d
+    zero_d = 0 * offs_d[None, :]
+    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe[:, None] * s_Bn + zero_d
+    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe[:, None] * s_Cn + zero_d
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
-        drive_n = tl.where(mask_n, 1.0, 0.0)[None, :]
+        drive_n = tl.where(mask_n, 1.0, 0.0)[:, None]
     chunk_start = c * chunk_len
     n_full = tl.maximum(tl.minimum(chunk_len, length - chunk_start), 0) // TI
     has_tail = chunk_start + n_full * TI < tl.minimum(chunk_start + chunk_len, length)
@@ -242,8 +219,7 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -255,8 +231,7 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
-            BC_TI=BC_TI)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -264,17 +239,16 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
     if AGGREGATE:
         if STORE_SUMS:
             tl.store(S_ptr + row * n_chunks + c, acc, mask=mask_d)
-        tl.store(H_ptr + (row[:, None] * n_chunks + c) * N + offs_hn[None, :], h, mask=mask_nd)
+        tl.store(H_ptr + (row[None, :] * n_chunks + c) * N + offs_n[:, None], h, mask=mask_nd)
     elif not MULTI_CHUNK:
-        tl.store(H_ptr + row[:, None] * N + offs_hn[None, :], h, mask=mask_nd)
+        tl.store(H_ptr + row[None, :] * N + offs_n[:, None], h, mask=mask_nd)
 
 
 _serial_kernel_launcher = CachedLaunch(_serial_kernel)
@@ -296,7 +270,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
-    ti, vec, bc = plan.loads(aggregate, adjoint)
+    ti, vec = plan.loads(aggregate, adjoint)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
@@ -308,8 +282,8 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
         sub_states.shape[2] if sub_states is not None else 1,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
-        A.stride(1), 1,
-        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec, BC_TI=bc,
+        A.stride(1),
+        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
