@@ -157,10 +157,8 @@ def serial_configs(dtype: torch.dtype):
     yield "serial: output", kernel, base, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
-                        ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1}),
-                        ("emu 1", {"EMU": 1}), ("emu 2", {"EMU": 2})):
-        yield f"serial: aggregate, {label}", kernel, {
-            **base, "AGGREGATE": True, "TI": 16 // dtype.itemsize, "VEC": 64, **opts}, 1
+                        ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
+        yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1
         yield f"serial: output, {label}", kernel, {**base, **opts}, 1
 
 

@@ -60,14 +60,13 @@ class SerialPlan:
     ti: int  # positions a load: the output pass and the adjoint aggregate
     agg_ti: int  # positions a load of the forward aggregate
     vec: int  # output pass: at most this many positions a lane loads at once
-    emu: int = 0  # positions a block whose decays the FMA pipe computes (_exp2_fma)
 
-    def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
-        """(TI, VEC, EMU) of one pass: positions a block, at most how many of them a lane
-        loads at once, and how many of them take their decays from the FMA pipe. The
-        forward aggregate takes `agg_ti`, the output pass `vec`."""
-        ti = (self.ti if adjoint else self.agg_ti) if aggregate else self.ti
-        return ti, 64 if aggregate else self.vec, min(self.emu, ti)
+    def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int]:
+        """(TI, VEC) of one pass: positions a block and at most how many of them a lane
+        loads at once. The forward aggregate takes `agg_ti`, the output pass `vec`."""
+        if aggregate:
+            return (self.ti if adjoint else self.agg_ti), 64
+        return self.ti, self.vec
 
     @property
     def carry_block(self) -> int:
@@ -79,8 +78,7 @@ class SerialPlan:
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
-                keeps_states: bool = False, vec: int | None = None,
-                emu: int = 0) -> SerialPlan:
+                keeps_states: bool = False, vec: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
@@ -113,8 +111,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
-                      emu)
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec)
 
 
 def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:

@@ -123,25 +123,6 @@ def _softplus(x):
 
 
 @triton.jit
-def _exp2_fma(x):
-    """2**x on the FMA pipe instead of the special-function unit (MUFU, 16 results a cycle
-    and SM): x = j + f, j = round(x) by the 1.5 * 2**23 shift, 2**f (|f| <= 1/2) by a
-    degree-5 polynomial (relative error 1.9e-7 on the fp32 grid, 2**0 = 1 exactly), and j
-    added to the exponent bits. x is clamped to [-125, 127]: 2**-125 stands for smaller
-    results (MUFU flushes them to 0) and NaN; within it, the result matches exp2 to 2 ulp."""
-    x = tl.minimum(tl.maximum(x, -125.0), 127.0)
-    shifted = x + 12582912.0
-    f = x - (shifted - 12582912.0)
-    p = f * 1.326472731307149e-3 + 9.671512991189957e-3
-    p = p * f + 5.550733581185341e-2
-    p = p * f + 0.24022242426872253
-    p = p * f + 0.6931470036506653
-    p = p * f + 1.0
-    bits = p.to(tl.int32, bitcast=True) + (shifted.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _affine_combine(a1, b1, a2, b2):
     # Element 1 comes first in scan order: h -> a2 * (a1 * h + b1) + b2.
     return a1 * a2, b1 * a2 + b2

@@ -31,7 +31,6 @@ from .launch import CachedLaunch
 from .triton_common import (
     _check_power_of_two,
     _decompose_pid,
-    _exp2_fma,
     _next_pow2,
     _previous_chunk,
     _softplus,
@@ -59,7 +58,6 @@ def _serial_block(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
-    EMU: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
@@ -98,10 +96,7 @@ def _serial_block(
         # one scalar load per state and step, the same address on every lane (L1
         # broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.5-1.9x slower
         B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
-        if (i * EMU) % TI >= TI - EMU:  # EMU of the TI positions, spread evenly
-            a_i = _exp2_fma(A2 * _pick(dt, sel)[None, :])
-        else:
-            a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
+        a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
         if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
             h = a_i * (h + B_i * _pick(x, sel)[None, :])
         else:
@@ -154,7 +149,7 @@ def _serial_kernel(
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
-    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, EMU: tl.constexpr = 0,
+    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -224,8 +219,7 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            EMU=EMU)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -237,8 +231,7 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
-            EMU=EMU)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -246,8 +239,7 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            EMU=EMU)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -278,7 +270,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
-    ti, vec, emu = plan.loads(aggregate, adjoint)
+    ti, vec = plan.loads(aggregate, adjoint)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
@@ -291,7 +283,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         sub_states.shape[2] if sub_states is not None else 1,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
-        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec, EMU=emu,
+        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
