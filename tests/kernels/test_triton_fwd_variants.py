@@ -175,55 +175,11 @@ def test_serial_plan_vector_positions(dim: int, dtype: torch.dtype, keeps: bool,
     assert plan.vec == want_vec
 
 
-@pytest.mark.parametrize(("dtype", "dim", "keeps", "want_bc", "want_agg_bc"), [
-    (torch.bfloat16, 64, False, 2, 2), (torch.float16, 64, False, 2, 2),
-    (torch.bfloat16, 64, True, 1, 2),  # kept states stored unmasked: 1 in the output pass
-    (torch.bfloat16, 48, True, 2, 2),  # masked kept states
-    (torch.float32, 64, False, 1, 1), (torch.float32, 48, True, 1, 1),
-], ids=str)
-def test_serial_plan_bc_positions(dtype: torch.dtype, dim: int, keeps: bool, want_bc: int,
-                                  want_agg_bc: int) -> None:
-    plan = triton_fwd_serial.serial_plan(1, dim, 1, 2_097_152, dtype, keeps_states=keeps)
-    assert (plan.bc, plan.agg_bc) == (want_bc, want_agg_bc)
-    assert plan.loads(aggregate=False, adjoint=False)[2] == want_bc
-    assert plan.loads(aggregate=True, adjoint=True)[2] == want_agg_bc
-    given = triton_fwd_serial.serial_plan(1, dim, 1, 4096, dtype, bc=4, chunk=64, ti=2)
-    assert given.loads(aggregate=False, adjoint=False)[2] == 2  # at most a block's
-
-
-BC_CASES = [
-    _all(ScanCase(1, 40, 77, 16, dtype=torch.bfloat16, last_state=True)),  # masked channels
-    _all(ScanCase(1, 40, 77, 5, reverse=True, last_state=True)),  # padded states
-    _all(ScanCase(2, 4, 70, 16, groups=2, reverse=True, last_state=True)),
-    ScanCase(1, 3, 45, 2, dtype=torch.float16, has_z=True, last_state=True),
-]
-
-
-@pytest.mark.parametrize("bc", [2, 4, 8])
-@pytest.mark.parametrize("case", BC_CASES, ids=[c.id for c in BC_CASES])
-def test_serial_reads_b_and_c_several_positions_a_load(bc: int, case: ScanCase) -> None:
-    # every pass of "serial" with B/C read bc positions at a time (tail blocks clamp them)
-    inputs = case.inputs(DEVICE)
-    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
-    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
-    x = _four_d(inputs)
-    out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
-    last = torch.full(want_last.shape, float("nan"), device=DEVICE)
-    triton_fwd_serial.serial_forward(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"],
-                                     x["z"], x["delta_bias"], **flags, out=out,
-                                     last_state=last, chunk=32, bc=bc)
-    tol = TOLERANCE[case.dtype]
-    errors = {"out": relative_error(out, want), "last_state": relative_error(last, want_last)}
-    assert all(e <= tol for e in errors.values()), f"bc {bc} {case.id}: {errors}"
-
-
 def test_serial_plan_refuses_bad_positions_a_load() -> None:
     with pytest.raises(ValueError, match="^ti: expected a power of two, got 3"):
         triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, ti=3)
     with pytest.raises(ValueError, match="^chunk: expected a multiple of 8, got 12"):
         triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, chunk=12, ti=8)
-    with pytest.raises(ValueError, match="^bc: expected a power of two, got 3"):
-        triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, bc=3)
 
 
 def test_serial_with_a_chunk_shorter_than_a_load() -> None:
