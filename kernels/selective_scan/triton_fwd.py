@@ -15,8 +15,8 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 - "deferred" (triton_fwd_deferred.py): each chunk is scanned from zero first and the
   entering state is applied in a last, cheaper pass; no aggregate pass, but an fp32
   scratch copy of the output is written and read back.
-- "serial" (triton_fwd_serial.py): one channel per thread with its N states in
-  registers, positions walked in order (no shuffles); the same three passes.
+- "serial" (triton_fwd_serial.py): a block of channels' states in registers (4 states of
+  4 channels a lane), positions walked in order (no scan); the same three passes.
 
 "auto" (the default, `auto_variant`) takes "serial" where
 serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions and
