@@ -313,6 +313,10 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
 
     from medmamba_kernels.selective_scan import triton_fwd_serial as serial
 
+    unknown = [label for label in labels if label not in SERIAL_PASS_CONFIGS]
+    if unknown:
+        raise SystemExit(f"--pass-configs: expected labels among {list(SERIAL_PASS_CONFIGS)}, "
+                         f"got {unknown}")
     configs = [(label, SERIAL_PASS_CONFIGS[label]) for label in labels]
     passes = ("agg", "inf", "out", "adj")
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(

@@ -27,7 +27,7 @@ K="env PYTHONPATH=/tmp/k:$PWD:${PYTHONPATH:-} python3"
 for section in "$@"; do
   log="$OUT/$section${LOG_TAG:-}.log"
   case $section in
-    tests) timeout 300 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
+    tests) timeout 420 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_common.py tests/kernels/test_triton_bwd_options.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
