@@ -23,6 +23,16 @@ def _scan_args(x: dict) -> tuple:
     return tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
 
 
+def _named_configs(table, labels, option: str) -> list:
+    """(label, keywords) of `table` (pairs or a dict) for `labels`, in their order; an
+    unknown label stops the bench with the known ones."""
+    known = dict(table)
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise SystemExit(f"{option}: expected labels among {list(known)}, got {unknown}")
+    return [(label, known[label]) for label in labels]
+
+
 def sweep(dtypes, rows=(1, 5, 6, 3, 4)):
     from triton.testing import do_bench
 
@@ -165,8 +175,9 @@ def compare_bwd_variants(dtypes, shapes, labels=None):
     in BWD_CONFIGS, or the default and those named in `labels`."""
     from triton.testing import do_bench
 
-    configs = [c for i, c in enumerate(BWD_CONFIGS) if i == 0 or labels is None
-               or c[0] in labels]
+    default = BWD_CONFIGS[0]
+    configs = BWD_CONFIGS if labels is None else [default] + _named_configs(
+        BWD_CONFIGS, [label for label in labels if label != default[0]], "--bwd-configs")
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{n:>14}" for n, _ in configs)
           + f"{'max err':>10}")
     for dt in dtypes:
@@ -313,11 +324,7 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
 
     from medmamba_kernels.selective_scan import triton_fwd_serial as serial
 
-    unknown = [label for label in labels if label not in SERIAL_PASS_CONFIGS]
-    if unknown:
-        raise SystemExit(f"--pass-configs: expected labels among {list(SERIAL_PASS_CONFIGS)}, "
-                         f"got {unknown}")
-    configs = [(label, SERIAL_PASS_CONFIGS[label]) for label in labels]
+    configs = _named_configs(SERIAL_PASS_CONFIGS, labels, "--pass-configs")
     passes = ("agg", "inf", "out", "adj")
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(
         f"{f'{p} {c}':>14}" for p in passes for c, _ in configs))

@@ -25,9 +25,9 @@ import sys
 
 import torch
 
-from bench_scan_variants import (BWD_CONFIGS, compare_bwd_variants, compare_carry, compare_fwd_variants,
-                                 compare_host, compare_serial_options,
-                                 compare_serial_passes, sweep)
+from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_variants,
+                                 compare_carry, compare_fwd_variants, compare_host,
+                                 compare_serial_options, compare_serial_passes, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
@@ -156,7 +156,8 @@ def main() -> int:
         shapes = [shapes[args.only - 1]]
         if args.profile:
             # --bwd-configs LABEL: the backward's config (BWD_CONFIGS) of these runs
-            bwd_kw = dict(BWD_CONFIGS)[args.bwd_configs] if args.bwd_configs else {}
+            bwd_kw = (_named_configs(BWD_CONFIGS, [args.bwd_configs], "--bwd-configs")[0][1]
+                      if args.bwd_configs else {})
             for dt in dtypes:
                 x = make_inputs(*shapes[0], dt)
                 out, _ = fwd(**x, variant=args.variant)
