@@ -4,7 +4,8 @@
 #   bash scripts/device_call.sh run bash scripts/device_kernels.sh tests fwd table inference
 #       (carry .devdata/bench/env: the inference tests need monai and friends)
 #
-#   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree)
+#   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree;
+#              TEST_WORKERS pytest-xdist workers, default 8: the compiles run in parallel)
 #   table      scripts/bench_selective_scan.py: the table
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants (BWD_LABELS: the
 #              default and these comma-separated labels of BWD_CONFIGS only)
@@ -27,7 +28,7 @@ K="env PYTHONPATH=/tmp/k:$PWD:${PYTHONPATH:-} python3"
 for section in "$@"; do
   log="$OUT/$section${LOG_TAG:-}.log"
   case $section in
-    tests) timeout 420 $K -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
+    tests) timeout 420 $K -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_common.py tests/kernels/test_triton_bwd_options.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;

@@ -140,7 +140,8 @@ def configs(chunk: int):
 def serial_configs(dtype: torch.dtype):
     """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp;
     serial_planning's positions a load: 16 bytes in the forward aggregate, 8 positions,
-    loaded 4 at a time, in the output pass and the adjoint aggregate)."""
+    loaded 4 at a time, in the output pass and the adjoint aggregate; B/C 2 positions a
+    load in bf16 but where the kept states are stored unmasked)."""
     L, D = 262144, 64
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
                 n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
@@ -150,11 +151,12 @@ def serial_configs(dtype: torch.dtype):
                 SOFTPLUS=True, HAS_Z=True, HAS_D=True, REVERSE=False, MULTI_CHUNK=True,
                 AGGREGATE=False, ADJOINT=False)
     kernel = ("triton_fwd_serial", "_serial_kernel")
-    yield "serial: aggregate", kernel, {**base, "AGGREGATE": True,
+    bc = {"BC_TI": 2 if dtype.itemsize == 2 else 1, "G": 4}  # serial_planning._default_bc
+    yield "serial: aggregate", kernel, {**base, **bc, "AGGREGATE": True,
                                         "TI": 16 // dtype.itemsize, "VEC": 64}, 1
-    yield "serial: adjoint aggregate", kernel, {**base, "AGGREGATE": True, "ADJOINT": True,
-                                                "VEC": 64}, 1
-    yield "serial: output", kernel, base, 1
+    yield "serial: adjoint aggregate", kernel, {**base, **bc, "AGGREGATE": True,
+                                                "ADJOINT": True, "VEC": 64}, 1
+    yield "serial: output", kernel, {**base, **bc}, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):

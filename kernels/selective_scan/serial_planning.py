@@ -60,13 +60,17 @@ class SerialPlan:
     ti: int  # positions a load: the output pass and the adjoint aggregate
     agg_ti: int  # positions a load of the forward aggregate
     vec: int  # output pass: at most this many positions a lane loads at once
+    bc: int  # output pass: positions a B/C load
+    agg_bc: int  # aggregates: positions a B/C load
 
-    def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int]:
-        """(TI, VEC) of one pass: positions a block and at most how many of them a lane
-        loads at once. The forward aggregate takes `agg_ti`, the output pass `vec`."""
+    def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
+        """(TI, VEC, BC_TI) of one pass: positions a block, at most how many of them a lane
+        loads at once, and positions a B/C load (at most a block's). The forward aggregate
+        takes `agg_ti`, the output pass `vec` and `bc`, both aggregates `agg_bc`."""
         if aggregate:
-            return (self.ti if adjoint else self.agg_ti), 64
-        return self.ti, self.vec
+            ti = self.ti if adjoint else self.agg_ti
+            return ti, 64, min(self.agg_bc, ti)
+        return self.ti, self.vec, min(self.bc, self.ti)
 
     @property
     def carry_block(self) -> int:
@@ -78,13 +82,15 @@ class SerialPlan:
 def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dtype,
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
-                keeps_states: bool = False, vec: int | None = None) -> SerialPlan:
+                keeps_states: bool = False, vec: int | None = None,
+                bc: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
     input dtype for the forward aggregate, as measured (`_default_ti`). keeps_states: the
     output pass also writes the backward's boundary states. vec: the output pass loads a
-    channel's TI positions in pieces of at most this many (`_default_vec`)."""
+    channel's TI positions in pieces of at most this many (`_default_vec`). bc: positions
+    a B/C load in every pass (`_default_bc`)."""
     per_group = dim // groups
     if num_warps is None:
         num_warps = 1
@@ -111,7 +117,14 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
-    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec)
+    if bc is None:
+        agg_bc = _default_bc(dtype, keeps_states=False, masked_states=False)
+        bc = _default_bc(dtype, keeps_states, masked_states)
+    else:
+        _check_power_of_two("bc", bc)
+        agg_bc = bc
+    return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
+                      bc, agg_bc)
 
 
 def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:
@@ -141,3 +154,31 @@ def _default_vec(dtype: torch.dtype, masked_states: bool) -> int:
     multiple of the block's) keep whole 16-byte loads: (1, 48, 2097152) 1.396 -> 1.478.
     The aggregates keep 16-byte loads (0.197 -> 0.219 ms with 4)."""
     return 8 if masked_states and dtype.itemsize == 2 else 4
+
+
+def _default_bc(dtype: torch.dtype, keeps_states: bool, masked_states: bool) -> int:
+    """Positions a B/C load: 2 for 2-byte inputs (a lane's 4 states read 2 positions at a
+    time, half the load instructions, each 4 addresses a warp), 1 for fp32 and for an
+    output pass whose kept states are stored unmasked. Session 26 (`passes_call5_bc.log`
+    of scripts/results/kernel_h200_2026-12-01_s26/, GPU time, bf16, 1 -> 2): aggregate
+    (2, 64, 262144) 0.197 -> 0.188 ms, (1, 48, 2097152) 0.712 -> 0.687; output pass
+    0.354 -> 0.334 and 1.267 -> 1.191; adjoint aggregate 0.221 -> 0.207 and 0.830 ->
+    0.792; output with masked kept states (1, 48, 2097152) 1.420 -> 1.297, unmasked (2, 64,
+    262144) 0.364 -> 0.367 and (8, 128, 16384) 0.183 -> 0.190. fp32 was no faster with 2
+    or 4 in any pass (4: the output pass 0.403 -> 0.469)."""
+    if dtype.itemsize != 2 or (keeps_states and not masked_states):
+        return 1
+    return 2
+
+
+def bc_tiles(bc: int, n_state: int, block_d: int, num_warps: int) -> tuple[int, int]:
+    """(BC_TI, G) of one launch: positions a B/C load and the state groups of its (G,
+    BLOCK_D, NP // G, BC_TI) tiles (4 states a lane, as triton 3.6 lays h out). Several
+    positions a load only where G x BLOCK_D fills the program's lanes: on smaller tiles
+    (channel groups of 2: BLOCK_D = 2, G = 4) triton 3.6 lays the tile out with a linear
+    layout whose state axis sits on lane bits 0, 1, 3 and 4 and sums C_i * h over the
+    wrong lanes (session 26, emulated PTX of b8c6a40's GPU test failures)."""
+    groups = max(1, _next_pow2(n_state) // 4)
+    if groups * block_d < 32 * num_warps:
+        return 1, groups
+    return bc, groups

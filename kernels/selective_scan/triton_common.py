@@ -123,6 +123,33 @@ def _softplus(x):
 
 
 @triton.jit
+def _last_axis_column(x, i: tl.constexpr, W: tl.constexpr):
+    """x[:, :, :, i] of a (G, R, J, W) tile whose W (a power of two) a thread holds:
+    reshapes and splits, register renames."""
+    if W == 1:
+        return tl.reshape(x, (x.shape[0], x.shape[1], x.shape[2]))
+    else:
+        lo, hi = tl.split(tl.reshape(x, (x.shape[0], x.shape[1], x.shape[2], W // 2, 2)))
+        if i % 2 == 0:
+            half = lo
+        else:
+            half = hi
+        return _last_axis_column(half, i // 2, W // 2)
+
+
+@triton.jit
+def _bc_column(blk, i: tl.constexpr, BC_TI: tl.constexpr, NP: tl.constexpr):
+    """Position i of a (G, BLOCK_D, NP // G, BC_TI) B/C tile as an (NP, BLOCK_D) tile of
+    the "serial" kernel's states (state g * NP // G + j). Axes in this order because
+    triton 3.6 then lays the tile out the way it lays out the states: lanes over G and
+    BLOCK_D, a lane's NP // G states and BC_TI positions in its registers; the column,
+    permute and reshape only rename registers (offline SASS: no shuffle, no shared
+    memory)."""
+    col = _last_axis_column(blk, i, BC_TI).to(tl.float32)
+    return tl.reshape(tl.permute(col, (0, 2, 1)), (NP, col.shape[1]))
+
+
+@triton.jit
 def _affine_combine(a1, b1, a2, b2):
     # Element 1 comes first in scan order: h -> a2 * (a1 * h + b1) + b2.
     return a1 * a2, b1 * a2 + b2

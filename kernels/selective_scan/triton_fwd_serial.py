@@ -17,7 +17,8 @@ columns reach that layout by shuffles or shared memory. (One channel a lane with
 states, forced in session 26, leaves no conversion but 16 B and 16 C loads a lane and
 position: 5-15% slower; kernels README.) dt, u and z arrive TI positions at a time as
 (BLOCK_D, TI) tiles (the plan's TI: 8 positions in the output pass, VEC of them a vector
-load; serial_planning's `_default_ti`, `_default_vec`), and out leaves the same way.
+load; serial_planning's `_default_ti`, `_default_vec`), out leaves the same way, and B/C
+come BC_TI positions a load (`_bc_column`; `_default_bc`).
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
@@ -33,13 +34,14 @@ import triton.language as tl
 
 from .launch import CachedLaunch
 from .triton_common import (
+    _bc_column,
     _check_power_of_two,
     _decompose_pid,
     _next_pow2,
     _previous_chunk,
     _softplus,
 )
-from .serial_planning import SerialPlan, serial_plan
+from .serial_planning import SerialPlan, bc_tiles, serial_plan
 from .triton_chunks import carry_chunks
 
 @triton.jit
@@ -62,6 +64,7 @@ def _serial_block(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
+    BC_TI: tl.constexpr, NP: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
@@ -87,6 +90,7 @@ def _serial_block(
     else:
         x = dt * u
     y = tl.zeros(dt.shape, dtype=tl.float32)
+    offs_bc = tl.arange(0, BC_TI)[None, None, None, :]
     for k in tl.static_range(TI):
         if REVERSE:
             i = TI - 1 - k
@@ -96,17 +100,31 @@ def _serial_block(
             t_i = tl.minimum(t0 + i, length - 1)
         else:
             t_i = t0 + i
+        if BC_TI == 1:
+            # one scalar load per state and step, the same address on the 8 lanes of a
+            # state group (L1 broadcast)
+            B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32)
+        else:
+            if k % BC_TI == 0:  # B/C of this position and the next BC_TI - 1 in scan order
+                t_bc = t0 + (i - i % BC_TI) + offs_bc
+                if TAIL:
+                    t_bc = tl.minimum(t_bc, length - 1)
+                B_blk = tl.load(B_rows + t_bc * s_Bl)
+                if not AGGREGATE:
+                    C_blk = tl.load(C_rows + t_bc * s_Cl)
+            B_i = _bc_column(B_blk, i % BC_TI, BC_TI, NP)
+        B_i = B_i * drive_n
         sel = offs_i == i
-        # one scalar load per state and step, the same address on the 8 lanes of a state
-        # group (L1 broadcast); (N, BLOCK_D, TI) tiles of 16-byte loads ran 1.5-1.9x slower
-        B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
         a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
         if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
             h = a_i * (h + B_i * _pick(x, sel)[None, :])
         else:
             h = a_i * h + B_i * _pick(x, sel)[None, :]
         if not AGGREGATE:
-            C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+            if BC_TI == 1:
+                C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+            else:
+                C_i = _bc_column(C_blk, i % BC_TI, BC_TI, NP)
             y = tl.where(sel[None, :], tl.sum(C_i * h, axis=0)[:, None], y)
     if AGGREGATE:
         return h, y_acc + tl.sum(dt, axis=1)
@@ -153,7 +171,8 @@ def _serial_kernel(
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
-    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64,
+    WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
+    G: tl.constexpr = 4,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -167,6 +186,7 @@ def _serial_kernel(
     pass): also the states leaving every sub-chunk of SUB positions, Hs (batch, dim, n_sub,
     N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`; EVEN_D:
     per_group is a multiple of BLOCK_D, WIDE_SUB: a program's offsets into Hs need 64 bits).
+    BC_TI: positions a B/C load (more than 1: in tiles of G state groups, `_bc_column`).
     """
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
                                    groups)
@@ -205,12 +225,16 @@ def _serial_kernel(
         lanes_d = lanes_d.to(tl.int64)
     hs_offs = (lanes_d * n_sub)[None, :] * N + offs_n[:, None]
     masked: tl.constexpr = NP != N or not EVEN_D
-    # B/C values are the same for every channel: an (NP, BLOCK_D) tile of them broadcast
-    # over the channels takes h's layout (no shuffles, no shared memory)
-    n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)
-    zero_d = 0 * offs_d[None, :]
-    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe[:, None] * s_Bn + zero_d
-    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe[:, None] * s_Cn + zero_d
+    # every lane reads the B/C values of its states, the same for all of its channels
+    if BC_TI == 1:  # (NP, BLOCK_D) tiles broadcast over the channels: h's layout
+        n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
+        zero_d = 0 * offs_d[None, :]
+    else:  # (G, BLOCK_D, NP // G, BC_TI) tiles: `_bc_column` turns a column into h's
+        n_safe = tl.minimum(tl.arange(0, G)[:, None, None, None] * (NP // G)
+                            + tl.arange(0, NP // G)[None, None, :, None], N - 1).to(tl.int64)
+        zero_d = 0 * offs_d[None, :, None, None]
+    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe * s_Bn + zero_d
+    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe * s_Cn + zero_d
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
@@ -223,7 +247,8 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -235,7 +260,8 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -243,7 +269,8 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -274,7 +301,8 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
-    ti, vec = plan.loads(aggregate, adjoint)
+    ti, vec, bc = plan.loads(aggregate, adjoint)
+    bc, bc_groups = bc_tiles(bc, n_state, plan.block_d, plan.num_warps)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
@@ -288,6 +316,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
+        BC_TI=bc, G=bc_groups,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
@@ -308,15 +337,16 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
                    maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-                   sub_chunk: int = 64) -> None:
+                   sub_chunk: int = 64, bc: int | None = None) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
-    output kernel's registers. sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if
-    given, receives the state leaving every sub-chunk of `sub_chunk` positions (a power of
-    two, a multiple of the plan's positions a load): what `serial_boundary_states` of a
-    backward at chunks of `sub_chunk` would compute again."""
+    output kernel's registers; bc: positions a B/C load (plan default by dtype).
+    sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if given, receives the state
+    leaving every sub-chunk of `sub_chunk` positions (a power of two, a multiple of the
+    plan's positions a load): what `serial_boundary_states` of a backward at chunks of
+    `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, keeps_states=sub_states is not None)
+                       block_d, keeps_states=sub_states is not None, bc=bc)
     if sub_states is not None:
         _check_power_of_two("sub_chunk", sub_chunk)
         want = (batch, dim, -(-length // sub_chunk), A.shape[1])

@@ -20,7 +20,7 @@ from scan_cases import TOLERANCE, ScanCase, relative_error
 
 pytest.importorskip("triton")
 
-from medmamba_kernels.selective_scan import triton_fwd, triton_fwd_serial  # noqa: E402
+from medmamba_kernels.selective_scan import serial_planning, triton_fwd, triton_fwd_serial  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
 from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
@@ -175,11 +175,68 @@ def test_serial_plan_vector_positions(dim: int, dtype: torch.dtype, keeps: bool,
     assert plan.vec == want_vec
 
 
+@pytest.mark.parametrize(("dtype", "dim", "keeps", "want_bc", "want_agg_bc"), [
+    (torch.bfloat16, 64, False, 2, 2), (torch.float16, 64, False, 2, 2),
+    (torch.bfloat16, 64, True, 1, 2),  # kept states stored unmasked: 1 in the output pass
+    (torch.bfloat16, 48, True, 2, 2),  # masked kept states
+    (torch.float32, 64, False, 1, 1), (torch.float32, 48, True, 1, 1),
+], ids=str)
+def test_serial_plan_bc_positions(dtype: torch.dtype, dim: int, keeps: bool, want_bc: int,
+                                  want_agg_bc: int) -> None:
+    plan = triton_fwd_serial.serial_plan(1, dim, 1, 2_097_152, dtype, keeps_states=keeps)
+    assert (plan.bc, plan.agg_bc) == (want_bc, want_agg_bc)
+    assert plan.loads(aggregate=False, adjoint=False)[2] == want_bc
+    assert plan.loads(aggregate=True, adjoint=True)[2] == want_agg_bc
+    given = triton_fwd_serial.serial_plan(1, dim, 1, 4096, dtype, bc=4, chunk=64, ti=2)
+    assert given.loads(aggregate=False, adjoint=False)[2] == 2  # at most a block's
+
+
+@pytest.mark.parametrize(("n_state", "block_d", "num_warps", "want"), [
+    (16, 32, 1, (4, 4)), (16, 8, 1, (4, 4)),  # 4 state groups x 8 channels: a full warp
+    (16, 2, 1, (1, 4)), (16, 8, 2, (1, 4)),  # fewer lanes than the warps: 1 a load
+    (5, 32, 1, (4, 2)), (5, 8, 1, (1, 2)), (4, 32, 1, (4, 1)), (1, 16, 1, (1, 1)),
+], ids=str)
+def test_bc_tiles_take_several_positions_only_on_full_warps(
+        n_state: int, block_d: int, num_warps: int, want: tuple[int, int]) -> None:
+    assert serial_planning.bc_tiles(4, n_state, block_d, num_warps) == want
+
+
+# bc > 1 reaches the kernel where G x BLOCK_D fills the warp (`bc_tiles`): the first four
+BC_CASES = [
+    _all(ScanCase(1, 40, 77, 16, dtype=torch.bfloat16, last_state=True)),  # masked channels
+    _all(ScanCase(1, 40, 77, 5, reverse=True, last_state=True)),  # padded states
+    _all(ScanCase(2, 16, 343, 16, groups=2, dtype=torch.bfloat16)),  # 8 channels a group
+    ScanCase(1, 64, 99, 4, has_D=True, reverse=True, last_state=True),  # one state group
+    _all(ScanCase(2, 4, 70, 16, groups=2, reverse=True, last_state=True)),
+    ScanCase(1, 3, 45, 2, dtype=torch.float16, has_z=True, last_state=True),
+]
+
+
+@pytest.mark.parametrize("bc", [2, 4, 8])
+@pytest.mark.parametrize("case", BC_CASES, ids=[c.id for c in BC_CASES])
+def test_serial_reads_b_and_c_several_positions_a_load(bc: int, case: ScanCase) -> None:
+    # every pass of "serial" with B/C read bc positions at a time (tail blocks clamp them)
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    x = _four_d(inputs)
+    out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
+    last = torch.full(want_last.shape, float("nan"), device=DEVICE)
+    triton_fwd_serial.serial_forward(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"],
+                                     x["z"], x["delta_bias"], **flags, out=out,
+                                     last_state=last, chunk=32, bc=bc)
+    tol = TOLERANCE[case.dtype]
+    errors = {"out": relative_error(out, want), "last_state": relative_error(last, want_last)}
+    assert all(e <= tol for e in errors.values()), f"bc {bc} {case.id}: {errors}"
+
+
 def test_serial_plan_refuses_bad_positions_a_load() -> None:
     with pytest.raises(ValueError, match="^ti: expected a power of two, got 3"):
         triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, ti=3)
     with pytest.raises(ValueError, match="^chunk: expected a multiple of 8, got 12"):
         triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, chunk=12, ti=8)
+    with pytest.raises(ValueError, match="^bc: expected a power of two, got 3"):
+        triton_fwd_serial.serial_plan(1, 4, 1, 100, torch.float32, bc=3)
 
 
 def test_serial_with_a_chunk_shorter_than_a_load() -> None:
