@@ -310,8 +310,7 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
 # labels -> serial_plan keywords of --serial-passes (--pass-configs picks some)
 SERIAL_PASS_CONFIGS = {"default": {}, "ti 2": {"ti": 2, "vec": 2}, "ti 4": {"ti": 4},
                        "whole": {"vec": 64}, "bc 1": {"bc": 1}, "bc 2": {"bc": 2},
-                       "bc 4": {"bc": 4}, "bc 8": {"bc": 8}, "lanes": {"lanes": True},
-                       "lanes ti 4": {"lanes": True, "ti": 4}}
+                       "bc 4": {"bc": 4}, "bc 8": {"bc": 8}}
 
 
 def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), sub_chunk=64):
