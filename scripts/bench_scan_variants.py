@@ -310,7 +310,11 @@ def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64)
 # labels -> serial_plan keywords of --serial-passes (--pass-configs picks some)
 SERIAL_PASS_CONFIGS = {"default": {}, "ti 2": {"ti": 2, "vec": 2}, "ti 4": {"ti": 4},
                        "whole": {"vec": 64}, "bc 1": {"bc": 1}, "bc 2": {"bc": 2},
-                       "bc 4": {"bc": 4}, "bc 8": {"bc": 8}}
+                       "bc 4": {"bc": 4}, "bc 8": {"bc": 8}, "chunk 168": {"chunk": 168},
+                       "chunk 176": {"chunk": 176}, "chunk 224": {"chunk": 224},
+                       "reg 152": {"maxnreg": 152}, "reg 144": {"maxnreg": 144},
+                       "reg 136": {"maxnreg": 136}, "reg 128": {"maxnreg": 128},
+                       "reg 152 chunk 224": {"maxnreg": 152, "chunk": 224}}
 
 
 def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), sub_chunk=64):
@@ -339,11 +343,14 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
             sub = torch.zeros(batch, dim, -(-length // sub_chunk), A.shape[1], **zeros)
             times = {}
             for label, kw in configs:
+                kw = dict(kw)
+                maxnreg = kw.pop("maxnreg", None)  # the output passes' register cap
                 plan = serial.serial_plan(batch, dim, 1, length, dt, **kw)
                 # the training forward's plan (a masked store of its states may change it)
                 out_plan = serial.serial_plan(batch, dim, 1, length, dt, keeps_states=True,
                                               **kw)
-                adj_plan = serial.serial_plan(batch, dim, 1, length, dt, chunk=sub_chunk, **kw)
+                adj_plan = serial.serial_plan(batch, dim, 1, length, dt,
+                                              **{**kw, "chunk": sub_chunk})
                 H = torch.zeros(batch, dim, plan.n_chunks, A.shape[1], **zeros)
                 S = torch.zeros(batch, dim, plan.n_chunks, **zeros)
                 Q = torch.zeros(batch, dim, adj_plan.n_chunks, A.shape[1], **zeros)
@@ -352,10 +359,12 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
                     "agg": lambda: serial._launch(plan, u, delta, None, A, B, C, None, bias,
                                                   H, S, H, True, False, aggregate=True),
                     "inf": lambda: serial._launch(plan, u, delta, z, A, B, C, D, bias, H, H,
-                                                  out, True, False, aggregate=False),
+                                                  out, True, False, aggregate=False,
+                                                  maxnreg=maxnreg),
                     "out": lambda: serial._launch(out_plan, u, delta, z, A, B, C, D, bias, H,
                                                   H, out, True, False, aggregate=False,
-                                                  sub_states=sub, sub_chunk=sub_chunk),
+                                                  maxnreg=maxnreg, sub_states=sub,
+                                                  sub_chunk=sub_chunk),
                     "adj": lambda: serial._launch(adj_plan, dout, delta, z, A, C, C, None,
                                                   bias, Q, S_adj, Q, True, True,
                                                   aggregate=True, adjoint=True,
