@@ -165,7 +165,8 @@ def _default_bc(dtype: torch.dtype, keeps_states: bool, masked_states: bool) -> 
     0.354 -> 0.334 and 1.267 -> 1.191; adjoint aggregate 0.221 -> 0.207 and 0.830 ->
     0.792; output with masked kept states (1, 48, 2097152) 1.420 -> 1.297, unmasked (2, 64,
     262144) 0.364 -> 0.367 and (8, 128, 16384) 0.183 -> 0.190. fp32 was no faster with 2
-    or 4 in any pass (4: the output pass 0.403 -> 0.469)."""
+    or 4 in any pass (4: the output pass 0.403 -> 0.469). Session 27 (gated by
+    `bc_tiles`, `passes_call1_bc.log` of kernel_h200_2026-12-02_s27/) measured the same."""
     if dtype.itemsize != 2 or (keeps_states and not masked_states):
         return 1
     return 2
