@@ -158,10 +158,6 @@ def serial_configs(dtype: torch.dtype):
                                                 "ADJOINT": True, "VEC": 64}, 1
     yield "serial: output", kernel, {**base, **bc}, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
-    lanes = {**base, **bc, "LANES": True, "VEC": min(8, 16 // dtype.itemsize)}
-    yield "serial: output, lanes", kernel, lanes, 1
-    yield "serial: output, lanes, kept states", kernel, {**lanes, "SUB_STATES": True}, 1
-    yield "serial: output, lanes, 4 a load", kernel, {**lanes, "TI": 4, "VEC": 4}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
         yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1

@@ -62,7 +62,6 @@ class SerialPlan:
     vec: int  # output pass: at most this many positions a lane loads at once
     bc: int  # output pass: positions a B/C load
     agg_bc: int  # aggregates: positions a B/C load
-    lanes: bool = False  # output pass: dt, u, z read by every state group's lanes
 
     def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
         """(TI, VEC, BC_TI) of one pass: positions a block, at most how many of them a lane
@@ -84,7 +83,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
                 keeps_states: bool = False, vec: int | None = None,
-                bc: int | None = None, lanes: bool = False) -> SerialPlan:
+                bc: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
@@ -100,7 +99,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
     masked_states = keeps_states and per_group % block_d != 0
     if vec is None:
-        vec = 16 // dtype.itemsize if lanes else _default_vec(dtype, masked_states)
+        vec = _default_vec(dtype, masked_states)
     if ti is None:
         ti = _default_ti(dtype, masked_states)
         agg_ti = 16 // dtype.itemsize
@@ -125,7 +124,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         _check_power_of_two("bc", bc)
         agg_bc = bc
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
-                      bc, agg_bc, lanes)
+                      bc, agg_bc)
 
 
 def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:

@@ -35,7 +35,6 @@ import triton.language as tl
 from .launch import CachedLaunch
 from .triton_common import (
     _bc_column,
-    _last_axis_column,
     _check_power_of_two,
     _decompose_pid,
     _next_pow2,
@@ -138,86 +137,6 @@ def _serial_block(
 
 
 @triton.jit
-def _lane_column(x, i: tl.constexpr, J: tl.constexpr, V: tl.constexpr):
-    """Position i of a (G, BLOCK_D, J, V) tile (position j * V + v; a lane holds all J * V
-    of its channels) as a (G, BLOCK_D) tile: register renames."""
-    col = _last_axis_column(x, i % V, V)
-    col = _last_axis_column(tl.reshape(col, (col.shape[0], col.shape[1], 1, J)), i // V, J)
-    return tl.reshape(col, (col.shape[0], col.shape[1]))
-
-
-@triton.jit
-def _states_tile(col, NP: tl.constexpr):
-    """A (G, BLOCK_D) tile of per-channel values as the (NP, BLOCK_D) tile of h (state
-    g * NP // G + j takes row g)."""
-    wide = tl.broadcast_to(col[:, None, :], (col.shape[0], NP // col.shape[0], col.shape[1]))
-    return tl.reshape(wide, (NP, col.shape[1]))
-
-
-@triton.jit
-def _serial_block_lanes(
-    h, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows,
-    z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-    TI: tl.constexpr, V: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr, TAIL: tl.constexpr,
-    BC_TI: tl.constexpr, NP: tl.constexpr, G: tl.constexpr,
-):
-    """The output pass's block as `_serial_block`, its dt and x broadcast to (G, BLOCK_D,
-    TI // V, V) tiles once a block, so that a position's dt and x reach h's layout by
-    register renames. y gathers each state group's part of <C_t, h_t>, summed over the
-    groups once a block."""
-    J: tl.constexpr = TI // V
-    BD: tl.constexpr = mask_d.shape[0]
-    offs_t = t0 + offs_i
-    m_dt = mask_d[:, None] & (offs_t < length)[None, :]
-    dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(m_dt, dt, 0.0)
-    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0).to(tl.float32)
-    x = dt * u
-    dt4 = tl.reshape(tl.broadcast_to(dt[None, :, :], (G, BD, TI)), (G, BD, J, V))
-    x4 = tl.reshape(tl.broadcast_to(x[None, :, :], (G, BD, TI)), (G, BD, J, V))
-    offs4 = (tl.arange(0, J)[:, None] * V + tl.arange(0, V)[None, :])[None, None, :, :]
-    y = tl.zeros((G, BD, J, V), dtype=tl.float32)
-    offs_bc = tl.arange(0, BC_TI)[None, None, None, :]
-    for k in tl.static_range(TI):
-        if REVERSE:
-            i = TI - 1 - k
-        else:
-            i = k
-        if TAIL:
-            t_i = tl.minimum(t0 + i, length - 1)
-        else:
-            t_i = t0 + i
-        if BC_TI == 1:
-            B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32)
-            C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
-        else:
-            if k % BC_TI == 0:
-                t_bc = t0 + (i - i % BC_TI) + offs_bc
-                if TAIL:
-                    t_bc = tl.minimum(t_bc, length - 1)
-                B_blk = tl.load(B_rows + t_bc * s_Bl)
-                C_blk = tl.load(C_rows + t_bc * s_Cl)
-            B_i = _bc_column(B_blk, i % BC_TI, BC_TI, NP)
-            C_i = _bc_column(C_blk, i % BC_TI, BC_TI, NP)
-        a_i = tl.exp2(A2 * _states_tile(_lane_column(dt4, i, J, V), NP))
-        h = a_i * h + (B_i * drive_n) * _states_tile(_lane_column(x4, i, J, V), NP)
-        part = tl.sum(tl.reshape(C_i * h, (G, NP // G, BD)), axis=1)
-        y = tl.where(offs4 == i, part[:, :, None, None], y)
-    out = tl.reshape(tl.sum(y, axis=0), (BD, TI))
-    if HAS_D:
-        out += Dv[:, None] * u
-    if HAS_Z:
-        out = out * _silu_gate(z_rows, offs_t, s_zl, m_dt)
-    tl.store(out_rows + offs_t[None, :], out.to(out_rows.dtype.element_ty), mask=m_dt)
-    return h
-
-
-@triton.jit
 def _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N: tl.constexpr,
                      TI: tl.constexpr, SUB: tl.constexpr, REVERSE: tl.constexpr,
                      MASKED: tl.constexpr):
@@ -253,7 +172,7 @@ def _serial_kernel(
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
     WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
-    G: tl.constexpr = 4, LANES: tl.constexpr = False,
+    G: tl.constexpr = 4,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -325,18 +244,11 @@ def _serial_kernel(
     has_tail = chunk_start + n_full * TI < tl.minimum(chunk_start + chunk_len, length)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     if REVERSE and has_tail:
-        if LANES:
-            h = _serial_block_lanes(
-                h, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, tl.arange(0, TI), mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-                TI, VEC, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, TAIL=True,
-                BC_TI=BC_TI, NP=NP, G=G)
-        else:
-            h, acc = _serial_block(
-                h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl,
-                s_Cl, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT,
-                TAIL=True, BC_TI=BC_TI, NP=NP)
+        h, acc = _serial_block(
+            h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -345,34 +257,20 @@ def _serial_kernel(
             t0 = chunk_start + (n_full - 1 - j) * TI
         else:
             t0 = chunk_start + j * TI
-        if LANES:
-            h = _serial_block_lanes(
-                h, t0, length, A2, drive_n, bias, Dv, tl.arange(0, TI), mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-                TI, VEC, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, TAIL=False,
-                BC_TI=BC_TI, NP=NP, G=G)
-        else:
-            h, acc = _serial_block(
-                h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl,
-                s_Cl, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT,
-                TAIL=False, BC_TI=BC_TI, NP=NP)
+        h, acc = _serial_block(
+            h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
     if not REVERSE and has_tail:
-        if LANES:
-            h = _serial_block_lanes(
-                h, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, tl.arange(0, TI), mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-                TI, VEC, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, TAIL=True,
-                BC_TI=BC_TI, NP=NP, G=G)
-        else:
-            h, acc = _serial_block(
-                h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl,
-                s_Cl, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT,
-                TAIL=True, BC_TI=BC_TI, NP=NP)
+        h, acc = _serial_block(
+            h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -405,8 +303,6 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     grid = plan.n_chunks * batch * groups * plan.n_dblk
     ti, vec, bc = plan.loads(aggregate, adjoint)
     bc, bc_groups = bc_tiles(bc, n_state, plan.block_d, plan.num_warps)
-    if plan.lanes and not aggregate:
-        vec = min(vec, ti)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
@@ -420,7 +316,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
-        BC_TI=bc, G=bc_groups, LANES=plan.lanes and not aggregate,
+        BC_TI=bc, G=bc_groups,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
@@ -441,7 +337,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
                    maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-                   sub_chunk: int = 64, bc: int | None = None, lanes: bool = False) -> None:
+                   sub_chunk: int = 64, bc: int | None = None) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
     output kernel's registers; bc: positions a B/C load (plan default by dtype).
     sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if given, receives the state
@@ -450,7 +346,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, keeps_states=sub_states is not None, bc=bc, lanes=lanes)
+                       block_d, keeps_states=sub_states is not None, bc=bc)
     if sub_states is not None:
         _check_power_of_two("sub_chunk", sub_chunk)
         want = (batch, dim, -(-length // sub_chunk), A.shape[1])
