@@ -151,12 +151,20 @@ def serial_configs(dtype: torch.dtype):
                 SOFTPLUS=True, HAS_Z=True, HAS_D=True, REVERSE=False, MULTI_CHUNK=True,
                 AGGREGATE=False, ADJOINT=False)
     kernel = ("triton_fwd_serial", "_serial_kernel")
-    bc = {"BC_TI": 2 if dtype.itemsize == 2 else 1, "G": 4}  # serial_planning._default_bc
-    yield "serial: aggregate", kernel, {**base, **bc, "AGGREGATE": True,
+    from medmamba_kernels.selective_scan import serial_planning
+
+    plan = serial_planning.serial_plan(2, D, 1, L, dtype)
+
+    def bc(aggregate: bool, adjoint: bool = False) -> dict:  # the plan's B/C tiles
+        bc_ti, groups = serial_planning.bc_tiles(plan.loads(aggregate, adjoint)[2], 16,
+                                                 plan.block_d, plan.num_warps)
+        return {"BC_TI": bc_ti, "G": groups}
+
+    yield "serial: aggregate", kernel, {**base, **bc(True), "AGGREGATE": True,
                                         "TI": 16 // dtype.itemsize, "VEC": 64}, 1
-    yield "serial: adjoint aggregate", kernel, {**base, **bc, "AGGREGATE": True,
+    yield "serial: adjoint aggregate", kernel, {**base, **bc(True, True), "AGGREGATE": True,
                                                 "ADJOINT": True, "VEC": 64}, 1
-    yield "serial: output", kernel, {**base, **bc}, 1
+    yield "serial: output", kernel, {**base, **bc(False)}, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):

@@ -90,7 +90,6 @@ def _serial_block(
     else:
         x = dt * u
     y = tl.zeros(dt.shape, dtype=tl.float32)
-    offs_bc = tl.arange(0, BC_TI)[None, None, None, :]
     for k in tl.static_range(TI):
         if REVERSE:
             i = TI - 1 - k
@@ -106,7 +105,7 @@ def _serial_block(
             B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32)
         else:
             if k % BC_TI == 0:  # B/C of this position and the next BC_TI - 1 in scan order
-                t_bc = t0 + (i - i % BC_TI) + offs_bc
+                t_bc = t0 + (i - i % BC_TI) + tl.arange(0, BC_TI)[None, None, None, :]
                 if TAIL:
                     t_bc = tl.minimum(t_bc, length - 1)
                 B_blk = tl.load(B_rows + t_bc * s_Bl)
