@@ -166,15 +166,6 @@ def serial_configs(dtype: torch.dtype):
                                                 "ADJOINT": True, "VEC": 64}, 1
     yield "serial: output", kernel, {**base, **bc(False)}, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
-    yield "serial: aggregate, ahead", kernel, {**base, **bc(True), "AGGREGATE": True,
-                                               "TI": 16 // dtype.itemsize, "VEC": 64,
-                                               "AHEAD": True}, 1
-    yield "serial: adjoint aggregate, ahead", kernel, {
-        **base, **bc(True, True), "AGGREGATE": True, "ADJOINT": True, "VEC": 64,
-        "AHEAD": True}, 1
-    yield "serial: output, ahead", kernel, {**base, **bc(False), "AHEAD": True}, 1
-    yield "serial: output, kept states, ahead", kernel, {**base, "SUB_STATES": True,
-                                                         "AHEAD": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):
         yield f"serial: aggregate, {label}", kernel, {**base, "AGGREGATE": True, **opts}, 1

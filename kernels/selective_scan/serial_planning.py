@@ -62,7 +62,6 @@ class SerialPlan:
     vec: int  # output pass: at most this many positions a lane loads at once
     bc: int  # output pass: positions a B/C load
     agg_bc: int  # aggregates: positions a B/C load
-    ahead: bool = False  # full blocks read the next block's dt, u and z ahead
 
     def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
         """(TI, VEC, BC_TI) of one pass: positions a block, at most how many of them a lane
@@ -84,7 +83,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
                 keeps_states: bool = False, vec: int | None = None,
-                bc: int | None = None, ahead: bool = False) -> SerialPlan:
+                bc: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
@@ -125,7 +124,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         _check_power_of_two("bc", bc)
         agg_bc = bc
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
-                      bc, agg_bc, ahead)
+                      bc, agg_bc)
 
 
 def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:

@@ -51,63 +51,41 @@ def _pick(x, sel):
 
 
 @triton.jit
-def _silu(z):
-    """silu(z) over a (BLOCK_D, TI) block of z as loaded, fp32."""
-    zz = z.to(tl.float32)
+def _silu_gate(z_rows, offs_t, s_zl, mask):
+    """silu(z) over a (BLOCK_D, TI) block, fp32."""
+    zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=mask, other=0.0).to(tl.float32)
     return zz * tl.sigmoid(zz)
-
-
-@triton.jit
-def _block_inputs(d_rows, u_rows, z_rows, t0, length, offs_i, mask_d, s_dl, s_ul, s_zl,
-                  LOAD_Z: tl.constexpr):
-    """(dt, u, z) of the positions [t0, t0 + TI) as loaded (input dtype; z 0.0 unless
-    LOAD_Z), (BLOCK_D, TI) tiles, positions at or past L read as 0."""
-    offs_t = t0 + offs_i
-    m_dt = mask_d[:, None] & (offs_t < length)[None, :]
-    dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0)
-    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0)
-    z = 0.0
-    if LOAD_Z:
-        z = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0)
-    return dt, u, z
 
 
 @triton.jit
 def _serial_block(
     h, y_acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d, u_rows, d_rows,
-    z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl, dt_in, u_in, z_in,
+    z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
-    BC_TI: tl.constexpr, NP: tl.constexpr, LOADED: tl.constexpr,
+    BC_TI: tl.constexpr, NP: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
     Returns (h after them, y_acc + their sum of dt (AGGREGATE) or y_acc). TAIL: the block
     may reach past L; its B/C reads are clamped to L - 1 (dt = 0 there makes the step an
-    identity). Full blocks read B/C at t0 + i: constant offsets from one address. LOADED:
-    dt_in, u_in and z_in hold the block's dt, u and z as `_block_inputs` reads them (read
-    ahead by the caller); otherwise the block reads them here.
+    identity). Full blocks read B/C at t0 + i: constant offsets from one address.
     """
     offs_t = t0 + offs_i
     mask_t = offs_t < length
     m_dt = mask_d[:, None] & mask_t[None, :]
-    if not LOADED:  # z where it is used
-        dt_in, u_in, z_in = _block_inputs(d_rows, u_rows, z_rows, t0, length, offs_i,
-                                          mask_d, s_dl, s_ul, s_zl, False)
     # (triton_common._load_dt reads the bias at every call: here it is loaded once a chunk)
-    dt = dt_in.to(tl.float32)
+    dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += bias[:, None]
     if SOFTPLUS:
         dt = _softplus(dt)
     dt = tl.where(m_dt, dt, 0.0)
-    u = u_in.to(tl.float32)
+    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0).to(tl.float32)
     if ADJOINT:  # u_rows holds dout: the adjoint's drive is C dy, dy = dout silu(z)
         if HAS_Z:
-            if not LOADED:
-                z_in = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0)
-            u = u * _silu(z_in)
+            u = u * _silu_gate(z_rows, offs_t, s_zl, m_dt)
         x = u
     else:
         x = dt * u
@@ -152,19 +130,9 @@ def _serial_block(
     if HAS_D:
         y += Dv[:, None] * u
     if HAS_Z:
-        if not LOADED:
-            z_in = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m_dt, other=0.0)
-        y = y * _silu(z_in)
+        y = y * _silu_gate(z_rows, offs_t, s_zl, m_dt)
     tl.store(out_rows + offs_t[None, :], y.to(out_rows.dtype.element_ty), mask=m_dt)
     return h, y_acc
-
-
-@triton.jit
-def _full_block_start(j, n_full, chunk_start, TI: tl.constexpr, REVERSE: tl.constexpr):
-    """Position of the chunk's j-th full block in scan order (0 where there is none)."""
-    if REVERSE:
-        return chunk_start + tl.maximum(n_full - 1 - j, 0) * TI
-    return chunk_start + j * TI
 
 
 @triton.jit
@@ -203,7 +171,7 @@ def _serial_kernel(
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
     WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
-    G: tl.constexpr = 4, AHEAD: tl.constexpr = False,
+    G: tl.constexpr = 4,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -278,37 +246,21 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            0.0, 0.0, 0.0, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT,
-            TAIL=True, BC_TI=BC_TI, NP=NP, LOADED=False)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
-    load_z: tl.constexpr = HAS_Z and (ADJOINT or not AGGREGATE)
-    if AHEAD:  # the first full block's inputs; then each block reads the next one's
-        dt_next, u_next, z_next = _block_inputs(
-            d_rows, u_rows, z_rows, _full_block_start(0, n_full, chunk_start, TI, REVERSE),
-            length, offs_i, mask_d, s_dl, s_ul, s_zl, load_z)
     for j in range(0, n_full):
-        t0 = _full_block_start(j, n_full, chunk_start, TI, REVERSE)
-        if AHEAD:
-            dt_in, u_in, z_in = dt_next, u_next, z_next
-            # the last block reads itself again: no address past the chunk's blocks
-            dt_next, u_next, z_next = _block_inputs(
-                d_rows, u_rows, z_rows,
-                _full_block_start(tl.minimum(j + 1, n_full - 1), n_full, chunk_start, TI,
-                                  REVERSE),
-                length, offs_i, mask_d, s_dl, s_ul, s_zl, load_z)
-            h, acc = _serial_block(
-                h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl,
-                s_Cl, dt_in, u_in, z_in, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE,
-                AGGREGATE, ADJOINT, TAIL=False, BC_TI=BC_TI, NP=NP, LOADED=True)
+        if REVERSE:
+            t0 = chunk_start + (n_full - 1 - j) * TI
         else:
-            h, acc = _serial_block(
-                h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
-                u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl,
-                s_Cl, 0.0, 0.0, 0.0, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE,
-                AGGREGATE, ADJOINT, TAIL=False, BC_TI=BC_TI, NP=NP, LOADED=False)
+            t0 = chunk_start + j * TI
+        h, acc = _serial_block(
+            h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
+            u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -316,8 +268,8 @@ def _serial_kernel(
         h, acc = _serial_block(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
-            0.0, 0.0, 0.0, TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT,
-            TAIL=True, BC_TI=BC_TI, NP=NP, LOADED=False)
+            TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
+            BC_TI=BC_TI, NP=NP)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -363,7 +315,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
         A.stride(1),
         N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
-        BC_TI=bc, G=bc_groups, AHEAD=plan.ahead,
+        BC_TI=bc, G=bc_groups,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
         AGGREGATE=aggregate, ADJOINT=adjoint,
@@ -384,8 +336,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
                    maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-                   sub_chunk: int = 64, bc: int | None = None,
-                   ahead: bool | None = None) -> None:
+                   sub_chunk: int = 64, bc: int | None = None) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
     output kernel's registers; bc: positions a B/C load (plan default by dtype).
     sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if given, receives the state
@@ -394,8 +345,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, keeps_states=sub_states is not None, bc=bc,
-                       **({} if ahead is None else {"ahead": ahead}))
+                       block_d, keeps_states=sub_states is not None, bc=bc)
     if sub_states is not None:
         _check_power_of_two("sub_chunk", sub_chunk)
         want = (batch, dim, -(-length // sub_chunk), A.shape[1])
