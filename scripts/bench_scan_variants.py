@@ -260,7 +260,10 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
 # load (a block's steps one state at a time) 1.5x slower; a read-ahead of the next block
 # again (0.5-1.4% faster, and it faulted again, on the adjoint of (8, 128, 16384) fp32);
 # z read with dt and u at a block's start instead of at its end: no change
-SERIAL_CONFIGS = (("default", {}), ("chunk 128", {"chunk": 128}), ("chunk 512", {"chunk": 512}))
+# chunks that even out the output pass's waves of 12 programs an SM on 132 SMs (session 28):
+# row 1 224, row 5 112, row 6 240
+SERIAL_CONFIGS = (("default", {}), ("chunk 224", {"chunk": 224}), ("chunk 112", {"chunk": 112}),
+                  ("chunk 240", {"chunk": 240}), ("chunk 192", {"chunk": 192}))
 
 
 def compare_serial_options(dtypes, shapes, configs=SERIAL_CONFIGS, bwd_chunk=64):
