@@ -97,11 +97,10 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     if block_d is None:
         block_d = 32 * num_warps
     block_d = max(1, min(_next_pow2(block_d), _next_pow2(per_group)))
-    masked_states = keeps_states and per_group % block_d != 0
     if vec is None:
-        vec = _default_vec(dtype, masked_states)
+        vec = _default_vec(dtype)
     if ti is None:
-        ti = _default_ti(dtype, masked_states)
+        ti = _default_ti(dtype)
         agg_ti = 16 // dtype.itemsize
         if chunk is not None:  # the largest power of two dividing the chunk
             ti, agg_ti = min(ti, chunk & -chunk), min(agg_ti, chunk & -chunk)
@@ -118,8 +117,8 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
     if bc is None:
-        agg_bc = _default_bc(dtype, keeps_states=False, masked_states=False)
-        bc = _default_bc(dtype, keeps_states, masked_states)
+        agg_bc = _default_bc(dtype, keeps_states=False)
+        bc = _default_bc(dtype, keeps_states)
     else:
         _check_power_of_two("bc", bc)
         agg_bc = bc
@@ -127,47 +126,41 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                       bc, agg_bc)
 
 
-def _default_ti(dtype: torch.dtype, masked_states: bool) -> int:
+def _default_ti(dtype: torch.dtype) -> int:
     """Positions a load of the output pass and the adjoint aggregate: 8 (32 bytes a
     channel in fp32, whose blocks then reach h's layout by shuffles instead of shared
-    memory and barriers), except for 4-byte inputs whose kept states need a masked store
-    (a group's channels not a multiple of the block's), where the mask tile pushes the
-    8-position kernel to 197 registers. Session 25 (`passes_call7.log` of scripts/results/
+    memory and barriers). Session 25 (`passes_call7.log` of scripts/results/
     kernel_h200_2026-12-01_s25/, GPU time, fp32, 4 -> 8 positions): output pass (2, 64,
     262144) 0.527 -> 0.373 ms, kept states 0.544 -> 0.408; (8, 128, 16384) 0.269 ->
     0.186; adjoint aggregate (1, 48, 2097152) 1.310 -> 1.059 (0.284 -> 0.290 on (2, 64,
-    262144)); (1, 48, 2097152) with kept states 2.109 -> 2.329 (masked). bf16 keeps 8
-    (16 bytes): 4 was slower in every pass. The forward aggregate keeps 16 bytes (fp32
-    at 8: 0.230 -> 0.248 ms)."""
-    if dtype.itemsize == 4 and masked_states:
-        return 4
+    262144)). bf16 keeps 8 (16 bytes): 4 was slower in every pass. The forward aggregate
+    keeps 16 bytes (fp32 at 8: 0.230 -> 0.248 ms). (Until session 28, fp32 kept states
+    stored under a channel mask took 4: the mask tile pushed the kernel to 197 registers;
+    the kernel now repeats a group's last channel instead of masking.)"""
     return 8
 
 
-def _default_vec(dtype: torch.dtype, masked_states: bool) -> int:
+def _default_vec(dtype: torch.dtype) -> int:
     """Positions a lane of the output pass loads at once: 4, i.e. a block's 8 positions over
     two lanes a channel. In bf16 this turns the block's layout conversions from shared
     memory and 48 barriers into shuffles (offline SASS for sm_90), as fp32's 8 positions
     get by themselves. Session 25 (`passes_bf16_vec_call10.log`, GPU time, bf16, 8 -> 4):
     output pass (2, 64, 262144) 0.378 -> 0.355 ms, kept states 0.399 -> 0.363; (8, 128,
-    16384) 0.188 -> 0.179. Kept states with a masked store (a group's channels not a
-    multiple of the block's) keep whole 16-byte loads: (1, 48, 2097152) 1.396 -> 1.478.
-    The aggregates keep 16-byte loads (0.197 -> 0.219 ms with 4)."""
-    return 8 if masked_states and dtype.itemsize == 2 else 4
+    16384) 0.188 -> 0.179. The aggregates keep 16-byte loads (0.197 -> 0.219 ms with 4)."""
+    return 4
 
 
-def _default_bc(dtype: torch.dtype, keeps_states: bool, masked_states: bool) -> int:
+def _default_bc(dtype: torch.dtype, keeps_states: bool) -> int:
     """Positions a B/C load: 2 for 2-byte inputs (a lane's 4 states read 2 positions at a
     time, half the load instructions, each 4 addresses a warp), 1 for fp32 and for an
-    output pass whose kept states are stored unmasked. Session 26 (`passes_call5_bc.log`
-    of scripts/results/kernel_h200_2026-12-01_s26/, GPU time, bf16, 1 -> 2): aggregate
-    (2, 64, 262144) 0.197 -> 0.188 ms, (1, 48, 2097152) 0.712 -> 0.687; output pass
-    0.354 -> 0.334 and 1.267 -> 1.191; adjoint aggregate 0.221 -> 0.207 and 0.830 ->
-    0.792; output with masked kept states (1, 48, 2097152) 1.420 -> 1.297, unmasked (2, 64,
-    262144) 0.364 -> 0.367 and (8, 128, 16384) 0.183 -> 0.190. fp32 was no faster with 2
-    or 4 in any pass (4: the output pass 0.403 -> 0.469). Session 27 (gated by
+    output pass that keeps states. Session 26 (`passes_call5_bc.log` of scripts/results/
+    kernel_h200_2026-12-01_s26/, GPU time, bf16, 1 -> 2): aggregate (2, 64, 262144) 0.197
+    -> 0.188 ms, (1, 48, 2097152) 0.712 -> 0.687; output pass 0.354 -> 0.334 and 1.267 ->
+    1.191; adjoint aggregate 0.221 -> 0.207 and 0.830 -> 0.792; output with kept states
+    (2, 64, 262144) 0.364 -> 0.367 and (8, 128, 16384) 0.183 -> 0.190. fp32 was no faster
+    with 2 or 4 in any pass (4: the output pass 0.403 -> 0.469). Session 27 (gated by
     `bc_tiles`, `passes_call1_bc.log` of kernel_h200_2026-12-02_s27/) measured the same."""
-    if dtype.itemsize != 2 or (keeps_states and not masked_states):
+    if dtype.itemsize != 2 or keeps_states:
         return 1
     return 2
 

@@ -183,8 +183,9 @@ def _serial_kernel(
     zero, q = a_t (q + C_t dy_t) against the forward's order; S is written only with
     STORE_SUMS (a forward aggregate may have written the same sums). SUB_STATES (output
     pass): also the states leaving every sub-chunk of SUB positions, Hs (batch, dim, n_sub,
-    N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`; EVEN_D:
-    per_group is a multiple of BLOCK_D, WIDE_SUB: a program's offsets into Hs need 64 bits).
+    N), the boundary states a backward at chunks of SUB needs (`_store_sub_state`;
+    WIDE_SUB: a program's offsets into Hs need 64 bits). EVEN_D: per_group is a multiple
+    of BLOCK_D; otherwise the lanes past a group's last channel repeat that channel.
     BC_TI: positions a B/C load (more than 1: in tiles of G state groups, `_bc_column`).
     """
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
@@ -192,7 +193,14 @@ def _serial_kernel(
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     local_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = local_d < per_group
+    if EVEN_D:
+        mask_d = local_d < per_group
+    else:
+        # lanes past the group's last channel repeat it: the same inputs give them the
+        # same values, so what they store (outputs, states) duplicates its stores and
+        # needs no mask; a mask tile on the kept states cost 29 registers (197)
+        local_d = tl.minimum(local_d, per_group - 1)
+        mask_d = tl.full([BLOCK_D], 1, tl.int1)
     offs_d = g * per_group + local_d
     mask_nd = mask_n[:, None] & mask_d[None, :]
     A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None] * s_An, mask=mask_nd,
@@ -219,11 +227,11 @@ def _serial_kernel(
     z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
     out_rows = out_ptr + row[:, None] * length
     hs_rows = Hs_ptr + (b * dim + g * per_group + dblk * BLOCK_D) * n_sub * N
-    lanes_d = tl.arange(0, BLOCK_D)
+    lanes_d = tl.arange(0, BLOCK_D) if EVEN_D else local_d - dblk * BLOCK_D
     if WIDE_SUB:
         lanes_d = lanes_d.to(tl.int64)
     hs_offs = (lanes_d * n_sub)[None, :] * N + offs_n[:, None]
-    masked: tl.constexpr = NP != N or not EVEN_D
+    masked: tl.constexpr = NP != N
     # every lane reads the B/C values of its states, the same for all of its channels
     if BC_TI == 1:  # (NP, BLOCK_D) tiles broadcast over the channels: h's layout
         n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]

@@ -149,7 +149,7 @@ def test_auto_dispatches_a_long_sequence_to_serial(monkeypatch: pytest.MonkeyPat
         (2_097_152, 48, torch.bfloat16, None, False, 256, 8, 8),  # capped (bench row 6)
         (512, 512, torch.float32, None, False, 64, 8, 4),  # aggregate: 16 bytes
         (512, 512, torch.float32, None, True, 64, 8, 4),
-        (2_097_152, 48, torch.float32, None, True, 256, 4, 4),  # masked kept states
+        (2_097_152, 48, torch.float32, None, True, 256, 8, 4),  # a partial channel block
         (2_097_152, 48, torch.float32, None, False, 256, 8, 4),
         (100, 4, torch.bfloat16, 4, False, 4, 4, 4),  # a given chunk shorter than a load
         (100, 4, torch.float32, 12, False, 12, 4, 4),  # the largest power of two dividing it
@@ -166,8 +166,7 @@ def test_serial_plan_sizes(length: int, dim: int, dtype: torch.dtype, chunk: int
 
 @pytest.mark.parametrize(("dim", "dtype", "keeps", "want_vec"), [
     (64, torch.bfloat16, False, 4), (64, torch.bfloat16, True, 4), (64, torch.float32, True, 4),
-    (48, torch.bfloat16, True, 8),  # a masked store of kept states: whole 16-byte loads
-    (48, torch.bfloat16, False, 4),
+    (48, torch.bfloat16, True, 4), (48, torch.bfloat16, False, 4),  # a partial block
 ], ids=str)
 def test_serial_plan_vector_positions(dim: int, dtype: torch.dtype, keeps: bool,
                                       want_vec: int) -> None:
@@ -177,8 +176,8 @@ def test_serial_plan_vector_positions(dim: int, dtype: torch.dtype, keeps: bool,
 
 @pytest.mark.parametrize(("dtype", "dim", "keeps", "want_bc", "want_agg_bc"), [
     (torch.bfloat16, 64, False, 2, 2), (torch.float16, 64, False, 2, 2),
-    (torch.bfloat16, 64, True, 1, 2),  # kept states stored unmasked: 1 in the output pass
-    (torch.bfloat16, 48, True, 2, 2),  # masked kept states
+    (torch.bfloat16, 64, True, 1, 2),  # kept states: 1 in the output pass
+    (torch.bfloat16, 48, True, 1, 2),  # ... also for a partial channel block
     (torch.float32, 64, False, 1, 1), (torch.float32, 48, True, 1, 1),
 ], ids=str)
 def test_serial_plan_bc_positions(dtype: torch.dtype, dim: int, keeps: bool, want_bc: int,

@@ -37,7 +37,9 @@ CASES = [
     (_all(ScanCase(1, 2, 200, 8, dtype=torch.bfloat16, reverse=True)), 64),
     (_all(ScanCase(1, 3, 190, 5, reverse=True)), 128),
     (_all(ScanCase(1, 2, 129, 4)), 256),
-    (_all(ScanCase(1, 3, 200, 8, dtype=torch.bfloat16)), 64),  # bf16 masked kept states
+    # a partial channel block (3 of 4, 8 of 32): its last lanes repeat the last channel
+    (_all(ScanCase(1, 3, 200, 8, dtype=torch.bfloat16)), 64),
+    (_all(ScanCase(1, 40, 150, 16)), 64),
 ]
 
 
