@@ -350,7 +350,7 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
                 kw = dict(kw)
                 maxnreg = kw.pop("maxnreg", None)  # the output passes' register cap
                 plan = serial.serial_plan(batch, dim, 1, length, dt, **kw)
-                # the training forward's plan (a masked store of its states may change it)
+                # the training forward's plan (kept states take B/C 1 position a load)
                 out_plan = serial.serial_plan(batch, dim, 1, length, dt, keeps_states=True,
                                               **kw)
                 adj_plan = serial.serial_plan(batch, dim, 1, length, dt,

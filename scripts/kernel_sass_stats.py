@@ -141,7 +141,7 @@ def serial_configs(dtype: torch.dtype):
     """The "serial" kernel at its default plan for row 1 (chunk 256, 32 channels, 1 warp;
     serial_planning's positions a load: 16 bytes in the forward aggregate, 8 positions,
     loaded 4 at a time, in the output pass and the adjoint aggregate; B/C 2 positions a
-    load in bf16 but where the kept states are stored unmasked)."""
+    load in bf16 but in an output pass that keeps states)."""
     L, D = 262144, 64
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
                 n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
