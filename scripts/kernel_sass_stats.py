@@ -156,8 +156,7 @@ def serial_configs(dtype: torch.dtype):
     plan = serial_planning.serial_plan(2, D, 1, L, dtype)
 
     def bc(aggregate: bool, adjoint: bool = False) -> dict:  # the plan's B/C tiles
-        bc_ti, groups = serial_planning.bc_tiles(plan.loads(aggregate, adjoint)[2], 16,
-                                                 plan.block_d, plan.num_warps)
+        bc_ti, groups = plan.bc_launch(aggregate, adjoint, 16)
         return {"BC_TI": bc_ti, "G": groups}
 
     yield "serial: aggregate", kernel, {**base, **bc(True), "AGGREGATE": True,

@@ -72,6 +72,12 @@ class SerialPlan:
             return ti, 64, min(self.agg_bc, ti)
         return self.ti, self.vec, min(self.bc, self.ti)
 
+    def bc_launch(self, aggregate: bool, adjoint: bool, n_state: int) -> tuple[int, int]:
+        """(BC_TI, G) of one pass's launch: its positions a B/C load (`loads`) where the
+        tile fills the warps (`bc_tiles`), and the tile's state groups."""
+        return bc_tiles(self.loads(aggregate, adjoint)[2], n_state, self.block_d,
+                        self.num_warps)
+
     @property
     def carry_block(self) -> int:
         """Chunks a step of `carry_chunks`."""

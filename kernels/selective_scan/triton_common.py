@@ -138,6 +138,23 @@ def _last_axis_column(x, i: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
+def _bc_rows(ptr, b, g, s_b, s_g, s_n, offs_n, offs_d, N: tl.constexpr, NP: tl.constexpr,
+             G: tl.constexpr, BC_TI: tl.constexpr):
+    """Pointers to the B (or C) rows of batch b, group g that each lane of the "serial"
+    kernel reads: an (NP, BLOCK_D) tile broadcast over the channels (h's layout) for one
+    position a load, a (G, BLOCK_D, NP // G, BC_TI) tile for several (`_bc_column` turns a
+    column of it into h's). Padded states (N not a power of two) point at row N - 1."""
+    if BC_TI == 1:
+        n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
+        zero_d = 0 * offs_d[None, :]
+    else:
+        n_safe = tl.minimum(tl.arange(0, G)[:, None, None, None] * (NP // G)
+                            + tl.arange(0, NP // G)[None, None, :, None], N - 1).to(tl.int64)
+        zero_d = 0 * offs_d[None, :, None, None]
+    return ptr + b * s_b + g * s_g + n_safe * s_n + zero_d
+
+
+@triton.jit
 def _bc_column(blk, i: tl.constexpr, BC_TI: tl.constexpr, NP: tl.constexpr):
     """Position i of a (G, BLOCK_D, NP // G, BC_TI) B/C tile as an (NP, BLOCK_D) tile of
     the "serial" kernel's states (state g * NP // G + j). Axes in this order because

@@ -35,13 +35,14 @@ import triton.language as tl
 from .launch import CachedLaunch
 from .triton_common import (
     _bc_column,
+    _bc_rows,
     _check_power_of_two,
     _decompose_pid,
     _next_pow2,
     _previous_chunk,
     _softplus,
 )
-from .serial_planning import SerialPlan, bc_tiles, serial_plan
+from .serial_planning import SerialPlan, serial_plan
 from .triton_chunks import carry_chunks
 
 @triton.jit
@@ -233,15 +234,8 @@ def _serial_kernel(
     hs_offs = (lanes_d * n_sub)[None, :] * N + offs_n[:, None]
     masked: tl.constexpr = NP != N
     # every lane reads the B/C values of its states, the same for all of its channels
-    if BC_TI == 1:  # (NP, BLOCK_D) tiles broadcast over the channels: h's layout
-        n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
-        zero_d = 0 * offs_d[None, :]
-    else:  # (G, BLOCK_D, NP // G, BC_TI) tiles: `_bc_column` turns a column into h's
-        n_safe = tl.minimum(tl.arange(0, G)[:, None, None, None] * (NP // G)
-                            + tl.arange(0, NP // G)[None, None, :, None], N - 1).to(tl.int64)
-        zero_d = 0 * offs_d[None, :, None, None]
-    B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe * s_Bn + zero_d
-    C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe * s_Cn + zero_d
+    B_rows = _bc_rows(B_ptr, b, g, s_Bb, s_Bg, s_Bn, offs_n, offs_d, N, NP, G, BC_TI)
+    C_rows = _bc_rows(C_ptr, b, g, s_Cb, s_Cg, s_Cn, offs_n, offs_d, N, NP, G, BC_TI)
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
@@ -308,8 +302,8 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
-    ti, vec, bc = plan.loads(aggregate, adjoint)
-    bc, bc_groups = bc_tiles(bc, n_state, plan.block_d, plan.num_warps)
+    ti, vec, _ = plan.loads(aggregate, adjoint)
+    bc, bc_groups = plan.bc_launch(aggregate, adjoint, n_state)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
