@@ -21,9 +21,10 @@ import triton.language as tl
 
 from .launch import CachedLaunch
 from .triton_common import (
-    _adjoint_scan_by_quarters,
+    _adjoint_scan_by_groups,
     _channel_range,
     _chunk_tile,
+    _group_size,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
@@ -70,12 +71,13 @@ def _bwd_kernel(
     chunk_start = c * CHUNK
     Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
+    K: tl.constexpr = _group_size(B_ptr.dtype.element_ty, CHUNK)  # positions a thread
     # Neighbours in scan order: the forward state comes from c_prev, the adjoint from
     # c_next; inside the chunk the adjoint at t decays by a at t's successor t_next.
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)  # previous against scan order
     # The adjoint needs the successor's decay at every position. Scanned by quarters
-    # (`_adjoint_scan_by_quarters`) it takes the decays as they are; otherwise (SHIFTED)
+    # (`_adjoint_scan_by_groups`) it takes the decays as they are; otherwise (SHIFTED)
     # from dt loaded shifted by one. `selective_scan_bwd_triton` says which is taken.
     SHIFTED: tl.constexpr = SHIFTED_DECAY or CHUNK < 4
     if REVERSE:
@@ -175,9 +177,9 @@ def _bwd_kernel(
         # h at the first position = decay * h0 + drive: the scan then starts from h0
         if MULTI_CHUNK:
             h = _scan_tile(decay, drive + tl.where(h0_col[None, :], decay * h0[:, None], 0.0),
-                           NP, CHUNK, REVERSE)
+                           NP, CHUNK, REVERSE, K)
         else:
-            h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
+            h = _scan_tile(decay, drive, NP, CHUNK, REVERSE, K)
         if HAS_Z:
             if not PREFETCH:
                 zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
@@ -201,13 +203,13 @@ def _bwd_kernel(
             cdy += tl.where(q0_col[None, :], q0[:, None], 0.0)
         if SHIFTED:
             decay_next = tl.exp2(A2[:, None] * dt_next[None, :])  # 1 at the far end
-            gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE)
+            gadj = _scan_tile(decay_next, cdy, NP, CHUNK, not REVERSE, K)
         else:
             # the decays again, not kept from the forward scan: kept, they stayed live
             # across it, and the kernel spilled more and ran 5-11% slower (session 22).
             # dt + 0.0 is not dt (-0.0): the compiler cannot merge the two exponentials
-            gadj = _adjoint_scan_by_quarters(tl.exp2(A2[:, None] * (dt + 0.0)[None, :]), cdy,
-                                             NP, CHUNK, REVERSE)
+            gadj = _adjoint_scan_by_groups(tl.exp2(A2[:, None] * (dt + 0.0)[None, :]), cdy,
+                                           NP, CHUNK, REVERSE, K)
 
         dB_acc += gadj * x[None, :]
         gB = tl.sum(gadj * Bt, axis=0)
@@ -297,7 +299,7 @@ def selective_scan_bwd_triton(
     `prefetch`: the main kernel loads each channel's vectors one channel ahead; `ahead`
     (with prefetch): also each channel's A (1) and its boundary states (2), None: 2 for
     fp32, 0 for 2-byte inputs. `adjoint`: where the adjoint scan gets each position's
-    successor decay: "quarters" (`_adjoint_scan_by_quarters`, from the decays themselves),
+    successor decay: "quarters" (`_adjoint_scan_by_groups`, from the decays themselves),
     "shifted" (from dt loaded at shifted positions) or "auto": "shifted" for 2-byte inputs
     scanning forwards, else "quarters". The defaults as measured: kernels README.md,
     "Backward: channel vectors read one channel ahead" and "Adjoint by quarters".

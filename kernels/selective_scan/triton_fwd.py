@@ -64,6 +64,7 @@ from .launch import CachedLaunch
 from .triton_common import (
     _channel_range,
     _chunk_tile,
+    _group_size,
     _load_channel,
     _load_state_tile,
     _next_pow2,
@@ -167,7 +168,8 @@ def _fwd_output_kernel(
                          other=0.0)
             h0 = tl.where(has_prev, h0, 0.0)
             drive += tl.where(first_col[None, :], decay * h0[:, None], 0.0)
-        h = _scan_tile(decay, drive, NP, CHUNK, REVERSE)
+        h = _scan_tile(decay, drive, NP, CHUNK, REVERSE,
+                       _group_size(B_ptr.dtype.element_ty, CHUNK))
         if not MULTI_CHUNK:
             # only the thread holding the far end stores: no cross-lane reduction
             tl.store(H_ptr + row * N + offs_n[:, None] + 0 * offs_l[None, :], h,

@@ -30,6 +30,7 @@ from .triton_common import (
     LaunchPlan,
     _channel_range,
     _chunk_tile,
+    _group_size,
     _load_channel,
     _load_dt,
     _load_state_tile,
@@ -71,7 +72,7 @@ def _fwd_local_kernel(
         part = row * n_chunks + c
         tl.store(S_ptr + part, tl.sum(dt, axis=0))
         h = _scan_tile(tl.exp2(A2[:, None] * dt[None, :]), Bt * (dt * u)[None, :], NP, CHUNK,
-                       REVERSE)
+                       REVERSE, _group_size(B_ptr.dtype.element_ty, CHUNK))
         # only the thread holding the far end stores: no cross-lane reduction
         tl.store(E_ptr + part * N + offs_n[:, None] + 0 * offs_k[None, :], h,
                  mask=mask_n[:, None] & at_end[None, :])
