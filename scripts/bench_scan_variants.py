@@ -162,11 +162,11 @@ BWD_CONFIGS = [
     ("no prefetch", dict(prefetch=False)),
     ("A ahead", dict(ahead=1)),
     ("vectors ahead", dict(ahead=0)),
-    ("adj quarters", dict(adjoint="quarters")),
+    ("adj groups", dict(adjoint="groups")),
     ("adj shifted", dict(adjoint="shifted")),
-    ("adj q ahead1", dict(adjoint="quarters", ahead=1)),
-    ("adj q ahead2", dict(adjoint="quarters", ahead=2)),
-    ("adj q no pf", dict(adjoint="quarters", prefetch=False)),
+    ("adj g ahead1", dict(adjoint="groups", ahead=1)),
+    ("adj g ahead2", dict(adjoint="groups", ahead=2)),
+    ("adj g no pf", dict(adjoint="groups", prefetch=False)),
 ]
 
 

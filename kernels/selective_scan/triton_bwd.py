@@ -76,7 +76,7 @@ def _bwd_kernel(
     # c_next; inside the chunk the adjoint at t decays by a at t's successor t_next.
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)  # previous against scan order
-    # The adjoint needs the successor's decay at every position. Scanned by quarters
+    # The adjoint needs the successor's decay at every position. Scanned by groups
     # (`_adjoint_scan_by_groups`) it takes the decays as they are; otherwise (SHIFTED)
     # from dt loaded shifted by one. `selective_scan_bwd_triton` says which is taken.
     SHIFTED: tl.constexpr = SHIFTED_DECAY or CHUNK < 4
@@ -150,6 +150,8 @@ def _bwd_kernel(
             if AHEAD >= 2:
                 n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
                                                  offs_n, mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
+        if HAS_D:  # read once, here: read where used, after stores, it was read twice
+            D = tl.load(D_ptr + d)  # and the second read stalled its use (ncu, session 29)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d)
             dt_raw += bias
@@ -186,7 +188,7 @@ def _bwd_kernel(
             sz = tl.sigmoid(zz)
             y = tl.sum(Ct * h, axis=0)
             if HAS_D:
-                y += tl.load(D_ptr + d) * u
+                y += D * u
             dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + row * length + offs_l, dz.to(dz_ptr.dtype.element_ty),
                      mask=mask_l)
@@ -217,7 +219,7 @@ def _bwd_kernel(
         ddt = gB * u + tl.sum(gha * A[:, None], axis=0)
         du = gB * dt
         if HAS_D:
-            du += tl.load(D_ptr + d) * dy
+            du += D * dy
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
         ddt = tl.where(mask_l, ddt, 0.0)
@@ -247,7 +249,7 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
 BOUNDARIES = ("auto", "serial", "tile")
-ADJOINTS = ("auto", "quarters", "shifted")
+ADJOINTS = ("auto", "groups", "shifted")
 
 
 def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
@@ -299,10 +301,10 @@ def selective_scan_bwd_triton(
     `prefetch`: the main kernel loads each channel's vectors one channel ahead; `ahead`
     (with prefetch): also each channel's A (1) and its boundary states (2), None: 2 for
     fp32, 0 for 2-byte inputs. `adjoint`: where the adjoint scan gets each position's
-    successor decay: "quarters" (`_adjoint_scan_by_groups`, from the decays themselves),
-    "shifted" (from dt loaded at shifted positions) or "auto": "shifted" for 2-byte inputs
-    scanning forwards, else "quarters". The defaults as measured: kernels README.md,
-    "Backward: channel vectors read one channel ahead" and "Adjoint by quarters".
+    successor decay: "groups" (`_adjoint_scan_by_groups`, from the decays themselves),
+    "shifted" (from dt loaded at shifted positions) or "auto", which is "groups". The
+    defaults as measured: kernels README.md, "Backward: channel vectors read one channel
+    ahead", "Adjoint by quarters" and "Scans by groups, read back by gathers".
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -313,7 +315,7 @@ def selective_scan_bwd_triton(
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint: expected one of {ADJOINTS}, got {adjoint!r}")
     if adjoint == "auto":
-        adjoint = "shifted" if u.dtype.itemsize == 2 and not reverse else "quarters"
+        adjoint = "groups"
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]

@@ -110,17 +110,21 @@ def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict, prefetch
     _check_backward_options(case, plan, prefetch=prefetch, ahead=ahead)
 
 
-# chunks of 2 positions: too short to group by four, "quarters" takes the shifted load
-ADJOINT_CASES = PREFETCH_CASES + [(_all(ScanCase(1, 2, 9, 4, reverse=True)), {"chunk": 2})]
+# chunks of 2 positions: too short to group by four, "groups" takes the shifted load; bf16
+# chunks of 4 (groups of 4 where the layout would hold 8) and of 8 (one group a row)
+ADJOINT_CASES = PREFETCH_CASES + [
+    (_all(ScanCase(1, 2, 9, 4, reverse=True)), {"chunk": 2}),
+    (_all(ScanCase(1, 2, 37, 4, dtype=torch.bfloat16)), {"chunk": 4}),
+    (_all(ScanCase(1, 2, 37, 16, dtype=torch.bfloat16, reverse=True)), {"chunk": 8}),
+]
 
 
-@pytest.mark.parametrize("adjoint", ["quarters", "shifted"])
+@pytest.mark.parametrize("adjoint", ["groups", "shifted"])
 @pytest.mark.parametrize(("case", "plan"), ADJOINT_CASES,
                          ids=[c.id for c, _ in ADJOINT_CASES])
 def test_backward_adjoint_from_either_decays(case: ScanCase, plan: dict,
                                              adjoint: str) -> None:
-    # "auto" takes "shifted" for 2-byte inputs scanning forwards, "quarters" elsewhere:
-    # here both for each dtype and direction
+    # "auto" takes "groups": here both for each dtype and direction
     _check_backward_options(case, plan, adjoint=adjoint)
 
 
