@@ -171,9 +171,10 @@ def serial_configs(dtype: torch.dtype):
         yield f"serial: output, {label}", kernel, {**base, **opts}, 1
 
 
-def backward_configs(chunk: int):
+def backward_configs(chunk: int, dtype: torch.dtype):
     """The backward kernels at the host function's default plan for row 1 (one warp)."""
-    base = _row1_args(chunk, backward=True)
+    # row 1's chunks are whole: unmasked for 4-byte inputs (the host's `unmasked` default)
+    base = {**_row1_args(chunk, backward=True), "EVEN_L": dtype.itemsize == 4}
     yield "bwd: aggregate (h and g)", ("triton_chunks", "_chunk_aggregate_kernel"), base, 1
     for reverse in (False, True):
         label = f"bwd{' reverse' if reverse else ''}"
@@ -206,7 +207,7 @@ def main() -> int:
     for dtype in (torch.float32, torch.bfloat16):
         for label, (mod, name), values, warps in [*configs(args.chunk),
                                                   *serial_configs(dtype),
-                                                  *backward_configs(args.bwd_chunk)]:
+                                                  *backward_configs(args.bwd_chunk, dtype)]:
             if not label.startswith(args.only):
                 continue
             fn = getattr(modules[mod], name)

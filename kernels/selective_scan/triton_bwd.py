@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .bwd_state_grads import state_grad_buffers, sum_state_grads
 from .launch import CachedLaunch
 from .triton_common import (
     _adjoint_scan_by_groups,
@@ -51,6 +52,7 @@ def _bwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
+    EVEN_L: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -68,6 +70,9 @@ def _bwd_kernel(
     """
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
+    if EVEN_L:
+        mask_l = tl.full([CHUNK], 1, tl.int1)
+        mask_nl = mask_n[:, None] & mask_l[None, :]
     chunk_start = c * CHUNK
     Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l, mask_nl)
     Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l, mask_nl)
@@ -76,6 +81,16 @@ def _bwd_kernel(
     # c_next; inside the chunk the adjoint at t decays by a at t's successor t_next.
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)  # previous against scan order
+    # The boundary states are 0 at the sequence's ends. Read a channel ahead (AHEAD 2),
+    # that goes into their loads' masks: a select right after the load would wait for it
+    # there, a channel early (session 29). (Masks by the state count: the interpreter
+    # refuses a scalar bool & a mask.)
+    if AHEAD >= 2:
+        mask_h0 = offs_n < tl.where(has_prev, N, 0)
+        mask_q0 = offs_n < tl.where(has_next, N, 0)
+    else:
+        mask_h0 = mask_n
+        mask_q0 = mask_n
     # The adjoint needs the successor's decay at every position. Scanned by groups
     # (`_adjoint_scan_by_groups`) it takes the decays as they are; otherwise (SHIFTED)
     # from dt loaded shifted by one. `selective_scan_bwd_triton` says which is taken.
@@ -84,8 +99,9 @@ def _bwd_kernel(
         offs_next = offs_l - 1
     else:
         offs_next = offs_l + 1
-    mask_next = (offs_next >= chunk_start) & (offs_next < chunk_start + CHUNK) & (
-        offs_next < length)
+    mask_next = (offs_next >= chunk_start) & (offs_next < chunk_start + CHUNK)
+    if not EVEN_L:
+        mask_next &= offs_next < length
     # Where the boundary states enter: h0 at the chunk's first position in scan order, q0
     # at its last. Both are zero unless the chunk is full (a partial chunk is the last in
     # scan order, and has_prev is false for it under REVERSE), so these are fixed columns,
@@ -119,7 +135,7 @@ def _bwd_kernel(
         n_A = _channel_A(d0, offs_n, mask_n, A_ptr, N)
     if AHEAD >= 2:
         n_h0, n_q0 = _channel_boundaries(d0, b, dim, n_chunks, c_prev, c_next, offs_n,
-                                         mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
+                                         mask_h0, mask_q0, H_ptr, Q_ptr, N, MULTI_CHUNK)
     for d in range(d0, d_end):
         if PREFETCH:
             dt_raw, dt_next, u, dout, zz = n_dt, n_dtn, n_u, n_do, n_z
@@ -136,8 +152,8 @@ def _bwd_kernel(
             h0 = n_h0
             q0 = n_q0
         else:
-            h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n,
-                                         H_ptr, Q_ptr, N, MULTI_CHUNK)
+            h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_h0,
+                                         mask_q0, H_ptr, Q_ptr, N, MULTI_CHUNK)
         if PREFETCH:
             # (the last channel reads itself again: every address stays in the tensors)
             d_ahead = tl.minimum(d + 1, d_end - 1)
@@ -149,7 +165,11 @@ def _bwd_kernel(
                 n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
             if AHEAD >= 2:
                 n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
-                                                 offs_n, mask_n, H_ptr, Q_ptr, N, MULTI_CHUNK)
+                                                 offs_n, mask_h0, mask_q0, H_ptr, Q_ptr, N,
+                                                 MULTI_CHUNK)
+        if MULTI_CHUNK and AHEAD < 2:
+            h0 = tl.where(has_prev, h0, 0.0)
+            q0 = tl.where(has_next, q0, 0.0)
         if HAS_D:  # read once, here: read where used, after stores, it was read twice
             D = tl.load(D_ptr + d)  # and the second read stalled its use (ncu, session 29)
         if HAS_BIAS:
@@ -168,9 +188,6 @@ def _bwd_kernel(
             dt_next = tl.where(mask_next, dt_next, 0.0)
         A2 = A * 1.4426950408889634
         row = b * dim + d
-        if MULTI_CHUNK:
-            h0 = tl.where(has_prev, h0, 0.0)
-            q0 = tl.where(has_next, q0, 0.0)
 
         # forward states h_t
         x = dt * u
@@ -286,6 +303,7 @@ def selective_scan_bwd_triton(
     prefetch: bool = True,
     ahead: int | None = None,
     adjoint: str = "auto",
+    unmasked: bool | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -305,6 +323,9 @@ def selective_scan_bwd_triton(
     "shifted" (from dt loaded at shifted positions) or "auto", which is "groups". The
     defaults as measured: kernels README.md, "Backward: channel vectors read one channel
     ahead", "Adjoint by quarters" and "Scans by groups, read back by gathers".
+    `unmasked`: where the chunks are whole (L a multiple of the chunk), the main kernel
+    is built without its position masks; None: for 4-byte inputs, where it was measured
+    faster (kernels README, "Whole chunks unmasked").
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
@@ -316,6 +337,8 @@ def selective_scan_bwd_triton(
         raise ValueError(f"adjoint: expected one of {ADJOINTS}, got {adjoint!r}")
     if adjoint == "auto":
         adjoint = "groups"
+    if unmasked is None:
+        unmasked = u.dtype.itemsize == 4
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -348,7 +371,7 @@ def selective_scan_bwd_triton(
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part, dC_part, dC_shift = _state_grad_buffers(B, C, ncb, dev)
+    dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
     # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
     sizes = [dim * n_state] + [dim] * ((D is not None) + (delta_bias is not None))
     part = torch.empty(batch * nc, sum(sizes), device=dev, dtype=f32)
@@ -366,39 +389,12 @@ def selective_scan_bwd_triton(
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
         PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-        SHIFTED_DECAY=adjoint == "shifted", num_warps=plan.num_warps, **launch_options,
+        SHIFTED_DECAY=adjoint == "shifted", EVEN_L=unmasked and length % plan.chunk == 0,
+        num_warps=plan.num_warps, **launch_options,
     )
-    dB, dC = _sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
+    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)
     dA, *vectors = part.sum(0).split(sizes)
     dD = vectors.pop(0) if D is not None else None
     dbias = vectors.pop(0) if delta_bias is not None else None
     return du, ddelta, dA.view(dim, n_state), dB, dC, dD, dz, dbias
-
-
-def _state_grad_buffers(
-    B: torch.Tensor, C: torch.Tensor, n_cblk: int, dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(dB_part, dC_part, dC_shift): where the kernel writes dB and dC. One channel block:
-    the gradients themselves, in their shapes and dtypes, shift 0. Several: fp32 partial
-    sums (2, n_cblk, batch, groups, N, L) in one buffer given as both, dC's half
-    `dC_shift` elements on, which one sum reduces (no views: microseconds each)."""
-    if n_cblk == 1:
-        return (torch.empty(B.shape, device=dev, dtype=B.dtype),
-                torch.empty(C.shape, device=dev, dtype=C.dtype), 0)
-    both = torch.empty(2, n_cblk, *B.shape, device=dev, dtype=torch.float32)
-    return both, both, n_cblk * B.numel()
-
-
-def _sum_state_grads(
-    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int,
-    B_dtype: torch.dtype, C_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """dB, dC from `_state_grad_buffers`' tensors after the kernel: with a shift, dB_part
-    is the (2, n_cblk, ...) buffer of both, summed over its channel blocks."""
-    if not dC_shift:
-        return dB_part, dC_part
-    sums = dB_part.sum(1)
-    if B_dtype != C_dtype:
-        return sums[0].to(B_dtype), sums[1].to(C_dtype)
-    return sums.to(B_dtype).unbind(0)

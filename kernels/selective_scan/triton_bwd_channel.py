@@ -41,16 +41,17 @@ def _channel_A(d, offs_n, mask_n, A_ptr, N):
 
 
 @triton.jit
-def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_n, H_ptr, Q_ptr,
-                        N, MULTI_CHUNK: tl.constexpr):
+def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_h0, mask_q0,
+                        H_ptr, Q_ptr, N, MULTI_CHUNK: tl.constexpr):
     """Channel d's forward state entering the chunk and adjoint entering it from the far
-    end, as stored (the caller zeroes them at the sequence's ends); 0 with one chunk."""
+    end, 0 where masked (the callers' masks hold whether a neighbour chunk exists: a
+    select after the load would wait for it at once); 0 with one chunk."""
     h0 = 0.0
     q0 = 0.0
     if MULTI_CHUNK:
         row = b * dim + d
-        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_n, other=0.0)
-        q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_n, other=0.0)
+        h0 = tl.load(H_ptr + (row * n_chunks + c_prev) * N + offs_n, mask=mask_h0, other=0.0)
+        q0 = tl.load(Q_ptr + (row * n_chunks + c_next) * N + offs_n, mask=mask_q0, other=0.0)
     return h0, q0
 
 

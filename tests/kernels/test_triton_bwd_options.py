@@ -128,6 +128,25 @@ def test_backward_adjoint_from_either_decays(case: ScanCase, plan: dict,
     _check_backward_options(case, plan, adjoint=adjoint)
 
 
+# whole chunks (fp32, and bf16 under reverse) and a partial last chunk, which keeps its
+# masks whatever `unmasked` says
+UNMASKED_CASES = [
+    (_all(ScanCase(2, 4, 128, 16)), {"chunk": 32}),
+    (_all(ScanCase(1, 4, 128, 16, dtype=torch.bfloat16, reverse=True)), {"chunk": 64}),
+    (_all(ScanCase(1, 2, 100, 4)), {"chunk": 32}),
+]
+
+
+@pytest.mark.parametrize("unmasked", [False, True])
+@pytest.mark.parametrize(("case", "plan"), UNMASKED_CASES,
+                         ids=[c.id for c, _ in UNMASKED_CASES])
+def test_backward_with_and_without_position_masks(case: ScanCase, plan: dict,
+                                                  unmasked: bool) -> None:
+    # "auto" drops them for 4-byte inputs where the chunks are whole: here both ways for
+    # each dtype
+    _check_backward_options(case, plan, unmasked=unmasked)
+
+
 def test_backward_refuses_unknown_adjoint() -> None:
     case = ScanCase(1, 2, 16, 4)
     x = _four_d(case.inputs(DEVICE))
