@@ -167,6 +167,8 @@ BWD_CONFIGS = [
     ("adj g ahead1", dict(adjoint="groups", ahead=1)),
     ("adj g ahead2", dict(adjoint="groups", ahead=2)),
     ("adj g no pf", dict(adjoint="groups", prefetch=False)),
+    ("masked", dict(unmasked=False)),
+    ("unmasked", dict(unmasked=True)),
 ]
 
 
