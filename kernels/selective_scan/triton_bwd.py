@@ -22,18 +22,16 @@ import triton.language as tl
 from .bwd_state_grads import state_grad_buffers, sum_state_grads
 from .launch import CachedLaunch
 from .triton_common import (
-    _adjoint_scan_by_groups,
     _channel_range,
     _chunk_tile,
-    _group_size,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
-    _scan_tile,
     _softplus,
     plan_launch,
 )
+from .triton_tile_scans import _adjoint_scan_by_groups, _group_size, _scan_tile
 from .triton_bwd_channel import _channel_A, _channel_boundaries, _channel_vectors, _load_z
 from .triton_chunks import chunk_boundary_states
 from .serial_planning import serial_applies, serial_plan

@@ -64,18 +64,17 @@ from .launch import CachedLaunch
 from .triton_common import (
     _channel_range,
     _chunk_tile,
-    _group_size,
     _load_channel,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
     _scan_edge_columns,
-    _scan_tile,
     _MAX_CHUNK,
     _MAX_SINGLE_CHUNK,
     _store_output,
     plan_launch,
 )
+from .triton_tile_scans import _group_size, _scan_tile
 from .triton_chunks import chunk_boundary_states
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offsets_fit

@@ -30,15 +30,14 @@ from .triton_common import (
     LaunchPlan,
     _channel_range,
     _chunk_tile,
-    _group_size,
     _load_channel,
     _load_dt,
     _load_state_tile,
     _next_pow2,
     _previous_chunk,
-    _scan_tile,
     _store_output,
 )
+from .triton_tile_scans import _group_size, _scan_tile
 from .triton_chunks import carry_chunks
 
 

@@ -1,4 +1,4 @@
-"""Shared Triton helpers (triton_common.py) against plain loops: the tile scan both ways,
+"""The tile scans (triton_tile_scans.py) against plain loops: the tile scan both ways,
 over chunk lengths that take its in-register path and those that do not, and the
 backward's adjoint scan from unshifted decays, each by groups of 4 and 8 positions."""
 
@@ -12,7 +12,7 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from medmamba_kernels.selective_scan.triton_common import (  # noqa: E402
+from medmamba_kernels.selective_scan.triton_tile_scans import (  # noqa: E402
     _adjoint_scan_by_groups,
     _scan_tile,
 )
