@@ -182,3 +182,28 @@ def bc_tiles(bc: int, n_state: int, block_d: int, num_warps: int) -> tuple[int, 
     if groups * block_d < 32 * num_warps:
         return 1, groups
     return bc, groups
+
+
+def unmasked_blocks(dtype: torch.dtype, even_d: bool) -> bool:
+    """Whether a launch drops the position masks of the blocks inside the sequence: for
+    2-byte inputs where the channel blocks are whole. Measured per pass (session 30,
+    `passes_variants.log` of scripts/results/kernel_h200_2026-12-02_s30/, GPU time, ms,
+    masked -> unmasked, both with the constant channel mask): bf16 output pass (2, 64,
+    262144) 0.329 -> 0.321, with kept states 0.363 -> 0.357, (8, 128, 16384) 0.163 ->
+    0.159; aggregates level. fp32 slower (output pass 0.365 -> 0.388, adjoint aggregate
+    0.251 -> 0.259), as were partial channel blocks ((1, 48, 2097152) bf16 output pass
+    1.136 -> 1.153)."""
+    return dtype.itemsize == 2 and even_d
+
+
+def check_sub_states(shape: tuple[int, ...], sub_chunk: int,
+                     problem: tuple[int, int, int, int], ti: int) -> None:
+    """Raise unless `shape` is that of the kept states of a (batch, dim, L, N) problem at
+    sub-chunks of `sub_chunk` positions: (batch, dim, cdiv(L, sub_chunk), N), sub_chunk a
+    power of two and a multiple of the plan's positions a load `ti`."""
+    _check_power_of_two("sub_chunk", sub_chunk)
+    batch, dim, length, n_state = problem
+    want = (batch, dim, -(-length // sub_chunk), n_state)
+    if shape != want or sub_chunk % ti:
+        raise ValueError(f"sub_states: expected {want} for sub-chunks of {sub_chunk} "
+                         f"(a multiple of {ti}), got {shape}")

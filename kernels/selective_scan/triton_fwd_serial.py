@@ -13,12 +13,12 @@ states of 4 channels a lane (lanes: 4 state groups x 8 channels, the layout of t
 16-byte H loads and stores): each lane reads 4 B_t and 4 C_t values a position (one
 broadcast load each, 8 lanes of a state group sharing the address), the reduction over
 the states is 4 in-thread terms and 2 shuffle rounds, and each position's dt and u
-columns reach that layout by shuffles or shared memory. (One channel a lane with all N
-states, forced in session 26, leaves no conversion but 16 B and 16 C loads a lane and
-position: 5-15% slower; kernels README.) dt, u and z arrive TI positions at a time as
-(BLOCK_D, TI) tiles (the plan's TI: 8 positions in the output pass, VEC of them a vector
-load; serial_planning's `_default_ti`, `_default_vec`), out leaves the same way, and B/C
-come BC_TI positions a load (`_bc_column`; `_default_bc`).
+columns reach that layout by shuffles or shared memory (other layouts tried: kernels
+README). dt, u and z arrive TI positions at a time as (BLOCK_D, TI) tiles (the plan's
+TI: 8 positions in the output pass, VEC of them a vector load; serial_planning's
+`_default_ti`, `_default_vec`), out leaves the same way, and B/C come BC_TI positions a
+load (`_bc_column`; `_default_bc`). Blocks inside the sequence go without position masks
+for 2-byte inputs (`unmasked_blocks`).
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
@@ -33,16 +33,9 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .triton_common import (
-    _bc_column,
-    _bc_rows,
-    _check_power_of_two,
-    _decompose_pid,
-    _next_pow2,
-    _previous_chunk,
-    _softplus,
-)
-from .serial_planning import SerialPlan, serial_plan
+from .triton_common import (_bc_column, _bc_rows, _decompose_pid, _next_pow2,
+                            _previous_chunk, _softplus)
+from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
 
 @triton.jit
@@ -65,17 +58,20 @@ def _serial_block(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
-    BC_TI: tl.constexpr, NP: tl.constexpr,
+    BC_TI: tl.constexpr, NP: tl.constexpr, UNMASKED: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
     Returns (h after them, y_acc + their sum of dt (AGGREGATE) or y_acc). TAIL: the block
     may reach past L; its B/C reads are clamped to L - 1 (dt = 0 there makes the step an
-    identity). Full blocks read B/C at t0 + i: constant offsets from one address.
+    identity). Full blocks read B/C at t0 + i (constant offsets from one address), the
+    rest without position masks if UNMASKED.
     """
     offs_t = t0 + offs_i
-    mask_t = offs_t < length
-    m_dt = mask_d[:, None] & mask_t[None, :]
+    if TAIL or not UNMASKED:
+        m_dt = mask_d[:, None] & (offs_t < length)[None, :]
+    else:
+        m_dt = mask_d[:, None] & tl.full([TI], 1, tl.int1)[None, :]
     # (triton_common._load_dt reads the bias at every call: here it is loaded once a chunk)
     dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -172,7 +168,7 @@ def _serial_kernel(
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
     WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
-    G: tl.constexpr = 4,
+    G: tl.constexpr = 4, UNMASKED_BLOCKS: tl.constexpr = False,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -195,7 +191,9 @@ def _serial_kernel(
     mask_n = offs_n < N
     local_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     if EVEN_D:
-        mask_d = local_d < per_group
+        # every lane's channel exists: a constant mask folds away (`local_d < per_group`
+        # cost bench row 1's fp32 adjoint aggregate 0.251 -> 0.290 ms, session 30)
+        mask_d = tl.full([BLOCK_D], 1, tl.int1)
     else:
         # lanes past the group's last channel repeat it: the same inputs give them the
         # same values, so what they store (outputs, states) duplicates its stores and
@@ -249,7 +247,7 @@ def _serial_kernel(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI, NP=NP)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -262,7 +260,7 @@ def _serial_kernel(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
-            BC_TI=BC_TI, NP=NP)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -271,7 +269,7 @@ def _serial_kernel(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI, NP=NP)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -284,6 +282,7 @@ def _serial_kernel(
 
 
 _serial_kernel_launcher = CachedLaunch(_serial_kernel)
+
 # a program's offsets into the kept states from this many on are 64-bit (tests lower it)
 _INT32_OFFSETS = 2**31
 
@@ -308,6 +307,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
     dummy = H
+    even_d = (dim // groups) % plan.block_d == 0
     _serial_kernel_launcher[(grid,)](
         drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy, H, S, out,
@@ -323,7 +323,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         AGGREGATE=aggregate, ADJOINT=adjoint,
         STORE_SUMS=not adjoint if store_sums is None else store_sums,
         SUB_STATES=sub_states is not None, SUB=sub_chunk,
-        EVEN_D=(dim // groups) % plan.block_d == 0,
+        EVEN_D=even_d, UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d),
         WIDE_SUB=(sub_states is not None
                   and plan.block_d * sub_states[0, 0].numel() >= _INT32_OFFSETS),
         num_warps=plan.num_warps,
@@ -349,11 +349,8 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
                        block_d, keeps_states=sub_states is not None, bc=bc)
     if sub_states is not None:
-        _check_power_of_two("sub_chunk", sub_chunk)
-        want = (batch, dim, -(-length // sub_chunk), A.shape[1])
-        if tuple(sub_states.shape) != want or sub_chunk % plan.ti:
-            raise ValueError(f"sub_states: expected {want} for sub-chunks of {sub_chunk} "
-                             f"(a multiple of {plan.ti}), got {tuple(sub_states.shape)}")
+        check_sub_states(tuple(sub_states.shape), sub_chunk, (batch, dim, length, A.shape[1]),
+                         plan.ti)
     sub = {"sub_states": sub_states, "sub_chunk": sub_chunk}
     if plan.n_chunks == 1:
         _launch(plan, u, delta, z, A, B, C, D, delta_bias, last_state, last_state, out,
