@@ -142,28 +142,30 @@ def _adjoint_scan_by_groups(d, c, NP: tl.constexpr, CHUNK: tl.constexpr,
     does, against the forward's order.
     """
     G: tl.constexpr = K if CHUNK >= K else 4
-    dp = _groups(d, NP, CHUNK, G)
-    cp = _groups(c, NP, CHUNK, G)
-    if REVERSE:  # g flows from position 0 upwards
-        group_a = dp[0]
-        group_b = cp[0] * dp[0]
-        for i in tl.static_range(1, G):
-            group_a = group_a * dp[i]
-            group_b = (group_b + cp[i]) * dp[i]
-        g = _entering_groups(group_a, group_b, False) + cp[0]
-        gs = (g,)
-        for i in tl.static_range(1, G):
-            g = dp[i - 1] * g + cp[i]
-            gs = gs + (g,)
-    else:
-        group_a = dp[G - 1]
-        group_b = cp[G - 1] * dp[G - 1]
-        for i in tl.static_range(G - 2, -1, -1):
-            group_a = group_a * dp[i]
-            group_b = (group_b + cp[i]) * dp[i]
-        g = _entering_groups(group_a, group_b, True) + cp[G - 1]
-        gs = (g,)
-        for i in tl.static_range(G - 2, -1, -1):
-            g = dp[i + 1] * g + cp[i]
-            gs = (g,) + gs
+    # the groups in the order g flows through them: from position 0 upwards under REVERSE
+    dp = _flow_order(_groups(d, NP, CHUNK, G), G, not REVERSE)
+    cp = _flow_order(_groups(c, NP, CHUNK, G), G, not REVERSE)
+    group_a = dp[0]
+    group_b = cp[0] * dp[0]
+    for i in tl.static_range(1, G):
+        group_a = group_a * dp[i]
+        group_b = (group_b + cp[i]) * dp[i]
+    g = _entering_groups(group_a, group_b, not REVERSE) + cp[0]
+    gs = (g,)
+    for i in tl.static_range(1, G):
+        g = dp[i - 1] * g + cp[i]
+        gs = gs + (g,)
+    gs = _flow_order(gs, G, not REVERSE)
     return _from_groups(gs, NP, CHUNK, G)
+
+
+@triton.jit
+def _flow_order(parts, G: tl.constexpr, DOWN: tl.constexpr):
+    """A tuple of G groups, reversed if DOWN (its own inverse): register renames only."""
+    if DOWN:
+        flipped = (parts[G - 1],)
+        for i in tl.static_range(G - 2, -1, -1):
+            flipped = flipped + (parts[i],)
+        return flipped
+    else:
+        return parts
