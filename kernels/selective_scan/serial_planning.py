@@ -184,16 +184,17 @@ def bc_tiles(bc: int, n_state: int, block_d: int, num_warps: int) -> tuple[int, 
     return bc, groups
 
 
-def unmasked_blocks(dtype: torch.dtype, even_d: bool) -> bool:
-    """Whether a launch drops the position masks of the blocks inside the sequence: for
-    2-byte inputs where the channel blocks are whole. Measured per pass (session 30,
-    `passes_variants.log` of scripts/results/kernel_h200_2026-12-02_s30/, GPU time, ms,
-    masked -> unmasked, both with the constant channel mask): bf16 output pass (2, 64,
-    262144) 0.329 -> 0.321, with kept states 0.363 -> 0.357, (8, 128, 16384) 0.163 ->
-    0.159; aggregates level. fp32 slower (output pass 0.365 -> 0.388, adjoint aggregate
-    0.251 -> 0.259), as were partial channel blocks ((1, 48, 2097152) bf16 output pass
-    1.136 -> 1.153)."""
-    return dtype.itemsize == 2 and even_d
+def unmasked_blocks(dtype: torch.dtype, even_d: bool, forward_aggregate: bool) -> bool:
+    """Whether a launch drops the position masks of the blocks inside the sequence: where
+    the channel blocks are whole, in every pass for 2-byte inputs and in the forward
+    aggregate for fp32. Measured per pass (session 30, `passes_variants.log` of
+    scripts/results/kernel_h200_2026-12-02_s30/, GPU time, ms, masked -> unmasked, both
+    with the constant channel mask): bf16 output pass (2, 64, 262144) 0.329 -> 0.321, with
+    kept states 0.363 -> 0.357, (8, 128, 16384) 0.163 -> 0.159, aggregates level; fp32
+    forward aggregate 0.231 -> 0.225 and 0.120 -> 0.117, but its output pass 0.365 ->
+    0.388 and adjoint aggregate 0.251 -> 0.259; partial channel blocks slower in either
+    dtype ((1, 48, 2097152) bf16 output pass 1.136 -> 1.153)."""
+    return even_d and (dtype.itemsize == 2 or forward_aggregate)
 
 
 def check_sub_states(shape: tuple[int, ...], sub_chunk: int,

@@ -18,7 +18,7 @@ README). dt, u and z arrive TI positions at a time as (BLOCK_D, TI) tiles (the p
 TI: 8 positions in the output pass, VEC of them a vector load; serial_planning's
 `_default_ti`, `_default_vec`), out leaves the same way, and B/C come BC_TI positions a
 load (`_bc_column`; `_default_bc`). Blocks inside the sequence go without position masks
-for 2-byte inputs (`unmasked_blocks`).
+where measured faster (`unmasked_blocks`).
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
@@ -323,7 +323,8 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         AGGREGATE=aggregate, ADJOINT=adjoint,
         STORE_SUMS=not adjoint if store_sums is None else store_sums,
         SUB_STATES=sub_states is not None, SUB=sub_chunk,
-        EVEN_D=even_d, UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d),
+        EVEN_D=even_d,
+        UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d, aggregate and not adjoint),
         WIDE_SUB=(sub_states is not None
                   and plan.block_d * sub_states[0, 0].numel() >= _INT32_OFFSETS),
         num_warps=plan.num_warps,
