@@ -64,8 +64,8 @@ def _serial_block(
 
     Returns (h after them, y_acc + their sum of dt (AGGREGATE) or y_acc). TAIL: the block
     may reach past L; its B/C reads are clamped to L - 1 (dt = 0 there makes the step an
-    identity). Full blocks read B/C at t0 + i (constant offsets from one address), the
-    rest without position masks if UNMASKED.
+    identity). Full blocks read B/C at t0 + i (constant offsets from one address) and, if
+    UNMASKED, load and store without position masks.
     """
     offs_t = t0 + offs_i
     if TAIL or not UNMASKED:
@@ -282,7 +282,6 @@ def _serial_kernel(
 
 
 _serial_kernel_launcher = CachedLaunch(_serial_kernel)
-
 # a program's offsets into the kept states from this many on are 64-bit (tests lower it)
 _INT32_OFFSETS = 2**31
 
