@@ -15,7 +15,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
-            "bench_serial_threshold", "bench_bc_layout"]
+            "bench_serial_threshold", "bench_bc_layout", "study_serial_backward"]
 
 
 @pytest.mark.slow
@@ -68,3 +68,22 @@ def test_ncu_source_table_ranks_instructions_and_opcodes(tmp_path: Path) -> None
     assert "(Not Issued)" not in result.stdout and len(lines[2:4]) == 2
     summary = lines[lines.index("samples by opcode:") + 1:]
     assert summary[0].split() == ["98.0%", "FADD"] and summary[1].split() == ["2.0%", "LDG"]
+
+
+def test_study_serial_backward_counts_loop_bodies_but_not_the_trap_loop() -> None:
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from study_serial_backward import loop_sizes
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    sass = "\n".join([
+        "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
+        ".L_x_0:",
+        "        /*0010*/                   FFMA R2, R3, R4, R5 ;",
+        "        /*0020*/                   FMUL R2, R2, R2 ;",
+        "        /*0030*/               @P0 BRA `(.L_x_0) ;",
+        "        /*0040*/                   EXIT ;",
+        ".L_x_1:",
+        "        /*0050*/                   BRA `(.L_x_1);",
+    ])
+    assert loop_sizes(sass) == [3]
