@@ -42,8 +42,9 @@ def _sketch(u_ptr, dt_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, H_ptr, Q_ptr, K_ptr,
     A2 = tl.load(A_ptr + tile) * 1.4426950408889634
     h = tl.load(H_ptr + pid * NP * BLOCK_D + tile)
     checkpoints = K_ptr + pid * (CHUNK // TI) * NP * BLOCK_D + tile
-    u_rows, dt_rows, dout_rows = u_ptr + offs_d * length, dt_ptr + offs_d * length, \
-        dout_ptr + offs_d * length
+    u_rows = u_ptr + offs_d * length
+    dt_rows = dt_ptr + offs_d * length
+    dout_rows = dout_ptr + offs_d * length
     for blk in range(0, CHUNK // TI):  # forward sweep: a checkpoint every TI positions
         tl.store(checkpoints + blk * NP * BLOCK_D, h)
         for i in tl.static_range(TI):
