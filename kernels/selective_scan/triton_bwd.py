@@ -36,6 +36,7 @@ from .triton_bwd_channel import _channel_A, _channel_boundaries, _channel_vector
 from .triton_chunks import chunk_boundary_states
 from .serial_planning import serial_applies, serial_plan
 from .triton_fwd_serial import serial_boundary_states
+from .triton_bwd_serial import serial_bwd_main
 
 
 @triton.jit
@@ -265,6 +266,7 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 BOUNDARIES = ("auto", "serial", "tile")
 ADJOINTS = ("auto", "groups", "shifted")
+MAINS = ("auto", "serial", "tile")
 
 
 def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
@@ -276,6 +278,11 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
     fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
     ok = serial_applies(sequences, length, per_group) and not fp32_part_warps
     return "serial" if ok else "tile"
+
+
+def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
+    """The main kernel "auto" takes: "tile" until "serial" is measured faster."""
+    return "tile"
 
 
 def selective_scan_bwd_triton(
@@ -302,6 +309,7 @@ def selective_scan_bwd_triton(
     ahead: int | None = None,
     adjoint: str = "auto",
     unmasked: bool | None = None,
+    main: str = "auto",
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -324,7 +332,12 @@ def selective_scan_bwd_triton(
     `unmasked`: where the chunks are whole (L a multiple of the chunk), the main kernel
     is built without its position masks; None: for 4-byte inputs, where it was measured
     faster (kernels README, "Whole chunks unmasked").
+    `main`: the kernel that writes the gradients from the boundary states, "tile"
+    (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
+    kernel's options above do not apply to it) or "auto" (`auto_main`).
     """
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     if ahead is None:
@@ -337,9 +350,11 @@ def selective_scan_bwd_triton(
         adjoint = "groups"
     if unmasked is None:
         unmasked = u.dtype.itemsize == 4
+    if main not in MAINS:
+        raise ValueError(f"main: expected one of {MAINS}, got {main!r}")
+    if main == "auto":
+        main = auto_main(batch * dim, length, dim // groups, u.dtype)
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
-    batch, dim, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state, backward=True)
     A = A.contiguous()
@@ -369,27 +384,32 @@ def selective_scan_bwd_triton(
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
     # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
     sizes = [dim * n_state] + [dim] * ((D is not None) + (delta_bias is not None))
     part = torch.empty(batch * nc, sum(sizes), device=dev, dtype=f32)
-    dummy = part
-    zz = z if z is not None else u
-    _bwd_kernel_launcher[(plan.programs(batch, groups),)](
-        dout, u, delta, zz, A, B, C, D if D is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, H, Q,
-        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part,
-        dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
-        plan.channel_block, part.shape[1], dC_shift,
-        *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
-        *B.stride(), *C.stride(),
-        N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-        PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-        SHIFTED_DECAY=adjoint == "shifted", EVEN_L=unmasked and length % plan.chunk == 0,
-        num_warps=plan.num_warps, **launch_options,
-    )
+    if main == "serial":
+        dB_part, dC_part, dC_shift = serial_bwd_main(
+            dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
+            delta_softplus, reverse, plan.chunk, nc)
+    else:
+        dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
+        dummy = part
+        zz = z if z is not None else u
+        _bwd_kernel_launcher[(plan.programs(batch, groups),)](
+            dout, u, delta, zz, A, B, C, D if D is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, H, Q,
+            du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part,
+            dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
+            plan.channel_block, part.shape[1], dC_shift,
+            *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
+            *B.stride(), *C.stride(),
+            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
+            PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
+            SHIFTED_DECAY=adjoint == "shifted", EVEN_L=unmasked and length % plan.chunk == 0,
+            num_warps=plan.num_warps, **launch_options,
+        )
     dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)
     dA, *vectors = part.sum(0).split(sizes)

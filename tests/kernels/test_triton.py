@@ -124,9 +124,9 @@ def _four_d(inputs: dict) -> dict:
 
 
 def _host_run(case: ScanCase, inputs: dict, plan: dict, dout_seed: int,
-              boundary: str = "auto"):
+              boundary: str = "auto", **backward_options):
     """(out, last_state, grads) from the host functions, output written into NaNs;
-    `boundary` as the backward host function takes it."""
+    `boundary` and `backward_options` as the backward host function takes them."""
     x = _four_d(inputs)
     flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
     out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
@@ -135,7 +135,8 @@ def _host_run(case: ScanCase, inputs: dict, plan: dict, dout_seed: int,
     assert got_out.data_ptr() == out.data_ptr()
     gen = torch.Generator().manual_seed(dout_seed)
     dout = torch.randn(got_out.shape, generator=gen).to(got_out.dtype).to(DEVICE)
-    grads = selective_scan_bwd_triton(dout, **x, **flags, **plan, boundary=boundary)
+    grads = selective_scan_bwd_triton(dout, **x, **flags, **plan, boundary=boundary,
+                                      **backward_options)
     named = {}
     for name, grad in zip(GRAD_NAMES, grads):
         if inputs[name] is None:

@@ -1,0 +1,327 @@
+"""The backward's main pass, "serial": a chunk's positions walked one after the other.
+
+The tile kernel (triton_bwd.py, `_bwd_kernel`) scans an (N, CHUNK) tile a channel at a
+time with `tl.associative_scan` both ways: ~50 instructions a lane and state element on
+sm_90, shuffles on most of them. Here a program holds BLOCK_D channels' N states as an
+(NP, BLOCK_D) tile, as the forward's serial kernel does (triton_fwd_serial.py), and walks
+its chunk:
+
+1. a sweep in scan order from the state entering the chunk, storing a checkpoint of h
+   every TI positions in a scratch buffer of its own (L1/L2-resident: written and read
+   back within microseconds);
+2. the blocks of TI positions again, last to first: each block's states recomputed from
+   its checkpoint into registers (the tuples of a_t h_(t-1) and of the decays a_t), then
+   walked against scan order with the adjoint g_t = a_(t+1) g_(t+1) + C_t dy_t, which
+   enters the chunk as the carried adjoint q0 of the chunk after it.
+
+At each position (sums over channels: dB, dC; over states: du, ddelta, y):
+
+    dC_t = sum_d h_t dy_t              dB_t = sum_d g_t dt_t u_t
+    du_t = dt_t <g_t, B_t> + D dy_t    ddelta_t = u_t <g_t, B_t> + <g_t, A a_t h_(t-1)>
+    dA  += dt_t g_t a_t h_(t-1)        (a_t h_(t-1) kept: exactly 0 before the sequence)
+
+The sketch this grew from, and its instruction counts: scripts/study_serial_backward.py.
+The grid is persistent (a fixed number of programs looping over the work items) so the
+scratch is sized by the programs, not the work: `resident_programs`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .bwd_state_grads import state_grad_buffers
+from .launch import CachedLaunch
+from .triton_common import _decompose_pid, _next_pow2, _previous_chunk, _softplus
+
+
+@triton.jit
+def _pick(x, sel):
+    """Column of x (R, TI) where sel (TI,) holds, in-thread: -0.0 is exact identity of +."""
+    return tl.sum(tl.where(sel[None, :], x, -0.0), axis=1)
+
+
+@triton.jit
+def _put(tile, sel, value):
+    """tile (R, TI) with value (R,) in the column where sel (TI,) holds."""
+    return tl.where(sel[None, :], value[:, None], tile)
+
+
+@triton.jit
+def _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul, bias,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(raw dt, dt, u, mask) of positions [t0, t0 + TI) as (BLOCK_D, TI) fp32 tiles; dt
+    and u 0 where masked (past L, or a channel past its group's last)."""
+    offs_t = t0 + offs_i
+    m = mask_d[:, None] & (offs_t < length)[None, :]
+    dt_raw = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_raw += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt_raw)
+    else:
+        dt = dt_raw
+    dt = tl.where(m, dt, 0.0)
+    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m, other=0.0).to(tl.float32)
+    return dt_raw, dt, u, m
+
+
+@triton.jit
+def _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i, mask_d,
+           d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI: tl.constexpr, NP: tl.constexpr,
+           BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+           REVERSE: tl.constexpr):
+    """The chunk in scan order from h, storing h before each block: checkpoint j."""
+    for j in range(0, n_blocks):
+        if REVERSE:
+            t0 = chunk_start + (n_blocks - 1 - j) * TI
+        else:
+            t0 = chunk_start + j * TI
+        tl.store(scratch + j * (NP * BLOCK_D), h)
+        _, dt, u, _ = _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul,
+                                   bias, HAS_BIAS, SOFTPLUS)
+        x = dt * u
+        for k in tl.static_range(TI):
+            if REVERSE:
+                i = TI - 1 - k
+            else:
+                i = k
+            # past L the B/C reads are clamped to L - 1 (dt = 0 makes the step an identity)
+            t_i = tl.minimum(t0 + i, length - 1)
+            B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+            sel = offs_i == i
+            h = tl.exp2(A2 * _pick(dt, sel)[None, :]) * h + B_i * _pick(x, sel)[None, :]
+
+
+@triton.jit
+def _serial_bwd_kernel(
+    dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, Q_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, part_ptr, K_ptr,
+    dim, groups, length, n_chunks, n_dblk, per_group, n_items, part_stride, dC_shift,
+    s_ob, s_od, s_ol, s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
+    """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
+
+    Outputs as `_bwd_kernel`'s, with channel blocks of BLOCK_D in place of its channel
+    blocks: du, ddelta, dz contiguous (batch, dim, L); dB, dC partial sums (n_dblk, batch,
+    groups, N, L) (dC's at dC_ptr + dC_shift); dA, dD, dbias one row of `part_stride` a
+    (batch, chunk) at part_ptr. K_ptr: CHUNK // TI checkpoints of (NP, BLOCK_D) fp32 a
+    program. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks)."""
+    pid = tl.program_id(0)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    lanes = tl.arange(0, BLOCK_D)
+    offs_i = tl.arange(0, TI)
+    scratch = (K_ptr + pid * ((CHUNK // TI) * NP * BLOCK_D) + lanes[None, :] * NP
+               + offs_n[:, None])
+    # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
+    drive_n = 1.0
+    if NP != N:
+        drive_n = tl.where(mask_n, 1.0, 0.0)[:, None]
+    n_bg = n_items // (n_chunks * n_dblk)
+    for item in range(pid, n_items, tl.num_programs(0)):
+        # (+ 0 * pid: a tensor in the interpreter too, whose range yields Python ints)
+        c, b, g, dblk = _decompose_pid(item + 0 * pid, n_bg * n_dblk, n_dblk, groups)
+        local_d = dblk * BLOCK_D + lanes
+        if EVEN_D:
+            mask_d = tl.full([BLOCK_D], 1, tl.int1)
+        else:
+            mask_d = local_d < per_group
+            local_d = tl.minimum(local_d, per_group - 1)
+        offs_d = g * per_group + local_d
+        mask_nd = mask_n[:, None] & mask_d[None, :]
+        A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0)
+        A2 = A * 1.4426950408889634
+        row = b * dim + offs_d
+        h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+        g_adj = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+        if MULTI_CHUNK:
+            # (masks by the state count: the interpreter refuses a scalar bool & a mask)
+            has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
+            has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)
+            m_prev = (offs_n < tl.where(has_prev, N, 0))[:, None] & mask_d[None, :]
+            m_next = (offs_n < tl.where(has_next, N, 0))[:, None] & mask_d[None, :]
+            h = tl.load(H_ptr + (row[None, :] * n_chunks + c_prev) * N + offs_n[:, None],
+                        mask=m_prev, other=0.0)
+            g_adj = tl.load(Q_ptr + (row[None, :] * n_chunks + c_next) * N + offs_n[:, None],
+                            mask=m_next, other=0.0)
+        bias = 0.0
+        Dv = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
+        d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
+        o_rows = dout_ptr + b * s_ob + offs_d[:, None] * s_od
+        z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
+        out_rows = row[:, None] * length
+        n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
+        zero_d = 0 * offs_d[None, :]
+        B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe * s_Bn + zero_d
+        C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe * s_Cn + zero_d
+        part_rows = ((dblk * n_bg + b * groups + g) * N + offs_n) * length
+        chunk_start = c * CHUNK
+        n_blocks = tl.cdiv(tl.minimum(CHUNK, length - chunk_start), TI)
+        _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i, mask_d,
+               d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D, HAS_BIAS,
+               SOFTPLUS, REVERSE)
+        dA = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+        dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for jj in range(0, n_blocks):
+            j = n_blocks - 1 - jj  # blocks last to first in scan order
+            if REVERSE:
+                t0 = chunk_start + (n_blocks - 1 - j) * TI
+            else:
+                t0 = chunk_start + j * TI
+            h = tl.load(scratch + j * (NP * BLOCK_D))
+            dt_raw, dt, u, m = _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl,
+                                            s_ul, bias, HAS_BIAS, SOFTPLUS)
+            x = dt * u
+            offs_t = t0 + offs_i
+            dout = tl.load(o_rows + offs_t[None, :] * s_ol, mask=m, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m,
+                             other=0.0).to(tl.float32)
+                sz = tl.sigmoid(zz)
+                dy = dout * zz * sz
+            else:
+                dy = dout
+            decays = ()
+            before = ()  # a_t h_(t-1)
+            for k in tl.static_range(TI):
+                if REVERSE:
+                    i = TI - 1 - k
+                else:
+                    i = k
+                t_i = tl.minimum(t0 + i, length - 1)
+                sel = offs_i == i
+                a = tl.exp2(A2 * _pick(dt, sel)[None, :])
+                ah = a * h
+                B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+                h = ah + B_i * _pick(x, sel)[None, :]
+                decays = decays + (a,)
+                before = before + (ah,)
+            du = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
+            ddt = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
+            y = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
+            dB = tl.zeros([NP, TI], dtype=tl.float32)
+            dC = tl.zeros([NP, TI], dtype=tl.float32)
+            for k in tl.static_range(TI - 1, -1, -1):
+                if REVERSE:
+                    i = TI - 1 - k
+                else:
+                    i = k
+                t_i = tl.minimum(t0 + i, length - 1)
+                sel = offs_i == i
+                B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+                C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+                dt_i = _pick(dt, sel)
+                x_i = _pick(x, sel)
+                dy_i = _pick(dy, sel)
+                h_i = before[k] + B_i * x_i[None, :]
+                g_adj = g_adj + C_i * dy_i[None, :]
+                dC = _put(dC, sel, tl.sum(h_i * dy_i[None, :], axis=1))
+                dB = _put(dB, sel, tl.sum(g_adj * x_i[None, :], axis=1))
+                gB = tl.sum(g_adj * B_i, axis=0)
+                g_before = g_adj * before[k]
+                ddt = _put(ddt, sel, gB * _pick(u, sel) + tl.sum(g_before * A, axis=0))
+                du = _put(du, sel, gB * dt_i)
+                dA += g_before * dt_i[None, :]
+                if HAS_Z:
+                    y = _put(y, sel, tl.sum(C_i * h_i, axis=0))
+                g_adj = decays[k] * g_adj
+            if HAS_D:
+                du += Dv[:, None] * dy
+                dD += tl.sum(dy * u, axis=1)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(m, ddt, 0.0)
+            if HAS_BIAS:
+                dbias += tl.sum(ddt, axis=1)
+            if HAS_Z:
+                if HAS_D:
+                    y += Dv[:, None] * u
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + out_rows + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty),
+                         mask=m)
+            tl.store(du_ptr + out_rows + offs_t[None, :], du.to(du_ptr.dtype.element_ty),
+                     mask=m)
+            tl.store(ddelta_ptr + out_rows + offs_t[None, :],
+                     ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+            m_nt = mask_n[:, None] & (offs_t < length)[None, :]
+            tl.store(dB_ptr + part_rows[:, None] + offs_t[None, :],
+                     dB.to(dB_ptr.dtype.element_ty), mask=m_nt)
+            tl.store(dC_ptr + dC_shift + part_rows[:, None] + offs_t[None, :],
+                     dC.to(dC_ptr.dtype.element_ty), mask=m_nt)
+        part = part_ptr + (b * n_chunks + c) * part_stride
+        tl.store(part + offs_d[None, :] * N + offs_n[:, None], dA, mask=mask_nd)
+        if HAS_D:
+            tl.store(part + dim * N + offs_d, dD, mask=mask_d)
+        if HAS_BIAS:
+            if HAS_D:
+                tl.store(part + dim * (N + 1) + offs_d, dbias, mask=mask_d)
+            else:
+                tl.store(part + dim * N + offs_d, dbias, mask=mask_d)
+
+
+_serial_bwd_launcher = CachedLaunch(_serial_bwd_kernel)
+
+
+def resident_programs(device: torch.device, num_warps: int) -> int:
+    """Programs of the persistent grid: as many as an SM keeps resident at ~255 registers a
+    thread (8 warps) on every SM; 4 on the CPU (the interpreter: the loop over items is
+    still taken)."""
+    if device.type != "cuda":
+        return 4
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms * max(1, 8 // num_warps)
+
+
+def serial_bwd_main(
+    dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor | None,
+    A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None, H: torch.Tensor, Q: torch.Tensor, du: torch.Tensor,
+    ddelta: torch.Tensor, dz: torch.Tensor | None, part: torch.Tensor, softplus: bool,
+    reverse: bool, chunk: int, n_chunks: int, *, ti: int = 4, block_d: int = 32,
+    programs: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Launch `_serial_bwd_kernel` over chunks of `chunk` (H, Q: the boundary states of
+    those chunks, as triton_bwd computes them); fills du, ddelta, dz and part (rows as
+    `_bwd_kernel`'s) and returns the dB/dC buffers (bwd_state_grads.state_grad_buffers)
+    to sum. `programs`: of the persistent grid (default `resident_programs`)."""
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // groups
+    ti = min(ti, chunk)
+    n_dblk = triton.cdiv(per_group, block_d)
+    n_items = n_chunks * batch * groups * n_dblk
+    num_warps = max(1, block_d // 32)
+    if programs is None:
+        programs = resident_programs(u.device, num_warps)
+    programs = max(1, min(programs, n_items))
+    np_ = _next_pow2(n_state)
+    scratch = torch.empty(programs * (chunk // ti) * np_ * block_d, device=u.device,
+                          dtype=torch.float32)
+    dB_part, dC_part, dC_shift = state_grad_buffers(B, C, n_dblk, u.device)
+    dummy = part
+    zz = z if z is not None else u
+    _serial_bwd_launcher[(programs,)](
+        dout, u, delta, zz, A, B, C, D if D is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, H, Q,
+        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part, scratch,
+        dim, groups, length, n_chunks, n_dblk, per_group, n_items, part.shape[1], dC_shift,
+        *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
+        N=n_state, NP=np_, BLOCK_D=block_d, CHUNK=chunk, TI=ti,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
+        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
+        EVEN_D=per_group % block_d == 0, num_warps=num_warps,
+    )
+    return dB_part, dC_part, dC_shift
