@@ -169,6 +169,10 @@ BWD_CONFIGS = [
     ("adj g no pf", dict(adjoint="groups", prefetch=False)),
     ("masked", dict(unmasked=False)),
     ("unmasked", dict(unmasked=True)),
+    ("serial main", dict(main="serial")),
+    ("serial ti1", dict(main="serial", serial_ti=1)),
+    ("serial ti4", dict(main="serial", serial_ti=4)),
+    ("tile main", dict(main="tile")),
 ]
 
 

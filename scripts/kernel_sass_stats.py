@@ -45,6 +45,7 @@ def _import_kernels():
         spec.loader.exec_module(module)
     from medmamba_kernels.selective_scan import (
         triton_bwd,
+        triton_bwd_serial,
         triton_chunks,
         triton_fwd,
         triton_fwd_deferred,
@@ -53,7 +54,7 @@ def _import_kernels():
     )
 
     return (triton_chunks, triton_fwd, triton_fwd_deferred, triton_bwd, triton_fwd_rows,
-            triton_fwd_serial)
+            triton_fwd_serial, triton_bwd_serial)
 
 
 def compile_sm90(fn, args: dict, num_warps: int, maxnreg: int | None = None):
@@ -186,6 +187,16 @@ def backward_configs(chunk: int, dtype: torch.dtype):
     for ahead in (2, 0):
         yield f"bwd prefetch {ahead}, shifted", ("triton_bwd", "_bwd_kernel"), {
             **base, "PREFETCH": True, "AHEAD": ahead, "SHIFTED_DECAY": True}, 1
+    # the "serial" main kernel: 32 channels a program, checkpoints every TI positions
+    serial = {**base, "n_dblk": 2, "n_items": base["n_chunks"] * 4, "BLOCK_D": 32,
+              "TI": 4, "EVEN_D": True}
+    for reverse in (False, True):
+        label = f"bwd serial{' reverse' if reverse else ''}"
+        yield label, ("triton_bwd_serial", "_serial_bwd_kernel"), {
+            **serial, "REVERSE": reverse}, 1
+    for ti in (2, 8):
+        yield f"bwd serial TI {ti}", ("triton_bwd_serial", "_serial_bwd_kernel"), {
+            **serial, "TI": ti}, 1
 
 
 def main() -> int:
@@ -200,7 +211,7 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     modules = dict(zip(("triton_chunks", "triton_fwd", "triton_fwd_deferred", "triton_bwd",
-                        "triton_fwd_rows", "triton_fwd_serial"),
+                        "triton_fwd_rows", "triton_fwd_serial", "triton_bwd_serial"),
                        _import_kernels()))
     print(f"{'kernel':<28}{'dtype':<6}{'REG':>5}{'STACK':>6}{'total':>7}"
           + "".join(f"{k:>6}" for k in KEYS))

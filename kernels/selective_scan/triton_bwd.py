@@ -310,6 +310,7 @@ def selective_scan_bwd_triton(
     adjoint: str = "auto",
     unmasked: bool | None = None,
     main: str = "auto",
+    serial_ti: int = 2,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -334,7 +335,8 @@ def selective_scan_bwd_triton(
     faster (kernels README, "Whole chunks unmasked").
     `main`: the kernel that writes the gradients from the boundary states, "tile"
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
-    kernel's options above do not apply to it) or "auto" (`auto_main`).
+    kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_ti`: its
+    positions a checkpoint (a power of two).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -390,7 +392,7 @@ def selective_scan_bwd_triton(
     if main == "serial":
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
-            delta_softplus, reverse, plan.chunk, nc)
+            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti)
     else:
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part

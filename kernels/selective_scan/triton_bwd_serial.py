@@ -33,7 +33,8 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .triton_common import _decompose_pid, _next_pow2, _previous_chunk, _softplus
+from .triton_common import (_check_power_of_two, _decompose_pid, _next_pow2, _previous_chunk,
+                            _softplus)
 
 
 @triton.jit
@@ -290,7 +291,7 @@ def serial_bwd_main(
     A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None,
     delta_bias: torch.Tensor | None, H: torch.Tensor, Q: torch.Tensor, du: torch.Tensor,
     ddelta: torch.Tensor, dz: torch.Tensor | None, part: torch.Tensor, softplus: bool,
-    reverse: bool, chunk: int, n_chunks: int, *, ti: int = 4, block_d: int = 32,
+    reverse: bool, chunk: int, n_chunks: int, *, ti: int = 2, block_d: int = 32,
     programs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Launch `_serial_bwd_kernel` over chunks of `chunk` (H, Q: the boundary states of
@@ -300,6 +301,7 @@ def serial_bwd_main(
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // groups
+    _check_power_of_two("ti", ti)
     ti = min(ti, chunk)
     n_dblk = triton.cdiv(per_group, block_d)
     n_items = n_chunks * batch * groups * n_dblk
