@@ -50,22 +50,37 @@ def _put(tile, sel, value):
 
 
 @triton.jit
-def _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul, bias,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(raw dt, dt, u, mask) of positions [t0, t0 + TI) as (BLOCK_D, TI) fp32 tiles; dt
-    and u 0 where masked (past L, or a channel past its group's last)."""
+def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
+    """Two (BLOCK_D, TI) tiles of positions [t0, t0 + TI) in their dtype, 0 where masked
+    (past L, or a channel past its group's last), and the mask. Loaded a block ahead of
+    their use: loaded where used, each block waited for them."""
     offs_t = t0 + offs_i
     m = mask_d[:, None] & (offs_t < length)[None, :]
-    dt_raw = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m, other=0.0).to(tl.float32)
+    a = tl.load(rows_a + offs_t[None, :] * s_al, mask=m, other=0.0)
+    b = tl.load(rows_b + offs_t[None, :] * s_bl, mask=m, other=0.0)
+    return a, b, m
+
+
+@triton.jit
+def _drive(dt_raw, m, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(raw dt + bias, dt) in fp32; dt 0 where masked."""
+    dt_raw = dt_raw.to(tl.float32)
     if HAS_BIAS:
         dt_raw += bias[:, None]
     if SOFTPLUS:
         dt = _softplus(dt_raw)
     else:
         dt = dt_raw
-    dt = tl.where(m, dt, 0.0)
-    u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m, other=0.0).to(tl.float32)
-    return dt_raw, dt, u, m
+    return dt_raw, tl.where(m, dt, 0.0)
+
+
+@triton.jit
+def _block_start(chunk_start, j, n_blocks, TI: tl.constexpr, REVERSE: tl.constexpr):
+    """First position of block j of a chunk, blocks counted in scan order."""
+    if REVERSE:
+        return chunk_start + (n_blocks - 1 - j) * TI
+    else:
+        return chunk_start + j * TI
 
 
 @triton.jit
@@ -74,15 +89,19 @@ def _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i,
            BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
            REVERSE: tl.constexpr):
     """The chunk in scan order from h, storing h before each block: checkpoint j."""
+    t0 = _block_start(chunk_start, 0, n_blocks, TI, REVERSE)
+    n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
     for j in range(0, n_blocks):
-        if REVERSE:
-            t0 = chunk_start + (n_blocks - 1 - j) * TI
-        else:
-            t0 = chunk_start + j * TI
+        t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
+        dt_raw, u, m = n_dt, n_u, n_m
+        # (the last block reads itself again: every address stays in the tensors)
+        t_next = _block_start(chunk_start, tl.minimum(j + 1, n_blocks - 1), n_blocks, TI,
+                              REVERSE)
+        n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows, s_dl,
+                                      s_ul)
         tl.store(scratch + j * (NP * BLOCK_D), h)
-        _, dt, u, _ = _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul,
-                                   bias, HAS_BIAS, SOFTPLUS)
-        x = dt * u
+        _, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
+        x = dt * u.to(tl.float32)
         for k in tl.static_range(TI):
             if REVERSE:
                 i = TI - 1 - k
@@ -137,8 +156,9 @@ def _serial_bwd_kernel(
             local_d = tl.minimum(local_d, per_group - 1)
         offs_d = g * per_group + local_d
         mask_nd = mask_n[:, None] & mask_d[None, :]
-        A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0)
-        A2 = A * 1.4426950408889634
+        # A in base 2 only (a tile of A too cost 16 registers a thread)
+        A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd,
+                     other=0.0) * 1.4426950408889634
         row = b * dim + offs_d
         h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
         g_adj = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
@@ -161,7 +181,11 @@ def _serial_bwd_kernel(
         u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
         d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
         o_rows = dout_ptr + b * s_ob + offs_d[:, None] * s_od
-        z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
+        if HAS_Z:
+            z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
+        else:  # dout's again: the same load, merged
+            z_rows = o_rows
+            s_zl = s_ol
         out_rows = row[:, None] * length
         n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
         zero_d = 0 * offs_d[None, :]
@@ -176,21 +200,28 @@ def _serial_bwd_kernel(
         dA = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
         dD = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        t0 = _block_start(chunk_start, n_blocks - 1, n_blocks, TI, REVERSE)
+        n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D))
+        n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
+        n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, s_zl)
         for jj in range(0, n_blocks):
             j = n_blocks - 1 - jj  # blocks last to first in scan order
-            if REVERSE:
-                t0 = chunk_start + (n_blocks - 1 - j) * TI
-            else:
-                t0 = chunk_start + j * TI
-            h = tl.load(scratch + j * (NP * BLOCK_D))
-            dt_raw, dt, u, m = _block_drive(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl,
-                                            s_ul, bias, HAS_BIAS, SOFTPLUS)
+            t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
+            h, dt_raw, u, m, dout, zz = n_h, n_dt, n_u, n_m, n_do, n_z
+            j_next = tl.maximum(j - 1, 0)
+            t_next = _block_start(chunk_start, j_next, n_blocks, TI, REVERSE)
+            n_h = tl.load(scratch + j_next * (NP * BLOCK_D))
+            n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows,
+                                          s_dl, s_ul)
+            n_do, n_z, _ = _block_loads(t_next, length, offs_i, mask_d, o_rows, z_rows,
+                                        s_ol, s_zl)
+            dt_raw, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
+            u = u.to(tl.float32)
             x = dt * u
             offs_t = t0 + offs_i
-            dout = tl.load(o_rows + offs_t[None, :] * s_ol, mask=m, other=0.0).to(tl.float32)
+            dout = dout.to(tl.float32)
             if HAS_Z:
-                zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=m,
-                             other=0.0).to(tl.float32)
+                zz = zz.to(tl.float32)
                 sz = tl.sigmoid(zz)
                 dy = dout * zz * sz
             else:
@@ -233,7 +264,8 @@ def _serial_bwd_kernel(
                 dB = _put(dB, sel, tl.sum(g_adj * x_i[None, :], axis=1))
                 gB = tl.sum(g_adj * B_i, axis=0)
                 g_before = g_adj * before[k]
-                ddt = _put(ddt, sel, gB * _pick(u, sel) + tl.sum(g_before * A, axis=0))
+                ddt = _put(ddt, sel, gB * _pick(u, sel)
+                           + 0.6931471805599453 * tl.sum(g_before * A2, axis=0))
                 du = _put(du, sel, gB * dt_i)
                 dA += g_before * dt_i[None, :]
                 if HAS_Z:
