@@ -10,7 +10,7 @@ its chunk:
    every TI positions in a scratch buffer of its own (L1/L2-resident: written and read
    back within microseconds);
 2. the blocks of TI positions again, last to first: each block's states recomputed from
-   its checkpoint into registers (the tuples of a_t h_(t-1) and of the decays a_t), then
+   its checkpoint into registers (a tuple of a_t h_(t-1)), then
    walked against scan order with the adjoint g_t = a_(t+1) g_(t+1) + C_t dy_t, which
    enters the chunk as the carried adjoint q0 of the chunk after it.
 
@@ -33,8 +33,9 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .triton_common import (_check_power_of_two, _decompose_pid, _next_pow2, _previous_chunk,
-                            _softplus)
+from .serial_planning import bc_tiles
+from .triton_common import (_bc_column, _bc_rows, _check_power_of_two, _decompose_pid,
+                            _next_pow2, _previous_chunk, _softplus)
 
 
 @triton.jit
@@ -62,6 +63,17 @@ def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
 
 
 @triton.jit
+def _bc_block(rows, t0, length, s_l, TI: tl.constexpr):
+    """B (or C) at positions [t0, t0 + TI) as a (G, BLOCK_D, NP // G, TI) tile of one
+    vector load a lane and state (`_bc_column` takes a position's column); past L the
+    reads are clamped to L - 1 (dt = 0 there makes the step an identity). Loaded a block
+    ahead: one scalar load a state and position, where used, held 38% of the stall
+    samples (ncu, session 31)."""
+    t = tl.minimum(t0 + tl.arange(0, TI)[None, None, None, :], length - 1)
+    return tl.load(rows + t * s_l)
+
+
+@triton.jit
 def _drive(dt_raw, m, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(raw dt + bias, dt) in fp32; dt 0 where masked."""
     dt_raw = dt_raw.to(tl.float32)
@@ -84,22 +96,24 @@ def _block_start(chunk_start, j, n_blocks, TI: tl.constexpr, REVERSE: tl.constex
 
 
 @triton.jit
-def _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i, mask_d,
-           d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI: tl.constexpr, NP: tl.constexpr,
+def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
+           offs_i, mask_d, d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI: tl.constexpr, NP: tl.constexpr,
            BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
            REVERSE: tl.constexpr):
     """The chunk in scan order from h, storing h before each block: checkpoint j."""
     t0 = _block_start(chunk_start, 0, n_blocks, TI, REVERSE)
     n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
+    n_B = _bc_block(B_rows, t0, length, s_Bl, TI)
     for j in range(0, n_blocks):
         t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
-        dt_raw, u, m = n_dt, n_u, n_m
+        dt_raw, u, m, B_blk = n_dt, n_u, n_m, n_B
         # (the last block reads itself again: every address stays in the tensors)
         t_next = _block_start(chunk_start, tl.minimum(j + 1, n_blocks - 1), n_blocks, TI,
                               REVERSE)
         n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows, s_dl,
                                       s_ul)
-        tl.store(scratch + j * (NP * BLOCK_D), h)
+        n_B = _bc_block(B_rows, t_next, length, s_Bl, TI)
+        tl.store(scratch + j * (NP * BLOCK_D) + at_checkpoint, h)
         _, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
         x = dt * u.to(tl.float32)
         for k in tl.static_range(TI):
@@ -107,9 +121,7 @@ def _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i,
                 i = TI - 1 - k
             else:
                 i = k
-            # past L the B/C reads are clamped to L - 1 (dt = 0 makes the step an identity)
-            t_i = tl.minimum(t0 + i, length - 1)
-            B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+            B_i = _bc_column(B_blk, i, TI, NP) * drive_n
             sel = offs_i == i
             h = tl.exp2(A2 * _pick(dt, sel)[None, :]) * h + B_i * _pick(x, sel)[None, :]
 
@@ -124,7 +136,7 @@ def _serial_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    EVEN_D: tl.constexpr, G: tl.constexpr = 4,
 ):
     """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
 
@@ -132,14 +144,17 @@ def _serial_bwd_kernel(
     blocks: du, ddelta, dz contiguous (batch, dim, L); dB, dC partial sums (n_dblk, batch,
     groups, N, L) (dC's at dC_ptr + dC_shift); dA, dD, dbias one row of `part_stride` a
     (batch, chunk) at part_ptr. K_ptr: CHUNK // TI checkpoints of (NP, BLOCK_D) fp32 a
-    program. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks)."""
+    program. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks). G: state
+    groups of the B/C tiles (serial_planning.bc_tiles)."""
     pid = tl.program_id(0)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     lanes = tl.arange(0, BLOCK_D)
     offs_i = tl.arange(0, TI)
-    scratch = (K_ptr + pid * ((CHUNK // TI) * NP * BLOCK_D) + lanes[None, :] * NP
-               + offs_n[:, None])
+    # 32-bit offsets from one scalar address: a tile of 64-bit addresses takes 2 registers
+    # an element
+    scratch = K_ptr + pid * ((CHUNK // TI) * NP * BLOCK_D)
+    at_checkpoint = lanes[None, :] * NP + offs_n[:, None]
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
@@ -187,34 +202,36 @@ def _serial_bwd_kernel(
             z_rows = o_rows
             s_zl = s_ol
         out_rows = row[:, None] * length
-        n_safe = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]
-        zero_d = 0 * offs_d[None, :]
-        B_rows = B_ptr + b * s_Bb + g * s_Bg + n_safe * s_Bn + zero_d
-        C_rows = C_ptr + b * s_Cb + g * s_Cg + n_safe * s_Cn + zero_d
+        B_rows = _bc_rows(B_ptr, b, g, s_Bb, s_Bg, s_Bn, offs_n, offs_d, N, NP, G, TI)
+        C_rows = _bc_rows(C_ptr, b, g, s_Cb, s_Cg, s_Cn, offs_n, offs_d, N, NP, G, TI)
         part_rows = ((dblk * n_bg + b * groups + g) * N + offs_n) * length
         chunk_start = c * CHUNK
         n_blocks = tl.cdiv(tl.minimum(CHUNK, length - chunk_start), TI)
-        _sweep(h, scratch, chunk_start, n_blocks, length, A2, drive_n, bias, offs_i, mask_d,
-               d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D, HAS_BIAS,
+        _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
+               offs_i, mask_d, d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D, HAS_BIAS,
                SOFTPLUS, REVERSE)
         dA = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
         dD = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
         t0 = _block_start(chunk_start, n_blocks - 1, n_blocks, TI, REVERSE)
-        n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D))
+        n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D) + at_checkpoint)
         n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
         n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, s_zl)
+        n_B = _bc_block(B_rows, t0, length, s_Bl, TI)
+        n_C = _bc_block(C_rows, t0, length, s_Cl, TI)
         for jj in range(0, n_blocks):
             j = n_blocks - 1 - jj  # blocks last to first in scan order
             t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
-            h, dt_raw, u, m, dout, zz = n_h, n_dt, n_u, n_m, n_do, n_z
+            h, dt_raw, u, m, dout, zz, B_blk, C_blk = n_h, n_dt, n_u, n_m, n_do, n_z, n_B, n_C
             j_next = tl.maximum(j - 1, 0)
             t_next = _block_start(chunk_start, j_next, n_blocks, TI, REVERSE)
-            n_h = tl.load(scratch + j_next * (NP * BLOCK_D))
+            n_h = tl.load(scratch + j_next * (NP * BLOCK_D) + at_checkpoint)
             n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows,
                                           s_dl, s_ul)
             n_do, n_z, _ = _block_loads(t_next, length, offs_i, mask_d, o_rows, z_rows,
                                         s_ol, s_zl)
+            n_B = _bc_block(B_rows, t_next, length, s_Bl, TI)
+            n_C = _bc_block(C_rows, t_next, length, s_Cl, TI)
             dt_raw, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
             u = u.to(tl.float32)
             x = dt * u
@@ -226,20 +243,17 @@ def _serial_bwd_kernel(
                 dy = dout * zz * sz
             else:
                 dy = dout
-            decays = ()
             before = ()  # a_t h_(t-1)
             for k in tl.static_range(TI):
                 if REVERSE:
                     i = TI - 1 - k
                 else:
                     i = k
-                t_i = tl.minimum(t0 + i, length - 1)
                 sel = offs_i == i
                 a = tl.exp2(A2 * _pick(dt, sel)[None, :])
                 ah = a * h
-                B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
+                B_i = _bc_column(B_blk, i, TI, NP) * drive_n
                 h = ah + B_i * _pick(x, sel)[None, :]
-                decays = decays + (a,)
                 before = before + (ah,)
             du = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
             ddt = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
@@ -251,10 +265,9 @@ def _serial_bwd_kernel(
                     i = TI - 1 - k
                 else:
                     i = k
-                t_i = tl.minimum(t0 + i, length - 1)
                 sel = offs_i == i
-                B_i = tl.load(B_rows + t_i * s_Bl).to(tl.float32) * drive_n
-                C_i = tl.load(C_rows + t_i * s_Cl).to(tl.float32)
+                B_i = _bc_column(B_blk, i, TI, NP) * drive_n
+                C_i = _bc_column(C_blk, i, TI, NP)
                 dt_i = _pick(dt, sel)
                 x_i = _pick(x, sel)
                 dy_i = _pick(dy, sel)
@@ -270,7 +283,11 @@ def _serial_bwd_kernel(
                 dA += g_before * dt_i[None, :]
                 if HAS_Z:
                     y = _put(y, sel, tl.sum(C_i * h_i, axis=0))
-                g_adj = decays[k] * g_adj
+                # the decay again rather than kept: kept, they cost 16 registers a position
+                # and spilled; the exponential unit has room (3 a state and position, ~36
+                # other instructions, offline SASS). dt + 0.0 is not dt (-0.0): the
+                # compiler cannot merge this exponential with the one above
+                g_adj = tl.exp2(A2 * (dt_i + 0.0)[None, :]) * g_adj
             if HAS_D:
                 du += Dv[:, None] * dy
                 dD += tl.sum(dy * u, axis=1)
@@ -342,6 +359,9 @@ def serial_bwd_main(
         programs = resident_programs(u.device, num_warps)
     programs = max(1, min(programs, n_items))
     np_ = _next_pow2(n_state)
+    bc_ti, groups_bc = bc_tiles(ti, n_state, block_d, num_warps)
+    if bc_ti != ti:  # B/C tiles narrower than the warp (block_d < 32): not laid out right
+        raise ValueError(f"block_d: expected 32 channels a warp or more, got {block_d}")
     scratch = torch.empty(programs * (chunk // ti) * np_ * block_d, device=u.device,
                           dtype=torch.float32)
     dB_part, dC_part, dC_shift = state_grad_buffers(B, C, n_dblk, u.device)
@@ -356,6 +376,6 @@ def serial_bwd_main(
         N=n_state, NP=np_, BLOCK_D=block_d, CHUNK=chunk, TI=ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
-        EVEN_D=per_group % block_d == 0, num_warps=num_warps,
+        EVEN_D=per_group % block_d == 0, G=groups_bc, num_warps=num_warps,
     )
     return dB_part, dC_part, dC_shift
