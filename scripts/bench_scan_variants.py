@@ -171,7 +171,6 @@ BWD_CONFIGS = [
     ("unmasked", dict(unmasked=True)),
     ("serial main", dict(main="serial")),
     ("serial ti1", dict(main="serial", serial_ti=1)),
-    ("serial ti4", dict(main="serial", serial_ti=4)),
     ("tile main", dict(main="tile")),
 ]
 

@@ -189,12 +189,12 @@ def backward_configs(chunk: int, dtype: torch.dtype):
             **base, "PREFETCH": True, "AHEAD": ahead, "SHIFTED_DECAY": True}, 1
     # the "serial" main kernel: 32 channels a program, checkpoints every TI positions
     serial = {**base, "n_dblk": 2, "n_items": base["n_chunks"] * 4, "BLOCK_D": 32,
-              "TI": 4, "EVEN_D": True}
+              "TI": 2, "EVEN_D": True}
     for reverse in (False, True):
         label = f"bwd serial{' reverse' if reverse else ''}"
         yield label, ("triton_bwd_serial", "_serial_bwd_kernel"), {
             **serial, "REVERSE": reverse}, 1
-    for ti in (2, 8):
+    for ti in (1,):
         yield f"bwd serial TI {ti}", ("triton_bwd_serial", "_serial_bwd_kernel"), {
             **serial, "TI": ti}, 1
 

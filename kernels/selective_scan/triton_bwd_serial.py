@@ -33,8 +33,7 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .serial_planning import bc_tiles
-from .triton_common import (_bc_column, _bc_rows, _check_power_of_two, _decompose_pid,
+from .triton_common import (_bc_rows, _check_power_of_two, _decompose_pid,
                             _next_pow2, _previous_chunk, _softplus)
 
 
@@ -64,13 +63,21 @@ def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
 
 @triton.jit
 def _bc_block(rows, t0, length, s_l, TI: tl.constexpr):
-    """B (or C) at positions [t0, t0 + TI) as a (G, BLOCK_D, NP // G, TI) tile of one
-    vector load a lane and state (`_bc_column` takes a position's column); past L the
-    reads are clamped to L - 1 (dt = 0 there makes the step an identity). Loaded a block
-    ahead: one scalar load a state and position, where used, held 38% of the stall
-    samples (ncu, session 31)."""
-    t = tl.minimum(t0 + tl.arange(0, TI)[None, None, None, :], length - 1)
-    return tl.load(rows + t * s_l)
+    """B (or C) at positions t0 and t0 + 1 (with TI = 1: t0 twice) as (NP, BLOCK_D) tiles;
+    past L the reads are clamped to L - 1 (where dt = 0 makes the step an identity and
+    dy = 0). rows broadcasts each state's row over the channels: the loads of a lane's
+    channels are one load (unmasked loads only: masked ones are not merged, and a lane
+    held 16 values a tile). Loaded a block ahead: where used, these loads held 38% of the
+    stall samples (ncu, session 31). (As `_bc_column`'s (G, BLOCK_D, NP // G, TI) tiles,
+    a lane held its four channels' copies too; a tuple cannot be carried from one loop
+    iteration to the next, nor can a joined tile be split after it, in triton 3.6: hence
+    two tiles, and TI at most 2.)"""
+    first = tl.load(rows + tl.minimum(t0, length - 1) * s_l).to(tl.float32)
+    if TI == 1:
+        return first, first
+    else:
+        second = tl.load(rows + tl.minimum(t0 + 1, length - 1) * s_l).to(tl.float32)
+        return first, second
 
 
 @triton.jit
@@ -103,16 +110,16 @@ def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n
     """The chunk in scan order from h, storing h before each block: checkpoint j."""
     t0 = _block_start(chunk_start, 0, n_blocks, TI, REVERSE)
     n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
-    n_B = _bc_block(B_rows, t0, length, s_Bl, TI)
+    n_B0, n_B1 = _bc_block(B_rows, t0, length, s_Bl, TI)
     for j in range(0, n_blocks):
         t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
-        dt_raw, u, m, B_blk = n_dt, n_u, n_m, n_B
+        dt_raw, u, m, B_0, B_1 = n_dt, n_u, n_m, n_B0, n_B1
         # (the last block reads itself again: every address stays in the tensors)
         t_next = _block_start(chunk_start, tl.minimum(j + 1, n_blocks - 1), n_blocks, TI,
                               REVERSE)
         n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows, s_dl,
                                       s_ul)
-        n_B = _bc_block(B_rows, t_next, length, s_Bl, TI)
+        n_B0, n_B1 = _bc_block(B_rows, t_next, length, s_Bl, TI)
         tl.store(scratch + j * (NP * BLOCK_D) + at_checkpoint, h)
         _, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
         x = dt * u.to(tl.float32)
@@ -121,7 +128,10 @@ def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n
                 i = TI - 1 - k
             else:
                 i = k
-            B_i = _bc_column(B_blk, i, TI, NP) * drive_n
+            if i == 0:  # (constexpr: the block's first or second tile)
+                B_i = B_0 * drive_n
+            else:
+                B_i = B_1 * drive_n
             sel = offs_i == i
             h = tl.exp2(A2 * _pick(dt, sel)[None, :]) * h + B_i * _pick(x, sel)[None, :]
 
@@ -136,7 +146,7 @@ def _serial_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    EVEN_D: tl.constexpr, G: tl.constexpr = 4,
+    EVEN_D: tl.constexpr,
 ):
     """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
 
@@ -144,8 +154,7 @@ def _serial_bwd_kernel(
     blocks: du, ddelta, dz contiguous (batch, dim, L); dB, dC partial sums (n_dblk, batch,
     groups, N, L) (dC's at dC_ptr + dC_shift); dA, dD, dbias one row of `part_stride` a
     (batch, chunk) at part_ptr. K_ptr: CHUNK // TI checkpoints of (NP, BLOCK_D) fp32 a
-    program. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks). G: state
-    groups of the B/C tiles (serial_planning.bc_tiles)."""
+    program, and the adjoint entering its chunk. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks)."""
     pid = tl.program_id(0)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
@@ -153,7 +162,7 @@ def _serial_bwd_kernel(
     offs_i = tl.arange(0, TI)
     # 32-bit offsets from one scalar address: a tile of 64-bit addresses takes 2 registers
     # an element
-    scratch = K_ptr + pid * ((CHUNK // TI) * NP * BLOCK_D)
+    scratch = K_ptr + pid * ((CHUNK // TI + 1) * NP * BLOCK_D)
     at_checkpoint = lanes[None, :] * NP + offs_n[:, None]
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
@@ -187,6 +196,10 @@ def _serial_bwd_kernel(
                         mask=m_prev, other=0.0)
             g_adj = tl.load(Q_ptr + (row[None, :] * n_chunks + c_next) * N + offs_n[:, None],
                             mask=m_next, other=0.0)
+            # parked in the scratch at once: loaded where first used, after the sweep, the
+            # backward's first block waited on it (24% of the stall samples, ncu, session
+            # 31); the store makes it arrive while the sweep waits for h0
+            tl.store(scratch + (CHUNK // TI) * (NP * BLOCK_D) + at_checkpoint, g_adj)
         bias = 0.0
         Dv = 0.0
         if HAS_BIAS:
@@ -202,14 +215,16 @@ def _serial_bwd_kernel(
             z_rows = o_rows
             s_zl = s_ol
         out_rows = row[:, None] * length
-        B_rows = _bc_rows(B_ptr, b, g, s_Bb, s_Bg, s_Bn, offs_n, offs_d, N, NP, G, TI)
-        C_rows = _bc_rows(C_ptr, b, g, s_Cb, s_Cg, s_Cn, offs_n, offs_d, N, NP, G, TI)
+        B_rows = _bc_rows(B_ptr, b, g, s_Bb, s_Bg, s_Bn, offs_n, offs_d, N, NP, 1, 1)
+        C_rows = _bc_rows(C_ptr, b, g, s_Cb, s_Cg, s_Cn, offs_n, offs_d, N, NP, 1, 1)
         part_rows = ((dblk * n_bg + b * groups + g) * N + offs_n) * length
         chunk_start = c * CHUNK
         n_blocks = tl.cdiv(tl.minimum(CHUNK, length - chunk_start), TI)
         _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
                offs_i, mask_d, d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D, HAS_BIAS,
                SOFTPLUS, REVERSE)
+        if MULTI_CHUNK:
+            g_adj = tl.load(scratch + (CHUNK // TI) * (NP * BLOCK_D) + at_checkpoint)
         dA = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
         dD = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -217,12 +232,13 @@ def _serial_bwd_kernel(
         n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D) + at_checkpoint)
         n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
         n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, s_zl)
-        n_B = _bc_block(B_rows, t0, length, s_Bl, TI)
-        n_C = _bc_block(C_rows, t0, length, s_Cl, TI)
+        n_B0, n_B1 = _bc_block(B_rows, t0, length, s_Bl, TI)
+        n_C0, n_C1 = _bc_block(C_rows, t0, length, s_Cl, TI)
         for jj in range(0, n_blocks):
             j = n_blocks - 1 - jj  # blocks last to first in scan order
             t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
-            h, dt_raw, u, m, dout, zz, B_blk, C_blk = n_h, n_dt, n_u, n_m, n_do, n_z, n_B, n_C
+            h, dt_raw, u, m, dout, zz = n_h, n_dt, n_u, n_m, n_do, n_z
+            B_0, B_1, C_0, C_1 = n_B0, n_B1, n_C0, n_C1
             j_next = tl.maximum(j - 1, 0)
             t_next = _block_start(chunk_start, j_next, n_blocks, TI, REVERSE)
             n_h = tl.load(scratch + j_next * (NP * BLOCK_D) + at_checkpoint)
@@ -230,8 +246,8 @@ def _serial_bwd_kernel(
                                           s_dl, s_ul)
             n_do, n_z, _ = _block_loads(t_next, length, offs_i, mask_d, o_rows, z_rows,
                                         s_ol, s_zl)
-            n_B = _bc_block(B_rows, t_next, length, s_Bl, TI)
-            n_C = _bc_block(C_rows, t_next, length, s_Cl, TI)
+            n_B0, n_B1 = _bc_block(B_rows, t_next, length, s_Bl, TI)
+            n_C0, n_C1 = _bc_block(C_rows, t_next, length, s_Cl, TI)
             dt_raw, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
             u = u.to(tl.float32)
             x = dt * u
@@ -252,7 +268,10 @@ def _serial_bwd_kernel(
                 sel = offs_i == i
                 a = tl.exp2(A2 * _pick(dt, sel)[None, :])
                 ah = a * h
-                B_i = _bc_column(B_blk, i, TI, NP) * drive_n
+                if i == 0:  # (constexpr: the block's first or second tile)
+                    B_i = B_0 * drive_n
+                else:
+                    B_i = B_1 * drive_n
                 h = ah + B_i * _pick(x, sel)[None, :]
                 before = before + (ah,)
             du = tl.zeros([BLOCK_D, TI], dtype=tl.float32)
@@ -266,8 +285,12 @@ def _serial_bwd_kernel(
                 else:
                     i = k
                 sel = offs_i == i
-                B_i = _bc_column(B_blk, i, TI, NP) * drive_n
-                C_i = _bc_column(C_blk, i, TI, NP)
+                if i == 0:
+                    B_i = B_0 * drive_n
+                    C_i = C_0
+                else:
+                    B_i = B_1 * drive_n
+                    C_i = C_1
                 dt_i = _pick(dt, sel)
                 x_i = _pick(x, sel)
                 dy_i = _pick(dy, sel)
@@ -350,7 +373,8 @@ def serial_bwd_main(
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // groups
-    _check_power_of_two("ti", ti)
+    if ti not in (1, 2):
+        raise ValueError(f"ti: expected 1 or 2 positions a checkpoint, got {ti}")
     ti = min(ti, chunk)
     n_dblk = triton.cdiv(per_group, block_d)
     n_items = n_chunks * batch * groups * n_dblk
@@ -359,10 +383,7 @@ def serial_bwd_main(
         programs = resident_programs(u.device, num_warps)
     programs = max(1, min(programs, n_items))
     np_ = _next_pow2(n_state)
-    bc_ti, groups_bc = bc_tiles(ti, n_state, block_d, num_warps)
-    if bc_ti != ti:  # B/C tiles narrower than the warp (block_d < 32): not laid out right
-        raise ValueError(f"block_d: expected 32 channels a warp or more, got {block_d}")
-    scratch = torch.empty(programs * (chunk // ti) * np_ * block_d, device=u.device,
+    scratch = torch.empty(programs * (chunk // ti + 1) * np_ * block_d, device=u.device,
                           dtype=torch.float32)
     dB_part, dC_part, dC_shift = state_grad_buffers(B, C, n_dblk, u.device)
     dummy = part
@@ -376,6 +397,6 @@ def serial_bwd_main(
         N=n_state, NP=np_, BLOCK_D=block_d, CHUNK=chunk, TI=ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
-        EVEN_D=per_group % block_d == 0, G=groups_bc, num_warps=num_warps,
+        EVEN_D=per_group % block_d == 0, num_warps=num_warps,
     )
     return dB_part, dC_part, dC_shift
