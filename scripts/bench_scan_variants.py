@@ -171,6 +171,9 @@ BWD_CONFIGS = [
     ("unmasked", dict(unmasked=True)),
     ("serial main", dict(main="serial")),
     ("serial ti1", dict(main="serial", serial_ti=1)),
+    ("serial r168", dict(main="serial", maxnreg=168)),
+    ("serial ti1 r168", dict(main="serial", serial_ti=1, maxnreg=168)),
+    ("serial ti1 r128", dict(main="serial", serial_ti=1, maxnreg=128)),
     ("tile main", dict(main="tile")),
 ]
 

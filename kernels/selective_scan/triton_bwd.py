@@ -392,7 +392,7 @@ def selective_scan_bwd_triton(
     if main == "serial":
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
-            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti)
+            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti, maxnreg=maxnreg)
     else:
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part

@@ -348,14 +348,15 @@ def _serial_bwd_kernel(
 _serial_bwd_launcher = CachedLaunch(_serial_bwd_kernel)
 
 
-def resident_programs(device: torch.device, num_warps: int) -> int:
-    """Programs of the persistent grid: as many as an SM keeps resident at ~255 registers a
-    thread (8 warps) on every SM; 4 on the CPU (the interpreter: the loop over items is
+def resident_programs(device: torch.device, num_warps: int, registers: int = 255) -> int:
+    """Programs of the persistent grid: as many as every SM keeps resident at `registers`
+    a thread (8 warps at 255); 4 on the CPU (the interpreter: the loop over items is
     still taken)."""
     if device.type != "cuda":
         return 4
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return sms * max(1, 8 // num_warps)
+    warps = 65536 // (32 * (-(-registers // 8) * 8))  # allocated 8 registers at a time
+    return sms * max(1, min(64, warps) // num_warps)
 
 
 def serial_bwd_main(
@@ -364,12 +365,13 @@ def serial_bwd_main(
     delta_bias: torch.Tensor | None, H: torch.Tensor, Q: torch.Tensor, du: torch.Tensor,
     ddelta: torch.Tensor, dz: torch.Tensor | None, part: torch.Tensor, softplus: bool,
     reverse: bool, chunk: int, n_chunks: int, *, ti: int = 2, block_d: int = 32,
-    programs: int | None = None,
+    programs: int | None = None, maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Launch `_serial_bwd_kernel` over chunks of `chunk` (H, Q: the boundary states of
     those chunks, as triton_bwd computes them); fills du, ddelta, dz and part (rows as
     `_bwd_kernel`'s) and returns the dB/dC buffers (bwd_state_grads.state_grad_buffers)
-    to sum. `programs`: of the persistent grid (default `resident_programs`)."""
+    to sum. `programs`: of the persistent grid (default `resident_programs`); maxnreg
+    caps the registers a thread (more programs resident, maybe spills)."""
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // groups
@@ -380,7 +382,7 @@ def serial_bwd_main(
     n_items = n_chunks * batch * groups * n_dblk
     num_warps = max(1, block_d // 32)
     if programs is None:
-        programs = resident_programs(u.device, num_warps)
+        programs = resident_programs(u.device, num_warps, maxnreg or 255)
     programs = max(1, min(programs, n_items))
     np_ = _next_pow2(n_state)
     scratch = torch.empty(programs * (chunk // ti + 1) * np_ * block_d, device=u.device,
@@ -398,5 +400,6 @@ def serial_bwd_main(
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
         EVEN_D=per_group % block_d == 0, num_warps=num_warps,
+        **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
     return dB_part, dC_part, dC_shift

@@ -51,7 +51,7 @@ def test_serial_main_any_number_of_programs(monkeypatch: pytest.MonkeyPatch,
                                             programs: int) -> None:
     # one program takes every work item in turn; more programs than items leave none idle
     # (the grid is cut to the items)
-    monkeypatch.setattr(triton_bwd_serial, "resident_programs", lambda *args: programs)
+    monkeypatch.setattr(triton_bwd_serial, "resident_programs", lambda *args, **kwargs: programs)
     case, plan = _all(ScanCase(2, 40, 50, 4, groups=2)), {"chunk": 16}
     inputs = case.inputs(DEVICE)
     want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=6)
