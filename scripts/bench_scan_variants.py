@@ -173,7 +173,11 @@ BWD_CONFIGS = [
     ("serial ti1", dict(main="serial", serial_ti=1)),
     ("serial r168", dict(main="serial", maxnreg=168)),
     ("serial ti1 r168", dict(main="serial", serial_ti=1, maxnreg=168)),
-    ("serial ti1 r128", dict(main="serial", serial_ti=1, maxnreg=128)),
+    ("serial c16", dict(main="serial", chunk=16)),
+    ("serial c32", dict(main="serial", chunk=32)),
+    ("serial c16 ti1", dict(main="serial", chunk=16, serial_ti=1)),
+    ("serial p528", dict(main="serial", serial_programs=528)),
+    ("serial c16 p528", dict(main="serial", chunk=16, serial_programs=528)),
     ("tile main", dict(main="tile")),
 ]
 

@@ -311,6 +311,7 @@ def selective_scan_bwd_triton(
     unmasked: bool | None = None,
     main: str = "auto",
     serial_ti: int = 2,
+    serial_programs: int | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -336,7 +337,8 @@ def selective_scan_bwd_triton(
     `main`: the kernel that writes the gradients from the boundary states, "tile"
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_ti`: its
-    positions a checkpoint (a power of two).
+    positions a checkpoint (1 or 2), `serial_programs`: its persistent grid (default:
+    triton_bwd_serial.resident_programs).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -392,7 +394,8 @@ def selective_scan_bwd_triton(
     if main == "serial":
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
-            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti, maxnreg=maxnreg)
+            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti, maxnreg=maxnreg,
+            programs=serial_programs)
     else:
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part
