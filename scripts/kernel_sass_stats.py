@@ -194,6 +194,8 @@ def backward_configs(chunk: int, dtype: torch.dtype):
         label = f"bwd serial{' reverse' if reverse else ''}"
         yield label, ("triton_bwd_serial", "_serial_bwd_kernel"), {
             **serial, "REVERSE": reverse}, 1
+    yield "bwd serial B/C ahead", ("triton_bwd_serial", "_serial_bwd_kernel"), {
+        **serial, "BC_AHEAD": True}, 1
     for ti in (1,):
         yield f"bwd serial TI {ti}", ("triton_bwd_serial", "_serial_bwd_kernel"), {
             **serial, "TI": ti}, 1

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .triton_common import (_bc_rows, _check_power_of_two, _decompose_pid,
+from .triton_common import (_decompose_pid,
                             _next_pow2, _previous_chunk, _softplus)
 
 
@@ -62,22 +62,23 @@ def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
 
 
 @triton.jit
-def _bc_block(rows, t0, length, s_l, TI: tl.constexpr):
+def _bc_block(base, at_state, t0, length, s_l, TI: tl.constexpr):
     """B (or C) at positions t0 and t0 + 1 (with TI = 1: t0 twice) as (NP, BLOCK_D) tiles;
     past L the reads are clamped to L - 1 (where dt = 0 makes the step an identity and
-    dy = 0). rows broadcasts each state's row over the channels: the loads of a lane's
+    dy = 0). base: the (batch, group)'s rows; at_state: an (NP, BLOCK_D) tile of 32-bit
+    offsets broadcasting each state's row over the channels (a tile of 64-bit addresses
+    cost registers the kernel spilled), so the loads of a lane's
     channels are one load (unmasked loads only: masked ones are not merged, and a lane
-    held 16 values a tile). Loaded a block ahead: where used, these loads held 38% of the
-    stall samples (ncu, session 31). (As `_bc_column`'s (G, BLOCK_D, NP // G, TI) tiles,
+    held 16 values a tile). (As `_bc_column`'s (G, BLOCK_D, NP // G, TI) tiles,
     a lane held its four channels' copies too; a tuple cannot be carried from one loop
     iteration to the next, nor can a joined tile be split after it, in triton 3.6: hence
     two tiles, and TI at most 2.)"""
-    first = tl.load(rows + tl.minimum(t0, length - 1) * s_l).to(tl.float32)
+    first = tl.load(base + tl.minimum(t0, length - 1) * s_l + at_state).to(tl.float32)
     if TI == 1:
         return first, first
     else:
-        second = tl.load(rows + tl.minimum(t0 + 1, length - 1) * s_l).to(tl.float32)
-        return first, second
+        second = tl.load(base + tl.minimum(t0 + 1, length - 1) * s_l + at_state)
+        return first, second.to(tl.float32)
 
 
 @triton.jit
@@ -104,13 +105,13 @@ def _block_start(chunk_start, j, n_blocks, TI: tl.constexpr, REVERSE: tl.constex
 
 @triton.jit
 def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
-           offs_i, mask_d, d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI: tl.constexpr, NP: tl.constexpr,
-           BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+           offs_i, mask_d, d_rows, u_rows, B_rows, at_B, s_dl, s_ul, s_Bl,
+           TI: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
            REVERSE: tl.constexpr):
     """The chunk in scan order from h, storing h before each block: checkpoint j."""
     t0 = _block_start(chunk_start, 0, n_blocks, TI, REVERSE)
     n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
-    n_B0, n_B1 = _bc_block(B_rows, t0, length, s_Bl, TI)
+    n_B0, n_B1 = _bc_block(B_rows, at_B, t0, length, s_Bl, TI)
     for j in range(0, n_blocks):
         t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
         dt_raw, u, m, B_0, B_1 = n_dt, n_u, n_m, n_B0, n_B1
@@ -119,7 +120,7 @@ def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n
                               REVERSE)
         n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows, s_dl,
                                       s_ul)
-        n_B0, n_B1 = _bc_block(B_rows, t_next, length, s_Bl, TI)
+        n_B0, n_B1 = _bc_block(B_rows, at_B, t_next, length, s_Bl, TI)
         tl.store(scratch + j * (NP * BLOCK_D) + at_checkpoint, h)
         _, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
         x = dt * u.to(tl.float32)
@@ -146,7 +147,7 @@ def _serial_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    EVEN_D: tl.constexpr, BC_AHEAD: tl.constexpr = False,
 ):
     """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
 
@@ -154,7 +155,9 @@ def _serial_bwd_kernel(
     blocks: du, ddelta, dz contiguous (batch, dim, L); dB, dC partial sums (n_dblk, batch,
     groups, N, L) (dC's at dC_ptr + dC_shift); dA, dD, dbias one row of `part_stride` a
     (batch, chunk) at part_ptr. K_ptr: CHUNK // TI checkpoints of (NP, BLOCK_D) fp32 a
-    program, and the adjoint entering its chunk. EVEN_D: per_group is a multiple of BLOCK_D (no channel masks)."""
+    program, and the adjoint entering its chunk. EVEN_D: per_group is a multiple of
+    BLOCK_D (no channel masks). BC_AHEAD: the backward walk loads B/C a block ahead (16
+    registers; not measured faster, session 31)."""
     pid = tl.program_id(0)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
@@ -164,6 +167,10 @@ def _serial_bwd_kernel(
     # an element
     scratch = K_ptr + pid * ((CHUNK // TI + 1) * NP * BLOCK_D)
     at_checkpoint = lanes[None, :] * NP + offs_n[:, None]
+    # padded states (N not a power of two) read row N - 1 of B/C
+    n_safe = tl.minimum(offs_n, N - 1)[:, None] + 0 * lanes[None, :]
+    at_B = n_safe * s_Bn
+    at_C = n_safe * s_Cn
     # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
@@ -215,14 +222,14 @@ def _serial_bwd_kernel(
             z_rows = o_rows
             s_zl = s_ol
         out_rows = row[:, None] * length
-        B_rows = _bc_rows(B_ptr, b, g, s_Bb, s_Bg, s_Bn, offs_n, offs_d, N, NP, 1, 1)
-        C_rows = _bc_rows(C_ptr, b, g, s_Cb, s_Cg, s_Cn, offs_n, offs_d, N, NP, 1, 1)
+        B_rows = B_ptr + b * s_Bb + g * s_Bg
+        C_rows = C_ptr + b * s_Cb + g * s_Cg
         part_rows = ((dblk * n_bg + b * groups + g) * N + offs_n) * length
         chunk_start = c * CHUNK
         n_blocks = tl.cdiv(tl.minimum(CHUNK, length - chunk_start), TI)
         _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
-               offs_i, mask_d, d_rows, u_rows, B_rows, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D, HAS_BIAS,
-               SOFTPLUS, REVERSE)
+               offs_i, mask_d, d_rows, u_rows, B_rows, at_B, s_dl, s_ul, s_Bl, TI, NP, BLOCK_D,
+               HAS_BIAS, SOFTPLUS, REVERSE)
         if MULTI_CHUNK:
             g_adj = tl.load(scratch + (CHUNK // TI) * (NP * BLOCK_D) + at_checkpoint)
         dA = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
@@ -232,13 +239,18 @@ def _serial_bwd_kernel(
         n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D) + at_checkpoint)
         n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
         n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, s_zl)
-        n_B0, n_B1 = _bc_block(B_rows, t0, length, s_Bl, TI)
-        n_C0, n_C1 = _bc_block(C_rows, t0, length, s_Cl, TI)
+        if BC_AHEAD:
+            n_B0, n_B1 = _bc_block(B_rows, at_B, t0, length, s_Bl, TI)
+            n_C0, n_C1 = _bc_block(C_rows, at_C, t0, length, s_Cl, TI)
         for jj in range(0, n_blocks):
             j = n_blocks - 1 - jj  # blocks last to first in scan order
             t0 = _block_start(chunk_start, j, n_blocks, TI, REVERSE)
             h, dt_raw, u, m, dout, zz = n_h, n_dt, n_u, n_m, n_do, n_z
-            B_0, B_1, C_0, C_1 = n_B0, n_B1, n_C0, n_C1
+            if BC_AHEAD:
+                B_0, B_1, C_0, C_1 = n_B0, n_B1, n_C0, n_C1
+            else:
+                B_0, B_1 = _bc_block(B_rows, at_B, t0, length, s_Bl, TI)
+                C_0, C_1 = _bc_block(C_rows, at_C, t0, length, s_Cl, TI)
             j_next = tl.maximum(j - 1, 0)
             t_next = _block_start(chunk_start, j_next, n_blocks, TI, REVERSE)
             n_h = tl.load(scratch + j_next * (NP * BLOCK_D) + at_checkpoint)
@@ -246,8 +258,9 @@ def _serial_bwd_kernel(
                                           s_dl, s_ul)
             n_do, n_z, _ = _block_loads(t_next, length, offs_i, mask_d, o_rows, z_rows,
                                         s_ol, s_zl)
-            n_B0, n_B1 = _bc_block(B_rows, t_next, length, s_Bl, TI)
-            n_C0, n_C1 = _bc_block(C_rows, t_next, length, s_Cl, TI)
+            if BC_AHEAD:
+                n_B0, n_B1 = _bc_block(B_rows, at_B, t_next, length, s_Bl, TI)
+                n_C0, n_C1 = _bc_block(C_rows, at_C, t_next, length, s_Cl, TI)
             dt_raw, dt = _drive(dt_raw, m, bias, HAS_BIAS, SOFTPLUS)
             u = u.to(tl.float32)
             x = dt * u
