@@ -173,6 +173,7 @@ BWD_CONFIGS = [
     ("serial ti1", dict(main="serial", serial_ti=1)),
     ("serial r168", dict(main="serial", maxnreg=168)),
     ("serial ti1 r168", dict(main="serial", serial_ti=1, maxnreg=168)),
+    ("serial bc ahead", dict(main="serial", serial_bc_ahead=True)),
     ("serial c16", dict(main="serial", chunk=16)),
     ("serial c32", dict(main="serial", chunk=32)),
     ("serial c16 ti1", dict(main="serial", chunk=16, serial_ti=1)),

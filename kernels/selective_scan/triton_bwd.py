@@ -312,6 +312,7 @@ def selective_scan_bwd_triton(
     main: str = "auto",
     serial_ti: int = 2,
     serial_programs: int | None = None,
+    serial_bc_ahead: bool = False,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -338,7 +339,7 @@ def selective_scan_bwd_triton(
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_ti`: its
     positions a checkpoint (1 or 2), `serial_programs`: its persistent grid (default:
-    triton_bwd_serial.resident_programs).
+    triton_bwd_serial.resident_programs), `serial_bc_ahead`: its B/C loads a block ahead.
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -395,7 +396,7 @@ def selective_scan_bwd_triton(
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
             delta_softplus, reverse, plan.chunk, nc, ti=serial_ti, maxnreg=maxnreg,
-            programs=serial_programs)
+            programs=serial_programs, bc_ahead=serial_bc_ahead)
     else:
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part

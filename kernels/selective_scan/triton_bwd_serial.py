@@ -378,13 +378,14 @@ def serial_bwd_main(
     delta_bias: torch.Tensor | None, H: torch.Tensor, Q: torch.Tensor, du: torch.Tensor,
     ddelta: torch.Tensor, dz: torch.Tensor | None, part: torch.Tensor, softplus: bool,
     reverse: bool, chunk: int, n_chunks: int, *, ti: int = 2, block_d: int = 32,
-    programs: int | None = None, maxnreg: int | None = None,
+    programs: int | None = None, maxnreg: int | None = None, bc_ahead: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Launch `_serial_bwd_kernel` over chunks of `chunk` (H, Q: the boundary states of
     those chunks, as triton_bwd computes them); fills du, ddelta, dz and part (rows as
     `_bwd_kernel`'s) and returns the dB/dC buffers (bwd_state_grads.state_grad_buffers)
     to sum. `programs`: of the persistent grid (default `resident_programs`); maxnreg
-    caps the registers a thread (more programs resident, maybe spills)."""
+    caps the registers a thread (more programs resident, maybe spills); bc_ahead: B/C
+    loaded a block ahead in the backward walk."""
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // groups
@@ -412,7 +413,7 @@ def serial_bwd_main(
         N=n_state, NP=np_, BLOCK_D=block_d, CHUNK=chunk, TI=ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
-        EVEN_D=per_group % block_d == 0, num_warps=num_warps,
+        EVEN_D=per_group % block_d == 0, BC_AHEAD=bc_ahead, num_warps=num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
     return dB_part, dC_part, dC_shift

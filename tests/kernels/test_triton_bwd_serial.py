@@ -58,6 +58,14 @@ def test_serial_main_any_number_of_programs(monkeypatch: pytest.MonkeyPatch,
     assert_close_all(case, _host_run(case, inputs, plan, dout_seed=6, main="serial"), want)
 
 
+@pytest.mark.parametrize(("case", "plan"), EXTRA_CASES[:3], ids=[c.id for c, _ in EXTRA_CASES[:3]])
+def test_serial_main_with_bc_ahead(case: ScanCase, plan: dict) -> None:
+    inputs = case.inputs(DEVICE)
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=4)
+    got = _host_run(case, inputs, plan, dout_seed=4, main="serial", serial_bc_ahead=True)
+    assert_close_all(case, got, want)
+
+
 def test_serial_main_from_kept_states() -> None:
     case = _all(ScanCase(1, 4, 200, 16, groups=2, reverse=True))
     inputs = case.inputs(DEVICE)
