@@ -218,9 +218,10 @@ def _serial_bwd_kernel(
         o_rows = dout_ptr + b * s_ob + offs_d[:, None] * s_od
         if HAS_Z:
             z_rows = z_ptr + b * s_zb + offs_d[:, None] * s_zd
-        else:  # dout's again: the same load, merged
-            z_rows = o_rows
-            s_zl = s_ol
+            z_step = s_zl
+        else:  # dout's again: the same load, merged (a new name: an argument assigned in
+            z_rows = o_rows  # the loop would be carried by it, and change type)
+            z_step = s_ol
         out_rows = row[:, None] * length
         B_rows = B_ptr + b * s_Bb + g * s_Bg
         C_rows = C_ptr + b * s_Cb + g * s_Cg
@@ -238,7 +239,7 @@ def _serial_bwd_kernel(
         t0 = _block_start(chunk_start, n_blocks - 1, n_blocks, TI, REVERSE)
         n_h = tl.load(scratch + (n_blocks - 1) * (NP * BLOCK_D) + at_checkpoint)
         n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)
-        n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, s_zl)
+        n_do, n_z, _ = _block_loads(t0, length, offs_i, mask_d, o_rows, z_rows, s_ol, z_step)
         if BC_AHEAD:
             n_B0, n_B1 = _bc_block(B_rows, at_B, t0, length, s_Bl, TI)
             n_C0, n_C1 = _bc_block(C_rows, at_C, t0, length, s_Cl, TI)
@@ -257,7 +258,7 @@ def _serial_bwd_kernel(
             n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows,
                                           s_dl, s_ul)
             n_do, n_z, _ = _block_loads(t_next, length, offs_i, mask_d, o_rows, z_rows,
-                                        s_ol, s_zl)
+                                        s_ol, z_step)
             if BC_AHEAD:
                 n_B0, n_B1 = _bc_block(B_rows, at_B, t_next, length, s_Bl, TI)
                 n_C0, n_C1 = _bc_block(C_rows, at_C, t_next, length, s_Cl, TI)
