@@ -34,7 +34,7 @@ _MIN_CHUNK, _MAX_CHUNK = 64, 256
 
 def serial_applies(sequences: int, length: int, per_group: int) -> bool:
     """Whether "auto" takes this variant for the forward (and, through
-    triton_bwd.auto_boundary, the backward's boundary states).
+    bwd_options.auto_boundary, the backward's boundary states).
 
     sequences: batch * dim; per_group: channels sharing B/C, one a thread of a 32-wide
     warp. Fewer than 32 leave threads idle (untimed: multi-head scans with small heads stay

@@ -34,7 +34,8 @@ from .triton_common import (
 from .triton_tile_scans import _adjoint_scan_by_groups, _group_size, _scan_tile
 from .triton_bwd_channel import _channel_A, _channel_boundaries, _channel_vectors, _load_z
 from .triton_chunks import chunk_boundary_states
-from .serial_planning import serial_applies, serial_plan
+from .serial_planning import serial_plan
+from .bwd_options import auto_boundary, resolve_options
 from .triton_fwd_serial import serial_boundary_states
 from .triton_bwd_serial import serial_bwd_main
 
@@ -264,27 +265,6 @@ def _bwd_kernel(
 _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
-BOUNDARIES = ("auto", "serial", "tile")
-ADJOINTS = ("auto", "groups", "shifted")
-MAINS = ("auto", "serial", "tile")
-
-
-def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
-    """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
-    dim), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
-    row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
-    bf16; the lengths from 2048 on: with the forward's (session 23). fp32 groups that are
-    not whole warps stay on "tile" (session 16; not measured again since session 25)."""
-    fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
-    ok = serial_applies(sequences, length, per_group) and not fp32_part_warps
-    return "serial" if ok else "tile"
-
-
-def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:
-    """The main kernel "auto" takes: "tile" until "serial" is measured faster."""
-    return "tile"
-
-
 def selective_scan_bwd_triton(
     dout: torch.Tensor,
     u: torch.Tensor,
@@ -310,9 +290,7 @@ def selective_scan_bwd_triton(
     adjoint: str = "auto",
     unmasked: bool | None = None,
     main: str = "auto",
-    serial_ti: int = 2,
-    serial_programs: int | None = None,
-    serial_bc_ahead: bool = False,
+    serial_options: dict | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
@@ -337,28 +315,13 @@ def selective_scan_bwd_triton(
     faster (kernels README, "Whole chunks unmasked").
     `main`: the kernel that writes the gradients from the boundary states, "tile"
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
-    kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_ti`: its
-    positions a checkpoint (1 or 2), `serial_programs`: its persistent grid (default:
-    triton_bwd_serial.resident_programs), `serial_bc_ahead`: its B/C loads a block ahead.
+    kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_options`:
+    keywords of its launch, triton_bwd_serial.serial_bwd_main (ti, programs, bc_ahead).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
-    if ahead is None:
-        ahead = 2 if u.dtype.itemsize == 4 else 0
-    if ahead not in (0, 1, 2):
-        raise ValueError(f"ahead: expected 0, 1, 2 or None, got {ahead!r}")
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"adjoint: expected one of {ADJOINTS}, got {adjoint!r}")
-    if adjoint == "auto":
-        adjoint = "groups"
-    if unmasked is None:
-        unmasked = u.dtype.itemsize == 4
-    if main not in MAINS:
-        raise ValueError(f"main: expected one of {MAINS}, got {main!r}")
-    if main == "auto":
-        main = auto_main(batch * dim, length, dim // groups, u.dtype)
+    ahead, adjoint, unmasked, main = resolve_options(
+        u.dtype, batch * dim, length, dim // groups, boundary, ahead, adjoint, unmasked, main)
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state, backward=True)
@@ -395,8 +358,7 @@ def selective_scan_bwd_triton(
     if main == "serial":
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
-            delta_softplus, reverse, plan.chunk, nc, ti=serial_ti, maxnreg=maxnreg,
-            programs=serial_programs, bc_ahead=serial_bc_ahead)
+            delta_softplus, reverse, plan.chunk, nc, maxnreg=maxnreg, **(serial_options or {}))
     else:
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part

@@ -1,28 +1,21 @@
 """The backward's main pass, "serial": a chunk's positions walked one after the other.
 
-The tile kernel (triton_bwd.py, `_bwd_kernel`) scans an (N, CHUNK) tile a channel at a
-time with `tl.associative_scan` both ways: ~50 instructions a lane and state element on
-sm_90, shuffles on most of them. Here a program holds BLOCK_D channels' N states as an
-(NP, BLOCK_D) tile, as the forward's serial kernel does (triton_fwd_serial.py), and walks
-its chunk:
-
-1. a sweep in scan order from the state entering the chunk, storing a checkpoint of h
-   every TI positions in a scratch buffer of its own (L1/L2-resident: written and read
-   back within microseconds);
-2. the blocks of TI positions again, last to first: each block's states recomputed from
-   its checkpoint into registers (a tuple of a_t h_(t-1)), then
-   walked against scan order with the adjoint g_t = a_(t+1) g_(t+1) + C_t dy_t, which
-   enters the chunk as the carried adjoint q0 of the chunk after it.
-
-At each position (sums over channels: dB, dC; over states: du, ddelta, y):
+Where the tile kernel (triton_bwd.py) scans an (N, CHUNK) tile a channel at a time, a
+program here holds BLOCK_D channels' states as an (NP, BLOCK_D) tile, as the forward's
+serial kernel does, and (1) sweeps its chunk in scan order from the entering state,
+storing h every TI positions in a scratch of its own; (2) takes the blocks last to first,
+recomputes each block's states from its checkpoint (a tuple of a_t h_(t-1)) and walks
+them back with the adjoint g_t = a_(t+1) g_(t+1) + C_t dy_t, entering as the carried q0.
+At each position (dB, dC: sums over channels; du, ddelta, y: over states):
 
     dC_t = sum_d h_t dy_t              dB_t = sum_d g_t dt_t u_t
     du_t = dt_t <g_t, B_t> + D dy_t    ddelta_t = u_t <g_t, B_t> + <g_t, A a_t h_(t-1)>
     dA  += dt_t g_t a_t h_(t-1)        (a_t h_(t-1) kept: exactly 0 before the sequence)
 
-The sketch this grew from, and its instruction counts: scripts/study_serial_backward.py.
-The grid is persistent (a fixed number of programs looping over the work items) so the
-scratch is sized by the programs, not the work: `resident_programs`.
+The grid is persistent, so the scratch is sized by the programs (`resident_programs`).
+Correct, but slower than the tile kernel on every bench row (session 31: 8 warps an SM
+at 255 registers cannot cover each block's memory round trips; kernels README, "A serial
+main kernel for the backward: measured slower"): only `main="serial"` takes it.
 """
 
 from __future__ import annotations
@@ -33,14 +26,8 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .triton_common import (_decompose_pid,
-                            _next_pow2, _previous_chunk, _softplus)
-
-
-@triton.jit
-def _pick(x, sel):
-    """Column of x (R, TI) where sel (TI,) holds, in-thread: -0.0 is exact identity of +."""
-    return tl.sum(tl.where(sel[None, :], x, -0.0), axis=1)
+from .triton_common import _decompose_pid, _next_pow2, _previous_chunk, _softplus
+from .triton_fwd_serial import _pick
 
 
 @triton.jit
@@ -63,16 +50,12 @@ def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
 
 @triton.jit
 def _bc_block(base, at_state, t0, length, s_l, TI: tl.constexpr):
-    """B (or C) at positions t0 and t0 + 1 (with TI = 1: t0 twice) as (NP, BLOCK_D) tiles;
-    past L the reads are clamped to L - 1 (where dt = 0 makes the step an identity and
-    dy = 0). base: the (batch, group)'s rows; at_state: an (NP, BLOCK_D) tile of 32-bit
-    offsets broadcasting each state's row over the channels (a tile of 64-bit addresses
-    cost registers the kernel spilled), so the loads of a lane's
-    channels are one load (unmasked loads only: masked ones are not merged, and a lane
-    held 16 values a tile). (As `_bc_column`'s (G, BLOCK_D, NP // G, TI) tiles,
-    a lane held its four channels' copies too; a tuple cannot be carried from one loop
-    iteration to the next, nor can a joined tile be split after it, in triton 3.6: hence
-    two tiles, and TI at most 2.)"""
+    """B (or C) at positions t0 and t0 + 1 (with TI = 1: t0 twice) as (NP, BLOCK_D) tiles,
+    clamped to L - 1 (dt = 0 and dy = 0 there). at_state: 32-bit offsets (64-bit address
+    tiles spilled) broadcasting each state's row over the channels, so a lane's channels
+    share one load (unmasked only: masked loads are not merged). Two tiles, so TI <= 2:
+    triton 3.6 carries no tuple across loop iterations, nor splits a joined tile there;
+    `_bc_column`'s (G, BLOCK_D, NP // G, TI) tiles held four channels' copies a lane."""
     first = tl.load(base + tl.minimum(t0, length - 1) * s_l + at_state).to(tl.float32)
     if TI == 1:
         return first, first
@@ -106,8 +89,8 @@ def _block_start(chunk_start, j, n_blocks, TI: tl.constexpr, REVERSE: tl.constex
 @triton.jit
 def _sweep(h, scratch, at_checkpoint, chunk_start, n_blocks, length, A2, drive_n, bias,
            offs_i, mask_d, d_rows, u_rows, B_rows, at_B, s_dl, s_ul, s_Bl,
-           TI: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-           REVERSE: tl.constexpr):
+           TI: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr):
     """The chunk in scan order from h, storing h before each block: checkpoint j."""
     t0 = _block_start(chunk_start, 0, n_blocks, TI, REVERSE)
     n_dt, n_u, n_m = _block_loads(t0, length, offs_i, mask_d, d_rows, u_rows, s_dl, s_ul)

@@ -13,7 +13,7 @@ from scan_cases import GRAD_NAMES, ScanCase, assert_close_all, run_with_grads
 
 pytest.importorskip("triton")
 
-from medmamba_kernels.selective_scan import triton_bwd  # noqa: E402
+from medmamba_kernels.selective_scan import bwd_options  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
@@ -60,7 +60,7 @@ def test_auto_boundary_rule(sequences: int, length: int, per_group: int, dtype: 
                             expected: str) -> None:
     # measured (--bwd-variants, session 16): row 6's 48 channels lose with "serial" in
     # fp32 only, as the forward does; the lengths and sizes as the forward's (session 23)
-    assert triton_bwd.auto_boundary(sequences, length, per_group, dtype) == expected
+    assert bwd_options.auto_boundary(sequences, length, per_group, dtype) == expected
 
 
 @pytest.mark.parametrize("case", [

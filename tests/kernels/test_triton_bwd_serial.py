@@ -1,7 +1,8 @@
 """The backward's "serial" main kernel (triton_bwd_serial.py) against the reference: the
 grid of test_triton.py's cases, channel blocks cut by a group's end, chunks shorter than
-its blocks, a persistent grid of one program and of more programs than work, the
-forward's kept states as boundary states; the option refused where unknown."""
+its blocks, B/C read a block ahead, a persistent grid of one program and of more programs
+than work, the forward's kept states as boundary states; "auto" keeping the tile kernel;
+bad options refused."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from scan_cases import GRAD_NAMES, ScanCase, assert_close_all, run_with_grads
 
 pytest.importorskip("triton")
 
-from medmamba_kernels.selective_scan import triton_bwd, triton_bwd_serial  # noqa: E402
+from medmamba_kernels.selective_scan import bwd_options, triton_bwd_serial  # noqa: E402
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
@@ -58,11 +59,13 @@ def test_serial_main_any_number_of_programs(monkeypatch: pytest.MonkeyPatch,
     assert_close_all(case, _host_run(case, inputs, plan, dout_seed=6, main="serial"), want)
 
 
-@pytest.mark.parametrize(("case", "plan"), EXTRA_CASES[:3], ids=[c.id for c, _ in EXTRA_CASES[:3]])
+@pytest.mark.parametrize(("case", "plan"), EXTRA_CASES[:3],
+                         ids=[c.id for c, _ in EXTRA_CASES[:3]])
 def test_serial_main_with_bc_ahead(case: ScanCase, plan: dict) -> None:
     inputs = case.inputs(DEVICE)
     want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=4)
-    got = _host_run(case, inputs, plan, dout_seed=4, main="serial", serial_bc_ahead=True)
+    got = _host_run(case, inputs, plan, dout_seed=4, main="serial",
+                    serial_options={"bc_ahead": True})
     assert_close_all(case, got, want)
 
 
@@ -82,13 +85,24 @@ def test_serial_main_from_kept_states() -> None:
     assert_close_all(case, (out, last, named), want)
 
 
-def test_backward_refuses_unknown_main() -> None:
+def test_backward_refuses_unknown_main_and_checkpoint_spacing() -> None:
     x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
+    dout = torch.ones_like(x["u"])
     with pytest.raises(ValueError, match="^main: expected one of"):
-        selective_scan_bwd_triton(torch.ones_like(x["u"]), **x, delta_softplus=False,
-                                  reverse=False, main="fast")
+        selective_scan_bwd_triton(dout, **x, delta_softplus=False, reverse=False, main="fast")
+    with pytest.raises(ValueError, match="^ti: expected 1 or 2"):
+        selective_scan_bwd_triton(dout, **x, delta_softplus=False, reverse=False,
+                                  main="serial", serial_options={"ti": 4})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_auto_main_keeps_the_tile_kernel(dtype: torch.dtype) -> None:
+    # "serial" measured slower on every bench row (session 31)
+    for sequences, length, per_group in [(128, 262144, 64), (48, 2_097_152, 48),
+                                         (1024, 4096, 256), (1024, 512, 512)]:
+        assert bwd_options.auto_main(sequences, length, per_group, dtype) == "tile"
 
 
 def test_persistent_grid_on_the_cpu_still_loops() -> None:
     assert triton_bwd_serial.resident_programs(torch.device("cpu"), 1) == 4
-    assert triton_bwd.MAINS == ("auto", "serial", "tile")
+    assert bwd_options.MAINS == ("auto", "serial", "tile")

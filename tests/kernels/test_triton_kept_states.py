@@ -16,8 +16,8 @@ from scan_cases import (GRAD_NAMES, TOLERANCE, ScanCase, assert_close_all, relat
 pytest.importorskip("triton")
 
 from medmamba_kernels import selective_scan  # noqa: E402
-from medmamba_kernels.selective_scan import (triton_bwd, triton_fwd,  # noqa: E402
-                                             triton_fwd_serial)
+from medmamba_kernels.selective_scan import (bwd_options, triton_bwd,  # noqa: E402
+                                             triton_fwd, triton_fwd_serial)
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton  # noqa: E402
 from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
@@ -105,7 +105,7 @@ def test_public_function_passes_the_kept_states(monkeypatch: pytest.MonkeyPatch)
     """Where "serial" applies (forced here: the rule wants L >= 2048 and 2**21 elements),
     the autograd path keeps the forward's states and the backward computes only the
     adjoint's."""
-    for module in (triton_fwd, triton_bwd):
+    for module in (triton_fwd, bwd_options):
         monkeypatch.setattr(module, "serial_applies", lambda *args, **kwargs: True)
     given = []
     real = triton_fwd_serial.serial_boundary_states
@@ -178,7 +178,7 @@ def test_op_path_keeps_states_for_training_calls(monkeypatch: pytest.MonkeyPatch
     calls only, its fake agrees on their shape, and its backward uses them."""
     from medmamba_kernels.selective_scan import interface
 
-    for module in (triton_fwd, triton_bwd):
+    for module in (triton_fwd, bwd_options):
         monkeypatch.setattr(module, "serial_applies", lambda *args, **kwargs: True)
     case = _all(ScanCase(1, 3, 200, 4))
     inputs = case.inputs(DEVICE)
