@@ -27,7 +27,7 @@ import triton.language as tl
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
 from .triton_common import _decompose_pid, _next_pow2, _previous_chunk, _softplus
-from .triton_fwd_serial import _pick
+from .triton_fwd_serial import _channel_scalars, _pick
 
 
 @triton.jit
@@ -190,12 +190,7 @@ def _serial_bwd_kernel(
             # backward's first block waited on it (24% of the stall samples, ncu, session
             # 31); the store makes it arrive while the sweep waits for h0
             tl.store(scratch + (CHUNK // TI) * (NP * BLOCK_D) + at_checkpoint, g_adj)
-        bias = 0.0
-        Dv = 0.0
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias, Dv = _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS, HAS_D)
         u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
         d_rows = delta_ptr + b * s_db + offs_d[:, None] * s_dd
         o_rows = dout_ptr + b * s_ob + offs_d[:, None] * s_od

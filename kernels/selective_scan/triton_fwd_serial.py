@@ -45,6 +45,19 @@ def _pick(x, sel):
 
 
 @triton.jit
+def _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr,
+                     HAS_D: tl.constexpr):
+    """(delta_bias, D) of a block of channels in fp32, 0.0 where absent."""
+    bias = 0.0
+    Dv = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return bias, Dv
+
+
+@triton.jit
 def _silu_gate(z_rows, offs_t, s_zl, mask):
     """silu(z) over a (BLOCK_D, TI) block, fp32."""
     zz = tl.load(z_rows + offs_t[None, :] * s_zl, mask=mask, other=0.0).to(tl.float32)
@@ -212,12 +225,7 @@ def _serial_kernel(
         h = tl.where(has_prev, h, 0.0)
     else:
         h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-    bias = 0.0
-    Dv = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias, Dv = _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS, HAS_D)
     offs_i = tl.arange(0, TI)
     if VEC < TI:  # the same positions, vectors of VEC as far as the compiler knows
         offs_i = offs_i % VEC + (offs_i // VEC) * VEC
