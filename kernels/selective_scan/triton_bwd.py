@@ -314,7 +314,7 @@ def selective_scan_bwd_triton(
     is built without its position masks; None: for 4-byte inputs, where it was measured
     faster (kernels README, "Whole chunks unmasked").
     `main`: the kernel that writes the gradients from the boundary states, "tile"
-    (`_bwd_kernel`), "serial" (triton_bwd_serial.py, one channel a thread; the tile
+    (`_bwd_kernel`), "serial" (triton_bwd_serial.py, 32 channels a program; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_options`:
     keywords of its launch, triton_bwd_serial.serial_bwd_main (ti, programs, bc_ahead).
     """

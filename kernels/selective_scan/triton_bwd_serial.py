@@ -39,8 +39,7 @@ def _put(tile, sel, value):
 @triton.jit
 def _block_loads(t0, length, offs_i, mask_d, rows_a, rows_b, s_al, s_bl):
     """Two (BLOCK_D, TI) tiles of positions [t0, t0 + TI) in their dtype, 0 where masked
-    (past L, or a channel past its group's last), and the mask. Loaded a block ahead of
-    their use: loaded where used, each block waited for them."""
+    (past L, or a channel past its group's last), and the mask."""
     offs_t = t0 + offs_i
     m = mask_d[:, None] & (offs_t < length)[None, :]
     a = tl.load(rows_a + offs_t[None, :] * s_al, mask=m, other=0.0)
@@ -130,7 +129,7 @@ def _serial_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    EVEN_D: tl.constexpr, BC_AHEAD: tl.constexpr = False,
+    EVEN_D: tl.constexpr, BC_AHEAD: tl.constexpr = False, WIDE_BC: tl.constexpr = False,
 ):
     """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
 
@@ -140,21 +139,23 @@ def _serial_bwd_kernel(
     (batch, chunk) at part_ptr. K_ptr: CHUNK // TI checkpoints of (NP, BLOCK_D) fp32 a
     program, and the adjoint entering its chunk. EVEN_D: per_group is a multiple of
     BLOCK_D (no channel masks). BC_AHEAD: the backward walk loads B/C a block ahead (16
-    registers; not measured faster, session 31)."""
+    registers; not measured faster, session 31). WIDE_BC: a B/C row's offset needs 64
+    bits."""
     pid = tl.program_id(0)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     lanes = tl.arange(0, BLOCK_D)
     offs_i = tl.arange(0, TI)
-    # 32-bit offsets from one scalar address: a tile of 64-bit addresses takes 2 registers
-    # an element
+    # 32-bit offsets from one scalar address (64-bit address tiles: 2 registers an element)
     scratch = K_ptr + pid * ((CHUNK // TI + 1) * NP * BLOCK_D)
     at_checkpoint = lanes[None, :] * NP + offs_n[:, None]
-    # padded states (N not a power of two) read row N - 1 of B/C
+    # padded states (N not a power of two) read row N - 1 of B/C: a zero drive keeps them
+    # 0; the rows' offsets are 64-bit only where they need to be (WIDE_BC)
     n_safe = tl.minimum(offs_n, N - 1)[:, None] + 0 * lanes[None, :]
+    if WIDE_BC:
+        n_safe = n_safe.to(tl.int64)
     at_B = n_safe * s_Bn
     at_C = n_safe * s_Cn
-    # padded states (N not a power of two) read row N - 1 of B: a zero drive keeps them 0
     drive_n = 1.0
     if NP != N:
         drive_n = tl.where(mask_n, 1.0, 0.0)[:, None]
@@ -186,9 +187,8 @@ def _serial_bwd_kernel(
                         mask=m_prev, other=0.0)
             g_adj = tl.load(Q_ptr + (row[None, :] * n_chunks + c_next) * N + offs_n[:, None],
                             mask=m_next, other=0.0)
-            # parked in the scratch at once: loaded where first used, after the sweep, the
-            # backward's first block waited on it (24% of the stall samples, ncu, session
-            # 31); the store makes it arrive while the sweep waits for h0
+            # parked in the scratch at once: loaded where first used, after the sweep, it
+            # held 24% of the stall samples (ncu, session 31)
             tl.store(scratch + (CHUNK // TI) * (NP * BLOCK_D) + at_checkpoint, g_adj)
         bias, Dv = _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS, HAS_D)
         u_rows = u_ptr + b * s_ub + offs_d[:, None] * s_ud
@@ -230,7 +230,7 @@ def _serial_bwd_kernel(
             else:
                 B_0, B_1 = _bc_block(B_rows, at_B, t0, length, s_Bl, TI)
                 C_0, C_1 = _bc_block(C_rows, at_C, t0, length, s_Cl, TI)
-            j_next = tl.maximum(j - 1, 0)
+            j_next = tl.maximum(j - 1, 0)  # its inputs load while this block computes
             t_next = _block_start(chunk_start, j_next, n_blocks, TI, REVERSE)
             n_h = tl.load(scratch + j_next * (NP * BLOCK_D) + at_checkpoint)
             n_dt, n_u, n_m = _block_loads(t_next, length, offs_i, mask_d, d_rows, u_rows,
@@ -338,6 +338,8 @@ def _serial_bwd_kernel(
 
 
 _serial_bwd_launcher = CachedLaunch(_serial_bwd_kernel)
+# B/C rows' offsets from this many elements on are 64-bit (tests lower it)
+_INT32_OFFSETS = 2**31
 
 
 def resident_programs(device: torch.device, num_warps: int, registers: int = 255) -> int:
@@ -392,7 +394,9 @@ def serial_bwd_main(
         N=n_state, NP=np_, BLOCK_D=block_d, CHUNK=chunk, TI=ti,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
-        EVEN_D=per_group % block_d == 0, BC_AHEAD=bc_ahead, num_warps=num_warps,
+        EVEN_D=per_group % block_d == 0, BC_AHEAD=bc_ahead,
+        WIDE_BC=(n_state - 1) * max(abs(B.stride(2)), abs(C.stride(2))) >= _INT32_OFFSETS,
+        num_warps=num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
     return dB_part, dC_part, dC_shift

@@ -1,6 +1,6 @@
 """The backward's "serial" main kernel (triton_bwd_serial.py) against the reference: the
 grid of test_triton.py's cases, channel blocks cut by a group's end, chunks shorter than
-its blocks, B/C read a block ahead, a persistent grid of one program and of more programs
+its blocks, B/C read a block ahead or through 64-bit offsets, a persistent grid of one program and of more programs
 than work, the forward's kept states as boundary states; "auto" keeping the tile kernel;
 bad options refused."""
 
@@ -67,6 +67,15 @@ def test_serial_main_with_bc_ahead(case: ScanCase, plan: dict) -> None:
     got = _host_run(case, inputs, plan, dout_seed=4, main="serial",
                     serial_options={"bc_ahead": True})
     assert_close_all(case, got, want)
+
+
+def test_serial_main_with_64_bit_state_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # past 2**31 elements between B's first and last state rows their offsets are 64-bit
+    monkeypatch.setattr(triton_bwd_serial, "_INT32_OFFSETS", 1)
+    case, plan = EXTRA_CASES[1]
+    inputs = case.inputs(DEVICE)
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=5)
+    assert_close_all(case, _host_run(case, inputs, plan, dout_seed=5, main="serial"), want)
 
 
 def test_serial_main_from_kept_states() -> None:
