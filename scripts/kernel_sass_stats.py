@@ -196,9 +196,8 @@ def backward_configs(chunk: int, dtype: torch.dtype):
             **serial, "REVERSE": reverse}, 1
     yield "bwd serial B/C ahead", ("triton_bwd_serial", "_serial_bwd_kernel"), {
         **serial, "BC_AHEAD": True}, 1
-    for ti in (1,):
-        yield f"bwd serial TI {ti}", ("triton_bwd_serial", "_serial_bwd_kernel"), {
-            **serial, "TI": ti}, 1
+    yield "bwd serial TI 1", ("triton_bwd_serial", "_serial_bwd_kernel"), {
+        **serial, "TI": 1}, 1
 
 
 def main() -> int:
