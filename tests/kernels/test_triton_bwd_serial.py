@@ -1,8 +1,8 @@
 """The backward's "serial" main kernel (triton_bwd_serial.py) against the reference: the
 grid of test_triton.py's cases, channel blocks cut by a group's end, chunks shorter than
-its blocks, B/C read a block ahead or through 64-bit offsets, a persistent grid of one program and of more programs
-than work, the forward's kept states as boundary states; "auto" keeping the tile kernel;
-bad options refused."""
+its blocks, channel blocks of 16 and 64, B/C read a block ahead or through 64-bit
+offsets, persistent grids of one program and of more programs than work, the forward's
+kept states as boundary states; "auto" keeping the tile kernel; bad options refused."""
 
 from __future__ import annotations
 
@@ -76,6 +76,17 @@ def test_serial_main_with_64_bit_state_rows(monkeypatch: pytest.MonkeyPatch) -> 
     inputs = case.inputs(DEVICE)
     want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=5)
     assert_close_all(case, _host_run(case, inputs, plan, dout_seed=5, main="serial"), want)
+
+
+@pytest.mark.parametrize("block_d", [16, 64])
+def test_serial_main_other_channel_blocks(block_d: int) -> None:
+    # 16 channels a warp (fewer registers), 64 over two warps (sums across warps)
+    case, plan = EXTRA_CASES[1]
+    inputs = case.inputs(DEVICE)
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), dout_seed=7)
+    got = _host_run(case, inputs, plan, dout_seed=7, main="serial",
+                    serial_options={"block_d": block_d})
+    assert_close_all(case, got, want)
 
 
 def test_serial_main_from_kept_states() -> None:
