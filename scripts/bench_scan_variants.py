@@ -179,7 +179,6 @@ BWD_CONFIGS = [
     ("serial c16 ti1", dict(main="serial", chunk=16, serial_options={"ti": 1})),
     ("serial p528", dict(main="serial", serial_options={"programs": 528})),
     ("serial c16 p528", dict(main="serial", chunk=16, serial_options={"programs": 528})),
-    ("tile main", dict(main="tile")),
 ]
 
 

@@ -26,14 +26,8 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .triton_common import _decompose_pid, _next_pow2, _previous_chunk, _softplus
-from .triton_fwd_serial import _channel_scalars, _pick
-
-
-@triton.jit
-def _put(tile, sel, value):
-    """tile (R, TI) with value (R,) in the column where sel (TI,) holds."""
-    return tl.where(sel[None, :], value[:, None], tile)
+from .triton_common import _decompose_pid, _next_pow2, _previous_chunk
+from .triton_serial_common import _channel_scalars, _drive, _pick, _put
 
 
 @triton.jit
@@ -61,19 +55,6 @@ def _bc_block(base, at_state, t0, length, s_l, TI: tl.constexpr):
     else:
         second = tl.load(base + tl.minimum(t0 + 1, length - 1) * s_l + at_state)
         return first, second.to(tl.float32)
-
-
-@triton.jit
-def _drive(dt_raw, m, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(raw dt + bias, dt) in fp32; dt 0 where masked."""
-    dt_raw = dt_raw.to(tl.float32)
-    if HAS_BIAS:
-        dt_raw += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt_raw)
-    else:
-        dt = dt_raw
-    return dt_raw, tl.where(m, dt, 0.0)
 
 
 @triton.jit

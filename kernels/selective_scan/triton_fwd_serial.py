@@ -33,28 +33,10 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .triton_common import (_bc_column, _bc_rows, _decompose_pid, _next_pow2,
-                            _previous_chunk, _softplus)
+from .triton_common import _bc_column, _bc_rows, _decompose_pid, _next_pow2, _previous_chunk
 from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
-
-@triton.jit
-def _pick(x, sel):
-    """Column of x (R, TI) where sel (TI,) holds, in-thread: -0.0 is exact identity of +."""
-    return tl.sum(tl.where(sel[None, :], x, -0.0), axis=1)
-
-
-@triton.jit
-def _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr,
-                     HAS_D: tl.constexpr):
-    """(delta_bias, D) of a block of channels in fp32, 0.0 where absent."""
-    bias = 0.0
-    Dv = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return bias, Dv
+from .triton_serial_common import _channel_scalars, _drive, _pick
 
 
 @triton.jit
@@ -86,12 +68,8 @@ def _serial_block(
     else:
         m_dt = mask_d[:, None] & tl.full([TI], 1, tl.int1)[None, :]
     # (triton_common._load_dt reads the bias at every call: here it is loaded once a chunk)
-    dt = tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(m_dt, dt, 0.0)
+    _, dt = _drive(tl.load(d_rows + offs_t[None, :] * s_dl, mask=m_dt, other=0.0), m_dt,
+                   bias, HAS_BIAS, SOFTPLUS)
     u = tl.load(u_rows + offs_t[None, :] * s_ul, mask=m_dt, other=0.0).to(tl.float32)
     if ADJOINT:  # u_rows holds dout: the adjoint's drive is C dy, dy = dout silu(z)
         if HAS_Z:
