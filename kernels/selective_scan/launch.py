@@ -31,7 +31,7 @@ TRITON_INTERPRET=1 nothing is compiled: every call goes through Triton.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -73,11 +73,45 @@ class CachedLaunch:
                           if p.default is not inspect.Parameter.empty}
         # key -> (the compiled kernel's runner, the keyword parameters in signature order)
         self._runners: dict[tuple, tuple[Callable[..., None], list]] = {}
+        # `keyed`'s: (caller's key, grid, device, dtypes) -> (runner, tail, scalars)
+        self._keyed: dict[tuple, tuple[Callable[..., None], list, tuple]] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
 
-    def _launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict) -> None:
+    def keyed(self, key: Hashable, grid: tuple[int, ...], tensors: tuple,
+              build: Callable[[], tuple[tuple, dict]]) -> None:
+        """`self[grid](*tensors, *scalars, **kwargs)` with `(scalars, kwargs) = build()`,
+        for callers that know what decides the launch: `key` must determine the grid,
+        `scalars` and `kwargs` (the caller's shapes, strides, flags and plan), the tensors'
+        dtypes and 16-byte alignment are added to it here. A repeated key skips `build`
+        and the per-argument key of `__getitem__` (7 against ~14 us a launch of our
+        kernels on this project's CPU machine, `scripts/profile_host_cpu.py`); tensors
+        not all 16-byte aligned take `__getitem__`'s path."""
+        addresses = [t.data_ptr() for t in tensors]
+        if any(a & 15 for a in addresses):
+            scalars, kwargs = build()
+            self._launch(grid, (*tensors, *scalars), kwargs)
+            return
+        device = torch.cuda.current_device() if tensors[0].is_cuda else None
+        full_key = (key, grid, device, tuple([t.dtype for t in tensors]))
+        cached = self._keyed.get(full_key)
+        if cached is None:
+            scalars, kwargs = build()
+            entry = self._launch(grid, (*tensors, *scalars), kwargs)
+            if entry is not None:
+                if len(self._keyed) >= _MAX_ENTRIES:
+                    self._keyed.clear()
+                self._keyed[full_key] = (*entry, scalars)
+            return
+        runner, tail, scalars = cached
+        addresses.extend(scalars)
+        runner((*tensors, *scalars), addresses, tail)
+
+    def _launch(self, grid: tuple[int, ...], args: tuple,
+                kwargs: dict) -> tuple[Callable[..., None], list] | None:
+        """Launch; return the (runner, trailing constexprs) it used, None where Triton's
+        own path ran it interpreted."""
         device = torch.cuda.current_device() if args[0].is_cuda else None
         arg_key, addresses = _key_and_addresses(args)
         key = (grid, device, arg_key, tuple(kwargs.items()), tuple(map(type, kwargs.values())))
@@ -85,17 +119,19 @@ class CachedLaunch:
         if cached is not None:
             runner, tail = cached
             runner(args, addresses, tail)
-            return
+            return cached
         compiled = self._fn[grid](*args, **kwargs)
         if not hasattr(compiled, "function"):
-            return  # interpreted (no compiled kernel): Triton's path every time
+            return None  # interpreted (no compiled kernel): Triton's path every time
         if len(self._runners) >= _MAX_ENTRIES:
             self._runners.clear()
+            self._keyed.clear()
         full_grid = (tuple(grid) + (1, 1))[:3]
         # the key holds the keyword values: their order for the runner is fixed with it
         tail = [kwargs[n] if n in kwargs else self._defaults[n]
                 for n in self._names[len(args):]]
-        self._runners[key] = (_runner(compiled, full_grid, device), tail)
+        cached = self._runners[key] = (_runner(compiled, full_grid, device), tail)
+        return cached
 
 
 def _knobs_runtime() -> Any:

@@ -363,21 +363,31 @@ def selective_scan_bwd_triton(
         dB_part, dC_part, dC_shift = state_grad_buffers(B, C, ncb, dev)
         dummy = part
         zz = z if z is not None else u
-        _bwd_kernel_launcher[(plan.programs(batch, groups),)](
-            dout, u, delta, zz, A, B, C, D if D is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, H, Q,
-            du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part,
-            dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
-            plan.channel_block, part.shape[1], dC_shift,
-            *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
-            *B.stride(), *C.stride(),
-            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-            PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
-            SHIFTED_DECAY=adjoint == "shifted", EVEN_L=unmasked and length % plan.chunk == 0,
-            num_warps=plan.num_warps, **launch_options,
-        )
+        tensors = (dout, u, delta, zz, A, B, C, D if D is not None else dummy,
+                   delta_bias if delta_bias is not None else dummy, H, Q,
+                   du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, part)
+        # what the scalars and options are made of (CachedLaunch.keyed)
+        key = (plan, u.shape, groups, n_state, part.shape[1], dC_shift, dout.stride(),
+               u.stride(), delta.stride(), zz.stride(), B.stride(), C.stride(),
+               delta_softplus, reverse, z is None, D is None, delta_bias is None, prefetch,
+               ahead, adjoint, unmasked, maxnreg)
+
+        def scalars_and_options() -> tuple[tuple, dict]:
+            scalars = (dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
+                       plan.channel_block, part.shape[1], dC_shift,
+                       *dout.stride(), *u.stride(), *delta.stride(), *zz.stride(),
+                       *B.stride(), *C.stride())
+            return scalars, dict(
+                N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+                HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
+                PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
+                SHIFTED_DECAY=adjoint == "shifted",
+                EVEN_L=unmasked and length % plan.chunk == 0,
+                num_warps=plan.num_warps, **launch_options)
+
+        _bwd_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
+                                   scalars_and_options)
     dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
     # one sum for the three (views of one tensor: the custom op unaliases its outputs)
     dA, *vectors = part.sum(0).split(sizes)

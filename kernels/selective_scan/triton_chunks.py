@@ -336,20 +336,28 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     if split > n_pow2:
         raise ValueError(f"split: expected at most {n_pow2} (the states rounded up to a "
                          f"power of two), got {split}")
-    launch = _carry_kernel_launcher[(batch * dim * split, n_blocks if parallel else 1,
-                                     1 if Q is None else 2)]
-    args = (S, E, Q if Q is not None else dummy, A,
-            last_state if last_state is not None else dummy, SB, EB, QB,
-            dim, n_chunks, n_blocks)
-    options = dict(N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
-                   STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
-                   num_warps=num_warps)
+    grid = (batch * dim * split, n_blocks if parallel else 1, 1 if Q is None else 2)
+    tensors = (S, E, Q if Q is not None else dummy, A,
+               last_state if last_state is not None else dummy, SB, EB, QB)
+
+    def launch(stage: int) -> None:
+        def scalars_and_options() -> tuple[tuple, dict]:
+            return (dim, n_chunks, n_blocks), dict(
+                N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
+                STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
+                STAGE=stage, num_warps=num_warps)
+
+        # what the scalars and options are made of (CachedLaunch.keyed)
+        key = (E.shape, n_blocks, carry_block, reverse, last_state is None, Q is None,
+               split, num_warps, stage)
+        _carry_kernel_launcher.keyed(key, grid, tensors, scalars_and_options)
+
     if not parallel:
-        launch(*args, STAGE=0, **options)
+        launch(0)
         return
-    launch(*args, STAGE=1, **options)
+    launch(1)
     outer_block = max(2, min(carry_block, max(16, _next_pow2(n_blocks))))
     carry_chunks(SB, EB, A, last_state, outer_block, reverse, QB if Q is not None else None,
                  parallel_from=parallel_from, parallel_block=parallel_block, split=split,
                  num_warps=num_warps)
-    launch(*args, STAGE=2, **options)
+    launch(2)

@@ -277,15 +277,23 @@ def selective_scan_fwd_triton(
         launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
                            delta_softplus=delta_softplus, reverse=reverse)
         return _result(out, last_state, keep_states)
-    _fwd_output_kernel_launcher[(plan.programs(batch, groups),)](
-        u, delta, zz, A, B, C, D if D is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, H, out,
-        dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
-        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), 0,
-        N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi, BC_IN_LOOP=variant == "reload",
-        num_warps=plan.num_warps,
-    )
+    tensors = (u, delta, zz, A, B, C, D if D is not None else dummy,
+               delta_bias if delta_bias is not None else dummy, H, out)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
+           B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
+           delta_bias is None, variant)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
+                   batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+                   *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), 0)
+        return scalars, dict(
+            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
+            BC_IN_LOOP=variant == "reload", num_warps=plan.num_warps)
+
+    _fwd_output_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
+                                      scalars_and_options)
     return _result(out, last_state, keep_states)

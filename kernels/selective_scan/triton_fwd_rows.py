@@ -153,14 +153,22 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     zz = z if z is not None else u
-    _fwd_rows_kernel_launcher[(plan.programs(batch, groups),)](
-        u, delta, zz, A, B, C, D if D is not None else H,
-        delta_bias if delta_bias is not None else H, H, out,
-        dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
-        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(),
-        N=n_state, CHUNK=plan.chunk,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-        num_warps=plan.num_warps,
-    )
+    tensors = (u, delta, zz, A, B, C, D if D is not None else H,
+               delta_bias if delta_bias is not None else H, H, out)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
+           B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
+           delta_bias is None)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
+                   batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+                   *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride())
+        return scalars, dict(
+            N=n_state, CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
+            num_warps=plan.num_warps)
+
+    _fwd_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
+                                    scalars_and_options)

@@ -286,35 +286,44 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
-    ti, vec, _ = plan.loads(aggregate, adjoint)
-    bc, bc_groups = plan.bc_launch(aggregate, adjoint, n_state)
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
     dummy = H
-    even_d = (dim // groups) % plan.block_d == 0
-    _serial_kernel_launcher[(grid,)](
-        drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, H, S, out,
-        sub_states if sub_states is not None else dummy,
-        dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
-        sub_states.shape[2] if sub_states is not None else 1,
-        *drive_in.stride(), *delta.stride(), *zz.stride(), *drive_proj.stride(), *C.stride(),
-        A.stride(1),
-        N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
-        BC_TI=bc, G=bc_groups,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
-        HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-        AGGREGATE=aggregate, ADJOINT=adjoint,
-        STORE_SUMS=not adjoint if store_sums is None else store_sums,
-        SUB_STATES=sub_states is not None, SUB=sub_chunk,
-        EVEN_D=even_d,
-        UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d, aggregate and not adjoint),
-        WIDE_SUB=(sub_states is not None
-                  and plan.block_d * sub_states[0, 0].numel() >= _INT32_OFFSETS),
-        num_warps=plan.num_warps,
-        **({} if maxnreg is None else {"maxnreg": maxnreg}),
-    )
+    tensors = (drive_in, delta, zz, A, drive_proj, C, D if D is not None else dummy,
+               delta_bias if delta_bias is not None else dummy, H, S, out,
+               sub_states if sub_states is not None else dummy)
+    n_sub = sub_states.shape[2] if sub_states is not None else 1
+    # what `scalars_and_options` reads, besides the tensors' dtypes (CachedLaunch.keyed)
+    key = (plan, delta.shape, groups, n_state, n_sub, drive_in.stride(), delta.stride(),
+           zz.stride(), drive_proj.stride(), C.stride(), A.stride(1), softplus, reverse,
+           aggregate, adjoint, maxnreg, sub_chunk, store_sums, z is None, D is None,
+           delta_bias is None, sub_states is None, _INT32_OFFSETS)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        ti, vec, _ = plan.loads(aggregate, adjoint)
+        bc, bc_groups = plan.bc_launch(aggregate, adjoint, n_state)
+        even_d = (dim // groups) % plan.block_d == 0
+        scalars = (dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
+                   n_sub, *drive_in.stride(), *delta.stride(), *zz.stride(),
+                   *drive_proj.stride(), *C.stride(), A.stride(1))
+        options = dict(
+            N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
+            BC_TI=bc, G=bc_groups,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None,
+            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
+            AGGREGATE=aggregate, ADJOINT=adjoint,
+            STORE_SUMS=not adjoint if store_sums is None else store_sums,
+            SUB_STATES=sub_states is not None, SUB=sub_chunk,
+            EVEN_D=even_d,
+            UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d, aggregate and not adjoint),
+            WIDE_SUB=sub_states is not None and plan.block_d * n_sub * n_state >= _INT32_OFFSETS,
+            num_warps=plan.num_warps,
+            **({} if maxnreg is None else {"maxnreg": maxnreg}),
+        )
+        return scalars, options
+
+    _serial_kernel_launcher.keyed(key, (grid,), tensors, scalars_and_options)
 
 
 def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

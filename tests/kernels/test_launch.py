@@ -93,6 +93,77 @@ def test_interpreted_kernels_always_go_through_triton() -> None:
     assert [entry[0] for entry in jit.log] == ["triton"] * 3
 
 
+class _Build:
+    """`CachedLaunch.keyed`'s build: counts its calls, returns fixed scalars and options."""
+
+    def __init__(self, scalars=(64, 1), options=None) -> None:
+        self.calls = 0
+        self.scalars = scalars
+        self.options = options if options is not None else {"BLOCK": 16, "num_warps": 2}
+
+    def __call__(self):
+        self.calls += 1
+        return self.scalars, self.options
+
+
+def test_a_repeated_key_skips_the_build_and_runs_the_kernel_on_the_new_tensors() -> None:
+    jit = _StandInJit()
+    launch = CachedLaunch(jit)
+    build = _Build()
+    launch.keyed(("shape", 64), (8,), _tensors(), build)
+    x2, y2 = _tensors()
+    launch.keyed(("shape", 64), (8,), (x2, y2), build)
+    assert build.calls == 1
+    assert [entry[0] for entry in jit.log] == ["triton", "runner"]
+    # the first call went through Triton with the built arguments; the repeat gets the
+    # new tensors, the first call's scalars and the constexprs in order, defaults filled in
+    assert jit.log[0][2:] == ((*jit.log[0][2][:2], 64, 1), {"BLOCK": 16, "num_warps": 2})
+    assert jit.log[1][1:] == ((8, 1, 1), (x2, y2, 64, 1, 16, False))
+
+
+@pytest.mark.parametrize("change", ["key", "grid", "dtype"])
+def test_keyed_launches_build_again_where_the_key_grid_or_a_dtype_changes(
+        change: str) -> None:
+    jit = _StandInJit()
+    launch = CachedLaunch(jit)
+    launch.keyed(("shape", 64), (8,), _tensors(), _Build())
+    key, grid, tensors = ("shape", 64), (8,), _tensors()
+    if change == "key":
+        key = ("shape", 65)
+    elif change == "grid":
+        grid = (9,)
+    else:
+        tensors = _tensors(torch.bfloat16)
+    build = _Build(scalars=(65, 1))
+    launch.keyed(key, grid, tensors, build)
+    assert build.calls == 1
+    assert [entry[0] for entry in jit.log] == ["triton", "triton"]
+
+
+def test_keyed_launches_of_misaligned_tensors_key_every_argument() -> None:
+    # Triton specialises each pointer on its 16-byte alignment: such calls take
+    # `__getitem__`'s key of every argument, which holds each tensor's alignment
+    jit = _StandInJit()
+    launch = CachedLaunch(jit)
+    x, y = _tensors()
+    build = _Build()
+    for _ in range(2):
+        launch.keyed(("shape", 64), (8,), (x[1:], y), build)
+    launch.keyed(("shape", 64), (8,), (x, y[1:]), build)
+    assert build.calls == 3
+    assert [entry[0] for entry in jit.log] == ["triton", "runner", "triton"]
+
+
+def test_keyed_launches_of_interpreted_kernels_always_go_through_triton() -> None:
+    jit = _StandInJit(compiles=False)
+    launch = CachedLaunch(jit)
+    build = _Build()
+    for _ in range(3):
+        launch.keyed(("shape", 64), (4,), _tensors(), build)
+    assert build.calls == 3
+    assert [entry[0] for entry in jit.log] == ["triton"] * 3
+
+
 class _CompiledWithLaunchFunction(_Compiled):
     """A compiled kernel as triton 3.4-3.9 expose it: launch function and packed metadata."""
 

@@ -198,11 +198,12 @@ def test_repeated_calls_with_new_inputs_of_the_same_shapes(serial: bool) -> None
         got = _host_run(case, inputs, plan, dout_seed=4, boundary=boundary)
         assert_close_all(case, got, want)
     if not INTERPRETED:
-        assert triton_bwd._bwd_kernel_launcher._runners, "no compiled kernel was cached"
+        # the second round went through the keyed launches (CachedLaunch.keyed)
+        assert triton_bwd._bwd_kernel_launcher._keyed, "no compiled kernel was cached"
         if serial:
             from medmamba_kernels.selective_scan import triton_fwd_serial
 
-            assert triton_fwd_serial._serial_kernel_launcher._runners
+            assert triton_fwd_serial._serial_kernel_launcher._keyed
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])

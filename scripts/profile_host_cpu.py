@@ -1,0 +1,146 @@
+"""The host time of Triton selective-scan calls, measured on the CPU (no GPU needed).
+
+    python scripts/profile_host_cpu.py                 # rows 3 and 4, fp32 and bf16
+    python scripts/profile_host_cpu.py --top 25        # and a cProfile of each
+
+Every `CachedLaunch` of the kernels gets a stand-in for its Triton kernel whose compiled
+form launches nothing, so a call runs all of its host code (checks, plans, allocations,
+launch keys, the autograd Function) on tensors of the meta device (shapes, no data) and no kernel. What this leaves out:
+the driver's launch itself (~8 us a launch on the H200 machine, session 21's
+`profile_host_overhead.py`) and the CUDA allocator's and torch's GPU launches' costs over the meta device's. So it ranks the
+Python parts, and a change's saving here is a lower bound of its saving on the GPU host;
+`scripts/profile_host_overhead.py` measures the whole on the GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import io
+import pkgutil
+import pstats
+import sys
+import time
+
+import torch
+
+import triton
+
+
+ROWS = {3: (2, 256, 4096), 4: (2, 512, 512)}
+
+
+class _LaunchesNothing:
+    """What `jit_fn[grid](...)` returns in place of a compiled kernel: `CachedLaunch` keeps
+    it as it would a compiled one (it has a `function`) and later calls its runner."""
+
+    function = 0
+    run = None  # no raw launch function: CachedLaunch takes the runner path
+    packed_metadata = None
+
+    def __getitem__(self, grid):
+        return lambda *args: None
+
+
+class _StandInKernel:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _LaunchesNothing()
+
+
+def stub_launches() -> int:
+    """Give every CachedLaunch in the package a kernel that launches nothing; how many."""
+    from medmamba_kernels.selective_scan.launch import CachedLaunch
+
+    package = importlib.import_module("medmamba_kernels.selective_scan")
+    count = 0
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, CachedLaunch):
+                value._fn = _StandInKernel()
+                count += 1
+    return count
+
+
+def inputs(batch: int, dim: int, length: int, dtype: torch.dtype, grad: bool) -> dict:
+    n_state = 16
+
+    def rand(*shape, dt=dtype):
+        return torch.empty(*shape, device="meta", dtype=dt).requires_grad_(grad)
+
+    return dict(u=rand(batch, dim, length), delta=rand(batch, dim, length),
+                A=rand(dim, n_state, dt=torch.float32),
+                B=rand(batch, 1, n_state, length), C=rand(batch, 1, n_state, length),
+                D=rand(dim, dt=torch.float32), z=rand(batch, dim, length),
+                delta_bias=rand(dim, dt=torch.float32))
+
+
+def host_us(fn, calls: int = 200, trials: int = 5) -> float:
+    fn()
+    best = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best.append((time.perf_counter() - start) / calls)
+    return sorted(best)[len(best) // 2] * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="3,4")
+    p.add_argument("--top", type=int, default=0, help="cProfile: functions by own time")
+    args = p.parse_args()
+    triton.knobs.runtime.interpret = True  # lets the public call take non-CUDA tensors
+    autocast_enabled = torch.is_autocast_enabled  # which knows no "meta" device
+    torch.is_autocast_enabled = lambda device_type="cuda": autocast_enabled(
+        "cpu" if device_type == "meta" else device_type)
+    from medmamba_kernels.selective_scan import triton_bwd, triton_fwd
+    from medmamba_kernels.selective_scan.interface import selective_scan
+
+    print(f"{stub_launches()} launchers stubbed; torch {torch.__version__}, "
+          f"triton {triton.__version__}")
+    print(f"{'row':<16}{'dtype':<10}{'fwd us':>9}{'f+b us':>9}{'host fwd':>10}"
+          f"{'host bwd':>10}")
+    for row in (int(r) for r in args.rows.split(",")):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = inputs(*ROWS[row], dtype, grad=True)
+            plain = {k: v.detach() for k, v in x.items()}
+            flags = dict(delta_softplus=True, reverse=False)
+            dout = torch.randn_like(plain["u"])
+
+            def public_fwd():
+                with torch.no_grad():
+                    selective_scan(**x, **flags, backend="triton")
+
+            def public_fwd_bwd():
+                selective_scan(**x, **flags, backend="triton").backward(dout)
+
+            def host_fwd():
+                triton_fwd.selective_scan_fwd_triton(**plain, **flags)
+
+            _, _, states = triton_fwd.selective_scan_fwd_triton(**plain, **flags,
+                                                                keep_states=True)
+
+            def host_bwd():
+                triton_bwd.selective_scan_bwd_triton(dout, **plain, **flags, states=states)
+
+            times = [host_us(f) for f in (public_fwd, public_fwd_bwd, host_fwd, host_bwd)]
+            print(f"{str(ROWS[row])[1:-1]:<16}{str(dtype)[6:]:<10}"
+                  + "".join(f"{t:>9.1f}" for t in times[:2])
+                  + "".join(f"{t:>10.1f}" for t in times[2:]), flush=True)
+            if args.top:
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(100):
+                    public_fwd_bwd()
+                prof.disable()
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
+                print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
