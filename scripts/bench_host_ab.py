@@ -1,0 +1,97 @@
+"""Host time of the Triton host functions, two versions of the kernels package side by side.
+
+    git archive REV kernels | tar -x -C .devdata/old        (here, before the device call)
+    python scripts/bench_host_ab.py .devdata/old/kernels [--rows 3,4,2] [--rounds 15]
+
+On the GPU machine. Both packages are imported in one process (the earlier one under the
+name `medmamba_kernels_old`), and each round times every (row, dtype, call, version) in
+turn: the host microseconds to issue one call (launches queued, the GPU synchronised
+before each batch of calls). The host is shared and noisy (session 32 read the same
+call at 0.072 and 0.146 ms a few seconds apart), so it prints the minimum over rounds
+(the call's own cost) and the median, in us, and the ratio of the minima.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scan_bench_common import ANCHORS, make_inputs
+
+
+def load_old(path: str):
+    """(fwd, bwd) host functions of the kernels package at `path`, as medmamba_kernels_old."""
+    link_dir = Path(tempfile.mkdtemp())
+    (link_dir / "medmamba_kernels_old").symlink_to(Path(path).resolve())
+    sys.path.insert(0, str(link_dir))
+    fwd = importlib.import_module("medmamba_kernels_old.selective_scan.triton_fwd")
+    bwd = importlib.import_module("medmamba_kernels_old.selective_scan.triton_bwd")
+    return fwd.selective_scan_fwd_triton, bwd.selective_scan_bwd_triton
+
+
+def calls(fwd, bwd, x: dict, dout: torch.Tensor) -> dict:
+    """The bench table's two calls (scan_bench_common.row_calls) on these host functions."""
+    def run_fwd():
+        fwd(**x)
+
+    def run_fwd_bwd():
+        _, _, states = fwd(**x, keep_states=True)
+        bwd(dout, **x, states=states)
+
+    return {"fwd": run_fwd, "f+b": run_fwd_bwd}
+
+
+def host_us(fn, calls_a_batch: int = 20) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls_a_batch):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls_a_batch * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("old", help="the earlier kernels package (a copy of kernels/)")
+    p.add_argument("--rows", default="3,4,2", help="bench rows (1-6), comma-separated")
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args()
+    from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton
+    from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton
+
+    versions = {"old": load_old(args.old),
+                "new": (selective_scan_fwd_triton, selective_scan_bwd_triton)}
+    shapes = list(ANCHORS)
+    cases = {}
+    for row in (int(r) for r in args.rows.split(",")):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = make_inputs(*shapes[row - 1], dtype)
+            dout = torch.randn_like(x["u"])
+            for version, (fwd, bwd) in versions.items():
+                for name, fn in calls(fwd, bwd, x, dout).items():
+                    fn()  # compiles and caches the launches
+                    cases[(row, str(dtype)[6:], name, version)] = (fn, [])
+    for _ in range(args.rounds):
+        for fn, times in cases.values():
+            times.append(host_us(fn))
+    print(f"{'row':<5}{'dtype':<10}{'call':<6}{'old min':>9}{'new min':>9}{'new/old':>9}"
+          f"{'old med':>9}{'new med':>9}   (host us a call, {args.rounds} rounds)")
+    for (row, dtype, name, version), (_, times) in cases.items():
+        if version != "new":
+            continue
+        old = sorted(cases[(row, dtype, name, "old")][1])
+        new = sorted(times)
+        print(f"{row:<5}{dtype:<10}{name:<6}{old[0]:>9.1f}{new[0]:>9.1f}{new[0] / old[0]:>9.2f}"
+              f"{old[len(old) // 2]:>9.1f}{new[len(new) // 2]:>9.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
