@@ -331,9 +331,7 @@ SERIAL_PASS_CONFIGS = {"default": {}, "ti 2": {"ti": 2, "vec": 2}, "ti 4": {"ti"
                        "reg 136": {"maxnreg": 136}, "reg 128": {"maxnreg": 128},
                        "reg 152 chunk 224": {"maxnreg": 152, "chunk": 224},
                        "whole bc 2": {"vec": 64, "bc": 2}, "chunk 32": {"chunk": 32},
-                       "chunk 16": {"chunk": 16}, "emu 1": {"emu": 1}, "emu 2": {"emu": 2},
-                       "emu 3": {"emu": 3}, "out emu 1": {"out_emu": 1},
-                       "emu 0": {"emu": 0}}
+                       "chunk 16": {"chunk": 16}}
 
 
 def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), sub_chunk=64):

@@ -165,13 +165,6 @@ def serial_configs(dtype: torch.dtype):
     yield "serial: adjoint aggregate", kernel, {**base, **bc(True, True), "AGGREGATE": True,
                                                 "ADJOINT": True, "VEC": 64}, 1
     yield "serial: output", kernel, {**base, **bc(False)}, 1
-    for emu in (1, 2, 3):  # decays of emu positions a block on the FMA pipe
-        yield f"serial: aggregate, emu {emu}", kernel, {
-            **base, **bc(True), "AGGREGATE": True, "TI": 16 // dtype.itemsize, "VEC": 64,
-            "EMU": emu}, 1
-        yield f"serial: adjoint aggregate, emu {emu}", kernel, {
-            **base, **bc(True, True), "AGGREGATE": True, "ADJOINT": True, "VEC": 64,
-            "EMU": emu}, 1
     yield "serial: output, kept states", kernel, {**base, "SUB_STATES": True}, 1
     for label, opts in (("2 channels a thread", {"BLOCK_D": 64, "n_dblk": 1}),
                         ("4 channels a thread", {"BLOCK_D": 128, "n_dblk": 1})):

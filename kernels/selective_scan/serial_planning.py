@@ -62,8 +62,6 @@ class SerialPlan:
     vec: int  # output pass: at most this many positions a lane loads at once
     bc: int  # output pass: positions a B/C load
     agg_bc: int  # aggregates: positions a B/C load
-    emu: int = 0  # aggregates: positions a block whose decays take the FMA pipe
-    out_emu: int = 0  # output pass: the same
 
     def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
         """(TI, VEC, BC_TI) of one pass: positions a block, at most how many of them a lane
@@ -91,17 +89,14 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
                 keeps_states: bool = False, vec: int | None = None,
-                bc: int | None = None, emu: int | None = None,
-                out_emu: int = 0) -> SerialPlan:
+                bc: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
     input dtype for the forward aggregate, as measured (`_default_ti`). keeps_states: the
     output pass also writes the backward's boundary states. vec: the output pass loads a
     channel's TI positions in pieces of at most this many (`_default_vec`). bc: positions
-    a B/C load in every pass (`_default_bc`). emu, out_emu: positions of each block of the
-    aggregates (default `_default_emu`) and of the output pass whose decays are computed on
-    the FMA pipe instead of the special-function unit (at most a block's)."""
+    a B/C load in every pass (`_default_bc`)."""
     per_group = dim // groups
     if num_warps is None:
         num_warps = 1
@@ -133,19 +128,8 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     else:
         _check_power_of_two("bc", bc)
         agg_bc = bc
-    if emu is None:
-        emu = _default_emu(dtype)
-    for name, value in (("emu", emu), ("out_emu", out_emu)):
-        if not 0 <= value <= 64:
-            raise ValueError(f"{name}: expected 0 to 64 positions a block, got {value}")
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
-                      bc, agg_bc, emu, out_emu)
-
-
-def _default_emu(dtype: torch.dtype) -> int:
-    """Positions of an aggregate's block whose decays come from the FMA pipe: none (not
-    measured yet)."""
-    return 0
+                      bc, agg_bc)
 
 
 def _default_ti(dtype: torch.dtype) -> int:

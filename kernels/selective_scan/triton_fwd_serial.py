@@ -36,7 +36,7 @@ from .launch import CachedLaunch
 from .triton_common import _bc_column, _bc_rows, _decompose_pid, _next_pow2, _previous_chunk
 from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
-from .triton_serial_common import _channel_scalars, _drive, _exp2_fma, _pick
+from .triton_serial_common import _channel_scalars, _drive, _pick
 
 
 @triton.jit
@@ -53,15 +53,14 @@ def _serial_block(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, REVERSE: tl.constexpr,
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr, TAIL: tl.constexpr,
-    BC_TI: tl.constexpr, NP: tl.constexpr, UNMASKED: tl.constexpr, EMU: tl.constexpr = 0,
+    BC_TI: tl.constexpr, NP: tl.constexpr, UNMASKED: tl.constexpr,
 ):
     """Positions [t0, t0 + TI) of the program's channels, in scan order.
 
     Returns (h after them, y_acc + their sum of dt (AGGREGATE) or y_acc). TAIL: the block
     may reach past L; its B/C reads are clamped to L - 1 (dt = 0 there makes the step an
     identity). Full blocks read B/C at t0 + i (constant offsets from one address) and, if
-    UNMASKED, load and store without position masks. EMU of the TI positions, spread
-    over the block, take their decays from the FMA pipe (`_exp2_fma`), the rest from MUFU.
+    UNMASKED, load and store without position masks.
     """
     offs_t = t0 + offs_i
     if TAIL or not UNMASKED:
@@ -103,10 +102,7 @@ def _serial_block(
             B_i = _bc_column(B_blk, i % BC_TI, BC_TI, NP)
         B_i = B_i * drive_n
         sel = offs_i == i
-        if (k * EMU) % TI < EMU:
-            a_i = _exp2_fma(A2 * _pick(dt, sel)[None, :])
-        else:
-            a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
+        a_i = tl.exp2(A2 * _pick(dt, sel)[None, :])
         if ADJOINT:  # q = a_t (q + c_t): what leaves position t against scan order
             h = a_i * (h + B_i * _pick(x, sel)[None, :])
         else:
@@ -163,7 +159,7 @@ def _serial_kernel(
     AGGREGATE: tl.constexpr, ADJOINT: tl.constexpr = False, STORE_SUMS: tl.constexpr = True,
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
     WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
-    G: tl.constexpr = 4, UNMASKED_BLOCKS: tl.constexpr = False, EMU: tl.constexpr = 0,
+    G: tl.constexpr = 4, UNMASKED_BLOCKS: tl.constexpr = False,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -179,7 +175,6 @@ def _serial_kernel(
     WIDE_SUB: a program's offsets into Hs need 64 bits). EVEN_D: per_group is a multiple
     of BLOCK_D; otherwise the lanes past a group's last channel repeat that channel.
     BC_TI: positions a B/C load (more than 1: in tiles of G state groups, `_bc_column`).
-    EMU: positions of each block whose decays come from the FMA pipe (`_serial_block`).
     """
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
                                    groups)
@@ -238,7 +233,7 @@ def _serial_kernel(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS, EMU=EMU)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -251,7 +246,7 @@ def _serial_kernel(
             h, acc, t0, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=False,
-            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS, EMU=EMU)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N, TI, SUB, REVERSE,
                              masked)
@@ -260,7 +255,7 @@ def _serial_kernel(
             h, acc, chunk_start + n_full * TI, length, A2, drive_n, bias, Dv, offs_i, mask_d,
             u_rows, d_rows, z_rows, B_rows, C_rows, out_rows, s_ul, s_dl, s_zl, s_Bl, s_Cl,
             TI, HAS_BIAS, SOFTPLUS, HAS_Z, HAS_D, REVERSE, AGGREGATE, ADJOINT, TAIL=True,
-            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS, EMU=EMU)
+            BC_TI=BC_TI, NP=NP, UNMASKED=UNMASKED_BLOCKS)
         if SUB_STATES:
             _store_sub_state(h, chunk_start + n_full * TI, length, hs_rows, hs_offs, mask_nd,
                              N, TI, SUB, REVERSE, masked)
@@ -323,7 +318,6 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
             EVEN_D=even_d,
             UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d, aggregate and not adjoint),
             WIDE_SUB=sub_states is not None and plan.block_d * n_sub * n_state >= _INT32_OFFSETS,
-            EMU=min(plan.emu if aggregate else plan.out_emu, ti),
             num_warps=plan.num_warps,
             **({} if maxnreg is None else {"maxnreg": maxnreg}),
         )
@@ -339,19 +333,16 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    chunk: int | None = None, num_warps: int | None = None,
                    ti: int | None = None, block_d: int | None = None,
                    maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-                   sub_chunk: int = 64, bc: int | None = None, emu: int | None = None,
-                   out_emu: int = 0) -> None:
+                   sub_chunk: int = 64, bc: int | None = None) -> None:
     """Fill out and last_state (contract as selective_scan_fwd_triton's); maxnreg caps the
-    output kernel's registers; bc: positions a B/C load (plan default by dtype); emu,
-    out_emu: decays on the FMA pipe (serial_planning.serial_plan).
+    output kernel's registers; bc: positions a B/C load (plan default by dtype).
     sub_states (batch, dim, cdiv(L, sub_chunk), N) fp32, if given, receives the state
     leaving every sub-chunk of `sub_chunk` positions (a power of two, a multiple of the
     plan's positions a load): what `serial_boundary_states` of a backward at chunks of
     `sub_chunk` would compute again."""
     batch, dim, length = u.shape
     plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, keeps_states=sub_states is not None, bc=bc, emu=emu,
-                       out_emu=out_emu)
+                       block_d, keeps_states=sub_states is not None, bc=bc)
     if sub_states is not None:
         check_sub_states(tuple(sub_states.shape), sub_chunk, (batch, dim, length, A.shape[1]),
                          plan.ti)

@@ -23,27 +23,6 @@ def _put(tile, sel, value):
 
 
 @triton.jit
-def _exp2_fma(x):
-    """2**x in fp32 on the FMA pipe rather than the special-function unit (MUFU), for
-    passes that MUFU limits (serial_planning's `emu`): 2**x = 2**j 2**f with j the integer
-    nearest x (the 1.5 * 2**23 shift rounds it into the low bits of s) and f in [-0.5, 0.5]
-    by a degree-5 polynomial fitted to relative error (c0 = 1: 2**0 is 1 exactly), then j
-    added to the exponent bits. Within 2.3 ulp of 2**x in fp32 arithmetic (ex2.approx:
-    about 1.4). x is clamped to [-125, 128]: below, 2**-125 (~2.4e-38) stands for 0 as a
-    decay; at 128 the exponent field overflows to exactly +inf, as ex2 does."""
-    x = tl.minimum(tl.maximum(x, -125.0), 128.0)
-    s = x + 12582912.0
-    f = x - (s - 12582912.0)
-    p = 0.0013264708686619997 * f + 0.009671511128544807
-    p = p * f + 0.05550733953714371
-    p = p * f + 0.24022242426872253
-    p = p * f + 0.6931470036506653
-    p = p * f + 1.0
-    scale = (s.to(tl.int32, bitcast=True) - 0x4B400000) << 23
-    return (p.to(tl.int32, bitcast=True) + scale).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _channel_scalars(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr,
                      HAS_D: tl.constexpr):
     """(delta_bias, D) of a block of channels in fp32, 0.0 where absent."""
