@@ -394,3 +394,54 @@ def compare_serial_passes(dtypes, shapes, labels=("default", "ti 4", "whole"), s
                 f"{times[p, c]:>14.3f}" for p in passes for c, _ in configs),
                 flush=True)
             del x, u, delta, A, B, C, D, z, bias, dout, out, sub
+
+
+# (label, backward chunk, main kernel's register cap) for --train-chunks
+TRAIN_CHUNK_CONFIGS = [("64", 64, None), ("32", 32, None), ("32 r168", 32, 168),
+                       ("32 r152", 32, 152), ("16 r128", 16, 128)]
+
+
+def compare_train_chunks(dtypes, shapes, configs=TRAIN_CHUNK_CONFIGS):
+    """A training call at other backward chunks, in ms (same inputs, same run): the
+    "serial" forward keeping the states at the backward's chunk, then the backward from
+    them ("bwd": the backward alone given the states; "f+b": both, do_bench medians).
+    Each config's gradients are checked against the first's."""
+    from triton.testing import do_bench
+
+    from medmamba_kernels.selective_scan import triton_fwd_serial as serial
+
+    names = [label for label, _, _ in configs]
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{'bwd ' + n:>12}" for n in names)
+          + "".join(f"{'f+b ' + n:>12}" for n in names) + f"{'max err':>10}")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            u, delta, A, B, C, D, z, bias = _scan_args(x)
+            batch, dim, length = u.shape
+            out = torch.empty_like(u)
+            last = torch.empty(batch, dim, A.shape[1], device=u.device)
+            dout = torch.randn_like(u)
+            t_b, t_fb, err, ref = [], [], 0.0, None
+            for _, chunk, maxnreg in configs:
+                states = torch.empty(batch, dim, -(-length // chunk), A.shape[1],
+                                     device=u.device)
+
+                def run_fwd(chunk=chunk, states=states):
+                    serial.serial_forward(u, delta, A, B, C, D, z, bias, True, False, out,
+                                          last, sub_states=states, sub_chunk=chunk)
+
+                def run_bwd(chunk=chunk, states=states, maxnreg=maxnreg):
+                    return bwd(dout, **x, chunk=chunk, states=states, maxnreg=maxnreg)
+
+                run_fwd()
+                grads = run_bwd()
+                if ref is None:
+                    ref = grads
+                else:
+                    err = max([err] + [rel(a, b) for a, b in zip(grads, ref) if a is not None])
+                t_b.append(do_bench(run_bwd, warmup=5, rep=30, return_mode="median"))
+                t_fb.append(do_bench(lambda f=run_fwd, b=run_bwd: (f(), b()), warmup=5,
+                                     rep=30, return_mode="median"))
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}"
+                  + "".join(f"{t:>12.3f}" for t in t_b + t_fb) + f"{err:>10.1e}", flush=True)
+            del x, u, delta, A, B, C, D, z, bias, out, dout, ref

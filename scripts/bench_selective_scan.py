@@ -10,6 +10,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
     python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by config
+    python scripts/bench_selective_scan.py --train-chunks   # training calls by backward chunk
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
@@ -27,7 +28,8 @@ import torch
 
 from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_variants,
                                  compare_carry, compare_fwd_variants, compare_host,
-                                 compare_serial_options, compare_serial_passes, sweep)
+                                 compare_serial_options, compare_serial_passes,
+                                 compare_train_chunks, sweep)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
@@ -141,6 +143,8 @@ def main() -> int:
     p.add_argument("--pass-configs", default=None,
                    help="with --serial-passes: the labels of SERIAL_PASS_CONFIGS to time, "
                         "comma-separated (default: default, ti 4, whole)")
+    p.add_argument("--train-chunks", action="store_true",
+                   help="a training call (forward keeping states, backward) by backward chunk")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -187,6 +191,9 @@ def main() -> int:
         return 0
     if args.serial_options:
         compare_serial_options(dtypes, [s for s in shapes if s[2] >= 16384])
+        return 0
+    if args.train_chunks:
+        compare_train_chunks(dtypes, [s for s in shapes if s[2] >= 4096])
         return 0
     if args.serial_passes:
         labels = {} if args.pass_configs is None else {"labels": args.pass_configs.split(",")}

@@ -18,6 +18,7 @@
 #   serial     ... --serial-options ("serial" plans side by side)
 #   passes     ... --serial-passes (each "serial" pass alone, by plan; PASS_LABELS: the
 #              comma-separated labels of SERIAL_PASS_CONFIGS to time)
+#   train      ... --train-chunks (a training call by backward chunk and register cap)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
 # Each section's log goes to $OUT/<section>$LOG_TAG.log; its tail is printed. KERNELS_DIR
@@ -46,6 +47,7 @@ for section in "$@"; do
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes \
               ${PASS_LABELS:+--pass-configs "$PASS_LABELS"} > "$log" 2>&1 ;;
+    train) timeout 560 $K scripts/bench_selective_scan.py --train-chunks > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;
