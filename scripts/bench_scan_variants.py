@@ -157,6 +157,8 @@ BWD_CONFIGS = [
     ("128, 2 warps", dict(chunk=128, num_warps=2)),
     ("2 warps", dict(num_warps=2)),
     ("maxnreg 168", dict(maxnreg=168)),
+    ("maxnreg 224", dict(maxnreg=224)),  # 9 warps an SM (255: 8)
+    ("maxnreg 200", dict(maxnreg=200)),  # 10
     ("block 64", dict(channel_block=64)),
     ("block 32", dict(channel_block=32)),
     ("no prefetch", dict(prefetch=False)),
