@@ -254,17 +254,24 @@ def chunk_boundary_states(
     uu = u if u is not None else delta
     zz = z if z is not None else delta
     oo = dout if dout is not None else delta
-    _chunk_aggregate_kernel_launcher[(plan.programs(batch, groups),)](
-        uu, delta, zz, oo, A, B, C, delta_bias if delta_bias is not None else dummy,
-        S, H if H is not None else dummy, Q if Q is not None else dummy,
-        dim, groups, length, nc, plan.n_channel_blocks, n_bgd, dim // groups,
-        plan.channel_block,
-        *uu.stride(), *delta.stride(), *zz.stride(), *oo.stride(),
-        *B.stride(), *C.stride(),
-        N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, HAS_Z=z is not None, DO_FWD=forward, DO_BWD=adjoint,
-        REVERSE=reverse, num_warps=plan.num_warps,
-    )
+    tensors = (uu, delta, zz, oo, A, B, C, delta_bias if delta_bias is not None else dummy,
+               S, H if H is not None else dummy, Q if Q is not None else dummy)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    key = (plan, delta.shape, groups, n_state, uu.stride(), delta.stride(), zz.stride(),
+           oo.stride(), B.stride(), C.stride(), delta_bias is None, delta_softplus,
+           z is None, forward, adjoint, reverse)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (dim, groups, length, nc, plan.n_channel_blocks, n_bgd, dim // groups,
+                   plan.channel_block, *uu.stride(), *delta.stride(), *zz.stride(),
+                   *oo.stride(), *B.stride(), *C.stride())
+        return scalars, dict(
+            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            DO_FWD=forward, DO_BWD=adjoint, REVERSE=reverse, num_warps=plan.num_warps)
+
+    _chunk_aggregate_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
+                                           scalars_and_options)
     if forward:
         carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
     elif adjoint:

@@ -141,18 +141,28 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
     NP = _next_pow2(n_state)
     common = (dim, groups, length, nc, plan.n_channel_blocks, n_bgd, dim // groups,
               plan.channel_block)
-    _fwd_local_kernel_launcher[grid](
-        u, delta, A, B, C, bias, S, H, Y, *common,
-        *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
-        N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
-    )
+    # what the scalars and options of both launches are made of (CachedLaunch.keyed)
+    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), B.stride(),
+           C.stride(), delta_bias is None, delta_softplus, reverse)
+
+    def local_scalars_and_options() -> tuple[tuple, dict]:
+        return (*common, *u.stride(), *delta.stride(), *B.stride(), *C.stride()), dict(
+            N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps)
+
+    _fwd_local_kernel_launcher.keyed(key, grid, (u, delta, A, B, C, bias, S, H, Y),
+                                     local_scalars_and_options)
     carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     zz = z if z is not None else u
-    _fwd_correct_kernel_launcher[grid](
-        u, delta, zz, A, C, D if D is not None else S, bias, H, Y, out, *common,
-        *u.stride(), *delta.stride(), *zz.stride(), *C.stride(),
-        N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None,
-        REVERSE=reverse, num_warps=plan.num_warps,
-    )
+
+    def correct_scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (*common, *u.stride(), *delta.stride(), *zz.stride(), *C.stride())
+        return scalars, dict(
+            N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None,
+            REVERSE=reverse, num_warps=plan.num_warps)
+
+    _fwd_correct_kernel_launcher.keyed(
+        (key, zz.stride(), z is None, D is None), grid,
+        (u, delta, zz, A, C, D if D is not None else S, bias, H, Y, out),
+        correct_scalars_and_options)

@@ -75,14 +75,21 @@ def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, rever
     nc = plan.n_chunks
     S = torch.empty(batch, dim, nc, device=u.device, dtype=torch.float32)
     H = torch.empty(batch, dim, nc, n_state, device=u.device, dtype=torch.float32)
-    _aggregate_rows_kernel_launcher[(plan.programs(batch, groups),)](
-        u, delta, A, B, delta_bias if delta_bias is not None else S, S, H,
-        dim, groups, length, nc, plan.n_channel_blocks,
-        batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-        *u.stride(), *delta.stride(), *B.stride(),
-        N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
-    )
+    tensors = (u, delta, A, B, delta_bias if delta_bias is not None else S, S, H)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), B.stride(),
+           delta_bias is None, delta_softplus, reverse)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (dim, groups, length, nc, plan.n_channel_blocks,
+                   batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+                   *u.stride(), *delta.stride(), *B.stride())
+        return scalars, dict(N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
+                             SOFTPLUS=delta_softplus, REVERSE=reverse,
+                             num_warps=plan.num_warps)
+
+    _aggregate_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
+                                          scalars_and_options)
     carry_chunks(S, H, A, last_state, plan.carry_block, reverse)
     return H
 

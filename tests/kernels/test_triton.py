@@ -183,14 +183,15 @@ def test_state_gradients_of_mixed_dtypes_over_channel_blocks() -> None:
     assert_close_all(case, got, want)
 
 
-@pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
-def test_repeated_calls_with_new_inputs_of_the_same_shapes(serial: bool) -> None:
+@pytest.mark.parametrize("variant", ["auto", "serial", "rows"])
+def test_repeated_calls_with_new_inputs_of_the_same_shapes(variant: str) -> None:
     # compiled, the second round launches the kernels the first one cached (launch.py),
-    # with new tensors: both must match the reference
+    # with new tensors: both must match the reference. "auto" takes "deferred" here (fp32,
+    # several chunks) and the backward's tile boundary states
     case = _all(ScanCase(1, 4, 200, 16, groups=2))
     inputs = case.inputs(DEVICE)
-    plan = {"chunk": 32, **({"variant": "serial"} if serial else {})}
-    boundary = "serial" if serial else "auto"
+    plan = {"chunk": 32, **({} if variant == "auto" else {"variant": variant})}
+    boundary = "serial" if variant == "serial" else "auto"
     for round_ in range(2):
         if round_:
             inputs = {**inputs, "u": inputs["u"] * -0.5}
@@ -199,11 +200,19 @@ def test_repeated_calls_with_new_inputs_of_the_same_shapes(serial: bool) -> None
         assert_close_all(case, got, want)
     if not INTERPRETED:
         # the second round went through the keyed launches (CachedLaunch.keyed)
-        assert triton_bwd._bwd_kernel_launcher._keyed, "no compiled kernel was cached"
-        if serial:
-            from medmamba_kernels.selective_scan import triton_fwd_serial
+        from medmamba_kernels.selective_scan import (triton_chunks, triton_fwd_deferred,
+                                                     triton_fwd_rows, triton_fwd_serial)
 
-            assert triton_fwd_serial._serial_kernel_launcher._keyed
+        launchers = {
+            "auto": [triton_fwd_deferred._fwd_local_kernel_launcher,
+                     triton_fwd_deferred._fwd_correct_kernel_launcher,
+                     triton_chunks._chunk_aggregate_kernel_launcher],
+            "serial": [triton_fwd_serial._serial_kernel_launcher],
+            "rows": [triton_fwd_rows._aggregate_rows_kernel_launcher,
+                     triton_fwd_rows._fwd_rows_kernel_launcher],
+        }[variant]
+        for launcher in [triton_bwd._bwd_kernel_launcher, *launchers]:
+            assert launcher._keyed, f"no compiled kernel was cached by {launcher._fn}"
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["auto", "serial"])
