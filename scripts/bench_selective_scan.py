@@ -16,7 +16,9 @@ Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gate
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
 inputs read once plus the outputs written once, at the copy bandwidth measured here.
 The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carry) live in
-bench_scan_variants.py; the anchors, inputs and timing helpers in scan_bench_common.py.
+bench_scan_variants.py, the "serial" variant's (--serial-options, --serial-passes,
+--train-chunks) in bench_serial_variants.py; the anchors, inputs and timing helpers in
+scan_bench_common.py.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import sys
 import torch
 
 from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_variants,
-                                 compare_carry, compare_fwd_variants, compare_host,
-                                 compare_serial_options, compare_serial_passes,
-                                 compare_train_chunks, sweep)
+                                 compare_carry, compare_fwd_variants, compare_host, sweep)
+from bench_serial_variants import (compare_serial_options, compare_serial_passes,
+                                   compare_train_chunks)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
