@@ -119,12 +119,19 @@ def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
                 fn()
             torch.cuda.synchronize()
         totals: dict[str, float] = {}
+        starts, ends = [], []
         for event in prof.events():
             if event.device_type == torch.autograd.DeviceType.CUDA:
                 totals[event.name] = totals.get(event.name, 0.0) + event.device_time / calls
+                starts.append(event.time_range.start)
+                ends.append(event.time_range.end)
+        # the calls queue back to back where the GPU is the bottleneck: the span a call
+        # less its kernels' sum is the GPU's idle time between kernels (launch gaps)
+        span = (max(ends) - min(starts)) / calls if starts else 0.0
+        busy = sum(totals.values())
         lines.append(f"  {name}: " + ", ".join(f"{k[:40]} {v:.1f}" for k, v in
                                                 sorted(totals.items(), key=lambda kv: -kv[1]))
-                     + f"  (sum {sum(totals.values()):.1f} us)")
+                     + f"  (sum {busy:.1f} us; span {span:.1f}, idle {span - busy:.1f})")
     return "\n".join(lines)
 
 
