@@ -32,7 +32,7 @@ for section in "$@"; do
     tests) timeout 420 $K -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_tile_scans.py tests/kernels/test_triton_bwd_options.py \
-             tests/kernels/test_triton_bwd_serial.py tests/kernels/test_pdl.py > "$log" 2>&1 ;;
+             tests/kernels/test_triton_bwd_serial.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 300 $K scripts/bench_selective_scan.py --bwd-variants \

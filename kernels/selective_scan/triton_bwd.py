@@ -21,7 +21,6 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers, sum_state_grads
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import (
     _channel_range,
     _chunk_tile,
@@ -54,7 +53,6 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
     EVEN_L: tl.constexpr = False,
-    PDL: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -70,7 +68,6 @@ def _bwd_kernel(
     scan needs its decay products as an output: ~12% fewer instructions per element on
     sm_90. EVEN_L: every chunk is whole (L a multiple of CHUNK), so no position masks.
     """
-    _await_predecessor(PDL)
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     if EVEN_L:
@@ -387,7 +384,7 @@ def selective_scan_bwd_triton(
                 PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
                 SHIFTED_DECAY=adjoint == "shifted",
                 EVEN_L=unmasked and length % plan.chunk == 0,
-                num_warps=plan.num_warps, **launch_options, **pdl_options(u))
+                num_warps=plan.num_warps, **launch_options)
 
         _bwd_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                    scalars_and_options)

@@ -26,7 +26,6 @@ import triton.language as tl
 
 from .bwd_state_grads import state_grad_buffers
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import _decompose_pid, _next_pow2, _previous_chunk
 from .triton_serial_common import _channel_scalars, _drive, _pick, _put
 
@@ -112,7 +111,6 @@ def _serial_bwd_kernel(
     TI: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     EVEN_D: tl.constexpr, BC_AHEAD: tl.constexpr = False, WIDE_BC: tl.constexpr = False,
-    PDL: tl.constexpr = False,
 ):
     """Work items (chunk, batch, group, channel block) pid, pid + programs, ...
 
@@ -124,7 +122,6 @@ def _serial_bwd_kernel(
     BLOCK_D (no channel masks). BC_AHEAD: the backward walk loads B/C a block ahead (16
     registers; not measured faster, session 31). WIDE_BC: a B/C row's offset needs 64
     bits."""
-    _await_predecessor(PDL)
     pid = tl.program_id(0)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
@@ -380,7 +377,7 @@ def serial_bwd_main(
         HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=n_chunks > 1,
         EVEN_D=per_group % block_d == 0, BC_AHEAD=bc_ahead,
         WIDE_BC=(n_state - 1) * max(abs(B.stride(2)), abs(C.stride(2))) >= _INT32_OFFSETS,
-        num_warps=num_warps, **pdl_options(u),
+        num_warps=num_warps,
         **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )
     return dB_part, dC_part, dC_shift

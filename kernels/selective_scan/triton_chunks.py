@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import (
     LaunchPlan,
     _affine_combine,
@@ -40,7 +39,6 @@ def _chunk_aggregate_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     DO_FWD: tl.constexpr, DO_BWD: tl.constexpr, REVERSE: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """Per chunk and channel: S = sum dt; E = forward state from a zero start;
     Q = adjoint state leaving the chunk from a zero start (backward only).
@@ -50,7 +48,6 @@ def _chunk_aggregate_kernel(
     weights dy*C by the decay of the positions from it to the chunk's far end (inclusive).
     Layout of S: (batch, dim, n_chunks); of E, Q: (batch, dim, n_chunks, N).
     """
-    _await_predecessor(PDL)
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     if DO_FWD:
@@ -190,7 +187,6 @@ def _carry_kernel(
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
     STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, STAGE: tl.constexpr,
     SPLIT: tl.constexpr = 1,
-    PDL: tl.constexpr = False,
 ):
     """The chunk aggregates of row program_id(0) // SPLIT (batch * dim + channel), NP //
     SPLIT of its states (the states are independent: SPLIT programs share a row), BLOCK
@@ -205,7 +201,6 @@ def _carry_kernel(
     block's true entering state. More launches and twice the bytes, but rows of many
     blocks no longer wait on them one after the other.
     """
-    _await_predecessor(PDL)
     pid = tl.program_id(0).to(tl.int64)
     row = pid // SPLIT
     part = pid % SPLIT
@@ -273,8 +268,7 @@ def chunk_boundary_states(
         return scalars, dict(
             N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            DO_FWD=forward, DO_BWD=adjoint, REVERSE=reverse, num_warps=plan.num_warps,
-            **pdl_options(delta))
+            DO_FWD=forward, DO_BWD=adjoint, REVERSE=reverse, num_warps=plan.num_warps)
 
     _chunk_aggregate_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                            scalars_and_options)
@@ -358,7 +352,7 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
             return (dim, n_chunks, n_blocks), dict(
                 N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
                 STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
-                STAGE=stage, num_warps=num_warps, **pdl_options(E))
+                STAGE=stage, num_warps=num_warps)
 
         # what the scalars and options are made of (CachedLaunch.keyed)
         key = (E.shape, n_blocks, carry_block, reverse, last_state is None, Q is None,

@@ -61,7 +61,6 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import (
     _channel_range,
     _chunk_tile,
@@ -131,7 +130,6 @@ def _fwd_output_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     BC_IN_LOOP: tl.constexpr = False,
-    PDL: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -141,7 +139,6 @@ def _fwd_output_kernel(
     them across the loop: fewer registers for more loads. ``tile_pin`` is 0 at run time;
     ``d * tile_pin`` in the address keeps the compiler from hoisting the loads back out.
     """
-    _await_predecessor(PDL)
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     if not BC_IN_LOOP:
@@ -295,7 +292,7 @@ def selective_scan_fwd_triton(
             N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
             HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-            BC_IN_LOOP=variant == "reload", num_warps=plan.num_warps, **pdl_options(u))
+            BC_IN_LOOP=variant == "reload", num_warps=plan.num_warps)
 
     _fwd_output_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                       scalars_and_options)

@@ -26,7 +26,6 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import (
     LaunchPlan,
     _channel_range,
@@ -50,11 +49,9 @@ def _fwd_local_kernel(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """Per chunk and channel, from a zero start: Y = <C, h> (fp32, contiguous (batch,
     dim, L)), E = the state at the chunk's far end in scan order, S = sum of dt."""
-    _await_predecessor(PDL)
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     offs_k = tl.arange(0, CHUNK)
@@ -92,11 +89,9 @@ def _fwd_correct_kernel(
     N, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """out = (Y + <C_t, exp(A R_t) h0> + D u) * silu(z); H[b, d, c] is the true state
     leaving chunk c (after the carry scan)."""
-    _await_predecessor(PDL)
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, _ = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
@@ -153,8 +148,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
     def local_scalars_and_options() -> tuple[tuple, dict]:
         return (*common, *u.stride(), *delta.stride(), *B.stride(), *C.stride()), dict(
             N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps,
-            **pdl_options(u))
+            SOFTPLUS=delta_softplus, REVERSE=reverse, num_warps=plan.num_warps)
 
     _fwd_local_kernel_launcher.keyed(key, grid, (u, delta, A, B, C, bias, S, H, Y),
                                      local_scalars_and_options)
@@ -166,7 +160,7 @@ def deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
         return scalars, dict(
             N=n_state, NP=NP, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None,
-            REVERSE=reverse, num_warps=plan.num_warps, **pdl_options(u))
+            REVERSE=reverse, num_warps=plan.num_warps)
 
     _fwd_correct_kernel_launcher.keyed(
         (key, zz.stride(), z is None, D is None), grid,

@@ -22,7 +22,6 @@ import triton.language as tl
 import torch
 
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import (
     _affine_combine,
     _channel_range,
@@ -42,11 +41,9 @@ def _aggregate_rows_kernel(
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bg, s_Bn, s_Bl,
     N, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """Per chunk and channel: S = sum dt and E = the state the chunk produces from a zero
     start (layouts as `_chunk_aggregate_kernel`'s forward outputs), state by state."""
-    _await_predecessor(PDL)
     c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
@@ -89,7 +86,7 @@ def rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus: bool, rever
                    *u.stride(), *delta.stride(), *B.stride())
         return scalars, dict(N=n_state, CHUNK=plan.chunk, HAS_BIAS=delta_bias is not None,
                              SOFTPLUS=delta_softplus, REVERSE=reverse,
-                             num_warps=plan.num_warps, **pdl_options(u))
+                             num_warps=plan.num_warps)
 
     _aggregate_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                           scalars_and_options)
@@ -106,12 +103,10 @@ def _fwd_rows_kernel(
     N, CHUNK: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels and, per
     channel, over the N state indices. Arguments as `_fwd_output_kernel`'s (triton_fwd.py):
     H[b, d, c] is the state leaving chunk c (several chunks) or the last state (one)."""
-    _await_predecessor(PDL)
     c, b, g, cblk = _decompose_pid(tl.program_id(0), n_bgd, n_cblk, groups)
     offs_l = c * CHUNK + tl.arange(0, CHUNK)
     mask_l = offs_l < length
@@ -180,7 +175,7 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
             N=n_state, CHUNK=plan.chunk,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
             HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-            num_warps=plan.num_warps, **pdl_options(u))
+            num_warps=plan.num_warps)
 
     _fwd_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                     scalars_and_options)

@@ -33,7 +33,6 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .pdl import _await_predecessor, pdl_options
 from .triton_common import _bc_column, _bc_rows, _decompose_pid, _next_pow2, _previous_chunk
 from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
@@ -161,7 +160,6 @@ def _serial_kernel(
     SUB_STATES: tl.constexpr = False, SUB: tl.constexpr = 64, EVEN_D: tl.constexpr = False,
     WIDE_SUB: tl.constexpr = False, VEC: tl.constexpr = 64, BC_TI: tl.constexpr = 1,
     G: tl.constexpr = 4, UNMASKED_BLOCKS: tl.constexpr = False,
-    PDL: tl.constexpr = False,
 ):
     """One chunk of BLOCK_D channels of one (batch, group).
 
@@ -178,7 +176,6 @@ def _serial_kernel(
     of BLOCK_D; otherwise the lanes past a group's last channel repeat that channel.
     BC_TI: positions a B/C load (more than 1: in tiles of G state groups, `_bc_column`).
     """
-    _await_predecessor(PDL)
     c, b, g, dblk = _decompose_pid(tl.program_id(0), tl.num_programs(0) // n_chunks, n_dblk,
                                    groups)
     offs_n = tl.arange(0, NP)
@@ -321,7 +318,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
             EVEN_D=even_d,
             UNMASKED_BLOCKS=unmasked_blocks(drive_in.dtype, even_d, aggregate and not adjoint),
             WIDE_SUB=sub_states is not None and plan.block_d * n_sub * n_state >= _INT32_OFFSETS,
-            num_warps=plan.num_warps, **pdl_options(delta),
+            num_warps=plan.num_warps,
             **({} if maxnreg is None else {"maxnreg": maxnreg}),
         )
         return scalars, options
