@@ -86,17 +86,17 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 @triton.jit
 def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
-                REVERSE: tl.constexpr):
+                REVERSE: tl.constexpr, valid=True):
     """Block k of one row's chunks in the direction of flow (REVERSE: the last chunk
     first): (their sums of dt, 0 past the row's end; the pointers and mask of their
     (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
     3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
-    of the carry kernel, sm_90: 847 shuffles against 207)."""
+    of the carry kernel, sm_90: 847 shuffles against 207). `valid` false: nothing read."""
     if REVERSE:
         cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
     else:
         cc = k * BLOCK + tl.arange(0, BLOCK)
-    mask_c = cc < n_chunks
+    mask_c = (cc < n_chunks) & valid
     s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
     ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
     mask = mask_c[:, None] & mask_n[None, :]
@@ -134,9 +134,9 @@ def _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK: tl.constexpr):
 def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
               N, BLOCK: tl.constexpr, REVERSE: tl.constexpr, AHEAD: tl.constexpr):
     """All blocks of one row in turn, in the direction of flow; returns the last state.
-    AHEAD: each block is read while the one before it is scanned (the last step reads the
-    last block again, unused). Otherwise every block waits on its own DRAM round trip:
-    the compiler keeps a load behind the stores before it, not knowing the blocks apart."""
+    AHEAD: each block is read while the one before it is scanned. Otherwise every block
+    waits on its own DRAM round trip: the compiler keeps a load behind the stores before
+    it, not knowing the blocks apart."""
     carry = tl.zeros(A2.shape, dtype=tl.float32)
     k_last = n_blocks - 1
     if AHEAD:
@@ -148,13 +148,16 @@ def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
                                        N, BLOCK, REVERSE)
     for i in range(0, n_blocks):
         if AHEAD:
+            # (after the last block: a masked read of it, which reads nothing; read
+            # again, its round trip held the program at its end, session 34)
             i_next = tl.minimum(i + 1, k_last)
             if REVERSE:
                 k_next = k_last - i_next
             else:
                 k_next = i_next
             s_next, ptrs_next, mask_next, e_next = _load_block(
-                S_ptr, E_ptr, row, n_chunks, k_next, offs_n, mask_n, N, BLOCK, REVERSE)
+                S_ptr, E_ptr, row, n_chunks, k_next, offs_n, mask_n, N, BLOCK, REVERSE,
+                i < k_last)
             carry, _ = _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK)
             s, ptrs, mask, e = s_next, ptrs_next, mask_next, e_next
         else:
