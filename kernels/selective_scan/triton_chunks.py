@@ -86,17 +86,17 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 @triton.jit
 def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
-                REVERSE: tl.constexpr, valid=True):
+                REVERSE: tl.constexpr, n_read):
     """Block k of one row's chunks in the direction of flow (REVERSE: the last chunk
     first): (their sums of dt, 0 past the row's end; the pointers and mask of their
     (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
     3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
-    of the carry kernel, sm_90: 847 shuffles against 207). `valid` false: nothing read."""
+    of the carry kernel, sm_90: 847 shuffles against 207). Chunks from `n_read` on are not read (0)."""
     if REVERSE:
         cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
     else:
         cc = k * BLOCK + tl.arange(0, BLOCK)
-    mask_c = (cc < n_chunks) & valid
+    mask_c = cc < n_read
     s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
     ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
     mask = mask_c[:, None] & mask_n[None, :]
@@ -110,7 +110,7 @@ def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
     entering it (None: zero). Returns (the state leaving the block in the direction of
     flow, the block's sum of S)."""
     s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK,
-                                   REVERSE)
+                                   REVERSE, n_chunks)
     return _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK)
 
 
@@ -145,7 +145,7 @@ def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
         else:
             k_first = 0
         s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k_first, offs_n, mask_n,
-                                       N, BLOCK, REVERSE)
+                                       N, BLOCK, REVERSE, n_chunks)
     for i in range(0, n_blocks):
         if AHEAD:
             # (after the last block: a masked read of it, which reads nothing; read
@@ -157,7 +157,7 @@ def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
                 k_next = i_next
             s_next, ptrs_next, mask_next, e_next = _load_block(
                 S_ptr, E_ptr, row, n_chunks, k_next, offs_n, mask_n, N, BLOCK, REVERSE,
-                i < k_last)
+                tl.where(i < k_last, n_chunks, 0))
             carry, _ = _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK)
             s, ptrs, mask, e = s_next, ptrs_next, mask_next, e_next
         else:
@@ -184,7 +184,7 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
     if has_prev:
         h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
         s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N,
-                                       BLOCK, REVERSE)
+                                       BLOCK, REVERSE, n_chunks)
         upto = tl.cumsum(s, axis=0)  # inclusive, in flow order
         e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
         tl.store(ptrs, e, mask=mask)
