@@ -228,8 +228,6 @@ CARRY_CONFIGS = [
     ("split 8, 4 w", dict(split=8, num_warps=4)),
     ("split 8, 2 w", dict(split=8, num_warps=2)),
     ("split 16, 2 w", dict(split=16, num_warps=2)),
-    ("in turn", dict(ahead=False)),  # blocks read one after the other (before session 34)
-    ("ahead", dict(ahead=True)),
 ]
 
 

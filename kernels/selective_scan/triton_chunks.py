@@ -86,17 +86,17 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 @triton.jit
 def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
-                REVERSE: tl.constexpr, n_read):
+                REVERSE: tl.constexpr):
     """Block k of one row's chunks in the direction of flow (REVERSE: the last chunk
     first): (their sums of dt, 0 past the row's end; the pointers and mask of their
     (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
     3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
-    of the carry kernel, sm_90: 847 shuffles against 207). Chunks from `n_read` on are not read (0)."""
+    of the carry kernel, sm_90: 847 shuffles against 207)."""
     if REVERSE:
         cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
     else:
         cc = k * BLOCK + tl.arange(0, BLOCK)
-    mask_c = cc < n_read
+    mask_c = cc < n_chunks
     s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
     ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
     mask = mask_c[:, None] & mask_n[None, :]
@@ -110,13 +110,7 @@ def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
     entering it (None: zero). Returns (the state leaving the block in the direction of
     flow, the block's sum of S)."""
     s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK,
-                                   REVERSE, n_chunks)
-    return _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK)
-
-
-@triton.jit
-def _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK: tl.constexpr):
-    """`_scan_block` on the block `_load_block` read."""
+                                   REVERSE)
     decay = tl.exp2(s[:, None] * A2[None, :])
     acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine)
     if carry is None:
@@ -132,41 +126,16 @@ def _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK: tl.constexpr):
 
 @triton.jit
 def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
-              N, BLOCK: tl.constexpr, REVERSE: tl.constexpr, AHEAD: tl.constexpr):
-    """All blocks of one row in turn, in the direction of flow; returns the last state.
-    AHEAD: each block is read while the one before it is scanned. Otherwise every block
-    waits on its own DRAM round trip: the compiler keeps a load behind the stores before
-    it, not knowing the blocks apart."""
+              N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """All blocks of one row in turn, in the direction of flow; returns the last state."""
     carry = tl.zeros(A2.shape, dtype=tl.float32)
-    k_last = n_blocks - 1
-    if AHEAD:
-        if REVERSE:
-            k_first = k_last
-        else:
-            k_first = 0
-        s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k_first, offs_n, mask_n,
-                                       N, BLOCK, REVERSE, n_chunks)
     for i in range(0, n_blocks):
-        if AHEAD:
-            # (after the last block: a masked read of it, which reads nothing; read
-            # again, its round trip held the program at its end, session 34)
-            i_next = tl.minimum(i + 1, k_last)
-            if REVERSE:
-                k_next = k_last - i_next
-            else:
-                k_next = i_next
-            s_next, ptrs_next, mask_next, e_next = _load_block(
-                S_ptr, E_ptr, row, n_chunks, k_next, offs_n, mask_n, N, BLOCK, REVERSE,
-                tl.where(i < k_last, n_chunks, 0))
-            carry, _ = _scan_loaded(s, ptrs, mask, e, A2, carry, BLOCK)
-            s, ptrs, mask, e = s_next, ptrs_next, mask_next, e_next
+        if REVERSE:
+            k = n_blocks - 1 - i
         else:
-            if REVERSE:
-                k = k_last - i
-            else:
-                k = i
-            carry, _ = _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
-                                   N, BLOCK, REVERSE)
+            k = i
+        carry, _ = _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n, N,
+                               BLOCK, REVERSE)
     return carry
 
 
@@ -184,7 +153,7 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
     if has_prev:
         h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
         s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N,
-                                       BLOCK, REVERSE, n_chunks)
+                                       BLOCK, REVERSE)
         upto = tl.cumsum(s, axis=0)  # inclusive, in flow order
         e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
         tl.store(ptrs, e, mask=mask)
@@ -193,13 +162,12 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
 @triton.jit
 def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
                  offs_n, mask_n, first, N, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
-                 STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr,
-                 AHEAD: tl.constexpr):
+                 STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr):
     """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row (its states
     offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program."""
     if STAGE == 0:
         x_out = _scan_row(S_ptr, X_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
-                          REVERSE, AHEAD)
+                          REVERSE)
         if STORE_LAST:
             tl.store(last_ptr + row * N + offs_n, x_out, mask=mask_n)
     elif STAGE == 1:
@@ -218,7 +186,7 @@ def _carry_kernel(
     S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, SB_ptr, EB_ptr, QB_ptr, dim, n_chunks, n_blocks,
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
     STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, STAGE: tl.constexpr,
-    SPLIT: tl.constexpr = 1, AHEAD: tl.constexpr = False,
+    SPLIT: tl.constexpr = 1,
 ):
     """The chunk aggregates of row program_id(0) // SPLIT (batch * dim + channel), NP //
     SPLIT of its states (the states are independent: SPLIT programs share a row), BLOCK
@@ -231,8 +199,7 @@ def _carry_kernel(
     STAGE 1: program_id(1) = k scans block k from a zero state and writes the block's sum
     of S and end state (SB, EB / QB), which `carry_chunks` carries; STAGE 2 then adds each
     block's true entering state. More launches and twice the bytes, but rows of many
-    blocks no longer wait on them one after the other. AHEAD (STAGE 0): read each block
-    while scanning the one before (`_scan_row`).
+    blocks no longer wait on them one after the other.
     """
     pid = tl.program_id(0).to(tl.int64)
     row = pid // SPLIT
@@ -244,12 +211,10 @@ def _carry_kernel(
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     if WITH_Q and tl.program_id(2) == 1:
         _carry_stage(S_ptr, Q_ptr, QB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, part == 0, N, BLOCK, not REVERSE, STAGE, False, False,
-                     AHEAD)
+                     offs_n, mask_n, part == 0, N, BLOCK, not REVERSE, STAGE, False, False)
     else:
         _carry_stage(S_ptr, E_ptr, EB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, part == 0, N, BLOCK, REVERSE, STAGE, True, STORE_LAST,
-                     AHEAD)
+                     offs_n, mask_n, part == 0, N, BLOCK, REVERSE, STAGE, True, STORE_LAST)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -326,14 +291,6 @@ PARALLEL_BLOCK = 256
 _MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, the block index
 
 
-def _carry_ahead(n_blocks: int, block_states: int, num_warps: int) -> bool:
-    """Read blocks ahead (`_scan_row`) where a row has several and a thread's share of a
-    block's states is at most 16 values: with two blocks live, larger shares spill
-    (offline SASS for sm_90: 4 warps, blocks of 512 chunks, 4 states a program 112 -> 144
-    registers; 16 states 256 -> 440 bytes of spill)."""
-    return n_blocks > 1 and block_states <= 16 * 32 * num_warps
-
-
 def _carry_split(rows: int, n_pow2: int, parallel: bool) -> int:
     """Programs a row by default: 4 where few rows walk their blocks in turn (one program
     a row would leave most SMs idle), else 1. Measured on an H200 with 4 warps a program
@@ -351,7 +308,7 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
                  Q: torch.Tensor | None = None, *, parallel_from: int = PARALLEL_MIN_BLOCKS,
                  parallel_block: int = PARALLEL_BLOCK, split: int | None = None,
-                 num_warps: int = 4, ahead: bool | None = None) -> None:
+                 num_warps: int = 4) -> None:
     """E (batch, dim, n_chunks, N), the chunks' states from zero, becomes the true state
     at each chunk's boundary, in place; with `last_state`, the state leaving the last chunk
     in the direction of flow is written there too. Q, of E's shape, is scanned the other
@@ -362,8 +319,7 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     `parallel_block` chunks) at once from zero, carry the blocks' aggregates (this
     function, recursively), then add each block's entering state (two launches more).
     `split` programs (a power of two, at most N rounded up to one) share a row, each with
-    its part of the states (default `_carry_split`); `num_warps` a program. `ahead`: rows
-    walked in turn read each block while scanning the one before (default `_carry_ahead`).
+    its part of the states (default `_carry_split`); `num_warps` a program.
     """
     batch, dim, n_chunks, n_state = E.shape
     n_blocks = _cdiv(n_chunks, carry_block)
@@ -387,9 +343,6 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     if split > n_pow2:
         raise ValueError(f"split: expected at most {n_pow2} (the states rounded up to a "
                          f"power of two), got {split}")
-    if ahead is None:
-        ahead = _carry_ahead(n_blocks, carry_block * n_pow2 // split, num_warps)
-    ahead = ahead and not parallel and n_blocks > 1
     grid = (batch * dim * split, n_blocks if parallel else 1, 1 if Q is None else 2)
     tensors = (S, E, Q if Q is not None else dummy, A,
                last_state if last_state is not None else dummy, SB, EB, QB)
@@ -399,11 +352,11 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
             return (dim, n_chunks, n_blocks), dict(
                 N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
                 STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
-                STAGE=stage, AHEAD=ahead, num_warps=num_warps)
+                STAGE=stage, num_warps=num_warps)
 
         # what the scalars and options are made of (CachedLaunch.keyed)
         key = (E.shape, n_blocks, carry_block, reverse, last_state is None, Q is None,
-               split, num_warps, stage, ahead)
+               split, num_warps, stage)
         _carry_kernel_launcher.keyed(key, grid, tensors, scalars_and_options)
 
     if not parallel:

@@ -74,23 +74,6 @@ def test_carry_chunks_with_states_split_over_programs(split: int, reverse: bool,
                  parallel_block=4, split=split, num_warps=2)
 
 
-@pytest.mark.parametrize("ahead", [False, True], ids=["in_turn", "ahead"])
-@pytest.mark.parametrize("n_chunks", [5, 37])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_carry_chunks_reading_blocks_ahead_or_not(ahead: bool, n_chunks: int,
-                                                  reverse: bool) -> None:
-    # rows walked in turn read each block while scanning the one before, or each in turn
-    # (37 chunks in blocks of 4: the last block partial); one block: nothing to read ahead
-    _check_carry(n_chunks + 2 * ahead + reverse, n_chunks, 4, reverse, ahead=ahead)
-
-
-def test_blocks_read_ahead_where_two_fit_in_registers() -> None:
-    # 4 warps: a thread's share of a block at most 16 values (512 chunks x 4 states)
-    assert triton_chunks._carry_ahead(2, 512 * 4, 4)
-    assert not triton_chunks._carry_ahead(2, 512 * 16, 4)
-    assert not triton_chunks._carry_ahead(1, 16, 4)
-
-
 @pytest.mark.parametrize(("split", "message"), [(3, "power of two"), (16, "at most 8")])
 def test_carry_chunks_refuses_a_bad_split(split: int, message: str) -> None:
     S, E, A = torch.zeros(1, 1, 4), torch.zeros(1, 1, 4, 5), torch.zeros(1, 5)
