@@ -107,7 +107,9 @@ def profile(fn, top: int, calls: int = 100) -> str:
 
 
 def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
-    """GPU microseconds a call, kernel by kernel (torch.profiler), forward and f+b."""
+    """GPU microseconds a call, kernel by kernel (torch.profiler), forward and f+b, with
+    the span a call takes on the GPU and its idle part (meaningful where the GPU, not the
+    host, is the bottleneck; a kernel launched with PDL would count its wait as busy)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     lines = []
