@@ -22,8 +22,9 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions and
 SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (measured in sessions 23 and
 25: serial_planning.py); otherwise "deferred" for fp32 inputs,
-and for fp16/bf16 "rows" when the sequence is one chunk (L <= 512) and B/C's state
-strides keep its 32-bit offsets below 2**31 (`rows_offsets_fit`), "chunked" otherwise.
+and for fp16/bf16 "rows" when the sequence is one chunk of more than TILE_MAX_LENGTH
+positions (128 < L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
+(`rows_offsets_fit`), "chunked" otherwise.
 Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
 log scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log; (2, 256,
 4096) fp32 "serial" has since come down to 0.055 ms of GPU time against 0.067 for
@@ -82,6 +83,11 @@ from .serial_planning import serial_applies
 from .triton_fwd_serial import serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
+# One chunk of at most this many positions: the (N, L) tile kernel beats "rows" in 2-byte
+# inputs (session 34, GPU time, us, rows -> tile: (2, 768, 128) bf16 10.4 -> 8.8,
+# (2, 1024, 64) 10.2 -> 6.1; do_bench 20.6 -> 13.4, 20.5 -> 10.2; at L = 256 the tile
+# kernel was 3.4x slower)
+TILE_MAX_LENGTH = 128
 # The backward's chunk where it has several (triton_common.plan_launch, backward=True):
 # the granularity of the states a "serial" forward keeps for it
 BACKWARD_CHUNK = _MAX_CHUNK[True]
@@ -117,7 +123,7 @@ def auto_variant(dtype: torch.dtype, n_chunks: int, sequences: int, length: int,
         return "serial"
     if dtype == torch.float32:
         return "deferred"
-    return "rows" if n_chunks == 1 else "chunked"
+    return "rows" if n_chunks == 1 and length > TILE_MAX_LENGTH else "chunked"
 
 
 @triton.jit(do_not_specialize=["tile_pin"])  # its 0 must stay a run-time value
@@ -275,7 +281,8 @@ def selective_scan_fwd_triton(
         H = last_state
     if variant == "rows":
         launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
-                           delta_softplus=delta_softplus, reverse=reverse)
+                           delta_softplus=delta_softplus, reverse=reverse,
+                           num_warps=num_warps)
         return _result(out, last_state, keep_states)
     tensors = (u, delta, zz, A, B, C, D if D is not None else dummy,
                delta_bias if delta_bias is not None else dummy, H, out)

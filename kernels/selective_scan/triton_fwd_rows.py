@@ -23,6 +23,7 @@ import torch
 
 from .launch import CachedLaunch
 from .triton_common import (
+    LaunchPlan,
     _affine_combine,
     _channel_range,
     _decompose_pid,
@@ -153,11 +154,30 @@ def rows_offsets_fit(B: torch.Tensor, C: torch.Tensor) -> bool:
     return last_n * max(abs(B.stride(2)), abs(C.stride(2))) < 2**31
 
 
+# A sequence of one chunk and at least this many sequences: programs of one warp (each
+# state's scan within the warp, no barriers), enough of them to fill the SMs. Session 34,
+# GPU time, us, the plan's warps -> 1: (4, 384, 343) bf16 40.8 -> 28.2, (8, 512, 256)
+# 27.3 -> 20.7; with 1024 sequences ((2, 512, 512)) 16.4 -> 14.6 but do_bench 22.8 ->
+# 23.9, with 512 ((2, 256, 512)) 12.5 -> 13.5.
+ONE_WARP_MIN_SEQUENCES = 1536
+
+
+def rows_num_warps(sequences: int, plan: LaunchPlan) -> int:
+    """Warps a program of `_fwd_rows_kernel` by default."""
+    if plan.n_chunks == 1 and sequences >= ONE_WARP_MIN_SEQUENCES:
+        return 1
+    return plan.num_warps
+
+
 def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
-                       delta_softplus: bool, reverse: bool) -> None:
+                       delta_softplus: bool, reverse: bool,
+                       num_warps: int | None = None) -> None:
     """Launch `_fwd_rows_kernel` over the plan's programs: H as the host function made it
-    (chunk boundary states, or the last state to fill for one chunk), out filled here."""
+    (chunk boundary states, or the last state to fill for one chunk), out filled here.
+    num_warps: a program's (None: `rows_num_warps`)."""
     batch, dim, length = u.shape
+    if num_warps is None:
+        num_warps = rows_num_warps(batch * dim, plan)
     groups, n_state = B.shape[1], A.shape[1]
     zz = z if z is not None else u
     tensors = (u, delta, zz, A, B, C, D if D is not None else H,
@@ -165,7 +185,7 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
     # what the scalars and options are made of (CachedLaunch.keyed)
     key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
            B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
-           delta_bias is None)
+           delta_bias is None, num_warps)
 
     def scalars_and_options() -> tuple[tuple, dict]:
         scalars = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
@@ -175,7 +195,7 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
             N=n_state, CHUNK=plan.chunk,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
             HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-            num_warps=plan.num_warps)
+            num_warps=num_warps)
 
     _fwd_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                     scalars_and_options)

@@ -20,7 +20,8 @@ from scan_cases import TOLERANCE, ScanCase, relative_error
 
 pytest.importorskip("triton")
 
-from medmamba_kernels.selective_scan import serial_planning, triton_fwd, triton_fwd_serial  # noqa: E402
+from medmamba_kernels.selective_scan import (  # noqa: E402
+    serial_planning, triton_fwd, triton_fwd_rows, triton_fwd_serial)
 from medmamba_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from medmamba_kernels.selective_scan.triton_fwd import selective_scan_fwd_triton  # noqa: E402
 from test_triton import _all, _fast_interpreter, _four_d  # noqa: E402, F401  (fixture)
@@ -99,21 +100,34 @@ def test_auto_picks_the_variant_measured_faster_for_the_dtype(
     assert ("deferred" if deferred_calls else "chunked") == expected
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [
-    (torch.float32, "deferred"), (torch.bfloat16, "rows"), (torch.float16, "rows"),
+@pytest.mark.parametrize(("dtype", "length", "expected"), [
+    (torch.float32, 200, "deferred"), (torch.bfloat16, 200, "rows"),
+    (torch.float16, 200, "rows"), (torch.bfloat16, 128, "chunked"),
+    (torch.float16, 64, "chunked"),
 ], ids=str)
-def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs(
-        dtype: torch.dtype, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs_past_128(
+        dtype: torch.dtype, length: int, expected: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # up to TILE_MAX_LENGTH positions the tile kernel was faster (session 34)
     rows_calls = _record_calls(monkeypatch, "launch_rows_output")
-    case = ScanCase(1, 2, 64, 4, dtype=dtype)
+    case = ScanCase(1, 2, length, 4, dtype=dtype)
     inputs = case.inputs(DEVICE)
     want = selective_scan_reference(**inputs, delta_softplus=False, reverse=False)
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=False, reverse=False)
     # fp32: one chunk runs the tile output kernel whether "deferred" or "chunked" is named
     assert bool(rows_calls) == (expected == "rows")
-    assert triton_fwd.auto_variant(dtype, n_chunks=1, sequences=4, length=64,
+    assert triton_fwd.auto_variant(dtype, n_chunks=1, sequences=2, length=length,
                                    per_group=2) == expected
     assert relative_error(got, want) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(("sequences", "n_chunks", "expected"), [
+    (1536, 1, 1), (4096, 1, 1), (1024, 1, 4), (4096, 2, 4),
+])
+def test_rows_of_one_chunk_take_one_warp_where_many(sequences: int, n_chunks: int,
+                                                    expected: int) -> None:
+    plan = triton_fwd.plan_launch(1, sequences, 1, 512 * n_chunks, 512, None, None, 4, 16)
+    assert triton_fwd_rows.rows_num_warps(sequences, plan) == expected
 
 
 @pytest.mark.parametrize(("dtype", "sequences", "length", "per_group", "expected"), [
@@ -261,3 +275,15 @@ def test_unknown_variant_is_refused() -> None:
     x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
     with pytest.raises(ValueError, match="^variant: expected one of"):
         selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, variant="fast")
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="1536 sequences: minutes in the interpreter")
+def test_rows_of_one_warp_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 x 768 sequences of 200 positions in bf16: "rows" on programs of one warp
+    rows_calls = _record_calls(monkeypatch, "launch_rows_output")
+    case = ScanCase(2, 768, 200, 16, dtype=torch.bfloat16, softplus=True)
+    inputs = case.inputs(DEVICE)
+    want = selective_scan_reference(**inputs, delta_softplus=True, reverse=False)
+    got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=True, reverse=False)
+    assert rows_calls
+    assert relative_error(got, want) <= TOLERANCE[torch.bfloat16]
