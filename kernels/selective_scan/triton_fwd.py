@@ -23,7 +23,7 @@ serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH position
 SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (measured in sessions 23 and
 25: serial_planning.py); otherwise "deferred" for fp32 inputs,
 and for fp16/bf16 "rows" when the sequence is one chunk of more than TILE_MAX_LENGTH
-positions (128 < L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
+positions (64 < L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
 (`rows_offsets_fit`), "chunked" otherwise.
 Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
 log scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log; (2, 256,
@@ -84,10 +84,11 @@ from .triton_fwd_serial import serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
 # One chunk of at most this many positions: the (N, L) tile kernel beats "rows" in 2-byte
-# inputs (session 34, GPU time, us, rows -> tile: (2, 768, 128) bf16 10.4 -> 8.8,
-# (2, 1024, 64) 10.2 -> 6.1; do_bench 20.6 -> 13.4, 20.5 -> 10.2; at L = 256 the tile
-# kernel was 3.4x slower)
-TILE_MAX_LENGTH = 128
+# inputs (session 34, short_rows_call9.log, bf16, GPU time in CUDA-graph replay, us, rows
+# -> tile: (2, 1024, 64) 10.3 -> 6.1, (8, 256, 64) 10.2 -> 6.1; do_bench 19.4 -> 10.3,
+# 19.9 -> 10.2). Chunks of 128 were mixed ((2, 768, 128) 10.3 -> 8.8, (4, 512, 128) 10.5
+# -> 13.7), and at 256 positions the tile kernel was 3.5x slower: those keep "rows".
+TILE_MAX_LENGTH = 64
 # The backward's chunk where it has several (triton_common.plan_launch, backward=True):
 # the granularity of the states a "serial" forward keeps for it
 BACKWARD_CHUNK = _MAX_CHUNK[True]

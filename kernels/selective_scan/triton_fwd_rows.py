@@ -155,10 +155,13 @@ def rows_offsets_fit(B: torch.Tensor, C: torch.Tensor) -> bool:
 
 
 # A sequence of one chunk and at least this many sequences: programs of one warp (each
-# state's scan within the warp, no barriers), enough of them to fill the SMs. Session 34,
-# GPU time, us, the plan's warps -> 1: (4, 384, 343) bf16 40.8 -> 28.2, (8, 512, 256)
-# 27.3 -> 20.7; with 1024 sequences ((2, 512, 512)) 16.4 -> 14.6 but do_bench 22.8 ->
-# 23.9, with 512 ((2, 256, 512)) 12.5 -> 13.5.
+# state's scan within the warp, no barriers), enough of them to fill the SMs. Session 34
+# (scripts/results/kernel_h200_2026-12-02_s34/short_rows_call9.log), bf16, GPU time in
+# CUDA-graph replay, us, the plan's 2-4 warps -> 1: (4, 384, 343) 40.8 -> 28.3, (2, 768,
+# 384) 25.5 -> 15.8, (8, 512, 256) 27.0 -> 20.4, (4, 512, 256) 15.8 -> 12.1, (16, 256,
+# 200) 49.1 -> 37.5; with 1024 sequences ((2, 512, 512)) 16.4 -> 14.6 but do_bench 22.8 ->
+# 23.9, with 512 ((2, 256, 512)) 12.5 -> 13.5 (short_rows_call8_warps.log: "rows w4" is the
+# plan's warps), so those keep the plan's.
 ONE_WARP_MIN_SEQUENCES = 1536
 
 

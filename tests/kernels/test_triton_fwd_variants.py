@@ -102,10 +102,10 @@ def test_auto_picks_the_variant_measured_faster_for_the_dtype(
 
 @pytest.mark.parametrize(("dtype", "length", "expected"), [
     (torch.float32, 200, "deferred"), (torch.bfloat16, 200, "rows"),
-    (torch.float16, 200, "rows"), (torch.bfloat16, 128, "chunked"),
-    (torch.float16, 64, "chunked"),
+    (torch.float16, 65, "rows"), (torch.bfloat16, 64, "chunked"),
+    (torch.float16, 7, "chunked"),
 ], ids=str)
-def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs_past_128(
+def test_auto_on_one_chunk_takes_rows_for_two_byte_inputs_past_64(
         dtype: torch.dtype, length: int, expected: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # up to TILE_MAX_LENGTH positions the tile kernel was faster (session 34)
