@@ -5,6 +5,7 @@ scripts/bench_selective_scan.py that compare kernel variants and launch configs)
     --fwd-variants   forward variants side by side, and the public call's host overhead
     --bwd-variants   backward configs (BWD_CONFIGS) side by side
     --host           do_bench vs CUDA-graph replay vs host time a call
+    --short-rows     one-chunk forwards of short sequences by variant and warps
 
 The "serial" variant's comparisons (--serial-options, --serial-passes, --train-chunks)
 live in bench_serial_variants.py.
@@ -265,3 +266,46 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
                 "carried states overflowed: timings unreliable")
             print(f"{str((batch, dim, length))[1:-1]:<18}{name:<10}{nc:>8}"
                   + "".join(f"{t:>15.1f}" for t in times), flush=True)
+
+
+# One-chunk forwards of short sequences (the Mamba U-Nets' deepest stages): few
+# positions, many sequences (session 34: triton_fwd.TILE_MAX_LENGTH and
+# triton_fwd_rows.ONE_WARP_MIN_SEQUENCES were set from these)
+SHORT_SHAPES = [(2, 1024, 64), (8, 256, 64), (2, 384, 100), (2, 768, 128), (4, 512, 128),
+                (16, 256, 200), (4, 512, 256), (8, 512, 256), (4, 384, 343), (2, 768, 384),
+                (2, 256, 512), (2, 512, 512)]
+
+
+def compare_short_rows(dtypes, shapes=SHORT_SHAPES):
+    """GPU time (CUDA-graph replay) / do_bench of one-chunk forwards, us: "rows" on the
+    plan's warps (the default until session 34) and on one warp, the tile kernel
+    ("chunked"), and "auto"; the best of two rounds. A trailing ! marks an output more
+    than 2% (relative L2) away from "auto"'s."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    from medmamba_kernels.selective_scan.triton_common import plan_launch
+
+    labels = ("rows, plan", "rows, 1 warp", "tile", "auto")
+    # (rel: the relative L2 distance of the whole output)
+    print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{c:>16}" for c in labels)
+          + "   (us: graph / do_bench)")
+    for dt in dtypes:
+        for shape in shapes:
+            x = make_inputs(*shape, dt)
+            plan = plan_launch(shape[0], shape[1], 1, shape[2], None, None, None, None, 16)
+            configs = (dict(variant="rows", num_warps=plan.num_warps),
+                       dict(variant="rows", num_warps=1), dict(variant="chunked"), {})
+            want = fwd(**x)[0].float()
+            cols = []
+            for kw in configs:
+                def run(kw=kw):
+                    return fwd(**x, **kw)
+
+                err = rel(run()[0], want)
+                best = [min(t) for t in zip(*[
+                    (do_bench_cudagraph(run, rep=30, return_mode="median"),
+                     do_bench(run, warmup=5, rep=30, return_mode="median")) for _ in range(2)])]
+                cols.append(f"{best[0] * 1e3:6.1f}/{best[1] * 1e3:5.1f}{'!' if err > 2e-2 else ' '}")
+            print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(f"{c:>16}" for c in cols),
+                  flush=True)
+

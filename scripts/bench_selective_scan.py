@@ -15,10 +15,10 @@ Run from the repository root on a CUDA machine (the package need not be installe
 Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
 inputs read once plus the outputs written once, at the copy bandwidth measured here.
-The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carry) live in
-bench_scan_variants.py, the "serial" variant's (--serial-options, --serial-passes,
---train-chunks) in bench_serial_variants.py; the anchors, inputs and timing helpers in
-scan_bench_common.py.
+The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carry,
+--short-rows) live in bench_scan_variants.py, the "serial" variant's (--serial-options,
+--serial-passes, --train-chunks) in bench_serial_variants.py; the anchors, inputs and
+timing helpers in scan_bench_common.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import sys
 import torch
 
 from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_variants,
-                                 compare_carry, compare_fwd_variants, compare_host, sweep)
+                                 compare_carry, compare_fwd_variants, compare_host,
+                                 compare_short_rows, sweep)
 from bench_serial_variants import (compare_serial_options, compare_serial_passes,
                                    compare_train_chunks)
 from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
@@ -145,6 +146,8 @@ def main() -> int:
     p.add_argument("--pass-configs", default=None,
                    help="with --serial-passes: the labels of SERIAL_PASS_CONFIGS to time, "
                         "comma-separated (default: default, ti 4, whole)")
+    p.add_argument("--short-rows", action="store_true",
+                   help="one-chunk forwards of short sequences by variant and warps")
     p.add_argument("--train-chunks", action="store_true",
                    help="a training call (forward keeping states, backward) by backward chunk")
     args = p.parse_args()
@@ -187,6 +190,9 @@ def main() -> int:
         return 0
     if args.host:
         compare_host(dtypes, shapes)
+        return 0
+    if args.short_rows:
+        compare_short_rows(dtypes)
         return 0
     if args.carry:
         compare_carry(shapes)

@@ -15,6 +15,7 @@
 #   public     ... --public: the same for the public selective_scan (eager autograd)
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
+#   short      ... --short-rows (one-chunk forwards of short sequences by variant, warps)
 #   serial     ... --serial-options ("serial" plans side by side)
 #   passes     ... --serial-passes (each "serial" pass alone, by plan; PASS_LABELS: the
 #              comma-separated labels of SERIAL_PASS_CONFIGS to time)
@@ -43,6 +44,7 @@ for section in "$@"; do
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
+    short) timeout 200 $K scripts/bench_selective_scan.py --short-rows > "$log" 2>&1 ;;
     layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes \
