@@ -286,7 +286,6 @@ def compare_short_rows(dtypes, shapes=SHORT_SHAPES):
     from medmamba_kernels.selective_scan.triton_common import plan_launch
 
     labels = ("rows, plan", "rows, 1 warp", "tile", "auto")
-    # (rel: the relative L2 distance of the whole output)
     print(f"{'batch, dim, L':<18}{'dtype':<6}" + "".join(f"{c:>16}" for c in labels)
           + "   (us: graph / do_bench)")
     for dt in dtypes:
@@ -308,4 +307,3 @@ def compare_short_rows(dtypes, shapes=SHORT_SHAPES):
                 cols.append(f"{best[0] * 1e3:6.1f}/{best[1] * 1e3:5.1f}{'!' if err > 2e-2 else ' '}")
             print(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}" + "".join(f"{c:>16}" for c in cols),
                   flush=True)
-
