@@ -103,6 +103,36 @@ def plan_launch(
     return plan
 
 
+def launch_output_kernel(launcher, u, delta, z, A, B, C, D, delta_bias, H, out,
+                         plan: LaunchPlan, delta_softplus: bool, reverse: bool, *,
+                         key: tuple, scalars: tuple, options: dict) -> None:
+    """Launch an output kernel taking `_fwd_output_kernel`'s arguments (triton_fwd.py;
+    `_fwd_rows_kernel` shares them) over the plan's programs through `launcher`
+    (a CachedLaunch). `key`, `scalars` and `options`: what the kernel adds to the common
+    launch key, after the common scalars (the strides) and to the common constexprs."""
+    batch, dim, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    zz = z if z is not None else u
+    # H stands in for an absent D or bias: never read
+    tensors = (u, delta, zz, A, B, C, D if D is not None else H,
+               delta_bias if delta_bias is not None else H, H, out)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    full_key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
+                B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
+                delta_bias is None, key)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        common = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
+                  batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
+                  *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride())
+        return (*common, *scalars), dict(
+            N=n_state, CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1, **options)
+
+    launcher.keyed(full_key, (plan.programs(batch, groups),), tensors, scalars_and_options)
+
+
 def _check_power_of_two(name: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name}: expected a power of two, got {value}")

@@ -73,6 +73,7 @@ from .triton_common import (
     _MAX_CHUNK,
     _MAX_SINGLE_CHUNK,
     _store_output,
+    launch_output_kernel,
     plan_launch,
 )
 from .triton_tile_scans import _group_size, _scan_tile
@@ -268,8 +269,6 @@ def selective_scan_fwd_triton(
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,
                          out, last_state)
         return _result(out, last_state, keep_states)
-    zz = z if z is not None else u
-    dummy = last_state
     if multi and variant == "rows":
         H = rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus, reverse, plan,
                                  last_state)
@@ -285,23 +284,10 @@ def selective_scan_fwd_triton(
                            delta_softplus=delta_softplus, reverse=reverse,
                            num_warps=num_warps)
         return _result(out, last_state, keep_states)
-    tensors = (u, delta, zz, A, B, C, D if D is not None else dummy,
-               delta_bias if delta_bias is not None else dummy, H, out)
-    # what the scalars and options are made of (CachedLaunch.keyed)
-    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
-           B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
-           delta_bias is None, variant)
-
-    def scalars_and_options() -> tuple[tuple, dict]:
-        scalars = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
-                   batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-                   *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), 0)
-        return scalars, dict(
-            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
-            BC_IN_LOOP=variant == "reload", num_warps=plan.num_warps)
-
-    _fwd_output_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
-                                      scalars_and_options)
+    # tile_pin: the trailing 0 (see the kernel's docstring)
+    launch_output_kernel(
+        _fwd_output_kernel_launcher, u, delta, z, A, B, C, D, delta_bias, H, out, plan,
+        delta_softplus, reverse, key=variant, scalars=(0,),
+        options=dict(NP=_next_pow2(n_state), BC_IN_LOOP=variant == "reload",
+                     num_warps=plan.num_warps))
     return _result(out, last_state, keep_states)

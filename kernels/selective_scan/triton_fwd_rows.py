@@ -31,6 +31,7 @@ from .triton_common import (
     _previous_chunk,
     _scan_edge_columns,
     _store_output,
+    launch_output_kernel,
 )
 from .triton_chunks import carry_chunks
 
@@ -178,27 +179,8 @@ def launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan, *,
     """Launch `_fwd_rows_kernel` over the plan's programs: H as the host function made it
     (chunk boundary states, or the last state to fill for one chunk), out filled here.
     num_warps: a program's (None: `rows_num_warps`)."""
-    batch, dim, length = u.shape
     if num_warps is None:
-        num_warps = rows_num_warps(batch * dim, plan)
-    groups, n_state = B.shape[1], A.shape[1]
-    zz = z if z is not None else u
-    tensors = (u, delta, zz, A, B, C, D if D is not None else H,
-               delta_bias if delta_bias is not None else H, H, out)
-    # what the scalars and options are made of (CachedLaunch.keyed)
-    key = (plan, u.shape, groups, n_state, u.stride(), delta.stride(), zz.stride(),
-           B.stride(), C.stride(), delta_softplus, reverse, z is None, D is None,
-           delta_bias is None, num_warps)
-
-    def scalars_and_options() -> tuple[tuple, dict]:
-        scalars = (dim, groups, length, plan.n_chunks, plan.n_channel_blocks,
-                   batch * groups * plan.n_channel_blocks, dim // groups, plan.channel_block,
-                   *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride())
-        return scalars, dict(
-            N=n_state, CHUNK=plan.chunk,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=plan.n_chunks > 1,
-            num_warps=num_warps)
-
-    _fwd_rows_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
-                                    scalars_and_options)
+        num_warps = rows_num_warps(u.shape[0] * u.shape[1], plan)
+    launch_output_kernel(_fwd_rows_kernel_launcher, u, delta, z, A, B, C, D, delta_bias, H,
+                         out, plan, delta_softplus, reverse, key=num_warps, scalars=(),
+                         options=dict(num_warps=num_warps))
