@@ -16,6 +16,7 @@
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   short      ... --short-rows (one-chunk forwards of short sequences by variant, warps)
+#   waves      scripts/bench_wave_chunks.py: the "serial" forward by chunk, waves of programs
 #   serial     ... --serial-options ("serial" plans side by side)
 #   passes     ... --serial-passes (each "serial" pass alone, by plan; PASS_LABELS: the
 #              comma-separated labels of SERIAL_PASS_CONFIGS to time)
@@ -33,7 +34,7 @@ for section in "$@"; do
     tests) timeout 420 $K -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_tile_scans.py tests/kernels/test_triton_bwd_options.py \
-             tests/kernels/test_triton_bwd_serial.py > "$log" 2>&1 ;;
+             tests/kernels/test_triton_bwd_serial.py tests/kernels/test_serial_waves.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 300 $K scripts/bench_selective_scan.py --bwd-variants \
@@ -45,6 +46,7 @@ for section in "$@"; do
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     short) timeout 200 $K scripts/bench_selective_scan.py --short-rows > "$log" 2>&1 ;;
+    waves) timeout 330 $K scripts/bench_wave_chunks.py > "$log" 2>&1 ;;
     layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;
     serial) timeout 200 $K scripts/bench_selective_scan.py --serial-options > "$log" 2>&1 ;;
     passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes \

@@ -35,6 +35,8 @@ from typing import Any, Callable, Hashable
 
 import torch
 
+from .occupancy import device_slots
+
 _MAX_ENTRIES = 512  # a training run sees few shapes; a long-lived server may see many
 
 
@@ -75,6 +77,8 @@ class CachedLaunch:
         self._runners: dict[tuple, tuple[Callable[..., None], list]] = {}
         # `keyed`'s: (caller's key, grid, device, dtypes) -> (runner, tail, scalars)
         self._keyed: dict[tuple, tuple[Callable[..., None], list, tuple]] = {}
+        # `resident_programs`'s: (caller's key, device, dtypes) -> programs or None
+        self._resident: dict[tuple, int | None] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
@@ -108,6 +112,24 @@ class CachedLaunch:
         addresses.extend(scalars)
         runner((*tensors, *scalars), addresses, tail)
 
+    def resident_programs(self, key: Hashable, grid: tuple[int, ...], tensors: tuple,
+                          build: Callable[[], tuple[tuple, dict]]) -> int | None:
+        """How many programs of the launch `keyed(key, grid, tensors, build)` would make the
+        device runs at once (occupancy.device_slots), compiling its kernel without
+        launching it; cached per key. None off the GPU (CPU tensors, the interpreter) or
+        where this Triton does not report the compiled kernel's registers."""
+        if not tensors[0].is_cuda:
+            return None
+        device = torch.cuda.current_device()
+        full_key = (key, device, tuple([t.dtype for t in tensors]))
+        if full_key not in self._resident:
+            if len(self._resident) >= _MAX_ENTRIES:
+                self._resident.clear()
+            scalars, kwargs = build()
+            self._resident[full_key] = _compiled_slots(self._fn, grid, (*tensors, *scalars),
+                                                       kwargs, device)
+        return self._resident[full_key]
+
     def _launch(self, grid: tuple[int, ...], args: tuple,
                 kwargs: dict) -> tuple[Callable[..., None], list] | None:
         """Launch; return the (runner, trailing constexprs) it used, None where Triton's
@@ -132,6 +154,21 @@ class CachedLaunch:
                 for n in self._names[len(args):]]
         cached = self._runners[key] = (_runner(compiled, full_grid, device), tail)
         return cached
+
+
+def _compiled_slots(fn: Any, grid: tuple[int, ...], args: tuple, kwargs: dict,
+                    device: int) -> int | None:
+    """occupancy.device_slots of `fn` compiled for these arguments (Triton's `warmup`:
+    compiled or found in its cache, not launched; its handles loaded for the registers)."""
+    warmup = getattr(fn, "warmup", None)
+    if warmup is None:
+        return None
+    compiled = warmup(*args, grid=grid, **kwargs)
+    init = getattr(compiled, "_init_handles", None)
+    if init is None:
+        return None
+    init()
+    return device_slots(compiled, torch.cuda.get_device_properties(device))
 
 
 def _knobs_runtime() -> Any:

@@ -30,6 +30,17 @@ _TARGET_PROGRAMS = 4096
 # Longer chunks leave fewer programs: chunks of 256 against the 1024 the target asks for on
 # bench row 6 (1, 48, 2097152): 2.94 against 3.18 ms fp32, 2.15 against 2.25 bf16 (s16)
 _MIN_CHUNK, _MAX_CHUNK = 64, 256
+# A default plan whose output pass takes at most this many waves of the device's resident
+# programs runs instead in one wave (`whole_wave_chunk`). Session 35 (`waves_call1.log` of
+# scripts/results/kernel_h200_2026-12-02_s35/, GPU time of the forward, CUDA-graph replay,
+# 12 programs an SM x 132 SMs): default chunks leave rows 1, 2 and 5 at 2.59 waves; in one
+# wave (chunks 672, 176, 336) row 1 0.604 -> 0.594 ms fp32, 0.520 -> 0.510 bf16, row 2
+# 0.174 -> 0.166 and 0.145 -> 0.142, row 5 0.309 -> 0.302 and 0.264 -> 0.259; training
+# forwards (kept states) row 1 0.643 -> 0.613 and 0.558 -> 0.545. Off whole waves longer
+# chunks lose (row 1 at 320, 2.07 waves: 0.675 fp32), and row 6, at 10.3 waves by default,
+# is slower in one (chunk 2656: 2.357 -> 2.609 fp32, 1.847 -> 1.970 bf16).
+_ONE_WAVE_MAX_WAVES = 4
+_WAVE_CHUNK_MULTIPLE = 16  # whole 16-byte vectors of bf16 and fp32 at every chunk's start
 
 
 def serial_applies(sequences: int, length: int, per_group: int) -> bool:
@@ -89,14 +100,16 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
                 chunk: int | None = None, num_warps: int | None = None,
                 ti: int | None = None, block_d: int | None = None,
                 keeps_states: bool = False, vec: int | None = None,
-                bc: int | None = None) -> SerialPlan:
+                bc: int | None = None, slots: int | None = None) -> SerialPlan:
     """Chunks long enough to leave about _TARGET_PROGRAMS programs; block_d channels a
     program (default: one a thread). Positions a load (`ti` sets both; fewer if a given
     chunk is shorter): 8 for the output pass and the adjoint aggregate, 16 bytes of the
     input dtype for the forward aggregate, as measured (`_default_ti`). keeps_states: the
     output pass also writes the backward's boundary states. vec: the output pass loads a
     channel's TI positions in pieces of at most this many (`_default_vec`). bc: positions
-    a B/C load in every pass (`_default_bc`)."""
+    a B/C load in every pass (`_default_bc`). slots: programs of the output pass the
+    device runs at once, if known: a default chunk then fills whole waves where it can
+    (`whole_wave_chunk`)."""
     per_group = dim // groups
     if num_warps is None:
         num_warps = 1
@@ -119,6 +132,8 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
         chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
         chunk = min(chunk, max(ti, agg_ti, _next_pow2(length)))
+        if slots is not None:
+            chunk = whole_wave_chunk(length, rows, chunk, slots)
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
@@ -130,6 +145,22 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         agg_bc = bc
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
                       bc, agg_bc)
+
+
+def whole_wave_chunk(length: int, rows: int, chunk: int, slots: int) -> int:
+    """The chunk for sequences of `length` positions in `rows` program rows (batch x
+    groups x channel blocks) at which the output pass's programs fill one wave of `slots`
+    (the device's resident programs), where `chunk` leaves more than one and at most
+    _ONE_WAVE_MAX_WAVES: the shortest multiple of 16 positions whose programs fit, at
+    least _MIN_CHUNK. Otherwise `chunk`. A program walks its chunk in turn, so a last
+    wave of a few programs takes about as long as a full one."""
+    programs = -(-length // chunk) * rows
+    chunks_a_row = slots // rows
+    if chunks_a_row < 1 or not slots < programs <= _ONE_WAVE_MAX_WAVES * slots:
+        return chunk
+    wave = -(-length // chunks_a_row)  # at most chunks_a_row chunks a row
+    wave = -(-wave // _WAVE_CHUNK_MULTIPLE) * _WAVE_CHUNK_MULTIPLE
+    return wave if _MIN_CHUNK <= wave < length else chunk
 
 
 def _default_ti(dtype: torch.dtype) -> int:

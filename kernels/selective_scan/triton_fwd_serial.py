@@ -9,16 +9,11 @@ turn, as the recurrence is written:
     h = exp(A dt_t) * h + B_t dt_t u_t,      y_t = <C_t, h> + D u_t
 
 A step costs per state one exponential and a few multiply-adds. triton 3.6 lays h out 4
-states of 4 channels a lane (lanes: 4 state groups x 8 channels, the layout of the
-16-byte H loads and stores): each lane reads 4 B_t and 4 C_t values a position (one
-broadcast load each, 8 lanes of a state group sharing the address), the reduction over
-the states is 4 in-thread terms and 2 shuffle rounds, and each position's dt and u
-columns reach that layout by shuffles or shared memory (other layouts tried: kernels
-README). dt, u and z arrive TI positions at a time as (BLOCK_D, TI) tiles (the plan's
-TI: 8 positions in the output pass, VEC of them a vector load; serial_planning's
-`_default_ti`, `_default_vec`), out leaves the same way, and B/C come BC_TI positions a
-load (`_bc_column`; `_default_bc`). Blocks inside the sequence go without position masks
-where measured faster (`unmasked_blocks`).
+states of 4 channels a lane (4 state groups x 8 channels): each lane reads 4 B_t and 4 C_t
+values a position (broadcast loads), sums over states in-thread and by 2 shuffle rounds,
+and each position's dt and u reach that layout by shuffles or shared memory (layouts
+tried: kernels README). dt, u, z and out move as (BLOCK_D, TI) tiles, B/C BC_TI positions
+a load (serial_planning: `_default_ti`, `_default_vec`, `_default_bc`, `unmasked_blocks`).
 
 Parallel over L as the other variants: chunk aggregates by this kernel (AGGREGATE: the
 state each chunk produces from zero and its sum of dt), the carry scan over chunks
@@ -28,11 +23,14 @@ A sequence of one chunk is one launch.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
+from .occupancy import may_exceed_one_wave
 from .triton_common import _bc_column, _bc_rows, _decompose_pid, _next_pow2, _previous_chunk
 from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
@@ -147,7 +145,8 @@ def _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N: tl.constexpr,
             tl.store(hs_rows + sub * N + hs_offs, h)
 
 
-@triton.jit(do_not_specialize=["s_An"])  # a stride of 1 would make A's tile n-contiguous
+# s_An of 1 would make A's tile n-contiguous; n_chunks: one kernel at every plan's chunk
+@triton.jit(do_not_specialize=["s_An", "n_chunks"])
 def _serial_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, S_ptr, out_ptr,
     Hs_ptr, dim, groups, length, n_chunks, chunk_len, n_dblk, per_group, n_sub,
@@ -272,17 +271,23 @@ _serial_kernel_launcher = CachedLaunch(_serial_kernel)
 _INT32_OFFSETS = 2**31
 
 
-def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
-            z: torch.Tensor | None, A: torch.Tensor, drive_proj: torch.Tensor,
-            C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
-            H: torch.Tensor, S: torch.Tensor, out: torch.Tensor, softplus: bool,
-            reverse: bool, aggregate: bool, adjoint: bool = False,
-            maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
-            sub_chunk: int = 64, store_sums: bool | None = None) -> None:
-    """One `_serial_kernel` launch. drive_in: u (dout for the adjoint); drive_proj: B (C
-    for the adjoint). maxnreg caps the registers a thread (more resident warps, maybe
-    spills). sub_states (output pass): receives the states leaving every sub-chunk of
-    `sub_chunk` positions. store_sums: write S (default: not for the adjoint)."""
+def _launch(*args, **kwargs) -> None:
+    """One `_serial_kernel` launch (arguments as `_launch_spec`'s)."""
+    _serial_kernel_launcher.keyed(*_launch_spec(*args, **kwargs))
+
+
+def _launch_spec(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
+                 z: torch.Tensor | None, A: torch.Tensor, drive_proj: torch.Tensor,
+                 C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                 H: torch.Tensor, S: torch.Tensor, out: torch.Tensor, softplus: bool,
+                 reverse: bool, aggregate: bool, adjoint: bool = False,
+                 maxnreg: int | None = None, sub_states: torch.Tensor | None = None,
+                 sub_chunk: int = 64, store_sums: bool | None = None) -> tuple:
+    """(key, grid, tensors, build) of one `_serial_kernel` launch for CachedLaunch.keyed.
+    drive_in: u (dout for the adjoint); drive_proj: B (C for the adjoint). maxnreg caps the
+    registers a thread (more resident warps, maybe spills). sub_states (output pass):
+    receives the states leaving every sub-chunk of `sub_chunk` positions. store_sums:
+    write S (default: not for the adjoint)."""
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
     grid = plan.n_chunks * batch * groups * plan.n_dblk
@@ -323,7 +328,7 @@ def _launch(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         )
         return scalars, options
 
-    _serial_kernel_launcher.keyed(key, (grid,), tensors, scalars_and_options)
+    return key, (grid,), tensors, scalars_and_options
 
 
 def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -341,21 +346,27 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     plan's positions a load): what `serial_boundary_states` of a backward at chunks of
     `sub_chunk` would compute again."""
     batch, dim, length = u.shape
-    plan = serial_plan(batch, dim, B.shape[1], length, u.dtype, chunk, num_warps, ti,
-                       block_d, keeps_states=sub_states is not None, bc=bc)
+    plan_of = functools.partial(serial_plan, batch, dim, B.shape[1], length, u.dtype, chunk,
+                                num_warps, ti, block_d, keeps_states=sub_states is not None,
+                                bc=bc)
+    plan = plan_of()
     if sub_states is not None:
         check_sub_states(tuple(sub_states.shape), sub_chunk, (batch, dim, length, A.shape[1]),
                          plan.ti)
-    sub = {"sub_states": sub_states, "sub_chunk": sub_chunk}
+    drives = (u, delta, z, A, B, C, D, delta_bias)
+    output = {"aggregate": False, "maxnreg": maxnreg, "sub_states": sub_states,
+              "sub_chunk": sub_chunk}
+    if chunk is None and plan.n_chunks > 1 and u.is_cuda and may_exceed_one_wave(
+            plan.n_chunks * batch * B.shape[1] * plan.n_dblk, plan.num_warps, u.device):
+        # whole waves of the output pass (its compiled kernel's occupancy, at every chunk)
+        plan = plan_of(slots=_serial_kernel_launcher.resident_programs(*_launch_spec(
+            plan, *drives, last_state, last_state, out, delta_softplus, reverse, **output)))
     if plan.n_chunks == 1:
-        _launch(plan, u, delta, z, A, B, C, D, delta_bias, last_state, last_state, out,
-                delta_softplus, reverse, aggregate=False, maxnreg=maxnreg, **sub)
+        _launch(plan, *drives, last_state, last_state, out, delta_softplus, reverse, **output)
         return
     H, _ = serial_boundary_states(u, delta, z, None, A, B, C, delta_bias, delta_softplus,
                                   reverse, plan, last_state=last_state)
-    _launch(plan, u, delta, z, A, B, C, D, delta_bias, H, H, out, delta_softplus, reverse,
-            aggregate=False, maxnreg=maxnreg, **sub)
-
+    _launch(plan, *drives, H, H, out, delta_softplus, reverse, **output)
 
 def serial_boundary_states(
     u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor | None, dout: torch.Tensor | None,
