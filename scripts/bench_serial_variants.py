@@ -83,6 +83,7 @@ SERIAL_PASS_CONFIGS = {"default": {}, "ti 2": {"ti": 2, "vec": 2}, "ti 4": {"ti"
                        "whole": {"vec": 64}, "bc 1": {"bc": 1}, "bc 2": {"bc": 2},
                        "bc 4": {"bc": 4}, "bc 8": {"bc": 8}, "chunk 168": {"chunk": 168},
                        "chunk 176": {"chunk": 176}, "chunk 224": {"chunk": 224},
+                       "chunk 336": {"chunk": 336}, "chunk 672": {"chunk": 672},
                        "reg 152": {"maxnreg": 152}, "reg 144": {"maxnreg": 144},
                        "reg 136": {"maxnreg": 136}, "reg 128": {"maxnreg": 128},
                        "reg 152 chunk 224": {"maxnreg": 152, "chunk": 224},
