@@ -145,7 +145,7 @@ def serial_configs(dtype: torch.dtype):
     load in bf16 but in an output pass that keeps states)."""
     L, D = 262144, 64
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 256, chunk_len=256, n_dblk=2,
-                n_sub=L // 64, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
+                n_sub=L // 64, h_chunks=L // 256, h_step=1, per_group=D, s_ub=D * L, s_ud=L, s_ul=1, s_db=D * L, s_dd=L, s_dl=1,
                 s_zb=D * L, s_zd=L, s_zl=1, s_Bb=16 * L, s_Bg=16 * L, s_Bn=L, s_Bl=1,
                 s_Cb=16 * L, s_Cg=16 * L, s_Cn=L, s_Cl=1, s_An=2,  # A's stride stays a value
                 N=16, NP=16, BLOCK_D=32, TI=8, VEC=4, EVEN_D=True, HAS_BIAS=True,

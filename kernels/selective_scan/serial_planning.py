@@ -73,6 +73,8 @@ class SerialPlan:
     vec: int  # output pass: at most this many positions a lane loads at once
     bc: int  # output pass: positions a B/C load
     agg_bc: int  # aggregates: positions a B/C load
+    agg_split: int  # aggregate chunks an output chunk (`aggregate_split`)
+    n_agg_chunks: int  # aggregate chunks a sequence
 
     def loads(self, aggregate: bool, adjoint: bool) -> tuple[int, int, int]:
         """(TI, VEC, BC_TI) of one pass: positions a block, at most how many of them a lane
@@ -89,10 +91,17 @@ class SerialPlan:
         return bc_tiles(self.loads(aggregate, adjoint)[2], n_state, self.block_d,
                         self.num_warps)
 
+    def pass_chunks(self, aggregate: bool) -> tuple[int, int]:
+        """(positions a chunk, chunks a sequence) of a pass: the aggregates (and the
+        carry) at chunks of chunk / agg_split, the output pass at chunks of `chunk`."""
+        if aggregate:
+            return self.chunk // self.agg_split, self.n_agg_chunks
+        return self.chunk, self.n_chunks
+
     @property
     def carry_block(self) -> int:
         """Chunks a step of `carry_chunks`."""
-        return min(512, max(16, _next_pow2(self.n_chunks)))
+        return min(512, max(16, _next_pow2(self.pass_chunks(True)[1])))
 
 
 @functools.lru_cache(maxsize=1024)  # host time counts on short rows; few shapes a run
@@ -128,12 +137,14 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     _check_power_of_two("ti", ti)
     _check_power_of_two("vec", vec)
     rows = batch * groups * -(-per_group // block_d)
+    agg_split = 1
     if chunk is None:
         want = _next_pow2(max(1, -(-length * rows // _TARGET_PROGRAMS)))
         chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, want))
         chunk = min(chunk, max(ti, agg_ti, _next_pow2(length)))
         if slots is not None:
-            chunk = whole_wave_chunk(length, rows, chunk, slots)
+            default, chunk = chunk, whole_wave_chunk(length, rows, chunk, slots)
+            agg_split = aggregate_split(chunk, default)
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
@@ -143,8 +154,9 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
     else:
         _check_power_of_two("bc", bc)
         agg_bc = bc
+    agg_chunk = chunk // agg_split
     return SerialPlan(chunk, -(-length // chunk), block_d, n_dblk, num_warps, ti, agg_ti, vec,
-                      bc, agg_bc)
+                      bc, agg_bc, agg_split, -(-length // agg_chunk))
 
 
 def whole_wave_chunk(length: int, rows: int, chunk: int, slots: int) -> int:
@@ -161,6 +173,22 @@ def whole_wave_chunk(length: int, rows: int, chunk: int, slots: int) -> int:
     wave = -(-length // chunks_a_row)  # at most chunks_a_row chunks a row
     wave = -(-wave // _WAVE_CHUNK_MULTIPLE) * _WAVE_CHUNK_MULTIPLE
     return wave if _MIN_CHUNK <= wave < length else chunk
+
+
+def aggregate_split(chunk: int, default: int) -> int:
+    """Aggregate chunks an output chunk: where `whole_wave_chunk` lengthened the chunk
+    from `default`, the aggregates keep about the default's length, the largest chunk of
+    at most `default` positions that divides `chunk` into whole 16-position vectors (1 if
+    none of at least _MIN_CHUNK does). Their kernel keeps more programs an SM than the
+    output pass (fewer registers) and ran slower at the output pass's one-wave chunks
+    (session 35, `passes_call3.log`, GPU time, row 1, chunks 256 -> 672: fp32 0.225 ->
+    0.240 ms, bf16 0.188 -> 0.196)."""
+    if chunk <= default:
+        return 1
+    for split in range(-(-chunk // default), chunk // _MIN_CHUNK + 1):
+        if chunk % (split * _WAVE_CHUNK_MULTIPLE) == 0:
+            return split
+    return 1
 
 
 def _default_ti(dtype: torch.dtype) -> int:

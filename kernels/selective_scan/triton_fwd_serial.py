@@ -34,7 +34,7 @@ from .occupancy import may_exceed_one_wave
 from .triton_common import _bc_column, _bc_rows, _decompose_pid, _next_pow2, _previous_chunk
 from .serial_planning import SerialPlan, check_sub_states, serial_plan, unmasked_blocks
 from .triton_chunks import carry_chunks
-from .triton_serial_common import _channel_scalars, _drive, _pick
+from .triton_serial_common import _channel_scalars, _drive, _pick, _store_sub_state
 
 
 @triton.jit
@@ -121,35 +121,12 @@ def _serial_block(
     return h, y_acc
 
 
-@triton.jit
-def _store_sub_state(h, t0, length, hs_rows, hs_offs, mask_nd, N: tl.constexpr,
-                     TI: tl.constexpr, SUB: tl.constexpr, REVERSE: tl.constexpr,
-                     MASKED: tl.constexpr):
-    """After the block at t0: if it ends a sub-chunk of SUB positions in scan order (or the
-    sequence), h is the state leaving that sub-chunk: Hs[b, d, sub] (the backward's
-    boundary states at its chunk of SUB). hs_rows points at the program's first channel's
-    row of Hs, hs_offs holds the (NP, BLOCK_D) offsets from there of sub-chunk 0: a tile
-    of 32-bit offsets where they fit, not the 64-bit addresses (or the mask) that LLVM
-    hoists out of the loop (168 -> 254 registers, fp32 at 8 positions a load)."""
-    if REVERSE:
-        ends = t0 % SUB == 0
-        sub = t0 // SUB
-    else:
-        last = tl.minimum(t0 + TI, length) - 1
-        ends = ((last + 1) % SUB == 0) | (last == length - 1)
-        sub = last // SUB
-    if ends:
-        if MASKED:
-            tl.store(hs_rows + sub * N + hs_offs, h, mask=mask_nd)
-        else:
-            tl.store(hs_rows + sub * N + hs_offs, h)
-
-
-# s_An of 1 would make A's tile n-contiguous; n_chunks: one kernel at every plan's chunk
-@triton.jit(do_not_specialize=["s_An", "n_chunks"])
+# s_An of 1 would make A's tile n-contiguous; the chunk counts: one kernel at every chunk
+@triton.jit(do_not_specialize=["s_An", "n_chunks", "h_chunks", "h_step"])
 def _serial_kernel(
     u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr, S_ptr, out_ptr,
-    Hs_ptr, dim, groups, length, n_chunks, chunk_len, n_dblk, per_group, n_sub,
+    Hs_ptr, dim, groups, length, n_chunks, chunk_len, n_dblk, per_group, n_sub, h_chunks,
+    h_step,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_An,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, TI: tl.constexpr,
@@ -164,8 +141,9 @@ def _serial_kernel(
 
     AGGREGATE: writes S[b, d, c] = sum of dt and H[b, d, c] = the state the chunk produces
     from zero. Otherwise writes out (contiguous (batch, dim, L)) from the state entering
-    the chunk (H[b, d, previous chunk] after the carry scan); with one chunk, H is the
-    last state (batch, dim, N), written here. ADJOINT (with AGGREGATE, REVERSE flipped by
+    the chunk (H[b, d, h_step x previous chunk's index + h_step - 1, or its first under
+    REVERSE] after the carry scan, H of h_chunks a row); with one chunk, H is the last
+    state (batch, dim, N), written here. ADJOINT (with AGGREGATE, REVERSE flipped by
     the caller): u_ptr holds dout and B_ptr holds C; H receives the chunk's adjoint from
     zero, q = a_t (q + C_t dy_t) against the forward's order; S is written only with
     STORE_SUMS (a forward aggregate may have written the same sums). SUB_STATES (output
@@ -196,8 +174,14 @@ def _serial_kernel(
                  other=0.0) * 1.4426950408889634
     row = b * dim + offs_d
     if MULTI_CHUNK and not AGGREGATE:
+        # H holds h_chunks states a row, h_step of them a chunk of this pass (aggregates
+        # at shorter chunks): chunk c enters from the last of its predecessor's in order
         has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
-        h = tl.load(H_ptr + (row[None, :] * n_chunks + c_prev) * N + offs_n[:, None],
+        if REVERSE:
+            c_prev = c_prev * h_step
+        else:
+            c_prev = c_prev * h_step + h_step - 1
+        h = tl.load(H_ptr + (row[None, :] * h_chunks + c_prev) * N + offs_n[:, None],
                     mask=mask_nd, other=0.0)
         h = tl.where(has_prev, h, 0.0)
     else:
@@ -290,7 +274,8 @@ def _launch_spec(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
     write S (default: not for the adjoint)."""
     batch, dim, length = delta.shape
     groups, n_state = drive_proj.shape[1], A.shape[1]
-    grid = plan.n_chunks * batch * groups * plan.n_dblk
+    chunk_len, n_chunks = plan.pass_chunks(aggregate)
+    grid = n_chunks * batch * groups * plan.n_dblk
     if grid >= 2**31:
         raise ValueError(f"selective scan too large for one launch: {grid} programs")
     zz = z if z is not None else drive_in
@@ -309,8 +294,9 @@ def _launch_spec(plan: SerialPlan, drive_in: torch.Tensor, delta: torch.Tensor,
         ti, vec, _ = plan.loads(aggregate, adjoint)
         bc, bc_groups = plan.bc_launch(aggregate, adjoint, n_state)
         even_d = (dim // groups) % plan.block_d == 0
-        scalars = (dim, groups, length, plan.n_chunks, plan.chunk, plan.n_dblk, dim // groups,
-                   n_sub, *drive_in.stride(), *delta.stride(), *zz.stride(),
+        h_chunks, h_step = (n_chunks, 1) if aggregate else (plan.n_agg_chunks, plan.agg_split)
+        scalars = (dim, groups, length, n_chunks, chunk_len, plan.n_dblk, dim // groups,
+                   n_sub, h_chunks, h_step, *drive_in.stride(), *delta.stride(), *zz.stride(),
                    *drive_proj.stride(), *C.stride(), A.stride(1))
         options = dict(
             N=n_state, NP=_next_pow2(n_state), BLOCK_D=plan.block_d, TI=ti, VEC=vec,
@@ -368,6 +354,7 @@ def serial_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                                   reverse, plan, last_state=last_state)
     _launch(plan, *drives, H, H, out, delta_softplus, reverse, **output)
 
+
 def serial_boundary_states(
     u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor | None, dout: torch.Tensor | None,
     A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, delta_bias: torch.Tensor | None,
@@ -378,7 +365,7 @@ def serial_boundary_states(
     aggregates: H always; Q (the adjoint) when dout is given. A given H (the forward's
     `sub_states` at this plan's chunk) is returned as it is, and only Q is computed."""
     batch, dim, _ = delta.shape
-    n_state, nc = A.shape[1], plan.n_chunks
+    n_state, nc = A.shape[1], plan.n_agg_chunks
     f32 = torch.float32
     S = torch.empty(batch, dim, nc, device=delta.device, dtype=f32)
     kept = H is not None

@@ -95,9 +95,26 @@ def test_whole_wave_chunk_fits_one_wave_or_keeps_the_chunk() -> None:
                     assert shorter < 64 or -(-length // shorter) * rows > slots
 
 
+@pytest.mark.parametrize(("chunk", "default", "want"), [
+    (672, 256, 3),  # row 1: aggregates at 224
+    (336, 128, 3),  # row 5: at 112 (168 would break the 16-position vectors)
+    (176, 64, 1),  # row 2: 176 = 11 x 16 has no divisor in [64, 64]
+    (1008, 256, 7),  # 144
+    (256, 256, 1), (128, 256, 1),
+])
+def test_aggregate_split(chunk: int, default: int, want: int) -> None:
+    split = serial_planning.aggregate_split(chunk, default)
+    assert split == want
+    assert chunk % split == 0 and (chunk // split) % 16 == 0
+    assert split == 1 or 64 <= chunk // split <= default
+
+
 def test_serial_plan_takes_the_whole_wave_chunk_only_by_default() -> None:
     plan = serial_planning.serial_plan(2, 64, 1, 262144, torch.bfloat16, slots=1584)
     assert (plan.chunk, plan.n_chunks, plan.ti) == (672, 391, 8)
+    assert plan.pass_chunks(aggregate=True) == (224, 1171)  # 262144 / 224 = 1170.3
+    assert plan.pass_chunks(aggregate=False) == (672, 391)
+    assert plan.carry_block == 512
     assert serial_planning.serial_plan(2, 64, 1, 262144, torch.bfloat16).chunk == 256
     given = serial_planning.serial_plan(2, 64, 1, 262144, torch.bfloat16, chunk=128,
                                         slots=1584)
@@ -169,6 +186,49 @@ def test_serial_forward_at_chunks_of_whole_waves(case: ScanCase, chunk: int) -> 
     states, _ = triton_fwd_serial.serial_boundary_states(
         x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
         case.softplus, case.reverse, plan)
+    assert relative_error(kept, states) <= TOLERANCE[torch.float32]
+
+
+# (case, slots): plans the rule makes for a GPU of `slots` resident programs, given to the
+# kernels on any device: L = 960 at 5 slots takes chunks of 192, aggregates of 64
+SPLIT_CASES = [
+    (ScanCase(1, 2, 960, 16, has_D=True, has_z=True, has_bias=True, softplus=True), 5),
+    (ScanCase(1, 2, 960, 4, has_z=True, softplus=True, reverse=True), 5),
+    (ScanCase(2, 4, 950, 16, dtype=torch.bfloat16, groups=2, has_D=True, softplus=True), 20),
+]
+
+
+@pytest.mark.parametrize(("case", "slots"), SPLIT_CASES,
+                         ids=[f"{c.id}-s{k}" for c, k in SPLIT_CASES])
+def test_serial_forward_with_aggregates_at_shorter_chunks(
+        case: ScanCase, slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton")
+    from medmamba_kernels.selective_scan import triton_fwd_serial
+
+    inputs = case.inputs(DEVICE)
+    x = {k: v for k, v in inputs.items()}
+    if x["B"].dim() == 3:
+        x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)
+    plan = serial_planning.serial_plan(case.batch, case.dim, x["B"].shape[1], case.length,
+                                       case.dtype, slots=slots)
+    assert plan.agg_split == 3 and plan.pass_chunks(aggregate=True)[0] == 64
+    monkeypatch.setattr(triton_fwd_serial, "serial_plan",
+                        lambda *a, **k: serial_planning.serial_plan(*a, **{**k, "slots": slots}))
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    out = torch.full_like(x["u"], float("nan"))
+    last = torch.full((case.batch, case.dim, case.nstate), float("nan"), device=DEVICE)
+    kept = torch.full((case.batch, case.dim, -(-case.length // 64), case.nstate),
+                      float("nan"), device=DEVICE)
+    triton_fwd_serial.serial_forward(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+        case.softplus, case.reverse, out, last, sub_states=kept)
+    tol = TOLERANCE[case.dtype]
+    assert relative_error(out, want) <= tol and relative_error(last, want_last) <= tol
+    states, _ = triton_fwd_serial.serial_boundary_states(
+        x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
+        case.softplus, case.reverse, serial_planning.serial_plan(
+            case.batch, case.dim, x["B"].shape[1], case.length, case.dtype, chunk=64))
     assert relative_error(kept, states) <= TOLERANCE[torch.float32]
 
 
