@@ -41,6 +41,14 @@ _MIN_CHUNK, _MAX_CHUNK = 64, 256
 # is slower in one (chunk 2656: 2.357 -> 2.609 fp32, 1.847 -> 1.970 bf16).
 _ONE_WAVE_MAX_WAVES = 4
 _WAVE_CHUNK_MULTIPLE = 16  # whole 16-byte vectors of bf16 and fp32 at every chunk's start
+# The aggregate kernel keeps more programs an SM than the output pass (fewer registers) and
+# runs slower at the output pass's one-wave chunks (`passes_call3.log`, row 1, 256 -> 672:
+# fp32 0.225 -> 0.240 ms, bf16 0.188 -> 0.196); at chunks of about the default's length
+# (`aggregate_split`) its time falls with the work, but the carry then scans more chunks,
+# ~10 us more at 3 a chunk (`ab_*1.log` of call 4, GPU time by kernel: row 1 aggregate +
+# output 588.7 -> 571.0 us fp32, 507.2 -> 492.2 bf16, carry 6.3 -> 16.0; row 5 (2**24
+# elements) 299.1 -> 290.0 and 254.2 -> 248.3, carry 4.9 -> 15.0): from 2**25 on.
+_SPLIT_MIN_ELEMENTS = 2**25
 
 
 def serial_applies(sequences: int, length: int, per_group: int) -> bool:
@@ -144,7 +152,7 @@ def serial_plan(batch: int, dim: int, groups: int, length: int, dtype: torch.dty
         chunk = min(chunk, max(ti, agg_ti, _next_pow2(length)))
         if slots is not None:
             default, chunk = chunk, whole_wave_chunk(length, rows, chunk, slots)
-            agg_split = aggregate_split(chunk, default)
+            agg_split = aggregate_split(chunk, default, batch * dim * length)
     if chunk % ti:
         raise ValueError(f"chunk: expected a multiple of {ti}, got {chunk}")
     n_dblk = -(-per_group // block_d)
@@ -175,15 +183,13 @@ def whole_wave_chunk(length: int, rows: int, chunk: int, slots: int) -> int:
     return wave if _MIN_CHUNK <= wave < length else chunk
 
 
-def aggregate_split(chunk: int, default: int) -> int:
+def aggregate_split(chunk: int, default: int, elements: int) -> int:
     """Aggregate chunks an output chunk: where `whole_wave_chunk` lengthened the chunk
-    from `default`, the aggregates keep about the default's length, the largest chunk of
-    at most `default` positions that divides `chunk` into whole 16-position vectors (1 if
-    none of at least _MIN_CHUNK does). Their kernel keeps more programs an SM than the
-    output pass (fewer registers) and ran slower at the output pass's one-wave chunks
-    (session 35, `passes_call3.log`, GPU time, row 1, chunks 256 -> 672: fp32 0.225 ->
-    0.240 ms, bf16 0.188 -> 0.196)."""
-    if chunk <= default:
+    from `default` on a scan of at least _SPLIT_MIN_ELEMENTS (batch x dim x L), the
+    aggregates keep about the default's length, the largest chunk of at most `default`
+    positions that divides `chunk` into whole 16-position vectors (1 if none of at least
+    _MIN_CHUNK does)."""
+    if chunk <= default or elements < _SPLIT_MIN_ELEMENTS:
         return 1
     for split in range(-(-chunk // default), chunk // _MIN_CHUNK + 1):
         if chunk % (split * _WAVE_CHUNK_MULTIPLE) == 0:

@@ -97,13 +97,14 @@ def test_whole_wave_chunk_fits_one_wave_or_keeps_the_chunk() -> None:
 
 @pytest.mark.parametrize(("chunk", "default", "want"), [
     (672, 256, 3),  # row 1: aggregates at 224
-    (336, 128, 3),  # row 5: at 112 (168 would break the 16-position vectors)
-    (176, 64, 1),  # row 2: 176 = 11 x 16 has no divisor in [64, 64]
+    (336, 128, 3),  # at 112 (168 would break the 16-position vectors)
+    (176, 64, 1),  # 176 = 11 x 16 has no divisor in [64, 64]
     (1008, 256, 7),  # 144
     (256, 256, 1), (128, 256, 1),
 ])
 def test_aggregate_split(chunk: int, default: int, want: int) -> None:
-    split = serial_planning.aggregate_split(chunk, default)
+    assert serial_planning.aggregate_split(chunk, default, 2**25 - 1) == 1  # row 5's size
+    split = serial_planning.aggregate_split(chunk, default, 2**25)
     assert split == want
     assert chunk % split == 0 and (chunk // split) % 16 == 0
     assert split == 1 or 64 <= chunk // split <= default
@@ -115,6 +116,8 @@ def test_serial_plan_takes_the_whole_wave_chunk_only_by_default() -> None:
     assert plan.pass_chunks(aggregate=True) == (224, 1171)  # 262144 / 224 = 1170.3
     assert plan.pass_chunks(aggregate=False) == (672, 391)
     assert plan.carry_block == 512
+    row5 = serial_planning.serial_plan(8, 128, 1, 16384, torch.float32, slots=1584)
+    assert (row5.chunk, row5.agg_split) == (336, 1)  # 2**24 elements: aggregates unsplit
     assert serial_planning.serial_plan(2, 64, 1, 262144, torch.bfloat16).chunk == 256
     given = serial_planning.serial_plan(2, 64, 1, 262144, torch.bfloat16, chunk=128,
                                         slots=1584)
@@ -198,6 +201,17 @@ SPLIT_CASES = [
 ]
 
 
+@pytest.fixture
+def _split_at_any_size(monkeypatch: pytest.MonkeyPatch):
+    """Small cases stand for scans of 2**25 elements, where aggregates split (the plans
+    are cached: cleared before and after)."""
+    monkeypatch.setattr(serial_planning, "_SPLIT_MIN_ELEMENTS", 1)
+    serial_planning.serial_plan.cache_clear()
+    yield
+    serial_planning.serial_plan.cache_clear()
+
+
+@pytest.mark.usefixtures("_split_at_any_size")
 @pytest.mark.parametrize(("case", "slots"), SPLIT_CASES,
                          ids=[f"{c.id}-s{k}" for c, k in SPLIT_CASES])
 def test_serial_forward_with_aggregates_at_shorter_chunks(
