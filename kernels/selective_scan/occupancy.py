@@ -62,7 +62,8 @@ def device_slots(compiled: Any, props: Any) -> int | None:
 def may_exceed_one_wave(programs: int, num_warps: int, device: torch.device) -> bool:
     """Whether `programs` of `num_warps` warps could need more than one wave on `device`
     (a CUDA device): false where every SM keeps its share whatever the kernel's registers
-    (at most 255: 8 warps an SM), so that callers skip the compiled kernel's occupancy."""
+    (at most 255: 8 warps an SM; kernels of little shared memory), so that callers skip
+    asking the compiled kernel's occupancy."""
     return programs > _sm_count(device.index) * max(1, _FEWEST_WARPS_PER_SM // num_warps)
 
 
