@@ -116,9 +116,8 @@ class CachedLaunch:
                           build: Callable[[], tuple[tuple, dict]]) -> int | None:
         """How many programs of the launch `keyed(key, grid, tensors, build)` the device
         runs at once (occupancy.device_slots), its kernel compiled, not launched; cached
-        per key. None off the GPU (CPU tensors, the
-        interpreter) or where this Triton does not report the compiled kernel's
-        registers."""
+        per key. None off the GPU (CPU tensors, the interpreter) or where this Triton
+        does not report the compiled kernel's registers."""
         if not tensors[0].is_cuda:
             return None
         device = torch.cuda.current_device()
