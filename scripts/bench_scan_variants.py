@@ -229,13 +229,19 @@ CARRY_CONFIGS = [
     ("split 8, 4 w", dict(split=8, num_warps=4)),
     ("split 8, 2 w", dict(split=8, num_warps=2)),
     ("split 16, 2 w", dict(split=16, num_warps=2)),
+    # longer blocks: fewer walked in turn (row 1's forward with aggregates at a third of
+    # the chunk, session 35, walks 3 blocks of 512)
+    ("block 1024", dict(carry_block=1024)),
+    ("block 2048", dict(carry_block=2048)),
 ]
 
 
 def compare_carry(shapes, configs=CARRY_CONFIGS):
     """The carry over chunks alone (triton_chunks.carry_chunks), in us, by config: the
-    forward's (chunks of 256, H alone), the backward's with kept states (chunks of 64, Q
-    alone, against the scan) and without (H and Q)."""
+    forward's (chunks of 256, H alone; "fwd 3x": three times as many chunks, as where the
+    aggregates take a third of the output pass's chunk), the backward's with kept states
+    (chunks of 64, Q alone, against the scan) and without (H and Q). A config's
+    `carry_block` replaces the default block (a power of two, at most 512)."""
     from triton.testing import do_bench
 
     from medmamba_kernels.selective_scan.triton_chunks import carry_chunks
@@ -243,11 +249,11 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
     print(f"{'batch, dim, L':<18}{'pass':<10}{'chunks':>8}"
           + "".join(f"{label:>15}" for label, _ in configs))
     for batch, dim, length in shapes:
-        for name, chunk, with_h, with_q in (("forward", 256, True, False),
-                                            ("bwd kept", 64, False, True),
-                                            ("bwd H+Q", 64, True, True)):
-            nc = -(-length // chunk)
-            block = min(512, max(16, 1 << (nc - 1).bit_length()))
+        for name, nc, with_h, with_q in (("forward", -(-length // 256), True, False),
+                                         ("fwd 3x", -(-length // 256) * 3, True, False),
+                                         ("bwd kept", -(-length // 64), False, True),
+                                         ("bwd H+Q", -(-length // 64), True, True)):
+            default_block = min(512, max(16, 1 << (nc - 1).bit_length()))
             # each timed call carries E in place again: chunk decays of exp(-10) or less
             # keep the states finite over the repetitions (the work does not depend on them)
             S = torch.rand(batch, dim, nc, device="cuda") * 0.1 + 0.05
@@ -257,10 +263,14 @@ def compare_carry(shapes, configs=CARRY_CONFIGS):
             last = torch.empty(batch, dim, 16, device="cuda")
             times = []
             for _, kw in configs:
+                kw = dict(kw)
+                block = kw.pop("carry_block", default_block)
                 if with_h:
-                    run = lambda kw=kw: carry_chunks(S, E, A, last, block, False, Q, **kw)
+                    run = lambda kw=kw, block=block: carry_chunks(S, E, A, last, block, False,
+                                                                  Q, **kw)
                 else:  # the adjoint alone, flowing against the scan
-                    run = lambda kw=kw: carry_chunks(S, Q, A, None, block, True, **kw)
+                    run = lambda kw=kw, block=block: carry_chunks(S, Q, A, None, block, True,
+                                                                  **kw)
                 times.append(do_bench(run, warmup=5, rep=30, return_mode="median") * 1e3)
             assert torch.isfinite(E).all() and (Q is None or torch.isfinite(Q).all()), (
                 "carried states overflowed: timings unreliable")
