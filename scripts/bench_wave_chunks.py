@@ -1,9 +1,9 @@
 """Time the "serial" forward at chunk lengths around whole waves of its output pass
 (GPU machine). For each bench row it reads the compiled kernels' registers, derives how
-many programs an SM keeps resident, and prints, per chunk, the programs of a launch, the
-output pass's waves, and the forward's time (do_bench median and CUDA-graph replay),
-inference and training (kept states) forwards, with the output checked against the
-default chunk's.
+many programs an SM keeps resident (occupancy.programs_per_sm), and prints, per chunk,
+the programs of a launch, the output pass's waves, and the forward's time (do_bench
+median and CUDA-graph replay), inference and training (kept states) forwards, with the
+output checked against the default chunk's.
 
     python3 scripts/bench_wave_chunks.py [--rows 1,2,5,6] [--dtype fp32|bf16]
 """
@@ -33,13 +33,6 @@ def compiled_registers(jit_fn) -> list[tuple[int, int, int]]:
     return sorted(set(found))
 
 
-def resident_programs(registers: int, warps: int) -> int:
-    """Programs of `warps` warps an sm_90 SM keeps at `registers` a thread (registers come
-    in units of 256 a warp; at most 64 warps and 32 programs an SM)."""
-    per_warp = -(-registers * 32 // 256) * 256
-    return max(1, min(32, 64 // warps, 65536 // (per_warp * warps)))
-
-
 def wave_chunks(length: int, rows: int, slots: int, multiple: int = 16) -> list[int]:
     """The shortest chunks (multiples of `multiple`) whose programs fit 1-4 whole waves."""
     chunks = []
@@ -57,6 +50,7 @@ def main() -> int:
     args = p.parse_args()
     from triton.testing import do_bench, do_bench_cudagraph
 
+    from medmamba_kernels.selective_scan import occupancy
     from medmamba_kernels.selective_scan import triton_fwd_serial as serial
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -81,7 +75,7 @@ def main() -> int:
             torch.cuda.synchronize()
             regs = compiled_registers(serial._serial_kernel)
             top = max(r for r, _, _ in regs)
-            slots = sms * resident_programs(top, 1)
+            slots = sms * occupancy.programs_per_sm(top, 1)
             plan = serial.serial_plan(batch, dim, 1, length, dt)
             rows = batch * plan.n_dblk
             print(f"# row {row} {str(dt)[6:]}: kernels (regs, spills, warps) {regs}; "

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from medmamba_kernels.selective_scan import launch, occupancy, serial_planning
+from medmamba_kernels.selective_scan import (launch, occupancy, serial_planning,
+                                             triton_fwd_serial)
 from medmamba_kernels.selective_scan.launch import CachedLaunch
 from medmamba_kernels.selective_scan.reference import selective_scan_reference
 from scan_cases import TOLERANCE, ScanCase, relative_error
+from test_triton import _four_d
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 H200 = SimpleNamespace(major=9, minor=0, multi_processor_count=132,
@@ -154,6 +156,30 @@ def test_compiled_slots_reads_the_compiled_kernels_registers(
     assert launch._compiled_slots(object(), (7,), (), {}, 0) is None  # no warmup: unknown
 
 
+def _check_serial_forward(case: ScanCase, **forward_options) -> None:
+    """serial_forward of `case` (outputs written into NaNs) against the reference: out,
+    the last state, and the states kept at sub-chunks of 64 against the backward's own."""
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    x = _four_d(inputs)
+    out = torch.full_like(x["u"], float("nan"))
+    last = torch.full((case.batch, case.dim, case.nstate), float("nan"), device=DEVICE)
+    kept = torch.full((case.batch, case.dim, -(-case.length // 64), case.nstate),
+                      float("nan"), device=DEVICE)
+    drives = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
+    triton_fwd_serial.serial_forward(*drives, case.softplus, case.reverse, out, last,
+                                     sub_states=kept, **forward_options)
+    tol = TOLERANCE[case.dtype]
+    assert relative_error(out, want) <= tol and relative_error(last, want_last) <= tol
+    plan = serial_planning.serial_plan(case.batch, case.dim, x["B"].shape[1], case.length,
+                                       case.dtype, chunk=64)
+    states, _ = triton_fwd_serial.serial_boundary_states(
+        x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
+        case.softplus, case.reverse, plan)
+    assert relative_error(kept, states) <= TOLERANCE[torch.float32]
+
+
 # chunks the rule picks: multiples of 16, not powers of two, sub-chunks of 64 across them
 WAVE_CASES = [
     (ScanCase(1, 3, 343, 16, has_D=True, has_z=True, has_bias=True, softplus=True), 48),
@@ -166,30 +192,7 @@ WAVE_CASES = [
 @pytest.mark.parametrize(("case", "chunk"), WAVE_CASES,
                          ids=[f"{c.id}-c{k}" for c, k in WAVE_CASES])
 def test_serial_forward_at_chunks_of_whole_waves(case: ScanCase, chunk: int) -> None:
-    pytest.importorskip("triton")
-    from medmamba_kernels.selective_scan import triton_fwd_serial
-
-    inputs = case.inputs(DEVICE)
-    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
-    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
-    x = {k: v for k, v in inputs.items()}
-    if x["B"].dim() == 3:
-        x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)
-    out = torch.full_like(x["u"], float("nan"))
-    last = torch.full((case.batch, case.dim, case.nstate), float("nan"), device=DEVICE)
-    kept = torch.full((case.batch, case.dim, -(-case.length // 64), case.nstate),
-                      float("nan"), device=DEVICE)
-    triton_fwd_serial.serial_forward(
-        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
-        case.softplus, case.reverse, out, last, chunk=chunk, sub_states=kept)
-    tol = TOLERANCE[case.dtype]
-    assert relative_error(out, want) <= tol and relative_error(last, want_last) <= tol
-    plan = triton_fwd_serial.serial_plan(case.batch, case.dim, x["B"].shape[1], case.length,
-                                         case.dtype, chunk=64)
-    states, _ = triton_fwd_serial.serial_boundary_states(
-        x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
-        case.softplus, case.reverse, plan)
-    assert relative_error(kept, states) <= TOLERANCE[torch.float32]
+    _check_serial_forward(case, chunk=chunk)
 
 
 # (case, slots): plans the rule makes for a GPU of `slots` resident programs, given to the
@@ -216,34 +219,12 @@ def _split_at_any_size(monkeypatch: pytest.MonkeyPatch):
                          ids=[f"{c.id}-s{k}" for c, k in SPLIT_CASES])
 def test_serial_forward_with_aggregates_at_shorter_chunks(
         case: ScanCase, slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("triton")
-    from medmamba_kernels.selective_scan import triton_fwd_serial
-
-    inputs = case.inputs(DEVICE)
-    x = {k: v for k, v in inputs.items()}
-    if x["B"].dim() == 3:
-        x["B"], x["C"] = x["B"].unsqueeze(1), x["C"].unsqueeze(1)
-    plan = serial_planning.serial_plan(case.batch, case.dim, x["B"].shape[1], case.length,
-                                       case.dtype, slots=slots)
+    plan = serial_planning.serial_plan(case.batch, case.dim, max(case.groups, 1),
+                                       case.length, case.dtype, slots=slots)
     assert plan.agg_split == 3 and plan.pass_chunks(aggregate=True)[0] == 64
     monkeypatch.setattr(triton_fwd_serial, "serial_plan",
                         lambda *a, **k: serial_planning.serial_plan(*a, **{**k, "slots": slots}))
-    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
-    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
-    out = torch.full_like(x["u"], float("nan"))
-    last = torch.full((case.batch, case.dim, case.nstate), float("nan"), device=DEVICE)
-    kept = torch.full((case.batch, case.dim, -(-case.length // 64), case.nstate),
-                      float("nan"), device=DEVICE)
-    triton_fwd_serial.serial_forward(
-        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
-        case.softplus, case.reverse, out, last, sub_states=kept)
-    tol = TOLERANCE[case.dtype]
-    assert relative_error(out, want) <= tol and relative_error(last, want_last) <= tol
-    states, _ = triton_fwd_serial.serial_boundary_states(
-        x["u"], x["delta"], x["z"], None, x["A"], x["B"], x["C"], x["delta_bias"],
-        case.softplus, case.reverse, serial_planning.serial_plan(
-            case.batch, case.dim, x["B"].shape[1], case.length, case.dtype, chunk=64))
-    assert relative_error(kept, states) <= TOLERANCE[torch.float32]
+    _check_serial_forward(case)
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="occupancy of a compiled kernel: a GPU")
@@ -251,8 +232,6 @@ def test_default_forward_runs_in_whole_waves_on_the_gpu(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # (2, 128, 16384): chunks of 64 leave 2048 programs, more than one wave on a GPU of
     # fewer than 171 SMs at 12 programs an SM; the default plan fills one wave instead
-    from medmamba_kernels.selective_scan import triton_fwd_serial
-
     case = ScanCase(2, 128, 16384, 16, dtype=torch.bfloat16, has_D=True, has_z=True,
                     has_bias=True, softplus=True)
     inputs = case.inputs(DEVICE)
@@ -262,7 +241,7 @@ def test_default_forward_runs_in_whole_waves_on_the_gpu(
                         lambda plan, *a, **k: plans.append(plan) or real_launch(plan, *a, **k))
     flags = {"delta_softplus": True, "reverse": False}
     want = selective_scan_reference(**inputs, **flags)
-    x = {**inputs, "B": inputs["B"].unsqueeze(1), "C": inputs["C"].unsqueeze(1)}
+    x = _four_d(inputs)
     out, last = torch.empty_like(x["u"]), torch.empty(2, 128, 16, device=DEVICE)
     triton_fwd_serial.serial_forward(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"],
                                      x["z"], x["delta_bias"], True, False, out, last)
