@@ -229,10 +229,13 @@ CARRY_CONFIGS = [
     ("split 8, 4 w", dict(split=8, num_warps=4)),
     ("split 8, 2 w", dict(split=8, num_warps=2)),
     ("split 16, 2 w", dict(split=16, num_warps=2)),
-    # longer blocks: fewer walked in turn (row 1's forward with aggregates at a third of
-    # the chunk, session 35, walks 3 blocks of 512)
-    ("block 1024", dict(carry_block=1024)),
-    ("block 2048", dict(carry_block=2048)),
+    # Longer blocks (fewer walked in turn) were slower or level in session 36
+    # (kernel_h200_2026-12-03_s36/carry_call1.log, e.g. row 1's backward 43.5 us at 512,
+    # 60.6 at 1024, 53.2 at 2048). Rows of 2-15 blocks scanned in parallel instead:
+    ("par 2", dict(parallel_from=2)),
+    ("par 4", dict(parallel_from=4)),
+    ("par 2, pb 128", dict(parallel_from=2, parallel_block=128)),
+    ("par 2, pb 64", dict(parallel_from=2, parallel_block=64)),
 ]
 
 

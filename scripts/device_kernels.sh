@@ -15,6 +15,8 @@
 #   public     ... --public: the same for the public selective_scan (eager autograd)
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
+#   carrycap   scripts/bench_serial_carry.py: the rows' fwd and fwd+bwd by the carry block's cap
+#   aggsplit   ... --rows 1: by the aggregate split (row 1's default 3 first and last)
 #   short      ... --short-rows (one-chunk forwards of short sequences by variant, warps)
 #   waves      scripts/bench_wave_chunks.py: the "serial" forward by chunk, waves of programs
 #   serial     ... --serial-options ("serial" plans side by side)
@@ -45,6 +47,9 @@ for section in "$@"; do
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
+    carrycap) timeout 300 $K scripts/bench_serial_carry.py > "$log" 2>&1 ;;
+    aggsplit) timeout 300 $K scripts/bench_serial_carry.py --rows 1 \
+                --settings "split 3,split 1,split 2,split 6,split 3" > "$log" 2>&1 ;;
     short) timeout 200 $K scripts/bench_selective_scan.py --short-rows > "$log" 2>&1 ;;
     waves) timeout 330 $K scripts/bench_wave_chunks.py > "$log" 2>&1 ;;
     layout) timeout 400 $K scripts/bench_bc_layout.py --kernels > "$log" 2>&1 ;;

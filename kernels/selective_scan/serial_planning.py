@@ -108,8 +108,9 @@ class SerialPlan:
 
     @property
     def carry_block(self) -> int:
-        """Chunks a step of `carry_chunks`."""
-        return min(512, max(16, _next_pow2(self.pass_chunks(True)[1])))
+        """Entries a step of `carry_chunks`: the output pass's chunks (the carry folds
+        agg_split aggregate chunks into one)."""
+        return min(512, max(16, _next_pow2(self.n_chunks)))
 
 
 @functools.lru_cache(maxsize=1024)  # host time counts on short rows; few shapes a run

@@ -85,32 +85,55 @@ _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)
 
 
 @triton.jit
-def _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
-                REVERSE: tl.constexpr):
+def _load_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl.constexpr,
+                REVERSE: tl.constexpr, FOLD: tl.constexpr = 1):
     """Block k of one row's chunks in the direction of flow (REVERSE: the last chunk
     first): (their sums of dt, 0 past the row's end; the pointers and mask of their
     (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
     3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
-    of the carry kernel, sm_90: 847 shuffles against 207)."""
+    of the carry kernel, sm_90: 847 shuffles against 207).
+    FOLD > 1: a block entry is FOLD consecutive chunks composed in flow order (their
+    sums of dt added, their states decayed over the chunks after them), and its pointers
+    are those of its last chunk in flow order (masked where that is past the row's end)."""
     if REVERSE:
         cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
     else:
         cc = k * BLOCK + tl.arange(0, BLOCK)
-    mask_c = cc < n_chunks
-    s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
-    ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
-    mask = mask_c[:, None] & mask_n[None, :]
-    return s, ptrs, mask, tl.load(ptrs, mask=mask, other=0.0)
+    if FOLD == 1:
+        mask_c = cc < n_chunks
+        s = tl.load(S_ptr + row * n_chunks + cc, mask=mask_c, other=0.0)
+        ptrs = E_ptr + (row * n_chunks + cc)[:, None] * N + offs_n[None, :]
+        mask = mask_c[:, None] & mask_n[None, :]
+        return s, ptrs, mask, tl.load(ptrs, mask=mask, other=0.0)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    e = tl.zeros([BLOCK, A2.shape[0]], dtype=tl.float32)
+    for j in tl.static_range(FOLD):
+        if REVERSE:
+            sub = cc * FOLD + (FOLD - 1 - j)
+        else:
+            sub = cc * FOLD + j
+        mask_j = sub < n_chunks  # past the end: identities
+        s_j = tl.load(S_ptr + row * n_chunks + sub, mask=mask_j, other=0.0)
+        e_j = tl.load(E_ptr + (row * n_chunks + sub)[:, None] * N + offs_n[None, :],
+                      mask=mask_j[:, None] & mask_n[None, :], other=0.0)
+        e = e * tl.exp2(s_j[:, None] * A2[None, :]) + e_j
+        s += s_j
+    if REVERSE:
+        last = cc * FOLD
+    else:
+        last = cc * FOLD + FOLD - 1
+    ptrs = E_ptr + (row * n_chunks + last)[:, None] * N + offs_n[None, :]
+    return s, ptrs, (last < n_chunks)[:, None] & mask_n[None, :], e
 
 
 @triton.jit
 def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
-                N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+                N, BLOCK: tl.constexpr, REVERSE: tl.constexpr, FOLD: tl.constexpr = 1):
     """Block k of one row's chunk aggregates E, scanned in place from the state `carry`
     entering it (None: zero). Returns (the state leaving the block in the direction of
     flow, the block's sum of S)."""
-    s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N, BLOCK,
-                                   REVERSE)
+    s, ptrs, mask, e = _load_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
+                                   BLOCK, REVERSE, FOLD)
     decay = tl.exp2(s[:, None] * A2[None, :])
     acum, hs = tl.associative_scan((decay, e), axis=0, combine_fn=_affine_combine)
     if carry is None:
@@ -126,7 +149,7 @@ def _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n,
 
 @triton.jit
 def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
-              N, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+              N, BLOCK: tl.constexpr, REVERSE: tl.constexpr, FOLD: tl.constexpr = 1):
     """All blocks of one row in turn, in the direction of flow; returns the last state."""
     carry = tl.zeros(A2.shape, dtype=tl.float32)
     for i in range(0, n_blocks):
@@ -135,7 +158,7 @@ def _scan_row(S_ptr, E_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n,
         else:
             k = i
         carry, _ = _scan_block(S_ptr, E_ptr, A2, carry, row, n_chunks, k, offs_n, mask_n, N,
-                               BLOCK, REVERSE)
+                               BLOCK, REVERSE, FOLD)
     return carry
 
 
@@ -152,7 +175,7 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
         k_prev = k - 1
     if has_prev:
         h_in = tl.load(XB_ptr + (row * n_blocks + k_prev) * N + offs_n, mask=mask_n, other=0.0)
-        s, ptrs, mask, e = _load_block(S_ptr, E_ptr, row, n_chunks, k, offs_n, mask_n, N,
+        s, ptrs, mask, e = _load_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N,
                                        BLOCK, REVERSE)
         upto = tl.cumsum(s, axis=0)  # inclusive, in flow order
         e += tl.exp2(upto[:, None] * A2[None, :]) * h_in[None, :]
@@ -162,12 +185,14 @@ def _fix_block(S_ptr, E_ptr, XB_ptr, A2, row, n_chunks, n_blocks, k, offs_n, mas
 @triton.jit
 def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
                  offs_n, mask_n, first, N, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
-                 STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr):
+                 STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr,
+                 FOLD: tl.constexpr):
     """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row (its states
-    offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program."""
+    offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program.
+    FOLD (stage 0 only): chunks an entry of the scan (`_load_block`)."""
     if STAGE == 0:
         x_out = _scan_row(S_ptr, X_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
-                          REVERSE)
+                          REVERSE, FOLD)
         if STORE_LAST:
             tl.store(last_ptr + row * N + offs_n, x_out, mask=mask_n)
     elif STAGE == 1:
@@ -186,14 +211,16 @@ def _carry_kernel(
     S_ptr, E_ptr, Q_ptr, A_ptr, last_ptr, SB_ptr, EB_ptr, QB_ptr, dim, n_chunks, n_blocks,
     N, NP: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr,
     STORE_LAST: tl.constexpr, WITH_Q: tl.constexpr, STAGE: tl.constexpr,
-    SPLIT: tl.constexpr = 1,
+    SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = 1,
 ):
     """The chunk aggregates of row program_id(0) // SPLIT (batch * dim + channel), NP //
     SPLIT of its states (the states are independent: SPLIT programs share a row), BLOCK
     chunks a tl.associative_scan; program_id(2) == 1 (WITH_Q) works on Q, which flows the other
     way (the backward's adjoint), in the same launch. After it E[c] holds the true state
     at the end of chunk c in the direction of flow (REVERSE: from the last chunk to the
-    first); STORE_LAST writes the state leaving the row.
+    first); STORE_LAST writes the state leaving the row. FOLD > 1 (stage 0): the scan
+    runs over groups of FOLD chunks and writes each group's state at its last chunk in
+    the direction of flow only (`carry_chunks`' `fold`).
 
     STAGE 0: a program walks all blocks of its row in turn, carrying the state.
     STAGE 1: program_id(1) = k scans block k from a zero state and writes the block's sum
@@ -211,10 +238,12 @@ def _carry_kernel(
     A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
     if WITH_Q and tl.program_id(2) == 1:
         _carry_stage(S_ptr, Q_ptr, QB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, part == 0, N, BLOCK, not REVERSE, STAGE, False, False)
+                     offs_n, mask_n, part == 0, N, BLOCK, not REVERSE, STAGE, False, False,
+                     FOLD)
     else:
         _carry_stage(S_ptr, E_ptr, EB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n_blocks,
-                     offs_n, mask_n, part == 0, N, BLOCK, REVERSE, STAGE, True, STORE_LAST)
+                     offs_n, mask_n, part == 0, N, BLOCK, REVERSE, STAGE, True, STORE_LAST,
+                     FOLD)
 
 
 _carry_kernel_launcher = CachedLaunch(_carry_kernel)
@@ -308,7 +337,7 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
                  last_state: torch.Tensor | None, carry_block: int, reverse: bool,
                  Q: torch.Tensor | None = None, *, parallel_from: int = PARALLEL_MIN_BLOCKS,
                  parallel_block: int = PARALLEL_BLOCK, split: int | None = None,
-                 num_warps: int = 4) -> None:
+                 num_warps: int = 4, fold: int = 1) -> None:
     """E (batch, dim, n_chunks, N), the chunks' states from zero, becomes the true state
     at each chunk's boundary, in place; with `last_state`, the state leaving the last chunk
     in the direction of flow is written there too. Q, of E's shape, is scanned the other
@@ -320,10 +349,23 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     function, recursively), then add each block's entering state (two launches more).
     `split` programs (a power of two, at most N rounded up to one) share a row, each with
     its part of the states (default `_carry_split`); `num_warps` a program.
+
+    `fold` > 1: only every fold-th boundary is wanted, the last of each group of `fold`
+    chunks in the direction of flow (the "serial" forward's output pass reads the state
+    entering its chunk there, its aggregates at a fold-th of its chunk). The scan then
+    runs over the groups, each composed from its chunks as they load, and writes those
+    boundaries only: a third of row 1's scan and stores where its aggregates are split in
+    three. Rows that would scan in parallel carry every boundary instead.
     """
     batch, dim, n_chunks, n_state = E.shape
-    n_blocks = _cdiv(n_chunks, carry_block)
+    if fold < 1:
+        raise ValueError(f"fold: expected at least 1, got {fold}")
+    n_blocks = _cdiv(_cdiv(n_chunks, fold), carry_block)
     parallel = n_blocks >= parallel_from
+    if parallel and fold > 1:  # stage 2 would fold the scanned blocks again
+        return carry_chunks(S, E, A, last_state, carry_block, reverse, Q,
+                            parallel_from=parallel_from, parallel_block=parallel_block,
+                            split=split, num_warps=num_warps)
     if parallel:
         # blocks of at least 2 chunks (the recursion must shrink), few enough for grid axis 1
         carry_block = max(2, min(carry_block, parallel_block),
@@ -352,11 +394,11 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
             return (dim, n_chunks, n_blocks), dict(
                 N=n_state, NP=n_pow2, BLOCK=carry_block, REVERSE=reverse,
                 STORE_LAST=last_state is not None, WITH_Q=Q is not None, SPLIT=split,
-                STAGE=stage, num_warps=num_warps)
+                STAGE=stage, FOLD=fold, num_warps=num_warps)
 
         # what the scalars and options are made of (CachedLaunch.keyed)
         key = (E.shape, n_blocks, carry_block, reverse, last_state is None, Q is None,
-               split, num_warps, stage)
+               split, num_warps, stage, fold)
         _carry_kernel_launcher.keyed(key, grid, tensors, scalars_and_options)
 
     if not parallel:

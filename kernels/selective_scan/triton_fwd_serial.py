@@ -382,7 +382,9 @@ def serial_boundary_states(
         _launch(plan, dout, delta, z, A, C, C, None, delta_bias, Q, S, Q, delta_softplus,
                 not reverse, aggregate=True, adjoint=True, store_sums=kept)
     if not kept:
-        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q)
+        # a forward's output pass reads every agg_split-th boundary only
+        carry_chunks(S, H, A, last_state, plan.carry_block, reverse, Q,
+                     fold=plan.agg_split if Q is None else 1)
     elif Q is not None:
         carry_chunks(S, Q, A, None, plan.carry_block, not reverse)
     return H, Q

@@ -196,10 +196,13 @@ def test_serial_forward_at_chunks_of_whole_waves(case: ScanCase, chunk: int) -> 
 
 
 # (case, slots): plans the rule makes for a GPU of `slots` resident programs, given to the
-# kernels on any device: L = 960 at 5 slots takes chunks of 192, aggregates of 64
+# kernels on any device: L = 960 at 5 slots takes chunks of 192, aggregates of 64; L = 890
+# the same, its 14 aggregates a last group of 2 where the carry folds 3 into one
 SPLIT_CASES = [
     (ScanCase(1, 2, 960, 16, has_D=True, has_z=True, has_bias=True, softplus=True), 5),
     (ScanCase(1, 2, 960, 4, has_z=True, softplus=True, reverse=True), 5),
+    (ScanCase(1, 2, 890, 16, has_D=True, has_z=True, softplus=True), 5),
+    (ScanCase(1, 2, 890, 4, has_bias=True, softplus=True, reverse=True), 5),
     (ScanCase(2, 4, 950, 16, dtype=torch.bfloat16, groups=2, has_D=True, softplus=True), 20),
 ]
 

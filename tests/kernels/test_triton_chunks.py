@@ -1,6 +1,6 @@
 """The carry over chunks (triton_chunks.carry_chunks) vs a step-by-step carry: blocks in
 turn and block-parallel (recursively), both directions, the adjoint Q in the same
-launches. The whole forward and backward, which run it, are tested in test_triton.py."""
+launches, groups of chunks folded into one entry. The whole forward and backward, which run it, are tested in test_triton.py."""
 
 from __future__ import annotations
 
@@ -72,6 +72,57 @@ def test_carry_chunks_with_states_split_over_programs(split: int, reverse: bool,
     # 5 states padded to 8: 4 and 8 programs a row leave some with masked states, or none
     _check_carry(split * 10 + reverse, 37, 4, reverse, parallel_from=parallel_from,
                  parallel_block=4, split=split, num_warps=2)
+
+
+def _flow_ends(n_chunks: int, fold: int, backwards: bool) -> list[int]:
+    """The last chunk of each group of `fold` in the direction of flow, inside the row."""
+    starts = range(0, n_chunks, fold)
+    if backwards:
+        return list(starts)
+    return [c + fold - 1 for c in starts if c + fold - 1 < n_chunks]
+
+
+@pytest.mark.parametrize(("n_chunks", "fold"), [(1, 3), (5, 2), (7, 3), (37, 3), (36, 4)])
+@pytest.mark.parametrize("carry_block", [1, 4, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_folded_carry_writes_each_groups_flow_end(n_chunks: int, fold: int, carry_block: int,
+                                                  reverse: bool) -> None:
+    # groups of `fold` chunks (the last one short where fold does not divide the row)
+    # scanned as one entry: the state at each group's far end in the direction of flow
+    # (E forwards, Q the other way) and the last state as the step-by-step carry's, every
+    # other entry left as it was
+    gen = torch.Generator().manual_seed(n_chunks * 10 + fold + carry_block)
+    batch, dim, n_state = 2, 3, 5
+    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
+    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
+    A = -torch.rand(dim, n_state, generator=gen) * 2
+    want_E, want_last = _carry_reference(S, E, A, reverse)
+    want_Q, _ = _carry_reference(S, Q, A, not reverse)
+    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
+    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
+                 split=2 if carry_block == 4 else None, fold=fold)
+    torch.testing.assert_close(last.cpu(), want_last, rtol=1e-5, atol=1e-5)
+    for got, given, want, backwards in ((E_dev, E, want_E, reverse),
+                                        (Q_dev, Q, want_Q, not reverse)):
+        ends = _flow_ends(n_chunks, fold, backwards)  # none: one short group, forwards
+        torch.testing.assert_close(got.cpu()[:, :, ends], want[:, :, ends], rtol=1e-5,
+                                   atol=1e-5)
+        others = [c for c in range(n_chunks) if c not in ends]
+        assert torch.equal(got.cpu()[:, :, others], given[:, :, others])
+
+
+def test_folded_carry_of_a_parallel_row_carries_every_boundary() -> None:
+    # rows long enough to scan their blocks in parallel are carried unfolded: every entry
+    # is the true state (the wanted ends among them)
+    _check_carry(5, 37, 2, False, parallel_from=2, parallel_block=2, fold=3)
+
+
+def test_carry_chunks_refuses_a_bad_fold() -> None:
+    S, E, A = torch.zeros(1, 1, 4), torch.zeros(1, 1, 4, 5), torch.zeros(1, 5)
+    with pytest.raises(ValueError, match="^fold: expected at least 1, got 0"):
+        carry_chunks(S.to(DEVICE), E.to(DEVICE), A.to(DEVICE), None, 4, False, fold=0)
 
 
 @pytest.mark.parametrize(("split", "message"), [(3, "power of two"), (16, "at most 8")])
