@@ -136,6 +136,9 @@ def configs(chunk: int):
     yield "carry blocks' fix-up", ("triton_chunks", "_carry_kernel"), {**carry, "STAGE": 2}, 8
     yield "carry, H and Q (block 512)", ("triton_chunks", "_carry_kernel"), {
         **carry, "STORE_LAST": False, "WITH_Q": True}, 8
+    # row 1's forward since session 36: 1171 aggregates folded 3 a chunk, split 4, 4 warps
+    yield "carry, folded 3 (split 4)", ("triton_chunks", "_carry_kernel"), {
+        **carry, "n_chunks": 1171, "n_blocks": 1, "SPLIT": 4, "FOLD": 3}, 4
 
 
 def serial_configs(dtype: torch.dtype):
