@@ -91,10 +91,8 @@ def _load_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl
     first): (their sums of dt, 0 past the row's end; the pointers and mask of their
     (BLOCK, NP) states; those states). Scans over the block then run forwards: triton
     3.6 lowers a reversed scan as a flip of the tile around a forward one (offline SASS
-    of the carry kernel, sm_90: 847 shuffles against 207).
-    FOLD > 1: a block entry is FOLD consecutive chunks composed in flow order (their
-    sums of dt added, their states decayed over the chunks after them), and its pointers
-    are those of its last chunk in flow order (masked where that is past the row's end)."""
+    of the carry kernel, sm_90: 847 shuffles against 207). FOLD > 1: an entry is FOLD
+    chunks composed in flow order, its pointers its last chunk's (`carry_chunks`' fold)."""
     if REVERSE:
         cc = k * BLOCK + (BLOCK - 1 - tl.arange(0, BLOCK))
     else:
@@ -108,20 +106,14 @@ def _load_block(S_ptr, E_ptr, A2, row, n_chunks, k, offs_n, mask_n, N, BLOCK: tl
     s = tl.zeros([BLOCK], dtype=tl.float32)
     e = tl.zeros([BLOCK, A2.shape[0]], dtype=tl.float32)
     for j in tl.static_range(FOLD):
-        if REVERSE:
-            sub = cc * FOLD + (FOLD - 1 - j)
-        else:
-            sub = cc * FOLD + j
+        sub = cc * FOLD + ((FOLD - 1 - j) if REVERSE else j)
         mask_j = sub < n_chunks  # past the end: identities
         s_j = tl.load(S_ptr + row * n_chunks + sub, mask=mask_j, other=0.0)
         e_j = tl.load(E_ptr + (row * n_chunks + sub)[:, None] * N + offs_n[None, :],
                       mask=mask_j[:, None] & mask_n[None, :], other=0.0)
         e = e * tl.exp2(s_j[:, None] * A2[None, :]) + e_j
         s += s_j
-    if REVERSE:
-        last = cc * FOLD
-    else:
-        last = cc * FOLD + FOLD - 1
+    last = cc * FOLD + (0 if REVERSE else FOLD - 1)
     ptrs = E_ptr + (row * n_chunks + last)[:, None] * N + offs_n[None, :]
     return s, ptrs, (last < n_chunks)[:, None] & mask_n[None, :], e
 
@@ -188,8 +180,8 @@ def _carry_stage(S_ptr, X_ptr, XB_ptr, SB_ptr, last_ptr, A2, row, k, n_chunks, n
                  STAGE: tl.constexpr, STORE_SB: tl.constexpr, STORE_LAST: tl.constexpr,
                  FOLD: tl.constexpr):
     """One stage of `_carry_kernel` on the aggregates X (E or Q) of one row (its states
-    offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program.
-    FOLD (stage 0 only): chunks an entry of the scan (`_load_block`)."""
+    offs_n); STORE_SB: the blocks' sums of S are written, by the row's `first` program;
+    FOLD: chunks an entry of stage 0's scan."""
     if STAGE == 0:
         x_out = _scan_row(S_ptr, X_ptr, A2, row, n_chunks, n_blocks, offs_n, mask_n, N, BLOCK,
                           REVERSE, FOLD)
@@ -218,9 +210,7 @@ def _carry_kernel(
     chunks a tl.associative_scan; program_id(2) == 1 (WITH_Q) works on Q, which flows the other
     way (the backward's adjoint), in the same launch. After it E[c] holds the true state
     at the end of chunk c in the direction of flow (REVERSE: from the last chunk to the
-    first); STORE_LAST writes the state leaving the row. FOLD > 1 (stage 0): the scan
-    runs over groups of FOLD chunks and writes each group's state at its last chunk in
-    the direction of flow only (`carry_chunks`' `fold`).
+    first); STORE_LAST writes the state leaving the row; FOLD: `carry_chunks`' fold.
 
     STAGE 0: a program walks all blocks of its row in turn, carrying the state.
     STAGE 1: program_id(1) = k scans block k from a zero state and writes the block's sum
@@ -350,12 +340,10 @@ def carry_chunks(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor,
     `split` programs (a power of two, at most N rounded up to one) share a row, each with
     its part of the states (default `_carry_split`); `num_warps` a program.
 
-    `fold` > 1: only every fold-th boundary is wanted, the last of each group of `fold`
-    chunks in the direction of flow (the "serial" forward's output pass reads the state
-    entering its chunk there, its aggregates at a fold-th of its chunk). The scan then
-    runs over the groups, each composed from its chunks as they load, and writes those
-    boundaries only: a third of row 1's scan and stores where its aggregates are split in
-    three. Rows that would scan in parallel carry every boundary instead.
+    `fold` > 1: only the last boundary of each group of `fold` chunks in the direction of
+    flow is wanted (the "serial" output pass's, its aggregates split `fold` a chunk): the
+    scan runs over the groups, composed as they load, and writes those boundaries only.
+    Rows that would scan in parallel carry every boundary instead.
     """
     batch, dim, n_chunks, n_state = E.shape
     if fold < 1:

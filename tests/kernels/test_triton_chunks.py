@@ -1,6 +1,7 @@
 """The carry over chunks (triton_chunks.carry_chunks) vs a step-by-step carry: blocks in
 turn and block-parallel (recursively), both directions, the adjoint Q in the same
-launches, groups of chunks folded into one entry. The whole forward and backward, which run it, are tested in test_triton.py."""
+launches, groups of chunks folded into one entry. The whole forward and backward, which
+run it, are tested in test_triton.py."""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ def _carry_reference(S: torch.Tensor, E: torch.Tensor, A: torch.Tensor, reverse:
     return out, h
 
 
-def _check_carry(seed: int, n_chunks: int, carry_block: int, reverse: bool,
-                 **options) -> None:
-    """carry_chunks (with `options`) of random E, and Q the other way, against the
-    step-by-step carry: states at every chunk and the last state (NaN-filled before)."""
+def _carried(seed: int, n_chunks: int, carry_block: int, reverse: bool, **options) -> tuple:
+    """carry_chunks (with `options`) of random E, and Q the other way, the last state
+    NaN-filled before: (E and Q as given, as carried and as the step-by-step carry
+    wants them, then the last state carried and wanted), all on the CPU."""
     gen = torch.Generator().manual_seed(seed)
     batch, dim, n_state = 2, 3, 5
     S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
@@ -41,12 +42,21 @@ def _check_carry(seed: int, n_chunks: int, carry_block: int, reverse: bool,
     A = -torch.rand(dim, n_state, generator=gen) * 2
     want_E, want_last = _carry_reference(S, E, A, reverse)
     want_Q, _ = _carry_reference(S, Q, A, not reverse)
-    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
+    # copies even on the CPU: E and Q are returned as given
+    E_dev, Q_dev = E.to(DEVICE, copy=True), Q.to(DEVICE, copy=True)
     last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
     carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
                  **options)
-    for got, want in ((E_dev, want_E), (Q_dev, want_Q), (last, want_last)):
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    return (E, E_dev.cpu(), want_E, Q, Q_dev.cpu(), want_Q, last.cpu(), want_last)
+
+
+def _check_carry(seed: int, n_chunks: int, carry_block: int, reverse: bool,
+                 **options) -> None:
+    """`_carried`'s states at every chunk and last state against the step-by-step carry."""
+    _, E, want_E, _, Q, want_Q, last, want_last = _carried(seed, n_chunks, carry_block,
+                                                           reverse, **options)
+    for got, want in ((E, want_E), (Q, want_Q), (last, want_last)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_chunks", [1, 5, 37])
@@ -91,26 +101,16 @@ def test_folded_carry_writes_each_groups_flow_end(n_chunks: int, fold: int, carr
     # scanned as one entry: the state at each group's far end in the direction of flow
     # (E forwards, Q the other way) and the last state as the step-by-step carry's, every
     # other entry left as it was
-    gen = torch.Generator().manual_seed(n_chunks * 10 + fold + carry_block)
-    batch, dim, n_state = 2, 3, 5
-    S = torch.rand(batch, dim, n_chunks, generator=gen) * 0.5
-    E = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    Q = torch.randn(batch, dim, n_chunks, n_state, generator=gen)
-    A = -torch.rand(dim, n_state, generator=gen) * 2
-    want_E, want_last = _carry_reference(S, E, A, reverse)
-    want_Q, _ = _carry_reference(S, Q, A, not reverse)
-    E_dev, Q_dev = E.to(DEVICE), Q.to(DEVICE)
-    last = torch.full((batch, dim, n_state), float("nan"), device=DEVICE)
-    carry_chunks(S.to(DEVICE), E_dev, A.to(DEVICE), last, carry_block, reverse, Q_dev,
-                 split=2 if carry_block == 4 else None, fold=fold)
-    torch.testing.assert_close(last.cpu(), want_last, rtol=1e-5, atol=1e-5)
-    for got, given, want, backwards in ((E_dev, E, want_E, reverse),
-                                        (Q_dev, Q, want_Q, not reverse)):
+    E, got_E, want_E, Q, got_Q, want_Q, last, want_last = _carried(
+        n_chunks * 10 + fold + carry_block, n_chunks, carry_block, reverse,
+        split=2 if carry_block == 4 else None, fold=fold)
+    torch.testing.assert_close(last, want_last, rtol=1e-5, atol=1e-5)
+    for got, given, want, backwards in ((got_E, E, want_E, reverse),
+                                        (got_Q, Q, want_Q, not reverse)):
         ends = _flow_ends(n_chunks, fold, backwards)  # none: one short group, forwards
-        torch.testing.assert_close(got.cpu()[:, :, ends], want[:, :, ends], rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(got[:, :, ends], want[:, :, ends], rtol=1e-5, atol=1e-5)
         others = [c for c in range(n_chunks) if c not in ends]
-        assert torch.equal(got.cpu()[:, :, others], given[:, :, others])
+        assert torch.equal(got[:, :, others], given[:, :, others])
 
 
 def test_folded_carry_of_a_parallel_row_carries_every_boundary() -> None:
