@@ -81,6 +81,21 @@ def compile_sm90(fn, args: dict, num_warps: int, maxnreg: int | None = None):
                                    **({} if maxnreg is None else {"maxnreg": maxnreg})})
 
 
+def kernel_arguments(fn, dtype: torch.dtype, values: dict, io: tuple = _IO) -> dict:
+    """Every parameter of `fn` for compile_sm90: pointers named in `io` to `dtype`, the
+    other pointers to fp32, the rest from `values` or, for constexprs it leaves out,
+    their defaults."""
+    full = {}
+    for param in fn.params:
+        if param.name.endswith("_ptr"):
+            full[param.name] = dtype if param.name in io else torch.float32
+        elif param.name in values or not param.has_default:
+            full[param.name] = values[param.name]
+        else:  # a constexpr with a default the config leaves alone
+            full[param.name] = param.default
+    return full
+
+
 def _tool(name: str, cubin: bytes, *flags: str) -> str:
     import triton
 
@@ -226,14 +241,7 @@ def main() -> int:
             if not label.startswith(args.only):
                 continue
             fn = getattr(modules[mod], name)
-            full = {}
-            for param in fn.params:
-                if param.name.endswith("_ptr"):
-                    full[param.name] = dtype if param.name in _IO else torch.float32
-                elif param.name in values or not param.has_default:
-                    full[param.name] = values[param.name]
-                else:  # a constexpr with a default the config leaves alone
-                    full[param.name] = param.default
+            full = kernel_arguments(fn, dtype, values)
             if args.reverse and "REVERSE" in full and not label.startswith("bwd"):
                 full["REVERSE"] = True
             kernel = compile_sm90(fn, full, warps, args.maxnreg)
