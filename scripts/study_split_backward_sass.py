@@ -14,6 +14,7 @@ also under register caps that would let an SM keep 12 (168) or 16 (128) warps:
     python scripts/study_split_backward_sass.py
 """
 
+import argparse
 import os
 import sys
 
@@ -181,6 +182,7 @@ def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     print(f"{'kernel':<24}{'dtype':<10}{'cap':>5}{'REG':>5}{'STACK':>7}{'total':>7}"
           f"{'SHFL':>6}{'MUFU':>6}{'LDL':>5}{'STL':>5}")

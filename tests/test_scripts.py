@@ -15,7 +15,8 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
-            "bench_serial_threshold", "bench_bc_layout", "study_serial_backward"]
+            "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
+            "study_split_backward", "study_split_backward_sass"]
 
 
 @pytest.mark.slow
@@ -87,3 +88,26 @@ def test_study_serial_backward_counts_loop_bodies_but_not_the_trap_loop() -> Non
         "        /*0050*/                   BRA `(.L_x_1);",
     ])
     assert loop_sizes(sass) == [3]
+
+
+def test_study_split_backward_forms_the_backward_coupling_exactly_in_float64() -> None:
+    # the telescoped form (study_split_backward.split_terms) against w = g a h_prev, both
+    # in float64 from the same states: any slip in the identity's algebra is O(1) here
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import study_split_backward as study
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    dim, n_state, length, chunk = 3, 4, 150, 16  # a partial last chunk
+    u, dy = (torch.randn(dim, length, generator=gen, dtype=torch.float64) for _ in range(2))
+    dt = torch.rand(dim, length, generator=gen, dtype=torch.float64) * 0.3
+    A = -torch.rand(dim, n_state, generator=gen, dtype=torch.float64) * 2
+    B, C = (torch.randn(n_state, length, generator=gen, dtype=torch.float64) for _ in range(2))
+    a, v, h, g = study._states(u, dt, A, B, C, dy)
+    direct = study.direct_terms(A, dt, a, h, g)
+    split = study.split_terms(A, dt, dy, B, C, a, v, h, g, chunk)
+    for got, want in zip(split, direct):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
