@@ -14,6 +14,8 @@ also under register caps that would let an SM keep 12 (168) or 16 (128) warps:
     python scripts/study_split_backward_sass.py
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
@@ -47,8 +49,7 @@ def _vectors(d, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd, s_ud, s_od, 
 def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr,
               P_ptr, dz_ptr, dC_ptr, part_ptr, dim, groups, length, n_chunks, n_cblk, n_bgd,
               per_group, channel_block, s_dd, s_ud, s_od, s_zd,
-              N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr,
-              AHEAD: tl.constexpr):
+              N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     tile = (b * NP + offs_n[:, None]) * length + offs_l[None, :]
@@ -62,26 +63,14 @@ def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
     n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd,
                                     s_ud, s_od, s_zd, dim, length)
-    if AHEAD:
-        n_A = tl.load(A_ptr + d0 * N + offs_n)
-        n_h0 = tl.load(H_ptr + ((b * dim + d0) * n_chunks + c_prev) * N + offs_n, mask=mask_h0,
-                       other=0.0)
     for d in range(d0, d_end):
         dt_raw, u, dout, zz = n_dt, n_u, n_do, n_z
-        if AHEAD:
-            A = n_A
-            h0 = n_h0
-        else:
-            A = tl.load(A_ptr + d * N + offs_n)
-            h0 = tl.load(H_ptr + ((b * dim + d) * n_chunks + c_prev) * N + offs_n,
-                         mask=mask_h0, other=0.0)
+        A = tl.load(A_ptr + d * N + offs_n)
+        h0 = tl.load(H_ptr + ((b * dim + d) * n_chunks + c_prev) * N + offs_n, mask=mask_h0,
+                     other=0.0)
         d_ahead = tl.minimum(d + 1, d_end - 1)
         n_dt, n_u, n_do, n_z = _vectors(d_ahead, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr,
                                         s_dd, s_ud, s_od, s_zd, dim, length)
-        if AHEAD:
-            n_A = tl.load(A_ptr + d_ahead * N + offs_n)
-            n_h0 = tl.load(H_ptr + ((b * dim + d_ahead) * n_chunks + c_prev) * N + offs_n,
-                           mask=mask_h0, other=0.0)
         D = tl.load(D_ptr + d)
         dt = _softplus(dt_raw + tl.load(bias_ptr + d))
         A2 = A * 1.4426950408889634
@@ -110,8 +99,7 @@ def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
 def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr,
               Q_ptr, P_ptr, du_ptr, ddelta_ptr, dB_ptr, part_ptr, dim, groups, length,
               n_chunks, n_cblk, n_bgd, per_group, channel_block, s_dd, s_ud, s_od, s_zd,
-              N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr,
-              AHEAD: tl.constexpr):
+              N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
         n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     tile = (b * NP + offs_n[:, None]) * length + offs_l[None, :]
@@ -126,31 +114,16 @@ def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
     n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd,
                                     s_ud, s_od, s_zd, dim, length)
     n_P = tl.load(P_ptr + (b * dim + d0) * length + offs_l)
-    if AHEAD:
-        n_A = tl.load(A_ptr + d0 * N + offs_n)
-        n_q0 = tl.load(Q_ptr + ((b * dim + d0) * n_chunks + c_next) * N + offs_n, mask=mask_q0,
-                       other=0.0)
-        n_he = tl.load(H_ptr + ((b * dim + d0) * n_chunks + c) * N + offs_n)
     for d in range(d0, d_end):
         dt_raw, u, dout, zz, P = n_dt, n_u, n_do, n_z, n_P
-        if AHEAD:
-            A = n_A
-            q0 = n_q0
-            he = n_he
-        else:
-            A = tl.load(A_ptr + d * N + offs_n)
-            q0 = tl.load(Q_ptr + ((b * dim + d) * n_chunks + c_next) * N + offs_n,
-                         mask=mask_q0, other=0.0)
-            he = tl.load(H_ptr + ((b * dim + d) * n_chunks + c) * N + offs_n)
+        A = tl.load(A_ptr + d * N + offs_n)
+        q0 = tl.load(Q_ptr + ((b * dim + d) * n_chunks + c_next) * N + offs_n, mask=mask_q0,
+                     other=0.0)
+        he = tl.load(H_ptr + ((b * dim + d) * n_chunks + c) * N + offs_n)  # leaving chunk c
         d_ahead = tl.minimum(d + 1, d_end - 1)
         n_dt, n_u, n_do, n_z = _vectors(d_ahead, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr,
                                         s_dd, s_ud, s_od, s_zd, dim, length)
         n_P = tl.load(P_ptr + (b * dim + d_ahead) * length + offs_l)
-        if AHEAD:
-            n_A = tl.load(A_ptr + d_ahead * N + offs_n)
-            n_q0 = tl.load(Q_ptr + ((b * dim + d_ahead) * n_chunks + c_next) * N + offs_n,
-                           mask=mask_q0, other=0.0)
-            n_he = tl.load(H_ptr + ((b * dim + d_ahead) * n_chunks + c) * N + offs_n)
         D = tl.load(D_ptr + d)
         dt_pre = dt_raw + tl.load(bias_ptr + d)
         dt = _softplus(dt_pre)
@@ -195,8 +168,8 @@ def main() -> int:
     single = kss._import_kernels()[3]._bwd_kernel  # triton_bwd's, the default
     for dtype in (torch.float32, torch.bfloat16):
         for name, fn in (("h half (dz, dC, P)", _fwd_half), ("g half (du, ddt, dB)", _adj_half)):
-            for cap in (None, 168, 128):  # A and the boundary states not read ahead
-                full = kss.kernel_arguments(fn, dtype, {**base, "AHEAD": 0}, io)
+            for cap in (None, 168, 128):
+                full = kss.kernel_arguments(fn, dtype, base, io)
                 _row(name, dtype, cap, kss.stats(kss.compile_sm90(fn, full, 1, cap))[0])
         values = {**kss._row1_args(64, backward=True), "EVEN_L": dtype.itemsize == 4,
                   "PREFETCH": True, "AHEAD": 2 if dtype.itemsize == 4 else 0}
