@@ -166,6 +166,8 @@ BWD_CONFIGS = [
     ("no prefetch", dict(prefetch=False)),
     ("A ahead", dict(ahead=1)),
     ("vectors ahead", dict(ahead=0)),
+    ("no cache ahead", dict(cache_ahead=False)),  # bf16's default caches since session 37
+    ("cache ahead", dict(cache_ahead=True)),
     ("adj groups", dict(adjoint="groups")),
     ("adj shifted", dict(adjoint="shifted")),
     ("adj g ahead1", dict(adjoint="groups", ahead=1)),

@@ -201,6 +201,9 @@ def backward_configs(chunk: int, dtype: torch.dtype):
     yield "bwd prefetch", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 2}, 1
     yield "bwd prefetch, A ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 1}, 1
     yield "bwd prefetch, vectors ahead", ("triton_bwd", "_bwd_kernel"), {**base, "PREFETCH": True, "AHEAD": 0}, 1
+    # 2-byte inputs' default since session 37: the boundary states asked for in L1 instead
+    yield "bwd vectors ahead, cached", ("triton_bwd", "_bwd_kernel"), {
+        **base, "PREFETCH": True, "AHEAD": 0, "CACHE_AHEAD": True}, 1
     # the adjoint from dt loaded shifted (adjoint="shifted": bf16's default scanning forwards)
     for ahead in (2, 0):
         yield f"bwd prefetch {ahead}, shifted", ("triton_bwd", "_bwd_kernel"), {

@@ -31,17 +31,21 @@ def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -
 
 
 def resolve_options(dtype: torch.dtype, sequences: int, length: int, per_group: int,
-                    boundary: str, ahead: int | None, adjoint: str, unmasked: bool | None,
-                    main: str) -> tuple[int, str, bool, str]:
-    """(ahead, adjoint, unmasked, main) with their defaults filled in ("auto" boundaries
-    are left to the caller, who knows whether states were kept); a bad value is a
-    ValueError naming the option."""
+                    boundary: str, ahead: int | None, cache_ahead: bool | None, adjoint: str,
+                    unmasked: bool | None, main: str) -> tuple[int, bool, str, bool, str]:
+    """(ahead, cache_ahead, adjoint, unmasked, main) with their defaults filled in ("auto"
+    boundaries are left to the caller, who knows whether states were kept); a bad value is
+    a ValueError naming the option."""
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     if ahead is None:
         ahead = 2 if dtype.itemsize == 4 else 0
     if ahead not in (0, 1, 2):
         raise ValueError(f"ahead: expected 0, 1, 2 or None, got {ahead!r}")
+    if cache_ahead is None:  # as measured: kernels README, "Boundary states cached ahead"
+        cache_ahead = ahead < 2
+    if not isinstance(cache_ahead, bool):
+        raise ValueError(f"cache_ahead: expected True, False or None, got {cache_ahead!r}")
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint: expected one of {ADJOINTS}, got {adjoint!r}")
     if adjoint == "auto":
@@ -52,4 +56,4 @@ def resolve_options(dtype: torch.dtype, sequences: int, length: int, per_group: 
         raise ValueError(f"main: expected one of {MAINS}, got {main!r}")
     if main == "auto":
         main = auto_main(sequences, length, per_group, dtype)
-    return ahead, adjoint, unmasked, main
+    return ahead, cache_ahead, adjoint, unmasked, main

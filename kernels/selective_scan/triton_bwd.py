@@ -32,7 +32,8 @@ from .triton_common import (
     plan_launch,
 )
 from .triton_tile_scans import _adjoint_scan_by_groups, _group_size, _scan_tile
-from .triton_bwd_channel import _channel_A, _channel_boundaries, _channel_vectors, _load_z
+from .triton_bwd_channel import (_cache_boundaries, _channel_A, _channel_boundaries,
+                                 _channel_vectors, _load_z)
 from .triton_chunks import chunk_boundary_states
 from .serial_planning import serial_plan
 from .bwd_options import auto_boundary, resolve_options
@@ -52,7 +53,7 @@ def _bwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_D: tl.constexpr, REVERSE: tl.constexpr, MULTI_CHUNK: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr = 0, SHIFTED_DECAY: tl.constexpr = False,
-    EVEN_L: tl.constexpr = False,
+    EVEN_L: tl.constexpr = False, CACHE_AHEAD: tl.constexpr = False,
 ):
     """One chunk of one (batch, group), looping over a block of its channels.
 
@@ -154,19 +155,6 @@ def _bwd_kernel(
         else:
             h0, q0 = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_h0,
                                          mask_q0, H_ptr, Q_ptr, N, MULTI_CHUNK)
-        if PREFETCH:
-            # (the last channel reads itself again: every address stays in the tensors)
-            d_ahead = tl.minimum(d + 1, d_end - 1)
-            n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
-                d_ahead, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
-                dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb,
-                s_zd, s_zl, HAS_Z, SHIFTED)
-            if AHEAD >= 1:
-                n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
-            if AHEAD >= 2:
-                n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
-                                                 offs_n, mask_h0, mask_q0, H_ptr, Q_ptr, N,
-                                                 MULTI_CHUNK)
         if MULTI_CHUNK and AHEAD < 2:
             h0 = tl.where(has_prev, h0, 0.0)
             q0 = tl.where(has_next, q0, 0.0)
@@ -199,6 +187,23 @@ def _bwd_kernel(
                            NP, CHUNK, REVERSE, K)
         else:
             h = _scan_tile(decay, drive, NP, CHUNK, REVERSE, K)
+        # the next channel's reads, after this one's boundary states are first used: ahead
+        # of that use, the wait for them held the next channel's loads too (session 37)
+        if PREFETCH:  # (the last channel reads itself again: no address leaves the tensors)
+            d_ahead = tl.minimum(d + 1, d_end - 1)
+            n_dt, n_dtn, n_u, n_do, n_z = _channel_vectors(
+                d_ahead, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
+                dout_ptr, z_ptr, s_db, s_dd, s_dl, s_ub, s_ud, s_ul, s_ob, s_od, s_ol, s_zb,
+                s_zd, s_zl, HAS_Z, SHIFTED)
+            if AHEAD >= 1:
+                n_A = _channel_A(d_ahead, offs_n, mask_n, A_ptr, N)
+            if AHEAD >= 2:
+                n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
+                                                 offs_n, mask_h0, mask_q0, H_ptr, Q_ptr, N,
+                                                 MULTI_CHUNK)
+        if CACHE_AHEAD and MULTI_CHUNK:  # into L1, holding no register (kernels README)
+            _cache_boundaries(tl.minimum(d + 1, d_end - 1), b, dim, n_chunks, c_prev, c_next,
+                              offs_n, H_ptr, Q_ptr, N)
         if HAS_Z:
             if not PREFETCH:
                 zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)
@@ -287,6 +292,7 @@ def selective_scan_bwd_triton(
     states: torch.Tensor | None = None,
     prefetch: bool = True,
     ahead: int | None = None,
+    cache_ahead: bool | None = None,
     adjoint: str = "auto",
     unmasked: bool | None = None,
     main: str = "auto",
@@ -295,24 +301,20 @@ def selective_scan_bwd_triton(
     """Backward host function (contract: interface.py's docstring).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
-    shape, None for an absent optional. Keyword-only sizes as in the forward.
-    `maxnreg` caps the registers per thread of the main kernel (more resident warps, maybe
-    spills); None leaves it to the compiler. `boundary`: how the states at the chunk
-    boundaries are found, "serial" (triton_fwd_serial's aggregate kernel, one channel a
-    thread), "tile" (triton_chunks' (N, CHUNK) tile kernel) or "auto" (`auto_boundary`).
-    `states`: the forward's (selective_scan_fwd_triton(keep_states=True)), the states
-    leaving each chunk; where given, "serial" boundaries compute only the adjoint's
-    ("auto" then takes "serial"; an explicit "tile" ignores them).
-    `prefetch`: the main kernel loads each channel's vectors one channel ahead; `ahead`
-    (with prefetch): also each channel's A (1) and its boundary states (2), None: 2 for
-    fp32, 0 for 2-byte inputs. `adjoint`: where the adjoint scan gets each position's
-    successor decay: "groups" (`_adjoint_scan_by_groups`, from the decays themselves),
-    "shifted" (from dt loaded at shifted positions) or "auto", which is "groups". The
-    defaults as measured: kernels README.md, "Backward: channel vectors read one channel
-    ahead", "Adjoint by quarters" and "Scans by groups, read back by gathers".
-    `unmasked`: where the chunks are whole (L a multiple of the chunk), the main kernel
-    is built without its position masks; None: for 4-byte inputs, where it was measured
-    faster (kernels README, "Whole chunks unmasked").
+    shape, None for an absent optional. Keyword-only sizes as in the forward. `maxnreg`
+    caps the main kernel's registers a thread (more resident warps, maybe spills).
+    `boundary`: how the states at the chunk boundaries are found, "serial"
+    (triton_fwd_serial's aggregate kernel), "tile" (triton_chunks' (N, CHUNK) tile kernel)
+    or "auto" (`auto_boundary`). `states`: the forward's (keep_states=True), the states
+    leaving each chunk; given, "serial" boundaries compute only the adjoint's ("auto" then
+    takes "serial"; an explicit "tile" ignores them). The main kernel's options, defaults
+    as measured (kernels README): `prefetch` loads each channel's vectors a channel ahead;
+    with it, `ahead` also A (1) and the boundary states (2) (None: 2 for fp32, 0 for 2-byte
+    inputs) and `cache_ahead` asks for the boundary states in L1 a channel ahead, holding
+    no register (None: where `ahead` < 2). `adjoint`: where the adjoint scan gets each
+    position's successor decay, "groups" (`_adjoint_scan_by_groups`, from the decays),
+    "shifted" (dt loaded at shifted positions) or "auto" ("groups"). `unmasked`: whole
+    chunks (L a multiple of the chunk) built without position masks (None: 4-byte inputs).
     `main`: the kernel that writes the gradients from the boundary states, "tile"
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, 32 channels a program; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_options`:
@@ -320,8 +322,9 @@ def selective_scan_bwd_triton(
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    ahead, adjoint, unmasked, main = resolve_options(
-        u.dtype, batch * dim, length, dim // groups, boundary, ahead, adjoint, unmasked, main)
+    ahead, cache_ahead, adjoint, unmasked, main = resolve_options(
+        u.dtype, batch * dim, length, dim // groups, boundary, ahead, cache_ahead, adjoint,
+        unmasked, main)
     launch_options = {} if maxnreg is None else {"maxnreg": maxnreg}
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state, backward=True)
@@ -370,7 +373,7 @@ def selective_scan_bwd_triton(
         key = (plan, u.shape, groups, n_state, part.shape[1], dC_shift, dout.stride(),
                u.stride(), delta.stride(), zz.stride(), B.stride(), C.stride(),
                delta_softplus, reverse, z is None, D is None, delta_bias is None, prefetch,
-               ahead, adjoint, unmasked, maxnreg)
+               ahead, cache_ahead, adjoint, unmasked, maxnreg)
 
         def scalars_and_options() -> tuple[tuple, dict]:
             scalars = (dim, groups, length, nc, ncb, batch * groups * ncb, dim // groups,
@@ -382,6 +385,7 @@ def selective_scan_bwd_triton(
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
                 HAS_D=D is not None, REVERSE=reverse, MULTI_CHUNK=multi,
                 PREFETCH=prefetch, AHEAD=ahead if prefetch else 0,
+                CACHE_AHEAD=prefetch and cache_ahead,
                 SHIFTED_DECAY=adjoint == "shifted",
                 EVEN_L=unmasked and length % plan.chunk == 0,
                 num_warps=plan.num_warps, **launch_options)

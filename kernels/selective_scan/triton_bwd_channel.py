@@ -9,6 +9,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# prefetch instructions are inline PTX, which the interpreter cannot run (a hint: nothing to
+# compute without it)
+_CAN_PREFETCH = tl.constexpr(not triton.knobs.runtime.interpret)
+
 
 @triton.jit
 def _channel_vectors(d, b, offs_l, mask_l, offs_next, mask_next, delta_ptr, u_ptr,
@@ -59,3 +63,20 @@ def _channel_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, mask_h0, ma
 def _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl):
     return tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
                    other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _cache_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, H_ptr, Q_ptr, N):
+    """Ask L1 for channel d's boundary states (`prefetch.global.L1`): no register held
+    and no wait, where reading them a channel ahead (AHEAD 2) spills in 2-byte inputs."""
+    if _CAN_PREFETCH:
+        row = b * dim + d
+        n = tl.minimum(offs_n, N - 1)  # every address inside the tensors
+        _prefetch_l1(H_ptr + (row * n_chunks + c_prev) * N + n)
+        _prefetch_l1(Q_ptr + (row * n_chunks + c_next) * N + n)
+
+
+@triton.jit
+def _prefetch_l1(ptrs):
+    tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n mov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)

@@ -1,8 +1,7 @@
 """The backward host function's options against the reference: how the chunk-boundary
 states are found ("serial", "tile", the "auto" rule), a register cap, the main kernel's
-read-ahead (`prefetch`, `ahead`) and its adjoint's decays (`adjoint`); bad values
-refused. The default path is tested
-in test_triton.py."""
+read-ahead (`prefetch`, `ahead`, `cache_ahead`) and its adjoint's decays (`adjoint`);
+bad values refused. The default path is tested in test_triton.py."""
 
 from __future__ import annotations
 
@@ -108,6 +107,34 @@ def test_backward_with_and_without_prefetch(case: ScanCase, plan: dict, prefetch
     # the default reads ahead the channel vectors, and for fp32 A and the boundary states
     # too (ahead=2): here every setting for each dtype
     _check_backward_options(case, plan, prefetch=prefetch, ahead=ahead)
+
+
+@pytest.mark.parametrize("cache_ahead", [False, True])
+@pytest.mark.parametrize(("case", "plan"), PREFETCH_CASES,
+                         ids=[c.id for c, _ in PREFETCH_CASES])
+def test_backward_with_and_without_boundary_states_cached_ahead(case: ScanCase, plan: dict,
+                                                                cache_ahead: bool) -> None:
+    # the default for 2-byte inputs (ahead 0) asks for the next channel's boundary states
+    # in L1: a hint that must not change a gradient (compiled out in the interpreter, which
+    # cannot run its inline PTX)
+    _check_backward_options(case, plan, ahead=0, cache_ahead=cache_ahead)
+
+
+@pytest.mark.parametrize(("dtype", "ahead", "expected"), [
+    (torch.float32, None, False), (torch.bfloat16, None, True), (torch.float16, 1, True),
+    (torch.bfloat16, 2, False)])
+def test_boundary_states_cached_ahead_where_not_held_ahead(dtype: torch.dtype,
+                                                           ahead: int | None,
+                                                           expected: bool) -> None:
+    resolved = bwd_options.resolve_options(dtype, 128, 262144, 64, "auto", ahead, None,
+                                           "auto", None, "auto")
+    assert resolved[1] is expected
+
+
+def test_backward_refuses_a_cache_ahead_that_is_not_a_bool() -> None:
+    with pytest.raises(ValueError, match="^cache_ahead: expected True, False or None, got 1"):
+        bwd_options.resolve_options(torch.float32, 2, 64, 2, "auto", None, 1, "auto", None,
+                                    "auto")
 
 
 # chunks of 2 positions: too short to group by four, "groups" takes the shifted load; bf16
