@@ -46,15 +46,24 @@ def _vectors(d, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd, s_ud, s_od, 
 
 
 @triton.jit
+def _program_tiles(B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """A program's chunk and its B/C tiles (whole chunks, B and C contiguous)."""
+    c, b, g, cblk, offs_n, _, offs_l, _, _ = _chunk_tile(n_bgd, n_cblk, groups, length, N,
+                                                          NP, CHUNK)
+    tile = (b * NP + offs_n[:, None]) * length + offs_l[None, :]
+    Bt = tl.load(B_ptr + tile).to(tl.float32)
+    Ct = tl.load(C_ptr + tile).to(tl.float32)
+    return c, b, g, cblk, offs_n, offs_l, tile, Bt, Ct
+
+
+@triton.jit
 def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr,
               P_ptr, dz_ptr, dC_ptr, part_ptr, dim, groups, length, n_chunks, n_cblk, n_bgd,
               per_group, channel_block, s_dd, s_ud, s_od, s_zd,
               N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
-    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
-        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
-    tile = (b * NP + offs_n[:, None]) * length + offs_l[None, :]
-    Bt = tl.load(B_ptr + tile).to(tl.float32)
-    Ct = tl.load(C_ptr + tile).to(tl.float32)
+    c, b, g, cblk, offs_n, offs_l, tile, Bt, Ct = _program_tiles(
+        B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     K: tl.constexpr = _group_size(B_ptr.dtype.element_ty, CHUNK)
     has_prev, c_prev = _previous_chunk(c, n_chunks, REVERSE)
     mask_h0 = offs_n < tl.where(has_prev, N, 0)
@@ -100,11 +109,8 @@ def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
               Q_ptr, P_ptr, du_ptr, ddelta_ptr, dB_ptr, part_ptr, dim, groups, length,
               n_chunks, n_cblk, n_bgd, per_group, channel_block, s_dd, s_ud, s_od, s_zd,
               N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
-    c, b, g, cblk, offs_n, mask_n, offs_l, mask_l, mask_nl = _chunk_tile(
-        n_bgd, n_cblk, groups, length, N, NP, CHUNK)
-    tile = (b * NP + offs_n[:, None]) * length + offs_l[None, :]
-    Bt = tl.load(B_ptr + tile).to(tl.float32)
-    Ct = tl.load(C_ptr + tile).to(tl.float32)
+    c, b, g, cblk, offs_n, offs_l, tile, Bt, Ct = _program_tiles(
+        B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP, CHUNK)
     K: tl.constexpr = _group_size(B_ptr.dtype.element_ty, CHUNK)
     has_next, c_next = _previous_chunk(c, n_chunks, not REVERSE)
     mask_q0 = offs_n < tl.where(has_next, N, 0)
@@ -172,7 +178,8 @@ def main() -> int:
                 full = kss.kernel_arguments(fn, dtype, base, io)
                 _row(name, dtype, cap, kss.stats(kss.compile_sm90(fn, full, 1, cap))[0])
         values = {**kss._row1_args(64, backward=True), "EVEN_L": dtype.itemsize == 4,
-                  "PREFETCH": True, "AHEAD": 2 if dtype.itemsize == 4 else 0}
+                  "PREFETCH": True, "AHEAD": 2 if dtype.itemsize == 4 else 0,
+                  "CACHE_AHEAD": dtype.itemsize < 4}  # the host's defaults
         full = kss.kernel_arguments(single, dtype, values)
         for cap in (None, 168):
             _row("single kernel (today)", dtype, cap,
