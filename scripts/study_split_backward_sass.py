@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel_sass_stats as kss  # noqa: E402
 
 kss._import_kernels()
+from medmamba_kernels.selective_scan.triton_bwd_channel import (  # noqa: E402
+    _channel_A, _channel_boundaries, _channel_vectors)
 from medmamba_kernels.selective_scan.triton_common import (  # noqa: E402
     _chunk_tile, _channel_range, _previous_chunk, _scan_edge_columns, _softplus)
 from medmamba_kernels.selective_scan.triton_tile_scans import (  # noqa: E402
@@ -35,14 +37,15 @@ from medmamba_kernels.selective_scan.triton_tile_scans import (  # noqa: E402
 
 
 @triton.jit
-def _vectors(d, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd, s_ud, s_od, s_zd, dim,
-             length):
-    row = b * dim + d
-    dt = tl.load(delta_ptr + row * s_dd + offs_l).to(tl.float32)
-    u = tl.load(u_ptr + row * s_ud + offs_l).to(tl.float32)
-    do = tl.load(dout_ptr + row * s_od + offs_l).to(tl.float32)
-    zz = tl.load(z_ptr + row * s_zd + offs_l).to(tl.float32)
-    return dt, u, do, zz
+def _vectors(d, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, dim, length):
+    """The main kernel's channel vectors (`_channel_vectors`) of contiguous (batch, dim, L)
+    inputs over a whole chunk: (dt, u, dout, z)."""
+    whole = tl.full(offs_l.shape, 1, tl.int1)
+    dt, _, u, dout, zz = _channel_vectors(d, b, offs_l, whole, offs_l, whole, delta_ptr, u_ptr,
+                                          dout_ptr, z_ptr, dim * length, length, 1,
+                                          dim * length, length, 1, dim * length, length, 1,
+                                          dim * length, length, 1, True, False)
+    return dt, u, dout, zz
 
 
 @triton.jit
@@ -60,7 +63,7 @@ def _program_tiles(B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP: tl.conste
 @triton.jit
 def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr,
               P_ptr, dz_ptr, dC_ptr, part_ptr, dim, groups, length, n_chunks, n_cblk, n_bgd,
-              per_group, channel_block, s_dd, s_ud, s_od, s_zd,
+              per_group, channel_block,
               N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     c, b, g, cblk, offs_n, offs_l, tile, Bt, Ct = _program_tiles(
         B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP, CHUNK)
@@ -70,16 +73,16 @@ def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
     h0_col, q0_col = _scan_edge_columns(CHUNK, REVERSE)
     dC_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
-    n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd,
-                                    s_ud, s_od, s_zd, dim, length)
+    n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, dim,
+                                    length)
     for d in range(d0, d_end):
         dt_raw, u, dout, zz = n_dt, n_u, n_do, n_z
-        A = tl.load(A_ptr + d * N + offs_n)
-        h0 = tl.load(H_ptr + ((b * dim + d) * n_chunks + c_prev) * N + offs_n, mask=mask_h0,
-                     other=0.0)
+        A = _channel_A(d, offs_n, offs_n < N, A_ptr, N)
+        h0, _ = _channel_boundaries(d, b, dim, n_chunks, c_prev, c_prev, offs_n, mask_h0,
+                                    mask_h0, H_ptr, H_ptr, N, True)
         d_ahead = tl.minimum(d + 1, d_end - 1)
         n_dt, n_u, n_do, n_z = _vectors(d_ahead, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr,
-                                        s_dd, s_ud, s_od, s_zd, dim, length)
+                                        dim, length)
         D = tl.load(D_ptr + d)
         dt = _softplus(dt_raw + tl.load(bias_ptr + d))
         A2 = A * 1.4426950408889634
@@ -107,7 +110,7 @@ def _fwd_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
 @triton.jit
 def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, H_ptr,
               Q_ptr, P_ptr, du_ptr, ddelta_ptr, dB_ptr, part_ptr, dim, groups, length,
-              n_chunks, n_cblk, n_bgd, per_group, channel_block, s_dd, s_ud, s_od, s_zd,
+              n_chunks, n_cblk, n_bgd, per_group, channel_block,
               N, NP: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     c, b, g, cblk, offs_n, offs_l, tile, Bt, Ct = _program_tiles(
         B_ptr, C_ptr, n_bgd, n_cblk, groups, length, N, NP, CHUNK)
@@ -117,18 +120,18 @@ def _adj_half(dout_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bia
     h0_col, q0_col = _scan_edge_columns(CHUNK, REVERSE)
     dB_acc = tl.zeros([NP, CHUNK], dtype=tl.float32)
     d0, d_end = _channel_range(g, cblk, per_group, channel_block)
-    n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, s_dd,
-                                    s_ud, s_od, s_zd, dim, length)
+    n_dt, n_u, n_do, n_z = _vectors(d0, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr, dim,
+                                    length)
     n_P = tl.load(P_ptr + (b * dim + d0) * length + offs_l)
     for d in range(d0, d_end):
         dt_raw, u, dout, zz, P = n_dt, n_u, n_do, n_z, n_P
-        A = tl.load(A_ptr + d * N + offs_n)
-        q0 = tl.load(Q_ptr + ((b * dim + d) * n_chunks + c_next) * N + offs_n, mask=mask_q0,
-                     other=0.0)
-        he = tl.load(H_ptr + ((b * dim + d) * n_chunks + c) * N + offs_n)  # leaving chunk c
+        A = _channel_A(d, offs_n, offs_n < N, A_ptr, N)
+        # the state leaving chunk c and the adjoint entering it from the far end
+        he, q0 = _channel_boundaries(d, b, dim, n_chunks, c, c_next, offs_n, offs_n < N,
+                                     mask_q0, H_ptr, Q_ptr, N, True)
         d_ahead = tl.minimum(d + 1, d_end - 1)
         n_dt, n_u, n_do, n_z = _vectors(d_ahead, b, offs_l, delta_ptr, u_ptr, dout_ptr, z_ptr,
-                                        s_dd, s_ud, s_od, s_zd, dim, length)
+                                        dim, length)
         n_P = tl.load(P_ptr + (b * dim + d_ahead) * length + offs_l)
         D = tl.load(D_ptr + d)
         dt_pre = dt_raw + tl.load(bias_ptr + d)
@@ -167,8 +170,7 @@ def main() -> int:
           f"{'SHFL':>6}{'MUFU':>6}{'LDL':>5}{'STL':>5}")
     L, D = 262144, 64
     base = dict(dim=D, groups=1, length=L, n_chunks=L // 64, n_cblk=1, n_bgd=2, per_group=D,
-                channel_block=D, s_dd=L, s_ud=L, s_od=L, s_zd=L, N=16, NP=16, CHUNK=64,
-                REVERSE=False)
+                channel_block=D, N=16, NP=16, CHUNK=64, REVERSE=False)
     io = ("dout_ptr", "u_ptr", "delta_ptr", "z_ptr", "B_ptr", "C_ptr", "dz_ptr", "dC_ptr",
           "dB_ptr", "du_ptr", "ddelta_ptr")
     single = kss._import_kernels()[3]._bwd_kernel  # triton_bwd's, the default

@@ -201,9 +201,9 @@ def _bwd_kernel(
                 n_h0, n_q0 = _channel_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next,
                                                  offs_n, mask_h0, mask_q0, H_ptr, Q_ptr, N,
                                                  MULTI_CHUNK)
-        if CACHE_AHEAD and MULTI_CHUNK:  # into L1, holding no register (kernels README)
-            _cache_boundaries(tl.minimum(d + 1, d_end - 1), b, dim, n_chunks, c_prev, c_next,
-                              offs_n, H_ptr, Q_ptr, N)
+            if CACHE_AHEAD and MULTI_CHUNK:  # into L1, holding no register (kernels README)
+                _cache_boundaries(d_ahead, b, dim, n_chunks, c_prev, c_next, offs_n, H_ptr,
+                                  Q_ptr, N)
         if HAS_Z:
             if not PREFETCH:
                 zz = _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# prefetch instructions are inline PTX, which the interpreter cannot run (a hint: nothing to
-# compute without it)
-_CAN_PREFETCH = tl.constexpr(not triton.knobs.runtime.interpret)
+from .triton_common import _COMPILED
 
 
 @triton.jit
@@ -68,8 +66,9 @@ def _load_z(z_ptr, b, d, offs_l, mask_l, s_zb, s_zd, s_zl):
 @triton.jit
 def _cache_boundaries(d, b, dim, n_chunks, c_prev, c_next, offs_n, H_ptr, Q_ptr, N):
     """Ask L1 for channel d's boundary states (`prefetch.global.L1`): no register held
-    and no wait, where reading them a channel ahead (AHEAD 2) spills in 2-byte inputs."""
-    if _CAN_PREFETCH:
+    and no wait, where reading them a channel ahead (AHEAD 2) spills in 2-byte inputs.
+    The request is inline PTX: a hint with nothing to compute, left out where interpreted."""
+    if _COMPILED:
         row = b * dim + d
         n = tl.minimum(offs_n, N - 1)  # every address inside the tensors
         _prefetch_l1(H_ptr + (row * n_chunks + c_prev) * N + n)

@@ -17,9 +17,10 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 
-# Hardware log2 in _softplus where compiled (the interpreter has no libdevice).
-_FAST_LOG2 = tl.constexpr(hasattr(libdevice, "fast_log2f")
-                          and not triton.knobs.runtime.interpret)
+# Compiled, not interpreted: libdevice and inline PTX exist (the interpreter has neither).
+_COMPILED = tl.constexpr(not triton.knobs.runtime.interpret)
+# Hardware log2 in _softplus where compiled.
+_FAST_LOG2 = tl.constexpr(hasattr(libdevice, "fast_log2f") and _COMPILED.value)
 
 # Programs wanted per launch: enough to fill 132 SMs several times over.
 _TARGET_PROGRAMS = 2048
