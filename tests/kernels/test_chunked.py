@@ -106,9 +106,54 @@ def test_blocks_cover_rows_when_memory_budget_splits_them(monkeypatch) -> None:
     assert_close_all(case, got, want)
 
 
+def _covered(batch: int, groups: int, per_group: int, length: int, nstate: int) -> torch.Tensor:
+    """How many times chunked's blocks and spans cover each (batch, channel, position);
+    asserts each block's size against the budget where a sequence is split."""
+    seen = torch.zeros(batch, per_group, length, dtype=torch.int64)
+    for (b0, b1, d0, d1), span in chunked._blocks(batch, groups, per_group, length, nstate):
+        if span < length:
+            assert (b1 - b0, d1 - d0) == (1, 1)
+            assert span * groups * nstate <= max(chunked._BLOCK_ELEMENTS, groups * nstate)
+        for reverse in (False, True):
+            spans = chunked._spans(length, span, reverse)
+            order = [t0 for t0, _ in spans]
+            assert order == sorted(order, reverse=reverse)
+        for t0, t1 in chunked._spans(length, span, False):
+            seen[b0:b1, d0:d1, t0:t1] += 1
+    return seen
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64, 200, 10**6])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 37, 4), (1, 1, 1, 1, 1), (2, 3, 4, 100, 16)])
+def test_blocks_and_spans_cover_every_position_once(monkeypatch, budget, shape) -> None:
+    monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", budget)
+    batch, groups, per_group, length, nstate = shape
+    assert torch.equal(_covered(*shape), torch.ones(batch, per_group, length, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("span", [1, 5, 37])
+def test_sequences_split_in_spans(monkeypatch, poisoned_empty, span: int, reverse: bool) -> None:
+    """Sequences longer than the block budget go in spans, the state carried forwards and
+    the adjoint back across them: output, last state and every gradient as the reference
+    (span 37 leaves a partial last span of 343 positions, span 1 a span a position)."""
+    case = ScanCase(2, 4, 343, 4, groups=2, has_D=True, has_z=True, has_bias=True,
+                    softplus=True, reverse=reverse, last_state=True)
+    inputs = case.inputs()
+    want = run_with_grads(selective_scan_reference, inputs, case.flags(), 3)
+    monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", span * 2 * 4)  # groups * N a position
+    assert next(chunked._blocks(2, 2, 2, 343, 4))[1] == span
+    got = run_with_grads(lambda **kw: selective_scan(**kw, backend="torch"), inputs,
+                         case.flags(), 3)
+    assert_close_all(case, got, want)
+
+
+@pytest.mark.parametrize("span", [None, 2], ids=["whole", "spans"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("length", [1, 6, 9])
-def test_gradcheck_float64(length: int, reverse: bool) -> None:
+def test_gradcheck_float64(monkeypatch, length: int, reverse: bool, span: int | None) -> None:
+    if span is not None:  # sequences in spans of 2 positions (groups * N elements each)
+        monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", span * 2 * 3)
     gen = torch.Generator().manual_seed(length + 10 * reverse)
     b, d, n, g = 2, 4, 3, 2
 
