@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib
 import io
-import pkgutil
 import pstats
 import sys
 import time
@@ -50,17 +48,12 @@ class _StandInKernel:
 
 def stub_launches() -> int:
     """Give every CachedLaunch in the package a kernel that launches nothing; how many."""
-    from medmamba_kernels.selective_scan.launch import CachedLaunch
+    from scan_bench_common import package_launchers  # after main() set the interpreter knob
 
-    package = importlib.import_module("medmamba_kernels.selective_scan")
-    count = 0
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for value in vars(module).values():
-            if isinstance(value, CachedLaunch):
-                value._fn = _StandInKernel()
-                count += 1
-    return count
+    launchers = package_launchers()
+    for launcher in launchers:
+        launcher._fn = _StandInKernel()
+    return len(launchers)
 
 
 def inputs(batch: int, dim: int, length: int, dtype: torch.dtype, grad: bool) -> dict:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scan_bench_common import ANCHORS, host_ms, row_calls
+from scan_bench_common import ANCHORS, host_ms, package_launchers, row_calls
 
 
 @triton.jit
@@ -76,19 +76,33 @@ def launcher_cost() -> None:
 
 def stubbed_us(*fns) -> list[float]:
     """Host us a call of each fn with every cached launch replaced by a no-op (after a
-    first real call: everything compiled): what the host functions cost besides their
-    launches (Python, allocations, torch ops)."""
+    first real call: everything compiled and cached): what the host functions cost besides
+    their launches (Python, allocations, torch ops). Both of CachedLaunch's caches are
+    stubbed: a keyed launch calls its cached runner without `_launch`."""
     from medmamba_kernels.selective_scan.launch import CachedLaunch
 
     for fn in fns:
         fn()
     torch.cuda.synchronize()
+
+    def no_launch(args, addresses, tail):
+        return None
+
+    launchers = package_launchers()
+    saved = [(launcher._runners, launcher._keyed) for launcher in launchers]
     real = CachedLaunch._launch
     CachedLaunch._launch = lambda self, grid, args, kwargs: None
+    for launcher in launchers:
+        launcher._runners = {key: (no_launch, tail)
+                             for key, (_, tail) in launcher._runners.items()}
+        launcher._keyed = {key: (no_launch, tail, scalars)
+                           for key, (_, tail, scalars) in launcher._keyed.items()}
     try:
         return [host_us(fn) for fn in fns]
     finally:
         CachedLaunch._launch = real
+        for launcher, (runners, keyed) in zip(launchers, saved):
+            launcher._runners, launcher._keyed = runners, keyed
 
 
 def profile(fn, top: int, calls: int = 100) -> str:

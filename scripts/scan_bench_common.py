@@ -7,6 +7,7 @@ scripts/profile_host_overhead.py (run from the repository root on a CUDA machine
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import time
@@ -47,6 +48,20 @@ def _import_kernels():
 
 
 reference, fwd, bwd = _import_kernels()
+
+
+def package_launchers() -> list:
+    """Every CachedLaunch of the kernels package (one per kernel, module attributes)."""
+    import pkgutil
+
+    from medmamba_kernels.selective_scan.launch import CachedLaunch
+
+    package = importlib.import_module("medmamba_kernels.selective_scan")
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found += [value for value in vars(module).values() if isinstance(value, CachedLaunch)]
+    return found
 
 
 def make_inputs(batch, dim, length, dtype, groups=1, seed=0, n_state=N_STATE):
