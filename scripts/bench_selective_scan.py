@@ -7,7 +7,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --only 1 --dtype bf16 --profile   # one config, for ncu
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
-    python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided as the layer passes them
+    python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided (the layer until session 38)
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
     python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by config
     python scripts/bench_selective_scan.py --train-chunks   # training calls by backward chunk
@@ -114,8 +114,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="rows 1, 4, 6 and shorter timing")
     p.add_argument("--only", type=int, default=None, help="time one row (1-6) only, no checks")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
-    p.add_argument("--layout", choices=["contiguous", "network"], default="contiguous",
-                   help="network: z and dout strided as the Mamba layer passes them")
+    p.add_argument("--layout", choices=["contiguous", "network", "network-copied"],
+                   default="contiguous",
+                   help="network: z and dout strided as the Mamba layer passed them until "
+                        "session 38; network-copied: the same, copied to contiguous in "
+                        "each call")
     p.add_argument("--reverse", action="store_true",
                    help="time scans from the end (reverse=True; x mamba: against its forward "
                         "scans, which have no reverse)")

@@ -130,21 +130,27 @@ def bench_and_graph_ms(fn) -> list[float]:
 
 def row_calls(shape, dtype, layout: str = "contiguous", reverse: bool = False):
     """(run_fwd, run_fwd_bwd): the host functions on one bench row's inputs (z and dout
-    strided as the Mamba layer passes them with layout="network"; scanning from the end
+    strided as the Mamba layer passed them until session 38 with layout="network", and
+    copied to contiguous inside each call with "network-copied"; scanning from the end
     with reverse)."""
     x = make_inputs(*shape, dtype)
     x["reverse"] = reverse
     out, _ = fwd(**x)
     dout = torch.randn_like(out)
-    if layout == "network":
+    if layout.startswith("network"):
         x, dout = network_layout(x, dout)
+    copied = layout == "network-copied"
+
+    def inputs():
+        return {**x, "z": x["z"].contiguous()} if copied else x
 
     def run_fwd():
-        fwd(**x)
+        fwd(**inputs())
 
     def run_fwd_bwd():
         # as the autograd path runs them: the forward keeps the backward's boundary states
-        _, _, states = fwd(**x, keep_states=True)
-        bwd(dout, **x, states=states)
+        x_call = inputs()
+        _, _, states = fwd(**x_call, keep_states=True)
+        bwd(dout.contiguous() if copied else dout, **x_call, states=states)
 
     return run_fwd, run_fwd_bwd

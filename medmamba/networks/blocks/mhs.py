@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmamba.networks.blocks.mamba import EXPAND, ScanBranch, dt_rank_for
+from medmamba.networks.blocks.mamba import EXPAND, ChannelMajorLinear, ScanBranch, dt_rank_for
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class MultiHeadScan(nn.Module):
         self.n_heads = n_heads
         self.d_head = math.ceil(expand * d_model / n_heads)
         d_inner = self.d_head * n_heads
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = ChannelMajorLinear(d_model, 2 * d_inner, bias=False)
         self.scan = ScanBranch(d_inner, dt_rank_for(self.d_head), ssm=ssm, groups=n_heads)
         hidden = max(self.d_head // 4, 8)
         self.route_attention = nn.Sequential(
@@ -110,7 +110,7 @@ class MultiHeadScan(nn.Module):
         batch, length, _ = x.shape
         h, d = self.n_heads, self.d_head
         perm, inverse = self.permutations(shape, x.device)
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        u, z = self.in_proj(x.transpose(1, 2)).chunk(2, dim=1)
         index = perm.view(1, h, 1, length).expand(batch, h, d, length)
         routed = u.reshape(batch, h, d, length).gather(3, index)
         y = self.scan(routed.view(batch, h * d, length), None).view(batch, h, d, length)
