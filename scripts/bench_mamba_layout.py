@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout_imports import bootstrap  # noqa: E402
 
 # (label, channels, grid, bidirectional)
 SHAPES = (
@@ -31,16 +32,6 @@ SHAPES = (
     ("128^3 stage 3", 256, (16, 16, 16), False),
     ("bottleneck", 320, (4, 4, 4), False),
 )
-
-
-def bootstrap() -> None:
-    """`medmamba` and `medmamba_kernels` importable from a plain checkout (the networks
-    need no more than torch and the kernels)."""
-    sys.path.insert(0, str(REPO))
-    try:
-        importlib.import_module("medmamba_kernels")
-    except ImportError:
-        sys.modules["medmamba_kernels"] = importlib.import_module("kernels")
 
 
 def load_module(path: Path, name: str):

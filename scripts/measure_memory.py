@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def bootstrap() -> None:
-    """Make ``medmamba`` and ``medmamba_kernels`` importable from a plain checkout."""
-    sys.path.insert(0, str(REPO))
-    try:
-        importlib.import_module("medmamba_kernels")
-    except ImportError:
-        sys.modules["medmamba_kernels"] = importlib.import_module("kernels")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout_imports import bootstrap  # noqa: E402  (re-exported: bench_networks)
 
 
 def force_backend(backend: str) -> None:
