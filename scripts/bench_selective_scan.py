@@ -33,7 +33,8 @@ from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_varian
                                  compare_short_rows, sweep)
 from bench_serial_variants import (compare_serial_options, compare_serial_passes,
                                    compare_train_chunks)
-from scan_bench_common import ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls
+from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls,
+                               set_replays)
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
     x = make_inputs(batch, dim, length, dtype, groups, seed)
@@ -119,6 +120,8 @@ def main() -> int:
                    help="network: z and dout strided as the Mamba layer passed them until "
                         "session 38; network-copied: the same, copied to contiguous in "
                         "each call")
+    p.add_argument("--no-replay", action="store_true",
+                   help="run the host functions' Python every call (replay.py off)")
     p.add_argument("--reverse", action="store_true",
                    help="time scans from the end (reverse=True; x mamba: against its forward "
                         "scans, which have no reverse)")
@@ -160,7 +163,8 @@ def main() -> int:
     import triton
 
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"triton {triton.__version__}")
+          f"triton {triton.__version__}" + ("  (replays off)" if args.no_replay else ""))
+    set_replays(not args.no_replay)
     shapes = list(ANCHORS)
     dtypes = {"fp32": [torch.float32], "bf16": [torch.bfloat16], None:
               [torch.float32, torch.bfloat16]}[args.dtype]

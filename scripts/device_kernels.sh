@@ -7,6 +7,7 @@
 #   tests      tests/kernels/test_triton*.py on the GPU (kernels imported from the tree;
 #              TEST_WORKERS pytest-xdist workers, default 8: the compiles run in parallel)
 #   table      scripts/bench_selective_scan.py: the issue's table
+#   table-noreplay  ... --no-replay (the host functions' Python every call, replay.py off)
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants (BWD_LABELS: the
 #              default and these comma-separated labels of BWD_CONFIGS only)
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
@@ -36,8 +37,10 @@ for section in "$@"; do
     tests) timeout 420 $K -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" tests/kernels/test_triton.py tests/kernels/test_triton_chunks.py \
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_tile_scans.py tests/kernels/test_triton_bwd_options.py \
-             tests/kernels/test_triton_bwd_serial.py tests/kernels/test_serial_waves.py > "$log" 2>&1 ;;
+             tests/kernels/test_triton_bwd_serial.py tests/kernels/test_serial_waves.py \
+             tests/kernels/test_triton_replay.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
+    table-noreplay) timeout 300 $K scripts/bench_selective_scan.py --no-replay > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 300 $K scripts/bench_selective_scan.py --bwd-variants \
            ${BWD_LABELS:+--bwd-configs "$BWD_LABELS"} > "$log" 2>&1 ;;

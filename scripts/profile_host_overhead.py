@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scan_bench_common import ANCHORS, host_ms, package_launchers, row_calls
+from scan_bench_common import ANCHORS, host_ms, package_launchers, row_calls, set_replays
 
 
 @triton.jit
@@ -78,7 +78,8 @@ def stubbed_us(*fns) -> list[float]:
     """Host us a call of each fn with every cached launch replaced by a no-op (after a
     first real call: everything compiled and cached): what the host functions cost besides
     their launches (Python, allocations, torch ops). Both of CachedLaunch's caches are
-    stubbed: a keyed launch calls its cached runner without `_launch`."""
+    stubbed: a keyed launch calls its cached runner without `_launch`. Replays (replay.py)
+    are off: they launch without CachedLaunch."""
     from medmamba_kernels.selective_scan.launch import CachedLaunch
 
     for fn in fns:
@@ -88,6 +89,7 @@ def stubbed_us(*fns) -> list[float]:
     def no_launch(args, addresses, tail):
         return None
 
+    set_replays(False)
     launchers = package_launchers()
     saved = [(launcher._runners, launcher._keyed) for launcher in launchers]
     real = CachedLaunch._launch
@@ -103,6 +105,7 @@ def stubbed_us(*fns) -> list[float]:
         CachedLaunch._launch = real
         for launcher, (runners, keyed) in zip(launchers, saved):
             launcher._runners, launcher._keyed = runners, keyed
+        set_replays(True)
 
 
 def profile(fn, top: int, calls: int = 100) -> str:
@@ -263,8 +266,13 @@ def main() -> int:
                 continue
             run_fwd, run_fwd_bwd = (public_calls if args.public else row_calls)(
                 shapes[row - 1], dtype)
-            print(f"\n== row {row} {str(dtype)[6:]}: host fwd {host_us(run_fwd):.1f} us, "
-                  f"f+b {host_us(run_fwd_bwd):.1f} us; launches stubbed: "
+            replayed = [host_us(run_fwd), host_us(run_fwd_bwd)]
+            set_replays(False)
+            own = [host_us(run_fwd), host_us(run_fwd_bwd)]
+            set_replays(True)
+            print(f"\n== row {row} {str(dtype)[6:]}: host fwd {replayed[0]:.1f} us, "
+                  f"f+b {replayed[1]:.1f} us; replays off {own[0]:.1f} {own[1]:.1f} us; "
+                  "launches stubbed (replays off): "
                   f"{' '.join(f'{t:.1f}' for t in stubbed_us(run_fwd, run_fwd_bwd))} us")
             print(kernel_times(run_fwd, run_fwd_bwd))
             if args.top:

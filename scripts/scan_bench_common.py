@@ -50,6 +50,14 @@ def _import_kernels():
 reference, fwd, bwd = _import_kernels()
 
 
+def set_replays(enabled: bool) -> None:
+    """Turn the host functions' per-signature replays (replay.py) on or off; off, every
+    call runs the host functions' own Python (for A/B timings)."""
+    from medmamba_kernels.selective_scan import triton_bwd
+
+    fwd.enabled = triton_bwd._bwd_launches.enabled = enabled
+
+
 def package_launchers() -> list:
     """Every CachedLaunch of the kernels package (one per kernel, module attributes)."""
     import pkgutil

@@ -1,4 +1,5 @@
-"""Where the backward's main kernel (triton_bwd.py) writes dB and dC, and their sum.
+"""Where the backward's main kernel (triton_bwd.py) writes dB and dC, and their sums;
+the sums of its partial dA, dD and dbias.
 
 B and C are shared by a group's channels, so their gradients are sums over channels; the
 kernel sums a program's channel block in registers and writes one partial sum a block.
@@ -36,3 +37,21 @@ def sum_state_grads(
     if B_dtype != C_dtype:
         return sums[0].to(B_dtype), sums[1].to(C_dtype)
     return sums.to(B_dtype).unbind(0)
+
+
+def parameter_grad_sizes(a_shape: tuple[int, int], has_d: bool, has_bias: bool) -> list[int]:
+    """The row of the main kernel's `part` (one a batch and chunk): dA's partial sums,
+    then dD's and dbias's where those inputs are present."""
+    dim, n_state = a_shape
+    return [dim * n_state] + [dim] * (has_d + has_bias)
+
+
+def sum_parameter_grads(
+    part: torch.Tensor, a_shape: tuple[int, int], has_d: bool, has_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """dA, dD, dbias (None where absent) from `part`: one sum for the three, so they are
+    views of one tensor (the custom op unaliases its outputs)."""
+    dA, *vectors = part.sum(0).split(parameter_grad_sizes(a_shape, has_d, has_bias))
+    dD = vectors.pop(0) if has_d else None
+    dbias = vectors.pop(0) if has_bias else None
+    return dA.view(a_shape), dD, dbias

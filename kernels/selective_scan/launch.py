@@ -36,6 +36,7 @@ from typing import Any, Callable, Hashable
 import torch
 
 from .occupancy import device_slots
+from .replay import note_launch, note_untracked_launch
 
 _MAX_ENTRIES = 512  # a training run sees few shapes; a long-lived server may see many
 
@@ -97,7 +98,7 @@ class CachedLaunch:
             scalars, kwargs = build()
             self._launch(grid, (*tensors, *scalars), kwargs)
             return
-        device = torch.cuda.current_device() if tensors[0].is_cuda else None
+        device = current_device(tensors[0])
         full_key = (key, grid, device, tuple([t.dtype for t in tensors]))
         cached = self._keyed.get(full_key)
         if cached is None:
@@ -110,7 +111,9 @@ class CachedLaunch:
             return
         runner, tail, scalars = cached
         addresses.extend(scalars)
-        runner((*tensors, *scalars), addresses, tail)
+        args = (*tensors, *scalars)
+        runner(args, addresses, tail)
+        note_launch(runner, args, addresses, tail)
 
     def resident_programs(self, key: Hashable, grid: tuple[int, ...], tensors: tuple,
                           build: Callable[[], tuple[tuple, dict]]) -> int | None:
@@ -134,16 +137,18 @@ class CachedLaunch:
                 kwargs: dict) -> tuple[Callable[..., None], list] | None:
         """Launch; return the (runner, trailing constexprs) it used, None where Triton's
         own path ran it interpreted."""
-        device = torch.cuda.current_device() if args[0].is_cuda else None
+        device = current_device(args[0])
         arg_key, addresses = _key_and_addresses(args)
         key = (grid, device, arg_key, tuple(kwargs.items()), tuple(map(type, kwargs.values())))
         cached = self._runners.get(key)
         if cached is not None:
             runner, tail = cached
             runner(args, addresses, tail)
+            note_launch(runner, args, addresses, tail)
             return cached
         compiled = self._fn[grid](*args, **kwargs)
         if not hasattr(compiled, "function"):
+            note_untracked_launch("an interpreted launch")
             return None  # interpreted (no compiled kernel): Triton's path every time
         if len(self._runners) >= _MAX_ENTRIES:
             self._runners.clear()
@@ -153,6 +158,8 @@ class CachedLaunch:
         tail = [kwargs[n] if n in kwargs else self._defaults[n]
                 for n in self._names[len(args):]]
         cached = self._runners[key] = (_runner(compiled, full_grid, device), tail)
+        # this launch went through Triton: a recording needs the launch function's form
+        note_launch(cached[0], args, addresses, tail)
         return cached
 
 
@@ -171,7 +178,18 @@ def _compiled_slots(fn: Any, grid: tuple[int, ...], args: tuple, kwargs: dict,
     return device_slots(compiled, torch.cuda.get_device_properties(device))
 
 
-def _knobs_runtime() -> Any:
+def current_device(tensor: torch.Tensor) -> int | None:
+    """The current CUDA device for a launch on `tensor`, None off the GPU."""
+    return torch.cuda.current_device() if tensor.is_cuda else None
+
+
+def launch_hooks_installed(runtime: Any = None) -> bool:
+    """Whether Triton calls launch hooks (a profiler's): launches then take its runner.
+    `runtime`: Triton's runtime knobs, looked up once by the caller (`knobs_runtime`)."""
+    return _launch_hooks_installed(runtime)
+
+
+def knobs_runtime() -> Any:
     """Triton's runtime knobs (where launch hooks live), None where triton has no `knobs`."""
     try:
         from triton import knobs
@@ -185,7 +203,7 @@ def _launch_hooks_installed(runtime: Any = None) -> bool:
     # `knobs` (older still) assume hooks, which keeps Triton's own runner. `runtime`
     # looked up once by the caller: the import alone took ~0.8 us a launch
     if runtime is None:
-        runtime = _knobs_runtime()
+        runtime = knobs_runtime()
         if runtime is None:
             return True
     return _is_set(runtime.launch_enter_hook) or _is_set(runtime.launch_exit_hook)
@@ -204,7 +222,7 @@ def _runner(compiled: Any, grid: tuple[int, int, int], device: int | None) -> Ca
     runner = compiled[grid]
     run = getattr(compiled, "run", None)
     packed = getattr(compiled, "packed_metadata", None)
-    runtime = _knobs_runtime()
+    runtime = knobs_runtime()
     if device is None or not callable(run) or packed is None or runtime is None:
         return lambda args, addresses, tail: runner(*args, *tail)
     function = compiled.function
@@ -217,4 +235,7 @@ def _runner(compiled: Any, grid: tuple[int, int, int], device: int | None) -> Ca
         run(grid[0], grid[1], grid[2], current_stream(device), function, packed, None, None,
             None, *addresses, *tail)
 
+    # what replay.py repeats without the tensors: the launch function, grid, kernel and
+    # metadata, and the current stream at each call
+    launch.raw = (run, grid, function, packed, lambda: current_stream(device))
     return launch

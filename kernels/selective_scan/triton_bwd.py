@@ -19,8 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .bwd_state_grads import state_grad_buffers, sum_state_grads
+from .bwd_state_grads import (parameter_grad_sizes, state_grad_buffers,
+                              sum_parameter_grads, sum_state_grads)
 from .launch import CachedLaunch
+from .replay import replayed
 from .triton_common import (
     _channel_range,
     _chunk_tile,
@@ -282,26 +284,36 @@ def selective_scan_bwd_triton(
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
     reverse: bool,
-    *,
-    chunk: int | None = None,
-    channel_block: int | None = None,
-    carry_block: int | None = None,
-    num_warps: int | None = None,
-    maxnreg: int | None = None,
-    boundary: str = "auto",
-    states: torch.Tensor | None = None,
-    prefetch: bool = True,
-    ahead: int | None = None,
-    cache_ahead: bool | None = None,
-    adjoint: str = "auto",
-    unmasked: bool | None = None,
-    main: str = "auto",
-    serial_options: dict | None = None,
+    **options,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
-    shape, None for an absent optional. Keyword-only sizes as in the forward. `maxnreg`
+    shape, None for an absent optional. `options`: `_bwd_launches`' keywords (the kept
+    `states`, and sizes and kernel choices that tests and benches override).
+    """
+    du, ddelta, dz, part, dB_part, dC_part, dC_shift = _bwd_launches(
+        dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, **options)
+    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
+    dA, dD, dbias = sum_parameter_grads(part, A.shape, D is not None,
+                                        delta_bias is not None)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+@replayed  # allocations and launches only, decided by the arguments' signature
+def _bwd_launches(
+    dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None, delta_softplus: bool, reverse: bool, *,
+    chunk: int | None = None, channel_block: int | None = None,
+    carry_block: int | None = None, num_warps: int | None = None,
+    maxnreg: int | None = None, boundary: str = "auto",
+    states: torch.Tensor | None = None, prefetch: bool = True, ahead: int | None = None,
+    cache_ahead: bool | None = None, adjoint: str = "auto", unmasked: bool | None = None,
+    main: str = "auto", serial_options: dict | None = None,
+) -> tuple:
+    """The backward's launches: (du, ddelta, dz, part, dB_part, dC_part, dC_shift), the
+    last four summed by selective_scan_bwd_triton. Sizes as in the forward. `maxnreg`
     caps the main kernel's registers a thread (more resident warps, maybe spills).
     `boundary`: how the states at the chunk boundaries are found, "serial"
     (triton_fwd_serial's aggregate kernel), "tile" (triton_chunks' (N, CHUNK) tile kernel)
@@ -356,8 +368,8 @@ def selective_scan_bwd_triton(
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
     # partial sums of dA, dD, dbias: one row a (batch, chunk), one sum reduces them all
-    sizes = [dim * n_state] + [dim] * ((D is not None) + (delta_bias is not None))
-    part = torch.empty(batch * nc, sum(sizes), device=dev, dtype=f32)
+    part = torch.empty(batch * nc, sum(parameter_grad_sizes(
+        (dim, n_state), D is not None, delta_bias is not None)), device=dev, dtype=f32)
     if main == "serial":
         dB_part, dC_part, dC_shift = serial_bwd_main(
             dout, u, delta, z, A, B, C, D, delta_bias, H, Q, du, ddelta, dz, part,
@@ -392,9 +404,4 @@ def selective_scan_bwd_triton(
 
         _bwd_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                    scalars_and_options)
-    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
-    # one sum for the three (views of one tensor: the custom op unaliases its outputs)
-    dA, *vectors = part.sum(0).split(sizes)
-    dD = vectors.pop(0) if D is not None else None
-    dbias = vectors.pop(0) if delta_bias is not None else None
-    return du, ddelta, dA.view(dim, n_state), dB, dC, dD, dz, dbias
+    return du, ddelta, dz, part, dB_part, dC_part, dC_shift

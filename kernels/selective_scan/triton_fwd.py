@@ -62,6 +62,7 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
+from .replay import replayed
 from .triton_common import (
     _channel_range,
     _chunk_tile,
@@ -191,6 +192,7 @@ def _fwd_output_kernel(
 _fwd_output_kernel_launcher = CachedLaunch(_fwd_output_kernel)
 
 
+@replayed  # allocations and launches only, decided by the arguments' signature
 def selective_scan_fwd_triton(
     u: torch.Tensor,
     delta: torch.Tensor,

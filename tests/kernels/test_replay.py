@@ -1,0 +1,361 @@
+"""Per-signature replay of the Triton host functions (kernels/selective_scan/replay.py).
+
+On the CPU, against stand-in kernels that log each launch as the compiled kernel's launch
+function receives it (grid, kernel, then every argument, tensors as addresses): a replayed
+call must make the same launches as a recorded one, each argument the same constant or
+the same place in the same tensor (an input, an output, or the call's own scratch), and
+return tensors of the same shapes, strides and dtypes, newly allocated. Whatever a replay
+could not repeat (a torch op that computes, an interpreted launch, two arguments at one
+address) keeps the signature on the host function; so do launch hooks, and so does any
+change of shape, stride, dtype, alignment or flag.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+import torch
+
+from medmamba_kernels.selective_scan import launch as launch_module
+from medmamba_kernels.selective_scan import triton_bwd, triton_fwd
+from medmamba_kernels.selective_scan.launch import CachedLaunch
+from medmamba_kernels.selective_scan.replay import replayed
+
+N_STATE = 16
+STREAM = 7
+
+
+class _Compiled:
+    """A compiled kernel as Triton 3.4-3.9 expose it, whose launch function logs."""
+
+    packed_metadata = ("packed",)
+
+    def __init__(self, name: str, log: list) -> None:
+        self.function = name
+        self._log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self._log.append(("runner", self.function, grid, args))
+
+    def run(self, gx, gy, gz, stream, function, packed, *rest):
+        addresses = list(rest[3:])
+        self._log.append(("run", function, (gx, gy, gz), stream, addresses))
+
+
+class _StandInJit:
+    def __init__(self, jit, log: list) -> None:
+        self.fn = jit.fn if hasattr(jit, "fn") else jit
+        self._name = self.fn.__name__
+        self._log = log
+
+    def __getitem__(self, grid):
+        def call(*args, **kwargs):
+            self._log.append(("triton", self._name, grid, args, kwargs))
+            return _Compiled(self._name, self._log)
+        return call
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The package's kernels stood in for, CPU tensors launched as a GPU's would be; the
+    log of launches. Caches start empty and are restored afterwards."""
+    log: list = []
+    package = importlib.import_module("medmamba_kernels.selective_scan")
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for launcher in [v for v in vars(module).values() if isinstance(v, CachedLaunch)]:
+            monkeypatch.setattr(launcher, "_fn", _StandInJit(launcher._fn, log))
+            for cache in ("_runners", "_keyed", "_resident"):
+                monkeypatch.setattr(launcher, cache, {})
+    monkeypatch.setattr(launch_module, "current_device", lambda tensor: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: STREAM,
+                        raising=False)
+    for fn in (triton_fwd.selective_scan_fwd_triton, triton_bwd._bwd_launches):
+        fn.forget()
+    yield log
+    for fn in (triton_fwd.selective_scan_fwd_triton, triton_bwd._bwd_launches):
+        fn.forget()
+
+
+def _inputs(batch, dim, length, dtype=torch.float32, groups=1, optional=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, dt=dtype):
+        return torch.randn(*shape, generator=g).to(dt)
+
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length),
+                A=-torch.rand(dim, N_STATE, generator=g),
+                B=rnd(batch, groups, N_STATE, length), C=rnd(batch, groups, N_STATE, length),
+                D=rnd(dim, dt=torch.float32) if optional else None,
+                z=rnd(batch, dim, length) if optional else None,
+                delta_bias=rnd(dim, dt=torch.float32) if optional else None,
+                delta_softplus=True, reverse=False)
+
+
+def _tensors(structure) -> list[torch.Tensor]:
+    if isinstance(structure, (tuple, list)):
+        return [t for item in structure for t in _tensors(item)]
+    return [structure] if isinstance(structure, torch.Tensor) else []
+
+
+def _canonical(entries: list, inputs: list, outputs: list) -> list:
+    """Each launch with every address named by the tensor it points into: ("in", i, byte
+    offset), ("out", j, offset) or ("scratch", k, offset), k counted from the call's first
+    launch; other values as they are."""
+    regions = [("in", i, t) for i, t in enumerate(inputs)]
+    regions += [("out", j, t) for j, t in enumerate(outputs)]
+    scratch: dict[int, int] = {}
+    canonical = []
+    for kind, name, grid, stream, addresses in entries:
+        assert kind == "run" and stream == STREAM
+        named = []
+        for a in addresses:
+            place = next(((role, i, a - t.data_ptr()) for role, i, t in regions
+                          if t.numel() and 0 <= a - t.data_ptr() < t.untyped_storage().nbytes()),
+                         None)
+            if place is None and isinstance(a, int) and a > 2**32:  # an address of scratch
+                place = ("scratch", scratch.setdefault(a, len(scratch)), 0)
+            named.append(place if place is not None else a)
+        canonical.append((name, grid, named))
+    return canonical
+
+
+def _assert_same_launches(replayed_launches: list, recorded: list) -> None:
+    """Equal, but for scratch: a replay keeps each scratch buffer to the end, where the
+    recorded call may have freed one and been handed its memory again, so one recorded
+    scratch address may stand for several of the replay's, never the other way round."""
+    assert len(replayed_launches) == len(recorded)
+    scratch_of: dict[int, int] = {}
+    for (name, grid, args), (name0, grid0, args0) in zip(replayed_launches, recorded):
+        assert (name, grid, len(args)) == (name0, grid0, len(args0))
+        for arg, arg0 in zip(args, args0):
+            if isinstance(arg, tuple) and arg[0] == "scratch":
+                assert isinstance(arg0, tuple) and arg0[0] == "scratch"
+                assert scratch_of.setdefault(arg[1], arg0[1]) == arg0[1]
+            else:
+                assert arg == arg0
+
+
+def _calls(fn, log: list, make_args, n: int = 3) -> list:
+    """n calls of fn on fresh arguments: for each, (launches, inputs, outputs, result)."""
+    calls = []
+    for seed in range(n):
+        args, kwargs = make_args(seed)
+        start = len(log)
+        result = fn(*args, **kwargs)
+        inputs = _tensors(list(args) + list(kwargs.values()))
+        calls.append((log[start:], inputs, _tensors(result), result))
+    return calls
+
+
+def _assert_replay_repeats_recording(fn, log, make_args) -> list:
+    (_, _, _, _), recorded, replayed_call = _calls(fn, log, make_args)
+    assert len(fn.records) == 1 and next(iter(fn.records.values())) is not None
+    assert [e[0] for e in recorded[0]] == ["run"] * len(recorded[0])
+    _assert_same_launches(_canonical(*replayed_call[:3]), _canonical(*recorded[:3]))
+    for old, new in zip(recorded[2], replayed_call[2]):
+        assert (new.shape, new.stride(), new.dtype) == (old.shape, old.stride(), old.dtype)
+    old_storages = {t.untyped_storage().data_ptr() for t in recorded[2]}
+    assert not {t.untyped_storage().data_ptr() for t in replayed_call[2]} & old_storages
+    return recorded[0]
+
+
+FORWARDS = [  # (batch, dim, L, dtype, keyword arguments): each variant and path
+    (2, 64, 4096, torch.float32, {}),                      # "serial", several chunks
+    (2, 64, 4096, torch.float32, {"keep_states": True}),    # ... keeping the states
+    (2, 64, 4096, torch.bfloat16, {"keep_states": True}),
+    (1, 32, 1000, torch.float32, {}),                       # "deferred"
+    (2, 64, 300, torch.bfloat16, {}),                       # "rows", one chunk
+    (2, 16, 3000, torch.bfloat16, {}),                      # "chunked"
+    (2, 8, 40, torch.float32, {"variant": "reload"}),
+]
+
+
+@pytest.mark.parametrize("case", FORWARDS, ids=lambda c: f"{c[:4]}{c[4]}")
+def test_a_replayed_forward_makes_the_recorded_launches_on_its_own_tensors(
+        launches, case) -> None:
+    batch, dim, length, dtype, options = case
+
+    def make_args(seed):
+        return (), {**_inputs(batch, dim, length, dtype, seed=seed), **options}
+
+    recorded = _assert_replay_repeats_recording(triton_fwd.selective_scan_fwd_triton,
+                                                launches, make_args)
+    assert recorded
+
+
+BACKWARDS = [  # (batch, dim, L, dtype, groups, optional inputs, keyword arguments)
+    (2, 64, 4096, torch.float32, 1, True, {"states": True}),   # kept states
+    (2, 64, 4096, torch.bfloat16, 1, True, {}),
+    (2, 64, 1000, torch.float32, 2, False, {}),                 # several channel blocks
+    (1, 32, 700, torch.float32, 1, True, {"boundary": "tile"}),
+    (2, 64, 4096, torch.float32, 1, True, {"main": "serial"}),
+    (2, 8, 50, torch.bfloat16, 1, True, {}),                    # one chunk
+]
+
+
+@pytest.mark.parametrize("case", BACKWARDS, ids=lambda c: f"{c[:6]}{c[6]}")
+def test_a_replayed_backward_makes_the_recorded_launches_on_its_own_tensors(
+        launches, case) -> None:
+    batch, dim, length, dtype, groups, optional, options = case
+
+    def make_args(seed):
+        x = _inputs(batch, dim, length, dtype, groups, optional, seed=seed)
+        kwargs = dict(options)
+        if kwargs.get("states"):
+            kwargs["states"] = triton_fwd.backward_states(x["u"], x["A"], x["B"])
+        flags = (x.pop("delta_softplus"), x.pop("reverse"))
+        return (torch.randn_like(x["u"]), *x.values(), *flags), kwargs
+
+    _assert_replay_repeats_recording(triton_bwd._bwd_launches, launches, make_args)
+
+
+def test_the_public_backward_sums_the_replayed_buffers(launches) -> None:
+    x = _inputs(2, 64, 1000, groups=2)
+    dout = torch.randn_like(x["u"])
+    results = [triton_bwd.selective_scan_bwd_triton(dout, **x) for _ in range(3)]
+    assert next(iter(triton_bwd._bwd_launches.records.values())) is not None
+    for grads in results[1:]:
+        assert [None if g is None else (g.shape, g.dtype) for g in grads] == [
+            None if g is None else (g.shape, g.dtype) for g in results[0]]
+
+
+def test_a_forward_into_a_given_output_returns_that_output(launches) -> None:
+    x = _inputs(2, 64, 4096)
+    outs = [torch.full_like(x["u"], float("nan")) for _ in range(3)]
+    results = [triton_fwd.selective_scan_fwd_triton(**x, out=out) for out in outs]
+    assert next(iter(triton_fwd.selective_scan_fwd_triton.records.values())) is not None
+    assert all(result[0] is out for result, out in zip(results, outs))
+
+
+@pytest.mark.parametrize("change", ["length", "dtype", "stride", "misaligned", "flag"])
+def test_any_change_of_signature_is_recorded_apart(launches, change) -> None:
+    fwd = triton_fwd.selective_scan_fwd_triton
+    x = _inputs(2, 64, 4096)
+    for _ in range(3):
+        fwd(**x)
+    if change == "length":
+        y = _inputs(2, 64, 4095)
+    elif change == "dtype":
+        y = _inputs(2, 64, 4096, torch.bfloat16)
+    elif change == "stride":
+        y = {**x, "u": x["u"].transpose(1, 2).contiguous().transpose(1, 2)}
+    elif change == "misaligned":
+        y = {**x, "u": torch.randn(x["u"].numel() + 1)[1:].view(x["u"].shape)}
+    else:
+        y = {**x, "reverse": True}
+    start = len(launches)
+    fwd(**y)
+    assert len(fwd.records) == 1  # seen once: not recorded, ran the host function
+    assert launches[start:] and all(e[0] == "run" or e[0] == "triton"
+                                    for e in launches[start:])
+
+
+def test_launch_hooks_take_the_host_function(launches, monkeypatch) -> None:
+    fwd = triton_fwd.selective_scan_fwd_triton
+    x = _inputs(2, 64, 4096)
+    for _ in range(3):
+        fwd(**x)
+    monkeypatch.setattr(launch_module, "launch_hooks_installed", lambda runtime=None: True)
+    called = []
+    monkeypatch.setattr(launch_module, "_launch_hooks_installed",
+                        lambda runtime=None: called.append(1) or True)
+    fwd(**x)
+    assert called  # the host function's launches went through the hooked runner
+
+
+def _toy_kernel(x_ptr, n, BLOCK):  # noqa: N803 (Triton's style)
+    """Parameters of a stand-in kernel."""
+
+
+def _toy(log: list, computes: bool):
+    launcher = CachedLaunch(_StandInJit(_toy_kernel, log))
+
+    @replayed
+    def host(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        launcher.keyed(("toy", x.numel()), (4,), (x, y, out), lambda: ((x.numel(),),
+                                                                      {"BLOCK": 16}))
+        if computes:
+            out.add_(1)
+        return out
+
+    return host
+
+
+def test_a_host_function_that_computes_with_torch_is_not_replayed(launches) -> None:
+    host = _toy(launches, computes=True)
+    for _ in range(4):
+        host(torch.zeros(64), torch.zeros(64))
+    assert list(host.records.values()) == [None]
+
+
+def test_two_arguments_at_one_address_are_not_replayed(launches) -> None:
+    host = _toy(launches, computes=False)
+    x = torch.zeros(64)
+    for _ in range(3):
+        host(x, x)
+    assert list(host.records.values()) == [None]
+    host2 = _toy(launches, computes=False)
+    for _ in range(3):
+        host2(torch.zeros(64), torch.zeros(64))
+    replay = next(iter(host2.records.values()))
+    assert replay is not None
+    start = len(launches)
+    y = torch.zeros(64)
+    out = host2(y, y)  # recorded apart, replayed on one tensor twice: both addresses y's
+    assert launches[start][4][:3] == [y.data_ptr(), y.data_ptr(), out.data_ptr()]
+
+
+def test_interpreted_launches_are_never_recorded(monkeypatch) -> None:
+    log: list = []
+
+    class Interpreted(_StandInJit):
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: log.append("interpreted")
+
+    launcher = CachedLaunch(Interpreted(_toy_kernel, log))
+
+    @replayed
+    def host(x):
+        launcher.keyed(("toy",), (1,), (x,), lambda: ((x.numel(),), {"BLOCK": 16}))
+
+    monkeypatch.setattr(launch_module, "current_device", lambda tensor: 0)
+    for _ in range(4):
+        host(torch.zeros(8))
+    assert log == ["interpreted"] * 4 and list(host.records.values()) == [None]
+
+
+def test_off_the_gpu_nothing_is_recorded() -> None:
+    calls = []
+
+    @replayed
+    def host(x):
+        calls.append(1)
+
+    for _ in range(4):
+        host(torch.zeros(8))
+    assert len(calls) == 4 and not host.records
+
+
+def test_launches_at_offsets_into_arguments_and_allocations_keep_their_offsets(
+        launches) -> None:
+    launcher = CachedLaunch(_StandInJit(_toy_kernel, launches))
+
+    @replayed
+    def host(x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(2, 64)
+        launcher.keyed(("toy",), (2,), (x[16:], out[1]), lambda: ((48,), {"BLOCK": 16}))
+        return out[1, 8:]
+
+    for _ in range(3):
+        x = torch.zeros(64)
+        start = len(launches)
+        result = host(x)
+        (entry,) = launches[start:]
+        addresses = entry[4] if entry[0] == "run" else [t.data_ptr() for t in entry[3][:2]]
+        assert addresses[:2] == [x.data_ptr() + 64, result.data_ptr() - 32]
+        assert result.shape == (56,) and result.storage_offset() == 72
+    assert next(iter(host.records.values())) is not None
