@@ -4,11 +4,16 @@
     python scripts/profile_host_cpu.py --top 25        # and a cProfile of each
 
 Every `CachedLaunch` of the kernels gets a stand-in for its Triton kernel whose compiled
-form launches nothing, so a call runs all of its host code (checks, plans, allocations,
-launch keys, the autograd Function) on tensors of the meta device (shapes, no data) and no kernel. What this leaves out:
-the driver's launch itself (~8 us a launch on the H200 machine, session 21's
-`profile_host_overhead.py`) and the CUDA allocator's and torch's GPU launches' costs over the meta device's. So it ranks the
-Python parts, and a change's saving here is a lower bound of its saving on the GPU host;
+form's launch function launches nothing, and CPU tensors are launched as a GPU's would be
+(launch.current_device answers device 0), so a call runs all of its host code (checks,
+plans, allocations, launch keys, the autograd Function, the per-signature replays of
+replay.py) on CPU tensors (torch.empty: allocated, never written) and no kernel. Columns:
+the public call (forward; forward+backward), then the forward and backward host functions
+replayed and with replays off (their own Python every call). What this leaves out: the
+driver's launch itself (~6-8 us a launch on the H200 machine, `profile_host_overhead.py`)
+and the CUDA allocator's costs over the CPU's; and the backward's torch sums (dA, dB, dC)
+compute here on the CPU: hundreds of us of the public forward+backward on these rows,
+where the GPU host only queues them. So it ranks the Python parts;
 `scripts/profile_host_overhead.py` measures the whole on the GPU machine.
 """
 
@@ -27,15 +32,19 @@ import triton
 
 
 ROWS = {3: (2, 256, 4096), 4: (2, 512, 512)}
+GRAD_ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 class _LaunchesNothing:
     """What `jit_fn[grid](...)` returns in place of a compiled kernel: `CachedLaunch` keeps
-    it as it would a compiled one (it has a `function`) and later calls its runner."""
+    it as it would a compiled one (it has a `function`) and later calls its launch
+    function, as replays do."""
 
     function = 0
-    run = None  # no raw launch function: CachedLaunch takes the runner path
-    packed_metadata = None
+    packed_metadata = ()
+
+    def run(self, *args) -> None:
+        return None
 
     def __getitem__(self, grid):
         return lambda *args: None
@@ -47,9 +56,14 @@ class _StandInKernel:
 
 
 def stub_launches() -> int:
-    """Give every CachedLaunch in the package a kernel that launches nothing; how many."""
+    """Give every CachedLaunch in the package a kernel that launches nothing, launched as
+    on GPU 0 (stream 0); how many."""
     from scan_bench_common import package_launchers  # after main() set the interpreter knob
 
+    from medmamba_kernels.selective_scan import launch
+
+    launch.current_device = lambda tensor: 0
+    torch._C._cuda_getCurrentRawStream = lambda device: 0
     launchers = package_launchers()
     for launcher in launchers:
         launcher._fn = _StandInKernel()
@@ -60,7 +74,7 @@ def inputs(batch: int, dim: int, length: int, dtype: torch.dtype, grad: bool) ->
     n_state = 16
 
     def rand(*shape, dt=dtype):
-        return torch.empty(*shape, device="meta", dtype=dt).requires_grad_(grad)
+        return torch.empty(*shape, dtype=dt).requires_grad_(grad)
 
     return dict(u=rand(batch, dim, length), delta=rand(batch, dim, length),
                 A=rand(dim, n_state, dt=torch.float32),
@@ -86,16 +100,14 @@ def main() -> int:
     p.add_argument("--top", type=int, default=0, help="cProfile: functions by own time")
     args = p.parse_args()
     triton.knobs.runtime.interpret = True  # lets the public call take non-CUDA tensors
-    autocast_enabled = torch.is_autocast_enabled  # which knows no "meta" device
-    torch.is_autocast_enabled = lambda device_type="cuda": autocast_enabled(
-        "cpu" if device_type == "meta" else device_type)
     from medmamba_kernels.selective_scan import triton_bwd, triton_fwd
     from medmamba_kernels.selective_scan.interface import selective_scan
 
     print(f"{stub_launches()} launchers stubbed; torch {torch.__version__}, "
           f"triton {triton.__version__}")
-    print(f"{'row':<16}{'dtype':<10}{'fwd us':>9}{'f+b us':>9}{'host fwd':>10}"
-          f"{'host bwd':>10}")
+    print(f"{'':<26}{'public':>18}{'forward host fn':>20}{'backward launches':>20}")
+    print(f"{'row':<16}{'dtype':<10}{'fwd us':>9}{'f+b us':>9}{'replayed':>10}{'own':>10}"
+          f"{'replayed':>10}{'own':>10}")
     for row in (int(r) for r in args.rows.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
             x = inputs(*ROWS[row], dtype, grad=True)
@@ -107,19 +119,29 @@ def main() -> int:
                 with torch.no_grad():
                     selective_scan(**x, **flags, backend="triton")
 
-            def public_fwd_bwd():
-                selective_scan(**x, **flags, backend="triton").backward(dout)
+            leaves = [v for v in x.values() if v is not None]
+
+            def public_fwd_bwd():  # autograd.grad: no accumulation into .grad (CPU work)
+                torch.autograd.grad(selective_scan(**x, **flags, backend="triton"), leaves,
+                                    dout)
+
+            fwd, launches = triton_fwd.selective_scan_fwd_triton, triton_bwd._bwd_launches
 
             def host_fwd():
-                triton_fwd.selective_scan_fwd_triton(**plain, **flags)
+                fwd(**plain, **flags)
 
-            _, _, states = triton_fwd.selective_scan_fwd_triton(**plain, **flags,
-                                                                keep_states=True)
+            _, _, states = fwd(**plain, **flags, keep_states=True)
+            bwd_args = (dout, *[plain[k] for k in GRAD_ORDER], *flags.values())
 
             def host_bwd():
-                triton_bwd.selective_scan_bwd_triton(dout, **plain, **flags, states=states)
+                launches(*bwd_args, states=states)
 
-            times = [host_us(f) for f in (public_fwd, public_fwd_bwd, host_fwd, host_bwd)]
+            times = [host_us(f) for f in (public_fwd, public_fwd_bwd)]
+            for fn, host in ((fwd, host_fwd), (launches, host_bwd)):
+                times.append(host_us(host))
+                fn.enabled = False
+                times.append(host_us(host))
+                fn.enabled = True
             print(f"{str(ROWS[row])[1:-1]:<16}{str(dtype)[6:]:<10}"
                   + "".join(f"{t:>9.1f}" for t in times[:2])
                   + "".join(f"{t:>10.1f}" for t in times[2:]), flush=True)
