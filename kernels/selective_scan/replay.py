@@ -159,8 +159,8 @@ class _Watch(TorchDispatchMode):
         packet = func.overloadpacket
         if packet in _ALLOCATIONS or packet in _ZERO_ALLOCATIONS:
             self.recorder.allocated(out, zeroed=packet in _ZERO_ALLOCATIONS)
-        elif packet in (torch.ops.aten.zero_, torch.ops.aten.fill_) and (
-                packet is torch.ops.aten.zero_ or args[1] == 0):
+        elif func is torch.ops.aten.zero_.default or (
+                func is torch.ops.aten.fill_.Scalar and args[1] == 0):
             self.recorder.zeroed(args[0])
         elif packet not in _VIEWS:
             self.recorder.fail(f"{func} ran on the device")

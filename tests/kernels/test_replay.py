@@ -359,3 +359,26 @@ def test_launches_at_offsets_into_arguments_and_allocations_keep_their_offsets(
         assert addresses[:2] == [x.data_ptr() + 64, result.data_ptr() - 32]
         assert result.shape == (56,) and result.storage_offset() == 72
     assert next(iter(host.records.values())) is not None
+
+
+@pytest.mark.parametrize("fill", ["zeros", "zero_", "fill_", "fill_ 1", "zero_ late"])
+def test_zeroed_scratch_is_zeroed_again_only_before_its_first_launch(launches, fill) -> None:
+    launcher = CachedLaunch(_StandInJit(_toy_kernel, launches))
+
+    @replayed
+    def host(x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(64) if fill == "zeros" else torch.empty(64)
+        if fill in ("zero_", "fill_", "fill_ 1"):
+            out.zero_() if fill == "zero_" else out.fill_(1.0 if fill == "fill_ 1" else 0.0)
+        launcher.keyed(("toy",), (1,), (x, out), lambda: ((64,), {"BLOCK": 16}))
+        if fill == "zero_ late":  # after a launch wrote it: a replay could not repeat this
+            out.zero_()
+        return out
+
+    results = [host(torch.zeros(64)) for _ in range(3)]
+    replay = next(iter(host.records.values()))
+    if fill in ("fill_ 1", "zero_ late"):
+        assert replay is None
+    else:
+        assert replay is not None and replay.allocations[0][3]  # made with zeros
+        assert torch.equal(results[-1], torch.zeros(64))
