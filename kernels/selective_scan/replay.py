@@ -181,6 +181,9 @@ class _Replay:
                                 for pos, base, offset in patches))
                          for raw, addresses, tail, patches in recorder.launches]
         self.result = _result_spec(result, recorder, inputs)
+        # the common result, a flat tuple of whole allocations: indices, no recursion
+        flat = self.result[0] == "tuple" and all(r[0] == "allocation" for r in self.result[1])
+        self.flat_result = [r[1] for r in self.result[1]] if flat else None
 
     def __call__(self, inputs: list[torch.Tensor], addresses: list[int],
                  device: torch.device) -> Any:
@@ -195,6 +198,8 @@ class _Replay:
                 arguments[position] = bases[base] + offset
             run(grid[0], grid[1], grid[2], stream(), function, packed, None, None, None,
                 *arguments, *tail)
+        if self.flat_result is not None:
+            return tuple([allocations[j] for j in self.flat_result])
         return _build(self.result, inputs, allocations)
 
 
