@@ -16,7 +16,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_selective_scan",
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
             "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
-            "study_split_backward", "study_split_backward_sass", "bench_mamba_layout"]
+            "study_split_backward", "study_split_backward_sass", "bench_mamba_layout",
+            "bench_replay_ab"]
 
 
 @pytest.mark.slow
