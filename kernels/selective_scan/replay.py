@@ -145,7 +145,8 @@ class _Recorder:
                               "or allocation")
                     return
                 patches.append((position, *where))
-        self.launches.append((raw, list(addresses), tuple(tail), tuple(patches)))
+        # `launch` holds its compiled kernel (whose module `raw`'s handle lives in) alive
+        self.launches.append((raw, list(addresses), tuple(tail), tuple(patches), launch))
 
 
 class _Watch(TorchDispatchMode):
@@ -199,7 +200,8 @@ class _Replay:
 
         self.launches = [(raw, addresses, tail,
                           tuple((pos, *base(index, offset)) for pos, index, offset in patches))
-                         for raw, addresses, tail, patches in recorder.launches]
+                         for raw, addresses, tail, patches, _ in recorder.launches]
+        self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
         self.result = _renumbered(self.result, where)
         # the common result, a flat tuple of whole allocations: indices, no recursion
         flat = self.result[0] == "tuple" and all(r[0] == "allocation" for r in self.result[1])
