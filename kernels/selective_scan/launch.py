@@ -26,6 +26,10 @@ checked to share one device (interface.py), and the first call of a key went thr
 Triton's checks.
 Triton settings changed at run time (its `knobs`, e.g. debug) are not in the key. Under
 TRITON_INTERPRET=1 nothing is compiled: every call goes through Triton.
+
+Every launch is also reported to replay.py (`note_launch`), which records the launches of
+a host function's call when asked to; the launch function's parts a recording needs sit
+on the runner as `raw`.
 """
 
 from __future__ import annotations
