@@ -102,6 +102,7 @@ def main() -> int:
     triton.knobs.runtime.interpret = True  # lets the public call take non-CUDA tensors
     from medmamba_kernels.selective_scan import triton_bwd, triton_fwd
     from medmamba_kernels.selective_scan.interface import selective_scan
+    from scan_bench_common import set_replays
 
     print(f"{stub_launches()} launchers stubbed; torch {torch.__version__}, "
           f"triton {triton.__version__}")
@@ -137,11 +138,11 @@ def main() -> int:
                 launches(*bwd_args, states=states)
 
             times = [host_us(f) for f in (public_fwd, public_fwd_bwd)]
-            for fn, host in ((fwd, host_fwd), (launches, host_bwd)):
+            for host in (host_fwd, host_bwd):
                 times.append(host_us(host))
-                fn.enabled = False
+                set_replays(False)
                 times.append(host_us(host))
-                fn.enabled = True
+                set_replays(True)
             print(f"{str(ROWS[row])[1:-1]:<16}{str(dtype)[6:]:<10}"
                   + "".join(f"{t:>9.1f}" for t in times[:2])
                   + "".join(f"{t:>10.1f}" for t in times[2:]), flush=True)

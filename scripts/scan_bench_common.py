@@ -1,8 +1,9 @@
 """What the selective-scan GPU scripts share: the mamba_ssm anchor table, the kernels
-imported from the tree, the bench rows' inputs and timing helpers.
+imported from the tree, the bench rows' inputs and timing helpers, the replays' switch.
 
-Imported by scripts/bench_selective_scan.py, scripts/bench_scan_variants.py and
-scripts/profile_host_overhead.py (run from the repository root on a CUDA machine).
+Imported by scripts/bench_selective_scan.py, scripts/bench_scan_variants.py,
+scripts/profile_host_overhead.py and scripts/bench_replay_ab.py (run from the repository
+root on a CUDA machine), and by scripts/profile_host_cpu.py (its launchers and switch).
 """
 
 from __future__ import annotations

@@ -187,12 +187,6 @@ def current_device(tensor: torch.Tensor) -> int | None:
     return torch.cuda.current_device() if tensor.is_cuda else None
 
 
-def launch_hooks_installed(runtime: Any = None) -> bool:
-    """Whether Triton calls launch hooks (a profiler's): launches then take its runner.
-    `runtime`: Triton's runtime knobs, looked up once by the caller (`knobs_runtime`)."""
-    return _launch_hooks_installed(runtime)
-
-
 def knobs_runtime() -> Any:
     """Triton's runtime knobs (where launch hooks live), None where triton has no `knobs`."""
     try:
@@ -202,7 +196,9 @@ def knobs_runtime() -> Any:
     return knobs.runtime
 
 
-def _launch_hooks_installed(runtime: Any = None) -> bool:
+def launch_hooks_installed(runtime: Any = None) -> bool:
+    """Whether Triton calls launch hooks (a profiler's): launches then take its runner.
+    `runtime`: Triton's runtime knobs, looked up once by the caller (`knobs_runtime`)."""
     # triton >= 3.5 keeps hook chains (empty when unused); earlier ones None; without
     # `knobs` (older still) assume hooks, which keeps Triton's own runner. `runtime`
     # looked up once by the caller: the import alone took ~0.8 us a launch
@@ -233,7 +229,7 @@ def _runner(compiled: Any, grid: tuple[int, int, int], device: int | None) -> Ca
     current_stream = torch._C._cuda_getCurrentRawStream
 
     def launch(args: tuple, addresses: list, tail: list) -> None:
-        if _launch_hooks_installed(runtime):
+        if launch_hooks_installed(runtime):
             runner(*args, *tail)
             return
         run(grid[0], grid[1], grid[2], current_stream(device), function, packed, None, None,

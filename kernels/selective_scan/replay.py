@@ -173,8 +173,8 @@ class _Replay:
     """A recorded call: allocations, launches, and how to build the returned structure."""
 
     def __init__(self, recorder: _Recorder, result: Any, inputs: list[torch.Tensor]) -> None:
-        self.result = _result_spec(result, recorder, inputs)
-        returned = _returned_allocations(self.result)
+        spec = _result_spec(result, recorder, inputs)
+        returned = _returned_allocations(spec)
         # returned allocations are made as they were; the rest (scratch, seen only by the
         # kernels as addresses) are carved from one buffer: an allocation costs ~4 us of
         # host time on the H200 machine
@@ -202,7 +202,7 @@ class _Replay:
                           tuple((pos, *base(index, offset)) for pos, index, offset in patches))
                          for raw, addresses, tail, patches, _ in recorder.launches]
         self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
-        self.result = _renumbered(self.result, where)
+        self.result = _renumbered(spec, where)
         # the common result, a flat tuple of whole allocations: indices, no recursion
         flat = self.result[0] == "tuple" and all(r[0] == "allocation" for r in self.result[1])
         self.flat_result = [r[1] for r in self.result[1]] if flat else None
@@ -328,7 +328,7 @@ def replayed(fn: Callable) -> Callable:
 
     seen: dict[tuple, int] = {}
     records: dict[tuple, _Replay | None] = {}
-    knobs: list = []  # Triton's runtime knobs, looked up at the first replay
+    runtime = launch.knobs_runtime()  # where Triton keeps its launch hooks
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -341,9 +341,7 @@ def replayed(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         key = (key, device)
         replay = records.get(key)
-        if replay is not None and not knobs:
-            knobs.append(launch.knobs_runtime())
-        if replay is not None and not launch.launch_hooks_installed(knobs[0]):
+        if replay is not None and not launch.launch_hooks_installed(runtime):
             return replay(tensors, addresses, tensors[0].device)
         if key in records:  # not replayable, or a hook is installed
             return fn(*args, **kwargs)

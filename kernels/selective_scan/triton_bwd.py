@@ -273,18 +273,9 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
 def selective_scan_bwd_triton(
-    dout: torch.Tensor,
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    reverse: bool,
-    **options,
+    dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None, delta_softplus: bool, reverse: bool, **options,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward host function (contract: interface.py's docstring).
 

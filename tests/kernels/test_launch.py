@@ -228,4 +228,4 @@ def test_a_triton_without_knobs_counts_as_hooked(monkeypatch) -> None:
 
     monkeypatch.delattr(triton, "knobs", raising=False)
     monkeypatch.setitem(sys.modules, "triton.knobs", None)
-    assert launch_module._launch_hooks_installed()
+    assert launch_module.launch_hooks_installed()
