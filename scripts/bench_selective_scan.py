@@ -8,11 +8,13 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --fwd-variants   # forward variants + host overhead
     python scripts/bench_selective_scan.py --bwd-variants   # backward chunk / warps / maxnreg / channel-block configs
     python scripts/bench_selective_scan.py --quick --layout network   # z, dout strided (the layer until session 38)
+    python scripts/bench_selective_scan.py --api public   # the public selective_scan, as the anchor
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
     python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by config
     python scripts/bench_selective_scan.py --train-chunks   # training calls by backward chunk
 
-Timings are `triton.testing.do_bench` medians (ms) of the host functions, z-gated,
+Timings are `triton.testing.do_bench` medians (ms) of the host functions (with --api public:
+of the public `selective_scan`, forward+backward through the autograd engine), z-gated,
 softplus, delta_bias, D, N=16 (DESIGN.md section 7). The byte floor is the bytes of the
 inputs read once plus the outputs written once, at the copy bandwidth measured here.
 The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carry,
@@ -33,8 +35,8 @@ from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_varian
                                  compare_short_rows, sweep)
 from bench_serial_variants import (compare_serial_options, compare_serial_passes,
                                    compare_train_chunks)
-from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, reference, rel, row_calls,
-                               set_replays)
+from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, public_row_calls,
+                               reference, rel, row_calls, set_replays)
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
     x = make_inputs(batch, dim, length, dtype, groups, seed)
@@ -97,13 +99,17 @@ def floors(batch, dim, length, dtype, bw):
     return fwd_bytes / bw * 1e3, (fwd_bytes + bwd_bytes) / bw * 1e3
 
 
-def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False):
+def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="host"):
     from triton.testing import do_bench
 
-    run_fwd, run_fwd_bwd = row_calls(shape, dtype, layout, reverse)
+    leaves = None
+    if api == "public":
+        run_fwd, run_fwd_bwd, leaves = public_row_calls(shape, dtype, reverse)
+    else:
+        run_fwd, run_fwd_bwd = row_calls(shape, dtype, layout, reverse)
     rep = 30 if quick else 100
     t_f = do_bench(run_fwd, warmup=10, rep=rep, return_mode="median")
-    t_fb = do_bench(run_fwd_bwd, warmup=10, rep=rep, return_mode="median")
+    t_fb = do_bench(run_fwd_bwd, warmup=10, rep=rep, grad_to_none=leaves, return_mode="median")
     fl_f, fl_fb = floors(*shape, dtype, bw)
     a = ANCHORS[shape]
     a_f, a_fb = (a[0], a[1]) if dtype == torch.float32 else (a[2], a[3])
@@ -120,6 +126,10 @@ def main() -> int:
                    help="network: z and dout strided as the Mamba layer passed them until "
                         "session 38; network-copied: the same, copied to contiguous in "
                         "each call")
+    p.add_argument("--api", choices=["host", "public"], default="host",
+                   help="host: time the host functions; public: the public selective_scan, "
+                        "an inference call and a training call with .backward() through "
+                        "the autograd engine, as the anchor timed mamba_ssm's selective_scan_fn")
     p.add_argument("--no-replay", action="store_true",
                    help="run the host functions' Python every call (replay.py off)")
     p.add_argument("--reverse", action="store_true",
@@ -168,6 +178,8 @@ def main() -> int:
     shapes = list(ANCHORS)
     dtypes = {"fp32": [torch.float32], "bf16": [torch.bfloat16], None:
               [torch.float32, torch.bfloat16]}[args.dtype]
+    if args.api == "public" and args.layout != "contiguous":
+        p.error("--api public times contiguous inputs only")
     if args.only is not None:
         shapes = [shapes[args.only - 1]]
         if args.profile:
@@ -225,14 +237,15 @@ def main() -> int:
         ok &= check(1, 70_000, 3, torch.float32)  # batch * dim > 65,535
         ok &= check_chunking(2, 64, 262144, torch.float32)
     bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); z and dout {args.layout}"
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); {args.api} calls; "
+          f"z and dout {args.layout}"
           + ("; reverse=True" if args.reverse else ""))
     header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
               f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
     lines = []
     for dt in dtypes:
         for shape in shapes:
-            r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse)
+            r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse, args.api)
             lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
                          f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
             print(lines[-1], flush=True)

@@ -8,12 +8,14 @@
 #              TEST_WORKERS pytest-xdist workers, default 8: the compiles run in parallel)
 #   table      scripts/bench_selective_scan.py: the issue's table
 #   table-noreplay  ... --no-replay (the host functions' Python every call, replay.py off)
+#   table-public    ... --api public (the public selective_scan, as the anchor was timed)
 #   fwd        ... --fwd-variants          bwd   ... --bwd-variants (BWD_LABELS: the
 #              default and these comma-separated labels of BWD_CONFIGS only)
 #   host       ... --host (CUDA-graph GPU time vs host time a call)
 #   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
 #   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
 #   public     ... --public: the same for the public selective_scan (eager autograd)
+#   autograd   ... --autograd --top 0: host us of a training call's pieces (engine vs ours)
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   carrycap   scripts/bench_serial_carry.py: the rows' fwd and fwd+bwd by the carry block's cap
@@ -41,6 +43,7 @@ for section in "$@"; do
              tests/kernels/test_triton_replay.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     table-noreplay) timeout 300 $K scripts/bench_selective_scan.py --no-replay > "$log" 2>&1 ;;
+    table-public) timeout 300 $K scripts/bench_selective_scan.py --api public > "$log" 2>&1 ;;
     fwd) timeout 240 $K scripts/bench_selective_scan.py --fwd-variants > "$log" 2>&1 ;;
     bwd) timeout 300 $K scripts/bench_selective_scan.py --bwd-variants \
            ${BWD_LABELS:+--bwd-configs "$BWD_LABELS"} > "$log" 2>&1 ;;
@@ -48,6 +51,8 @@ for section in "$@"; do
     times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
     hostprof) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 25 > "$log" 2>&1 ;;
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
+    autograd) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --autograd --top 0 \
+                > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;
     carrycap) timeout 300 $K scripts/bench_serial_carry.py > "$log" 2>&1 ;;

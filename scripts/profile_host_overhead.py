@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from scan_bench_common import ANCHORS, host_ms, package_launchers, row_calls, set_replays
+from scan_bench_common import (ANCHORS, host_ms, package_launchers, public_row_calls, row_calls,
+                               set_replays, training_inputs)
 
 
 @triton.jit
@@ -154,32 +155,9 @@ def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _training_inputs(shape, dtype):
-    """(inputs, leaves, flags, dout): a bench row's inputs by name (no grad), the same as
-    leaves that require grad, the scan's flags, a gradient of the output."""
-    from scan_bench_common import make_inputs
-
-    x = make_inputs(*shape, dtype)
-    flags = {k: x.pop(k) for k in ("delta_softplus", "reverse")}
-    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
-    return x, leaves, flags, torch.randn(shape, device="cuda", dtype=dtype)
-
-
 def public_calls(shape, dtype):
-    """(run_fwd, run_fwd_bwd) through the public `selective_scan` as a user calls it: an
-    inference call, and a training call (inputs that require grad) with its backward."""
-    from medmamba_kernels.selective_scan.interface import selective_scan
-
-    x, leaves, flags, dout = _training_inputs(shape, dtype)
-
-    def run_fwd():
-        with torch.no_grad():
-            selective_scan(**x, **flags)
-
-    def run_fwd_bwd():
-        selective_scan(**leaves, **flags).backward(dout)
-
-    return run_fwd, run_fwd_bwd
+    """(run_fwd, run_fwd_bwd) through the public `selective_scan` (scan_bench_common)."""
+    return public_row_calls(shape, dtype)[:2]
 
 
 class _Identity(torch.autograd.Function):
@@ -213,7 +191,7 @@ def autograd_costs(shape, dtype) -> str:
     the same through the autograd Function with the leaves' .grad reset (no accumulation)
     and kept (accumulated); the public call; and a trivial Function (a clone) with its
     backward: the engine alone."""
-    _, leaves, flags, dout = _training_inputs(shape, dtype)
+    _, leaves, flags, dout = training_inputs(shape, dtype)
     u = leaves["u"]
     parts = (("host functions", row_calls(shape, dtype)[1]),
              ("Function, .grad reset", _function_call(leaves, flags, dout, True)),
@@ -228,7 +206,7 @@ def autograd_trace(shape, dtype, calls: int = 20) -> str:
     CUDA runtime calls by own time."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    _, leaves, flags, dout = _training_inputs(shape, dtype)
+    _, leaves, flags, dout = training_inputs(shape, dtype)
     run = _function_call(leaves, flags, dout, False)
     for _ in range(3):
         run()

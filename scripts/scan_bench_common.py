@@ -163,3 +163,33 @@ def row_calls(shape, dtype, layout: str = "contiguous", reverse: bool = False):
         bwd(dout.contiguous() if copied else dout, **x_call, states=states)
 
     return run_fwd, run_fwd_bwd
+
+
+def training_inputs(shape, dtype, reverse: bool = False):
+    """(inputs, leaves, flags, dout): a bench row's inputs by name (no grad), the same as
+    leaves that require grad, the scan's flags, a gradient of the output."""
+    x = make_inputs(*shape, dtype)
+    x["reverse"] = reverse
+    flags = {k: x.pop(k) for k in ("delta_softplus", "reverse")}
+    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+    return x, leaves, flags, torch.randn(shape, device=DEVICE, dtype=dtype)
+
+
+def public_row_calls(shape, dtype, reverse: bool = False):
+    """(run_fwd, run_fwd_bwd, leaves) through the public `selective_scan` as a user calls
+    it, and as DESIGN.md 7's anchor timed mamba_ssm's `selective_scan_fn`: an inference
+    call, and a training call (inputs that require grad) with `.backward(dout)` through the
+    autograd engine. The training call accumulates into the leaves' .grad; pass `leaves`
+    to do_bench's grad_to_none to time it without the accumulation's adds."""
+    from medmamba_kernels.selective_scan.interface import selective_scan
+
+    x, leaves, flags, dout = training_inputs(shape, dtype, reverse)
+
+    def run_fwd():
+        with torch.no_grad():
+            selective_scan(**x, **flags)
+
+    def run_fwd_bwd():
+        selective_scan(**leaves, **flags).backward(dout)
+
+    return run_fwd, run_fwd_bwd, list(leaves.values())
