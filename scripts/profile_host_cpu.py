@@ -10,10 +10,9 @@ plans, allocations, launch keys, the autograd Function, the per-signature replay
 replay.py) on CPU tensors (torch.empty: allocated, never written) and no kernel. Columns:
 the public call (forward; forward+backward), then the forward and backward host functions
 replayed and with replays off (their own Python every call). What this leaves out: the
-driver's launch itself (~6-8 us a launch on the H200 machine, `profile_host_overhead.py`)
-and the CUDA allocator's costs over the CPU's; and the backward's torch sums (dA, dB, dC)
-compute here on the CPU: hundreds of us of the public forward+backward on these rows,
-where the GPU host only queues them. So it ranks the Python parts;
+driver's launch itself (~6-8 us a launch on the H200 machine, `profile_host_overhead.py`),
+the CUDA allocator's costs over the CPU's, and the autograd engine's device thread (a CPU
+backward runs on the calling thread). So it ranks the Python parts;
 `scripts/profile_host_overhead.py` measures the whole on the GPU machine.
 """
 
@@ -106,7 +105,7 @@ def main() -> int:
 
     print(f"{stub_launches()} launchers stubbed; torch {torch.__version__}, "
           f"triton {triton.__version__}")
-    print(f"{'':<26}{'public':>18}{'forward host fn':>20}{'backward launches':>20}")
+    print(f"{'':<26}{'public':>18}{'forward host fn':>20}{'backward host fn':>20}")
     print(f"{'row':<16}{'dtype':<10}{'fwd us':>9}{'f+b us':>9}{'replayed':>10}{'own':>10}"
           f"{'replayed':>10}{'own':>10}")
     for row in (int(r) for r in args.rows.split(",")):
@@ -126,7 +125,7 @@ def main() -> int:
                 torch.autograd.grad(selective_scan(**x, **flags, backend="triton"), leaves,
                                     dout)
 
-            fwd, launches = triton_fwd.selective_scan_fwd_triton, triton_bwd._bwd_launches
+            fwd, bwd = triton_fwd.selective_scan_fwd_triton, triton_bwd.selective_scan_bwd_triton
 
             def host_fwd():
                 fwd(**plain, **flags)
@@ -135,7 +134,7 @@ def main() -> int:
             bwd_args = (dout, *[plain[k] for k in GRAD_ORDER], *flags.values())
 
             def host_bwd():
-                launches(*bwd_args, states=states)
+                bwd(*bwd_args, states=states)
 
             times = [host_us(f) for f in (public_fwd, public_fwd_bwd)]
             for host in (host_fwd, host_bwd):

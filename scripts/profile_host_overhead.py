@@ -188,14 +188,26 @@ def _function_call(leaves: dict, flags: dict, dout: torch.Tensor, reset: bool):
 def autograd_costs(shape, dtype) -> str:
     """Host us a call (launches queued, no synchronisation) of a training step's pieces,
     to tell the autograd engine's cost from ours: the host functions' forward+backward;
-    the same through the autograd Function with the leaves' .grad reset (no accumulation)
-    and kept (accumulated); the public call; and a trivial Function (a clone) with its
+    the Function's forward alone; the same with its backward, the leaves' .grad reset (no
+    accumulation) and kept (accumulated), and reset with the engine on the calling thread
+    (no device thread); the public call; and a trivial Function (a clone) with its
     backward: the engine alone."""
+    from medmamba_kernels.selective_scan import interface
+
     _, leaves, flags, dout = training_inputs(shape, dtype)
     u = leaves["u"]
+    reset = _function_call(leaves, flags, dout, True)
+
+    def one_thread():
+        with torch.autograd.set_multithreading_enabled(False):
+            reset()
+
     parts = (("host functions", row_calls(shape, dtype)[1]),
-             ("Function, .grad reset", _function_call(leaves, flags, dout, True)),
+             ("Function fwd", lambda: interface._EagerTritonScan.apply(*leaves.values(),
+                                                                       *flags.values())),
+             ("Function, .grad reset", reset),
              ("Function, accumulated", _function_call(leaves, flags, dout, False)),
+             ("Function, one thread", one_thread),
              ("public", public_calls(shape, dtype)[1]),
              ("clone Function", lambda: _Identity.apply(u).backward(dout)))
     return "  ".join(f"{name} {host_us(fn):.1f}" for name, fn in parts)

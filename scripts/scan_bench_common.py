@@ -56,7 +56,7 @@ def set_replays(enabled: bool) -> None:
     call runs the host functions' own Python (for A/B timings)."""
     from medmamba_kernels.selective_scan import triton_bwd
 
-    fwd.enabled = triton_bwd._bwd_launches.enabled = enabled
+    fwd.enabled = triton_bwd.selective_scan_bwd_triton.enabled = enabled
 
 
 def package_launchers() -> list:

@@ -3,12 +3,15 @@ the sums of its partial dA, dD and dbias.
 
 B and C are shared by a group's channels, so their gradients are sums over channels; the
 kernel sums a program's channel block in registers and writes one partial sum a block.
-Host-side only.
+The sums are one launch each of triton_sums.py's kernel, into gradients allocated apart
+(no views), so that the backward host function stays replayable (replay.py).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .triton_sums import sum_rows_into
 
 
 def state_grad_buffers(
@@ -26,17 +29,19 @@ def state_grad_buffers(
 
 
 def sum_state_grads(
-    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int,
-    B_dtype: torch.dtype, C_dtype: torch.dtype,
+    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int, B: torch.Tensor,
+    C: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dB, dC from `state_grad_buffers`' tensors after the kernel: with a shift, dB_part
-    is the (2, n_cblk, ...) buffer of both, summed over its channel blocks."""
+    is the (2, n_cblk, ...) buffer of both, summed over its channel blocks into B's and
+    C's shapes and dtypes."""
     if not dC_shift:
         return dB_part, dC_part
-    sums = dB_part.sum(1)
-    if B_dtype != C_dtype:
-        return sums[0].to(B_dtype), sums[1].to(C_dtype)
-    return sums.to(B_dtype).unbind(0)
+    dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
+    dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
+    sum_rows_into(dB_part, dB_part.shape[1], B.numel(),
+                  [(dB, 0, B.numel()), (dC, dC_shift, C.numel())])
+    return dB, dC
 
 
 def parameter_grad_sizes(a_shape: tuple[int, int], has_d: bool, has_bias: bool) -> list[int]:
@@ -49,9 +54,16 @@ def parameter_grad_sizes(a_shape: tuple[int, int], has_d: bool, has_bias: bool) 
 def sum_parameter_grads(
     part: torch.Tensor, a_shape: tuple[int, int], has_d: bool, has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """dA, dD, dbias (None where absent) from `part`: one sum for the three, so they are
-    views of one tensor (the custom op unaliases its outputs)."""
-    dA, *vectors = part.sum(0).split(parameter_grad_sizes(a_shape, has_d, has_bias))
-    dD = vectors.pop(0) if has_d else None
-    dbias = vectors.pop(0) if has_bias else None
-    return dA.view(a_shape), dD, dbias
+    """dA, dD, dbias (None where absent) from `part`, summed over its rows in one launch;
+    float32, each its own allocation."""
+    dim, n_state = a_shape
+    grads = [torch.empty(a_shape, device=part.device, dtype=torch.float32)]
+    grads += [torch.empty(dim, device=part.device, dtype=torch.float32)
+              for _ in range(has_d + has_bias)]
+    offsets = [0, dim * n_state, dim * n_state + dim]
+    sum_rows_into(part, part.shape[0], part.shape[1],
+                  [(g, at, g.numel()) for g, at in zip(grads, offsets)])
+    dA = grads.pop(0)
+    dD = grads.pop(0) if has_d else None
+    dbias = grads.pop(0) if has_bias else None
+    return dA, dD, dbias

@@ -216,8 +216,9 @@ def _scan_bwd_op(
 
 
 def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Outputs of a custom op must not share memory: the Triton backward returns dA, dD
-    and ddelta_bias (and dB, dC of short sequences) as views of one sum."""
+    """Outputs of a custom op must not share memory. The host functions' gradients are
+    allocations of their own (since session 40 the Triton backward's dA, dD, ddelta_bias,
+    dB and dC too); a guard for any host function that returns views of one buffer."""
     seen = set()
     result = []
     for t in tensors:

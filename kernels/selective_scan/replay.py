@@ -203,9 +203,12 @@ class _Replay:
                          for raw, addresses, tail, patches, _ in recorder.launches]
         self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
         self.result = _renumbered(spec, where)
-        # the common result, a flat tuple of whole allocations: indices, no recursion
-        flat = self.result[0] == "tuple" and all(r[0] == "allocation" for r in self.result[1])
-        self.flat_result = [r[1] for r in self.result[1]] if flat else None
+        # the common result, a flat tuple of whole allocations and Nones (absent
+        # gradients): indices, no recursion
+        flat = self.result[0] == "tuple" and all(
+            r[0] == "allocation" or r == ("value", None) for r in self.result[1])
+        self.flat_result = ([r[1] if r[0] == "allocation" else None for r in self.result[1]]
+                            if flat else None)
 
     def __call__(self, inputs: list[torch.Tensor], addresses: list[int],
                  device: torch.device) -> Any:
@@ -224,7 +227,7 @@ class _Replay:
             run(grid[0], grid[1], grid[2], stream(), function, packed, None, None, None,
                 *arguments, *tail)
         if self.flat_result is not None:
-            return tuple([allocations[j] for j in self.flat_result])
+            return tuple([None if j is None else allocations[j] for j in self.flat_result])
         return _build(self.result, inputs, allocations)
 
 

@@ -5,7 +5,7 @@ The adjoint of a scan is a scan the other way. Two cheap passes over the chunks
 adjoint entering it from the other side; `_bwd_kernel` then rescans each chunk both ways
 from those states and writes every gradient. Sums over positions and channels (dA, dD,
 ddelta_bias, and dB/dC shared by the channels of a group) are written as per-program
-partial sums in fp32 and reduced with torch: deterministic, no atomics.
+partial sums in fp32 and reduced by triton_sums.py's kernel: deterministic, no atomics.
 Maths in README.md, "Triton kernels".
 
 The chunk-boundary states enter the two scans through their drives (see `_bwd_kernel`):
@@ -272,6 +272,7 @@ def _bwd_kernel(
 _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
+@replayed  # allocations and launches only (sums too), decided by the arguments' signature
 def selective_scan_bwd_triton(
     dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
@@ -285,13 +286,12 @@ def selective_scan_bwd_triton(
     """
     du, ddelta, dz, part, dB_part, dC_part, dC_shift = _bwd_launches(
         dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, **options)
-    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B.dtype, C.dtype)
+    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B, C)
     dA, dD, dbias = sum_parameter_grads(part, A.shape, D is not None,
                                         delta_bias is not None)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
-@replayed  # allocations and launches only, decided by the arguments' signature
 def _bwd_launches(
     dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,

@@ -14,7 +14,7 @@ def _fresh_replays():
     earlier test. Nothing to do where the Triton host functions were never imported."""
     yield
     for name, attribute in (("triton_fwd", "selective_scan_fwd_triton"),
-                            ("triton_bwd", "_bwd_launches")):
+                            ("triton_bwd", "selective_scan_bwd_triton")):
         module = sys.modules.get(f"medmamba_kernels.selective_scan.{name}")
         if module is not None:
             getattr(module, attribute).forget()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="replays need compiled kernels: the GPU runs these")
 
 FWD = triton_fwd.selective_scan_fwd_triton
-BWD = triton_bwd._bwd_launches
+BWD = triton_bwd.selective_scan_bwd_triton
 
 # (batch, dim, L, dtype, groups, optional inputs, reverse): "serial" of several chunks,
 # "deferred", "rows", "chunked", one chunk, grouped, reversed, without D/z/bias
@@ -65,13 +65,13 @@ def test_replayed_forward_and_backward_give_what_the_host_functions_give(case) -
     try:
         want_fwd = FWD(**x)
         want_train = FWD(**x, keep_states=True)
-        want_bwd = triton_bwd.selective_scan_bwd_triton(dout, **x, states=want_train[2])
+        want_bwd = BWD(dout, **x, states=want_train[2])
     finally:
         FWD.enabled = BWD.enabled = True
     for _ in range(3):
         got_fwd = FWD(**x)
         got_train = FWD(**x, keep_states=True)
-        got_bwd = triton_bwd.selective_scan_bwd_triton(dout, **x, states=got_train[2])
+        got_bwd = BWD(dout, **x, states=got_train[2])
     assert len(FWD.records) == 2 and None not in FWD.records.values()
     assert len(BWD.records) == 1 and None not in BWD.records.values()
     _assert_identical(got_fwd, want_fwd)

@@ -1,0 +1,101 @@
+"""The backward's sums over partial-sum rows (triton_sums.sum_rows_into and its callers in
+bwd_state_grads) against torch's sums: one to three outputs at offsets into the rows,
+rows and columns not multiples of the kernel's tiles, outputs in bf16, fresh allocations.
+The whole backward, which runs them, is tested in test_triton.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from medmamba_kernels.selective_scan import bwd_state_grads  # noqa: E402
+from medmamba_kernels.selective_scan.triton_sums import _cols_tile, sum_rows_into  # noqa: E402
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    tol = 1e-5 if got.dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 33, 100])
+@pytest.mark.parametrize("widths", [(5,), (300, 17), (40, 3, 3)])
+def test_row_sums_into_nan_poisoned_outputs_match_torch(rows, widths) -> None:
+    gen = torch.Generator().manual_seed(rows * 31 + len(widths))
+    row_stride = sum(widths) + 2  # a row longer than the columns read
+    x = torch.randn(rows, row_stride, generator=gen).to(DEVICE)
+    offsets = [sum(widths[:k]) for k in range(len(widths))]
+    outs = [torch.full((w,), float("nan"), device=DEVICE) for w in widths]
+    sum_rows_into(x, rows, row_stride, [(o, at, w) for o, at, w in zip(outs, offsets, widths)])
+    for out, at, width in zip(outs, offsets, widths):
+        _close(out, x[:, at:at + width].sum(0))
+
+
+def test_outputs_of_other_dtypes_get_the_fp32_sum_rounded() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 700, generator=gen).to(DEVICE)  # (outputs, rows, columns)
+    first = torch.full((700,), float("nan"), device=DEVICE, dtype=torch.bfloat16)
+    second = torch.full((700,), float("nan"), device=DEVICE, dtype=torch.float16)
+    sum_rows_into(x, 5, 700, [(first, 0, 700), (second, 5 * 700, 700)])
+    _close(first, x[0].sum(0))
+    _close(second, x[1].sum(0))
+
+
+@pytest.mark.parametrize("has_d, has_bias", [(True, True), (True, False), (False, True),
+                                             (False, False)])
+def test_parameter_grads_are_the_rows_sums_each_its_own_allocation(has_d, has_bias) -> None:
+    dim, n_state, rows = 6, 4, 45
+    sizes = bwd_state_grads.parameter_grad_sizes((dim, n_state), has_d, has_bias)
+    part = torch.randn(rows, sum(sizes), generator=torch.Generator().manual_seed(5))
+    part = part.to(DEVICE)
+    dA, dD, dbias = bwd_state_grads.sum_parameter_grads(part, (dim, n_state), has_d,
+                                                        has_bias)
+    want = part.sum(0).split(sizes)
+    _close(dA, want[0].view(dim, n_state))
+    assert (dD is not None) == has_d and (dbias is not None) == has_bias
+    if has_d:
+        _close(dD, want[1])
+    if has_bias:
+        _close(dbias, want[-1])
+    grads = [g for g in (dA, dD, dbias) if g is not None]
+    assert len({g.untyped_storage().data_ptr() for g in grads}) == len(grads)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32),
+                                    (torch.bfloat16, torch.bfloat16),
+                                    (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_state_grads_sum_the_channel_blocks_into_b_and_c(dtypes, blocks) -> None:
+    shape = (2, 2, 4, 37)  # (batch, groups, N, L)
+    B = torch.empty(shape, device=DEVICE, dtype=dtypes[0])
+    C = torch.empty(shape, device=DEVICE, dtype=dtypes[1])
+    dB_part, dC_part, shift = bwd_state_grads.state_grad_buffers(B, C, blocks, B.device)
+    if blocks == 1:  # the kernel writes the gradients themselves: nothing to sum
+        assert shift == 0 and bwd_state_grads.sum_state_grads(
+            dB_part, dC_part, shift, B, C) == (dB_part, dC_part)
+        return
+    dB_part.copy_(torch.randn(dB_part.shape, generator=torch.Generator().manual_seed(9)))
+    dB, dC = bwd_state_grads.sum_state_grads(dB_part, dC_part, shift, B, C)
+    assert (dB.shape, dB.dtype, dC.shape, dC.dtype) == (shape, dtypes[0], shape, dtypes[1])
+    _close(dB, dB_part[0].sum(0))
+    _close(dC, dB_part[1].sum(0))
+
+
+def test_column_tiles_leave_enough_programs_for_tall_buffers() -> None:
+    assert _cols_tile(64 * 16) == 16  # bench row 1's dA: 64 programs of 8192 rows
+    assert _cols_tile(264 * 32) == 32  # the widest tile that still gives 264 programs
+    assert _cols_tile(2 * 16 * 4096 * 8) == 256
+
+
+def test_more_than_three_outputs_or_a_first_one_off_the_row_start_is_an_error() -> None:
+    x = torch.zeros(2, 8, device=DEVICE)
+    out = torch.empty(2, device=DEVICE)
+    with pytest.raises(ValueError, match="one to three outputs"):
+        sum_rows_into(x, 2, 8, [(out, 0, 2)] * 4)
+    with pytest.raises(ValueError, match="one to three outputs"):
+        sum_rows_into(x, 2, 8, [(out, 1, 2)])
