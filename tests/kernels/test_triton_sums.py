@@ -13,7 +13,8 @@ import torch
 pytest.importorskip("triton")
 
 from medmamba_kernels.selective_scan import bwd_state_grads  # noqa: E402
-from medmamba_kernels.selective_scan.triton_sums import _cols_tile, sum_rows_into  # noqa: E402
+from medmamba_kernels.selective_scan.triton_sums import (  # noqa: E402
+    _cols_tile, _splits, sum_rows_into)
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
@@ -23,7 +24,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want.to(got.dtype), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("rows", [1, 7, 33, 100])
+@pytest.mark.parametrize("rows", [1, 7, 33, 100, 1500])  # 1500: spans of rows
 @pytest.mark.parametrize("widths", [(5,), (300, 17), (40, 3, 3)])
 def test_row_sums_into_nan_poisoned_outputs_match_torch(rows, widths) -> None:
     gen = torch.Generator().manual_seed(rows * 31 + len(widths))
@@ -90,6 +91,13 @@ def test_column_tiles_leave_enough_programs_for_tall_buffers() -> None:
     assert _cols_tile(64 * 16) == 16  # bench row 1's dA: 64 programs of 8192 rows
     assert _cols_tile(264 * 32) == 32  # the widest tile that still gives 264 programs
     assert _cols_tile(2 * 16 * 4096 * 8) == 256
+
+
+def test_tall_buffers_split_their_rows_into_spans_of_at_least_256() -> None:
+    assert _splits(255, 1) == 1 and _splits(511, 1) == 1  # short: summed whole
+    assert _splits(1500, 1) == 5  # as many spans as 256 rows allow
+    assert _splits(8192, 72) == 8  # bench row 1's dA: 576 programs
+    assert _splits(32768, 54) == 10
 
 
 def test_more_than_three_outputs_or_a_first_one_off_the_row_start_is_an_error() -> None:
