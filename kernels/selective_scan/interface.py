@@ -243,9 +243,12 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.flags = (delta_softplus, reverse, backend)
     # last_state is documented as gradient-free; the kept states are the backward's input
     ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # their gradients stay None, not zeros (backward ignores them)
 
 
 def _backward(ctx, dout, _dlast_state, _dstates):
+    if dout is None:  # no gradient reached out (grads are not materialised as zeros)
+        return (None,) * 12
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
     grads = _scan_bwd_op(dout, u, delta, A, B, C, D, z, delta_bias, *ctx.flags, states)
     present = (u, delta, A, B, C, D, z, delta_bias)
@@ -273,10 +276,15 @@ class _EagerTritonScan(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.flags = (delta_softplus, reverse)
         ctx.mark_non_differentiable(last_state)
+        # last_state's gradient is unused: left None, not a (batch, dim, N) tensor of zeros
+        # allocated and filled on the engine's thread every backward
+        ctx.set_materialize_grads(False)
         return out, last_state
 
     @staticmethod
     def backward(ctx, dout, _dlast_state):
+        if dout is None:  # no gradient reached out (grads are not materialised as zeros)
+            return (None,) * 10
         _, bwd = _triton_host_functions()
         *inputs, states = ctx.saved_tensors
         grads = _without_autocast(functools.partial(bwd, states=states), dout.device.type,

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scan_cases import GRAD_NAMES, ScanCase
 
@@ -55,3 +56,56 @@ def test_gradients_match_op(autocast: bool) -> None:
     assert torch.equal(out, want)
     for name, g, w in zip(leaves, grads, want_grads):
         assert torch.equal(g, w), name
+
+
+class _DropsGradient(torch.autograd.Function):
+    """Passes its input on; its backward gives the input no gradient (None)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+class _ZeroFills(TorchDispatchMode):
+    """The shapes of the tensors that ops fill with zeros while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        zeroing = packet in (torch.ops.aten.zeros, torch.ops.aten.new_zeros,
+                             torch.ops.aten.zeros_like, torch.ops.aten.zero_) or (
+            packet is torch.ops.aten.fill_ and args[1] == 0)
+        if zeroing and isinstance(out, torch.Tensor):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])  # the eager Function, the op
+def test_a_backward_fills_no_zero_gradient_for_the_last_state(backend: str) -> None:
+    x = _four_d(CASE.inputs(DEVICE))
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = selective_scan(**leaves, delta_softplus=True, reverse=True, backend=backend)
+    with _ZeroFills() as fills:
+        out.backward(torch.ones_like(out))
+    last_state_shape = (CASE.batch, CASE.dim, CASE.nstate)
+    assert last_state_shape not in fills.shapes
+    assert all(leaves[k].grad is not None for k in leaves)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_no_gradient_reaching_the_output_gives_no_gradients(backend: str) -> None:
+    x = _four_d(CASE.inputs(DEVICE))
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+    loss = _DropsGradient.apply(out).sum() + leaves["u"].sum()
+    loss.backward()
+    assert torch.equal(leaves["u"].grad, torch.ones_like(x["u"]))
+    assert all(leaves[k].grad is None for k in leaves if k != "u")
