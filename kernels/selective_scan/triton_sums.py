@@ -106,16 +106,23 @@ def sum_rows_into(x: torch.Tensor, rows: int, row_stride: int,
     """For each (out, x_offset, cols) of `outputs` (one to three, the first at offset 0):
     out.view(-1)[:cols] = sum over r < rows of x.view(-1)[x_offset + r * row_stride:][:cols].
     x: a contiguous float32 buffer; outs: contiguous, any float dtype, on x's device. A
-    tall buffer is summed in two launches: spans of rows into an fp32 scratch of one row
-    a span, then those."""
+    tall buffer is summed in two launches: spans of rows into an fp32 scratch (a row a
+    span, each output's columns side by side), then those."""
     if not 1 <= len(outputs) <= 3 or outputs[0][1] != 0:
         raise ValueError("sum_rows_into: one to three outputs, the first at offset 0")
-    width = max(at + cols for _, at, cols in outputs)
-    splits = _splits(rows, triton.cdiv(width, _cols_tile(width)))
+    widest = max(cols for _, _, cols in outputs)
+    splits = _splits(rows, triton.cdiv(widest, _cols_tile(widest)))
     if splits == 1:
         _launch(x, rows, row_stride, outputs, rows, 1, 0)
         return
-    spans = torch.empty(splits, width, device=x.device, dtype=torch.float32)
-    _launch(x, rows, row_stride, [(spans, 0, width)], triton.cdiv(rows, splits), splits,
-            width)
-    _launch(spans, splits, width, outputs, splits, 1, 0)
+    # each output's span sums at a 16-byte aligned column of the scratch's rows
+    starts = [0]
+    for _, _, cols in outputs:
+        starts.append(starts[-1] + -(-cols // 4) * 4)
+    spans = torch.empty(splits, starts[-1], device=x.device, dtype=torch.float32)
+    _launch(x, rows, row_stride,
+            [(spans[:, at:], x_offset, cols)
+             for at, (_, x_offset, cols) in zip(starts, outputs)],
+            triton.cdiv(rows, splits), splits, starts[-1])
+    _launch(spans, splits, starts[-1],
+            [(out, at, cols) for at, (out, _, cols) in zip(starts, outputs)], splits, 1, 0)

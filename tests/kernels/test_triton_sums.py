@@ -37,6 +37,17 @@ def test_row_sums_into_nan_poisoned_outputs_match_torch(rows, widths) -> None:
         _close(out, x[:, at:at + width].sum(0))
 
 
+@pytest.mark.parametrize("rows", [3, 600])  # 600: spans of rows
+def test_two_outputs_far_apart_as_db_and_dc_match_torch(rows) -> None:
+    # the dB/dC buffer: (2, rows, M), dC's rows from element rows * M on
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(2, rows, 13, generator=gen).to(DEVICE)
+    first, second = (torch.full((13,), float("nan"), device=DEVICE) for _ in range(2))
+    sum_rows_into(x, rows, 13, [(first, 0, 13), (second, rows * 13, 13)])
+    _close(first, x[0].sum(0))
+    _close(second, x[1].sum(0))
+
+
 def test_outputs_of_other_dtypes_get_the_fp32_sum_rounded() -> None:
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, 700, generator=gen).to(DEVICE)  # (outputs, rows, columns)
