@@ -56,13 +56,13 @@ def sum_parameter_grads(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """dA, dD, dbias (None where absent) from `part`, summed over its rows in one launch;
     float32, each its own allocation."""
-    dim, n_state = a_shape
+    sizes = parameter_grad_sizes(a_shape, has_d, has_bias)
     grads = [torch.empty(a_shape, device=part.device, dtype=torch.float32)]
-    grads += [torch.empty(dim, device=part.device, dtype=torch.float32)
-              for _ in range(has_d + has_bias)]
-    offsets = [0, dim * n_state, dim * n_state + dim]
+    grads += [torch.empty(size, device=part.device, dtype=torch.float32)
+              for size in sizes[1:]]
+    offsets = [sum(sizes[:k]) for k in range(len(sizes))]
     sum_rows_into(part, part.shape[0], part.shape[1],
-                  [(g, at, g.numel()) for g, at in zip(grads, offsets)])
+                  [(g, at, size) for g, at, size in zip(grads, offsets, sizes)])
     dA = grads.pop(0)
     dD = grads.pop(0) if has_d else None
     dbias = grads.pop(0) if has_bias else None

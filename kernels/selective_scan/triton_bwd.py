@@ -276,25 +276,6 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 def selective_scan_bwd_triton(
     dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None, delta_softplus: bool, reverse: bool, **options,
-) -> tuple[torch.Tensor | None, ...]:
-    """Backward host function (contract: interface.py's docstring).
-
-    Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
-    shape, None for an absent optional. `options`: `_bwd_launches`' keywords (the kept
-    `states`, and sizes and kernel choices that tests and benches override).
-    """
-    du, ddelta, dz, part, dB_part, dC_part, dC_shift = _bwd_launches(
-        dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, **options)
-    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B, C)
-    dA, dD, dbias = sum_parameter_grads(part, A.shape, D is not None,
-                                        delta_bias is not None)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
-
-
-def _bwd_launches(
-    dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
     delta_bias: torch.Tensor | None, delta_softplus: bool, reverse: bool, *,
     chunk: int | None = None, channel_block: int | None = None,
     carry_block: int | None = None, num_warps: int | None = None,
@@ -302,9 +283,11 @@ def _bwd_launches(
     states: torch.Tensor | None = None, prefetch: bool = True, ahead: int | None = None,
     cache_ahead: bool | None = None, adjoint: str = "auto", unmasked: bool | None = None,
     main: str = "auto", serial_options: dict | None = None,
-) -> tuple:
-    """The backward's launches: (du, ddelta, dz, part, dB_part, dC_part, dC_shift), the
-    last four summed by selective_scan_bwd_triton. Sizes as in the forward. `maxnreg`
+) -> tuple[torch.Tensor | None, ...]:
+    """Backward host function (contract: interface.py's docstring).
+
+    Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in its input's dtype and
+    shape, None for an absent optional. Keyword-only sizes as in the forward. `maxnreg`
     caps the main kernel's registers a thread (more resident warps, maybe spills).
     `boundary`: how the states at the chunk boundaries are found, "serial"
     (triton_fwd_serial's aggregate kernel), "tile" (triton_chunks' (N, CHUNK) tile kernel)
@@ -395,4 +378,7 @@ def _bwd_launches(
 
         _bwd_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                    scalars_and_options)
-    return du, ddelta, dz, part, dB_part, dC_part, dC_shift
+    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B, C)
+    dA, dD, dbias = sum_parameter_grads(part, A.shape, D is not None,
+                                        delta_bias is not None)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
