@@ -3,15 +3,15 @@ the sums of its partial dA, dD and dbias.
 
 B and C are shared by a group's channels, so their gradients are sums over channels; the
 kernel sums a program's channel block in registers and writes one partial sum a block.
-The sums are one launch each of triton_sums.py's kernel, into gradients allocated apart
-(no views), so that the backward host function stays replayable (replay.py).
+Both sums are one launch of triton_sums.py's kernel, into gradients allocated apart (no
+views), so that the backward host function stays replayable (replay.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .triton_sums import sum_rows_into
+from .triton_sums import Source, sum_sources
 
 
 def state_grad_buffers(
@@ -28,22 +28,6 @@ def state_grad_buffers(
     return both, both, n_cblk * B.numel()
 
 
-def sum_state_grads(
-    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int, B: torch.Tensor,
-    C: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """dB, dC from `state_grad_buffers`' tensors after the kernel: with a shift, dB_part
-    is the (2, n_cblk, ...) buffer of both, summed over its channel blocks into B's and
-    C's shapes and dtypes."""
-    if not dC_shift:
-        return dB_part, dC_part
-    dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
-    dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
-    sum_rows_into(dB_part, dB_part.shape[1], B.numel(),
-                  [(dB, 0, B.numel()), (dC, dC_shift, C.numel())])
-    return dB, dC
-
-
 def parameter_grad_sizes(a_shape: tuple[int, int], has_d: bool, has_bias: bool) -> list[int]:
     """The row of the main kernel's `part` (one a batch and chunk): dA's partial sums,
     then dD's and dbias's where those inputs are present."""
@@ -51,19 +35,32 @@ def parameter_grad_sizes(a_shape: tuple[int, int], has_d: bool, has_bias: bool) 
     return [dim * n_state] + [dim] * (has_d + has_bias)
 
 
-def sum_parameter_grads(
+def sum_partial_grads(
     part: torch.Tensor, a_shape: tuple[int, int], has_d: bool, has_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """dA, dD, dbias (None where absent) from `part`, summed over its rows in one launch;
-    float32, each its own allocation."""
+    dB_part: torch.Tensor, dC_part: torch.Tensor, dC_shift: int, B: torch.Tensor,
+    C: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor,
+           torch.Tensor]:
+    """(dA, dD, dbias, dB, dC) after the main kernel, each its own allocation (None for
+    an absent D or bias): dA, dD, dbias in float32 from `part`'s rows; dB, dC from
+    `state_grad_buffers`' tensors, with a shift the (2, n_cblk, ...) buffer of both summed
+    over its channel blocks into B's and C's shapes and dtypes. One launch for all."""
     sizes = parameter_grad_sizes(a_shape, has_d, has_bias)
-    grads = [torch.empty(a_shape, device=part.device, dtype=torch.float32)]
-    grads += [torch.empty(size, device=part.device, dtype=torch.float32)
-              for size in sizes[1:]]
+    params = [torch.empty(a_shape, device=part.device, dtype=torch.float32)]
+    params += [torch.empty(size, device=part.device, dtype=torch.float32)
+               for size in sizes[1:]]
     offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-    sum_rows_into(part, part.shape[0], part.shape[1],
-                  [(g, at, size) for g, at, size in zip(grads, offsets, sizes)])
-    dA = grads.pop(0)
-    dD = grads.pop(0) if has_d else None
-    dbias = grads.pop(0) if has_bias else None
-    return dA, dD, dbias
+    sources: list[Source] = [(part, part.shape[0], part.shape[1],
+                              [(g, at, size) for g, at, size in zip(params, offsets, sizes)])]
+    if dC_shift:
+        dB = torch.empty(B.shape, device=B.device, dtype=B.dtype)
+        dC = torch.empty(C.shape, device=C.device, dtype=C.dtype)
+        sources.append((dB_part, dB_part.shape[1], B.numel(),
+                        [(dB, 0, B.numel()), (dC, dC_shift, C.numel())]))
+    else:
+        dB, dC = dB_part, dC_part
+    sum_sources(sources)
+    dA = params.pop(0)
+    dD = params.pop(0) if has_d else None
+    dbias = params.pop(0) if has_bias else None
+    return dA, dD, dbias, dB, dC

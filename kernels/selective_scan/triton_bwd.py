@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bwd_state_grads import (parameter_grad_sizes, state_grad_buffers,
-                              sum_parameter_grads, sum_state_grads)
+from .bwd_state_grads import parameter_grad_sizes, state_grad_buffers, sum_partial_grads
 from .launch import CachedLaunch
 from .replay import replayed
 from .triton_common import (
@@ -378,7 +377,7 @@ def selective_scan_bwd_triton(
 
         _bwd_kernel_launcher.keyed(key, (plan.programs(batch, groups),), tensors,
                                    scalars_and_options)
-    dB, dC = sum_state_grads(dB_part, dC_part, dC_shift, B, C)
-    dA, dD, dbias = sum_parameter_grads(part, A.shape, D is not None,
-                                        delta_bias is not None)
+    dA, dD, dbias, dB, dC = sum_partial_grads(part, A.shape, D is not None,
+                                              delta_bias is not None, dB_part, dC_part,
+                                              dC_shift, B, C)
     return du, ddelta, dA, dB, dC, dD, dz, dbias

@@ -1,4 +1,4 @@
-"""Sums over the rows of a partial-sum buffer into up to three outputs, in one launch.
+"""Sums over the rows of partial-sum buffers into up to five outputs, in one launch.
 
 The backward's main kernel writes per-program partial sums (fp32): one row a (batch,
 chunk) of dA, dD and ddelta_bias, and per channel block the dB and dC of a group. Summed
@@ -7,12 +7,14 @@ allocations and CachedLaunch launches, which replay.py can repeat per signature:
 torch sums and the casts, splits and views around them cost the host more than the
 launch that replaces them, and an eager training step runs the backward on the autograd
 engine's device thread, where host time weighs more (kernels README, "The public call").
+Both buffers are summed by one launch: each launch there costs a short training call
+~10-16 us of host time on the H200 machine (session 41, `profile_backward_thread.py`).
 
-Each output k takes `cols_k` columns of the buffer, from element `x_offsets[k]` of its
-first row, rows `row_stride` elements apart: out_k[j] = sum_r x[x_offset_k + r *
-row_stride + j], summed in fp32 in a fixed order (tiles of rows summed as a tree, the
-tiles added in turn; a tall buffer's spans of rows summed apart, then together:
-deterministic, no atomics) and stored in out_k's dtype.
+A source is a buffer x with `rows` rows `row_stride` elements apart and its outputs;
+output k takes `cols_k` columns from element `x_offset_k` of the first row: out_k[j] =
+sum_r x[x_offset_k + r * row_stride + j], summed in fp32 in a fixed order (tiles of rows
+summed as a tree, the tiles added in turn; a tall buffer's spans of rows summed apart,
+then together: deterministic, no atomics) and stored in out_k's dtype.
 """
 
 from __future__ import annotations
@@ -26,41 +28,74 @@ from .launch import CachedLaunch
 _MIN_PROGRAMS = 264  # two an SM of an H100 / H200
 _MIN_SPLIT_ROWS = 256  # rows a span at least, where a tall buffer's rows are split
 _TILE_ELEMENTS = 2048  # a program's (rows, columns) tile of loads: 16 values a thread
+_MAX_OUTPUTS = 5  # dA, dD, ddelta_bias from one buffer; dB, dC from the other
+
+Output = tuple[torch.Tensor, int, int]  # (out, x_offset, cols)
+Source = tuple[torch.Tensor, int, int, list[Output]]  # (x, rows, row_stride, outputs)
+
+
+@triton.jit
+def _pick(k, v0, v1, v2, v3, v4):
+    return tl.where(k == 0, v0, tl.where(k == 1, v1, tl.where(k == 2, v2,
+                                                             tl.where(k == 3, v3, v4))))
+
+
+@triton.jit
+def _span_sum(x_ptr, first, end, offs_c, mask_c, row_stride, ROWS_TILE: tl.constexpr,
+              COLS_TILE: tl.constexpr):
+    offs_r = tl.arange(0, ROWS_TILE)
+    acc = tl.zeros([COLS_TILE], dtype=tl.float32)
+    for start in range(first, end, ROWS_TILE):
+        r = start + offs_r
+        mask = (r < end)[:, None] & mask_c[None, :]
+        tile = tl.load(x_ptr + r[:, None] * row_stride + offs_c[None, :], mask=mask,
+                       other=0.0)
+        acc += tl.sum(tile.to(tl.float32), axis=0)
+    return acc
 
 
 @triton.jit
 def _row_sums_kernel(
-    x_ptr, out0_ptr, out1_ptr, out2_ptr,
-    rows, row_stride, x_offset1, x_offset2, cols0, cols1, cols2, rows_per_split,
-    out_split_stride,
-    ROWS_TILE: tl.constexpr, COLS_TILE: tl.constexpr,
+    x0_ptr, x1_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr,
+    rows0, row_stride0, rows_per_split0, rows1, row_stride1, rows_per_split1,
+    x_offset0, x_offset1, x_offset2, x_offset3, x_offset4,
+    cols0, cols1, cols2, cols3, cols4, out_split_stride,
+    FIRST_OF_X1: tl.constexpr, ROWS_TILE: tl.constexpr, COLS_TILE: tl.constexpr,
 ):
+    """Program (column block, output k, span of rows); outputs from FIRST_OF_X1 on read
+    x1, the others x0."""
     block = tl.program_id(0)
-    k = tl.program_id(1)  # which output
+    k = tl.program_id(1)
     split = tl.program_id(2).to(tl.int64)  # which span of rows (each into its own row)
-    x_offset = tl.where(k == 0, 0, tl.where(k == 1, x_offset1, x_offset2)).to(tl.int64)
-    cols = tl.where(k == 0, cols0, tl.where(k == 1, cols1, cols2))
+    from_x1 = k >= FIRST_OF_X1
+    rows = tl.where(from_x1, rows1, rows0)
+    row_stride = tl.where(from_x1, row_stride1, row_stride0).to(tl.int64)
+    rows_per_split = tl.where(from_x1, rows_per_split1, rows_per_split0)
+    x_offset = _pick(k, x_offset0, x_offset1, x_offset2, x_offset3, x_offset4).to(tl.int64)
+    cols = _pick(k, cols0, cols1, cols2, cols3, cols4)
     offs_c = block * COLS_TILE + tl.arange(0, COLS_TILE)
     mask_c = offs_c < cols
-    offs_r = tl.arange(0, ROWS_TILE)
     first = split * rows_per_split
     end = tl.minimum(first + rows_per_split, rows)
-    acc = tl.zeros([COLS_TILE], dtype=tl.float32)
-    if block * COLS_TILE < cols:
-        for start in range(first, end, ROWS_TILE):
-            r = start + offs_r
-            mask = (r < end)[:, None] & mask_c[None, :]
-            tile = tl.load(x_ptr + x_offset + r[:, None] * row_stride + offs_c[None, :],
-                           mask=mask, other=0.0)
-            acc += tl.sum(tile.to(tl.float32), axis=0)
+    if (block * COLS_TILE < cols) & (first < rows):  # a source may have fewer spans
+        if from_x1:
+            acc = _span_sum(x1_ptr + x_offset, first, end, offs_c, mask_c, row_stride,
+                            ROWS_TILE, COLS_TILE)
+        else:
+            acc = _span_sum(x0_ptr + x_offset, first, end, offs_c, mask_c, row_stride,
+                            ROWS_TILE, COLS_TILE)
         at = split * out_split_stride + offs_c
         # each output's own store: their dtypes may differ (dB and dC)
         if k == 0:
             tl.store(out0_ptr + at, acc, mask=mask_c)
         elif k == 1:
             tl.store(out1_ptr + at, acc, mask=mask_c)
-        else:
+        elif k == 2:
             tl.store(out2_ptr + at, acc, mask=mask_c)
+        elif k == 3:
+            tl.store(out3_ptr + at, acc, mask=mask_c)
+        else:
+            tl.store(out4_ptr + at, acc, mask=mask_c)
 
 
 _row_sums_launcher = CachedLaunch(_row_sums_kernel)
@@ -85,44 +120,66 @@ def _splits(rows: int, column_blocks: int) -> int:
     return max(1, min(most, triton.cdiv(2 * _MIN_PROGRAMS, column_blocks)))
 
 
-def _launch(x, rows, row_stride, outputs, rows_per_split, splits, out_split_stride) -> None:
-    padded = outputs + [outputs[-1]] * (3 - len(outputs))
-    (out0, _, cols0), (out1, off1, cols1), (out2, off2, cols2) = padded
+def _launch(sources: list[Source], rows_per_split: list[int], splits: int,
+            out_split_stride: int) -> None:
+    outputs = [o for *_, outs in sources for o in outs]
+    padded = outputs + [outputs[-1]] * (_MAX_OUTPUTS - len(outputs))
+    first_of_x1 = len(sources[0][3]) if len(sources) == 2 else _MAX_OUTPUTS
+    x0, rows0, stride0, _ = sources[0]
+    x1, rows1, stride1, _ = sources[-1]
+    split0, split1 = rows_per_split[0], rows_per_split[-1]
     widest = max(cols for _, _, cols in outputs)
     tile = _cols_tile(widest)
     rows_tile = max(16, min(128, _TILE_ELEMENTS // tile))
     grid = (triton.cdiv(widest, tile), len(outputs), splits)
-    key = (rows, row_stride, off1, off2, cols0, cols1, cols2, rows_per_split,
-           out_split_stride, tile, grid)
+    scalars = (rows0, stride0, split0, rows1, stride1, split1,
+               *[at for _, at, _ in padded], *[cols for _, _, cols in padded],
+               out_split_stride)
     _row_sums_launcher.keyed(
-        key, grid, (x, out0, out1, out2),
-        lambda: ((rows, row_stride, off1, off2, cols0, cols1, cols2, rows_per_split,
-                  out_split_stride),
-                 dict(ROWS_TILE=rows_tile, COLS_TILE=tile, num_warps=4)))
+        (scalars, first_of_x1, tile, grid), grid, (x0, x1, *[out for out, _, _ in padded]),
+        lambda: (scalars, dict(FIRST_OF_X1=first_of_x1, ROWS_TILE=rows_tile,
+                               COLS_TILE=tile, num_warps=4)))
 
 
 def sum_rows_into(x: torch.Tensor, rows: int, row_stride: int,
-                  outputs: list[tuple[torch.Tensor, int, int]]) -> None:
-    """For each (out, x_offset, cols) of `outputs` (one to three, the first at offset 0):
-    out.view(-1)[:cols] = sum over r < rows of x.view(-1)[x_offset + r * row_stride:][:cols].
-    x: a contiguous float32 buffer; outs: contiguous, any float dtype, on x's device. A
-    tall buffer is summed in two launches: spans of rows into an fp32 scratch (a row a
-    span, each output's columns side by side), then those."""
-    if not 1 <= len(outputs) <= 3 or outputs[0][1] != 0:
-        raise ValueError("sum_rows_into: one to three outputs, the first at offset 0")
+                  outputs: list[Output]) -> None:
+    """`sum_sources([(x, rows, row_stride, outputs)])`: one buffer's sums."""
+    sum_sources([(x, rows, row_stride, outputs)])
+
+
+def sum_sources(sources: list[Source]) -> None:
+    """For each source (x, rows, row_stride, outputs) and each (out, x_offset, cols) of
+    its outputs: out.view(-1)[:cols] = sum over r < rows of
+    x.view(-1)[x_offset + r * row_stride:][:cols]. One or two sources, one to five
+    outputs in all, in one launch. x: contiguous float32 buffers on one device; outs:
+    contiguous, any float dtype. Where a source is tall, two launches: spans of rows into
+    an fp32 scratch (a row a span, each output's columns side by side), then those."""
+    outputs = [o for *_, outs in sources for o in outs]
+    if (not 1 <= len(sources) <= 2 or not all(outs for *_, outs in sources)
+            or len(outputs) > _MAX_OUTPUTS):
+        raise ValueError("sum_sources: one or two sources, each with outputs, "
+                         f"{_MAX_OUTPUTS} outputs at most")
     widest = max(cols for _, _, cols in outputs)
-    splits = _splits(rows, triton.cdiv(widest, _cols_tile(widest)))
-    if splits == 1:
-        _launch(x, rows, row_stride, outputs, rows, 1, 0)
+    blocks = triton.cdiv(widest, _cols_tile(widest))
+    splits = [_splits(rows, blocks) for _, rows, _, _ in sources]
+    if max(splits) == 1:
+        _launch(sources, [rows for _, rows, _, _ in sources], 1, 0)
         return
     # each output's span sums at a 16-byte aligned column of the scratch's rows
     starts = [0]
     for _, _, cols in outputs:
         starts.append(starts[-1] + -(-cols // 4) * 4)
-    spans = torch.empty(splits, starts[-1], device=x.device, dtype=torch.float32)
-    _launch(x, rows, row_stride,
-            [(spans[:, at:], x_offset, cols)
-             for at, (_, x_offset, cols) in zip(starts, outputs)],
-            triton.cdiv(rows, splits), splits, starts[-1])
-    _launch(spans, splits, starts[-1],
-            [(out, at, cols) for at, (out, _, cols) in zip(starts, outputs)], splits, 1, 0)
+    width = starts[-1]
+    spans = torch.empty(max(splits), width, device=outputs[0][0].device,
+                        dtype=torch.float32)
+    into_spans, from_spans, k = [], [], 0
+    for (x, rows, row_stride, outs), n_split in zip(sources, splits):
+        into_spans.append((x, rows, row_stride,
+                           [(spans[:, starts[k + i]:], at, cols)
+                            for i, (_, at, cols) in enumerate(outs)]))
+        from_spans.append((spans, n_split, width,
+                           [(out, starts[k + i], cols) for i, (out, _, cols) in enumerate(outs)]))
+        k += len(outs)
+    _launch(into_spans, [triton.cdiv(rows, n) for (_, rows, _, _), n in zip(sources, splits)],
+            max(splits), width)
+    _launch(from_spans, splits, 1, 0)

@@ -1,7 +1,8 @@
-"""The backward's sums over partial-sum rows (triton_sums.sum_rows_into and its callers in
-bwd_state_grads) against torch's sums: one to three outputs at offsets into the rows,
-rows and columns not multiples of the kernel's tiles, outputs in bf16, fresh allocations.
-The whole backward, which runs them, is tested in test_triton.py."""
+"""The backward's sums over partial-sum rows (triton_sums.sum_sources and its caller in
+bwd_state_grads) against torch's sums: one or two buffers summed in one launch, up to five
+outputs at offsets into the rows, rows and columns not multiples of the kernel's tiles,
+tall buffers beside short ones, outputs in bf16, fresh allocations. The whole backward,
+which runs them, is tested in test_triton.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ pytest.importorskip("triton")
 
 from medmamba_kernels.selective_scan import bwd_state_grads  # noqa: E402
 from medmamba_kernels.selective_scan.triton_sums import (  # noqa: E402
-    _cols_tile, _splits, sum_rows_into)
+    _cols_tile, _splits, sum_rows_into, sum_sources)
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
@@ -58,15 +59,40 @@ def test_outputs_of_other_dtypes_get_the_fp32_sum_rounded() -> None:
     _close(second, x[1].sum(0))
 
 
+@pytest.mark.parametrize("rows", [(7, 19), (1500, 7), (3, 600), (600, 600)])  # spans
+def test_two_buffers_of_other_shapes_summed_in_one_call_match_torch(rows) -> None:
+    gen = torch.Generator().manual_seed(rows[0] + 7 * rows[1])
+    first = torch.randn(rows[0], 50, generator=gen).to(DEVICE)
+    second = torch.randn(2, rows[1], 33, generator=gen).to(DEVICE)  # (outputs, rows, cols)
+    widths = (20, 9, 12)  # from the first buffer, the first output not at its rows' start
+    outs = [torch.full((w,), float("nan"), device=DEVICE) for w in widths]
+    dB = torch.full((33,), float("nan"), device=DEVICE, dtype=torch.bfloat16)
+    dC = torch.full((33,), float("nan"), device=DEVICE)
+    sum_sources([(first, rows[0], 50, [(outs[0], 3, 20), (outs[1], 23, 9), (outs[2], 38, 12)]),
+                 (second, rows[1], 33, [(dB, 0, 33), (dC, rows[1] * 33, 33)])])
+    for out, at, width in zip(outs, (3, 23, 38), widths):
+        _close(out, first[:, at:at + width].sum(0))
+    _close(dB, second[0].sum(0))
+    _close(dC, second[1].sum(0))
+
+
 @pytest.mark.parametrize("has_d, has_bias", [(True, True), (True, False), (False, True),
                                              (False, False)])
-def test_parameter_grads_are_the_rows_sums_each_its_own_allocation(has_d, has_bias) -> None:
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_partial_grads_are_the_rows_sums_each_its_own_allocation(has_d, has_bias,
+                                                                 blocks) -> None:
     dim, n_state, rows = 6, 4, 45
+    shape = (2, 2, n_state, 37)  # (batch, groups, N, L)
+    gen = torch.Generator().manual_seed(5 + blocks)
     sizes = bwd_state_grads.parameter_grad_sizes((dim, n_state), has_d, has_bias)
-    part = torch.randn(rows, sum(sizes), generator=torch.Generator().manual_seed(5))
-    part = part.to(DEVICE)
-    dA, dD, dbias = bwd_state_grads.sum_parameter_grads(part, (dim, n_state), has_d,
-                                                        has_bias)
+    part = torch.randn(rows, sum(sizes), generator=gen).to(DEVICE)
+    B = torch.empty(shape, device=DEVICE, dtype=torch.bfloat16)
+    C = torch.empty(shape, device=DEVICE, dtype=torch.float32)
+    dB_part, dC_part, shift = bwd_state_grads.state_grad_buffers(B, C, blocks, B.device)
+    if blocks > 1:
+        dB_part.copy_(torch.randn(dB_part.shape, generator=gen))
+    dA, dD, dbias, dB, dC = bwd_state_grads.sum_partial_grads(
+        part, (dim, n_state), has_d, has_bias, dB_part, dC_part, shift, B, C)
     want = part.sum(0).split(sizes)
     _close(dA, want[0].view(dim, n_state))
     assert (dD is not None) == has_d and (dbias is not None) == has_bias
@@ -74,28 +100,14 @@ def test_parameter_grads_are_the_rows_sums_each_its_own_allocation(has_d, has_bi
         _close(dD, want[1])
     if has_bias:
         _close(dbias, want[-1])
-    grads = [g for g in (dA, dD, dbias) if g is not None]
+    assert (dB.shape, dB.dtype, dC.shape, dC.dtype) == (shape, B.dtype, shape, C.dtype)
+    if blocks == 1:  # the kernel wrote the gradients themselves: nothing to sum
+        assert shift == 0 and dB is dB_part and dC is dC_part
+    else:
+        _close(dB, dB_part[0].sum(0))
+        _close(dC, dB_part[1].sum(0))
+    grads = [g for g in (dA, dD, dbias, dB, dC) if g is not None]
     assert len({g.untyped_storage().data_ptr() for g in grads}) == len(grads)
-
-
-@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32),
-                                    (torch.bfloat16, torch.bfloat16),
-                                    (torch.bfloat16, torch.float32)])
-@pytest.mark.parametrize("blocks", [1, 3])
-def test_state_grads_sum_the_channel_blocks_into_b_and_c(dtypes, blocks) -> None:
-    shape = (2, 2, 4, 37)  # (batch, groups, N, L)
-    B = torch.empty(shape, device=DEVICE, dtype=dtypes[0])
-    C = torch.empty(shape, device=DEVICE, dtype=dtypes[1])
-    dB_part, dC_part, shift = bwd_state_grads.state_grad_buffers(B, C, blocks, B.device)
-    if blocks == 1:  # the kernel writes the gradients themselves: nothing to sum
-        assert shift == 0 and bwd_state_grads.sum_state_grads(
-            dB_part, dC_part, shift, B, C) == (dB_part, dC_part)
-        return
-    dB_part.copy_(torch.randn(dB_part.shape, generator=torch.Generator().manual_seed(9)))
-    dB, dC = bwd_state_grads.sum_state_grads(dB_part, dC_part, shift, B, C)
-    assert (dB.shape, dB.dtype, dC.shape, dC.dtype) == (shape, dtypes[0], shape, dtypes[1])
-    _close(dB, dB_part[0].sum(0))
-    _close(dC, dB_part[1].sum(0))
 
 
 def test_column_tiles_leave_enough_programs_for_tall_buffers() -> None:
@@ -111,10 +123,12 @@ def test_tall_buffers_split_their_rows_into_spans_of_at_least_256() -> None:
     assert _splits(32768, 54) == 10
 
 
-def test_more_than_three_outputs_or_a_first_one_off_the_row_start_is_an_error() -> None:
+def test_more_than_five_outputs_or_two_buffers_is_an_error() -> None:
     x = torch.zeros(2, 8, device=DEVICE)
     out = torch.empty(2, device=DEVICE)
-    with pytest.raises(ValueError, match="one to three outputs"):
-        sum_rows_into(x, 2, 8, [(out, 0, 2)] * 4)
-    with pytest.raises(ValueError, match="one to three outputs"):
-        sum_rows_into(x, 2, 8, [(out, 1, 2)])
+    with pytest.raises(ValueError, match="5 outputs at most"):
+        sum_rows_into(x, 2, 8, [(out, 0, 2)] * 6)
+    with pytest.raises(ValueError, match="one or two sources"):
+        sum_sources([(x, 2, 8, [(out, 0, 2)])] * 3)
+    with pytest.raises(ValueError, match="each with outputs"):
+        sum_sources([(x, 2, 8, [(out, 0, 2)]), (x, 2, 8, [])])
