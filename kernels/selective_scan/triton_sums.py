@@ -14,7 +14,10 @@ A source is a buffer x with `rows` rows `row_stride` elements apart and its outp
 output k takes `cols_k` columns from element `x_offset_k` of the first row: out_k[j] =
 sum_r x[x_offset_k + r * row_stride + j], summed in fp32 in a fixed order (tiles of rows
 summed as a tree, the tiles added in turn; a tall buffer's spans of rows summed apart,
-then together: deterministic, no atomics) and stored in out_k's dtype.
+then together: deterministic, no atomics) and stored in out_k's dtype. Each buffer's
+programs take column tiles fitted to its own widest output: tiles fitted to the wider
+buffer left the narrower one too few programs (bench row 3's dA rows summed beside dB/dC
+took the launch from 8-10 to 14-17 us of GPU time, session 41).
 """
 
 from __future__ import annotations
@@ -41,49 +44,23 @@ def _pick(k, v0, v1, v2, v3, v4):
 
 
 @triton.jit
-def _span_sum(x_ptr, first, end, offs_c, mask_c, row_stride, ROWS_TILE: tl.constexpr,
-              COLS_TILE: tl.constexpr):
-    offs_r = tl.arange(0, ROWS_TILE)
-    acc = tl.zeros([COLS_TILE], dtype=tl.float32)
-    for start in range(first, end, ROWS_TILE):
-        r = start + offs_r
-        mask = (r < end)[:, None] & mask_c[None, :]
-        tile = tl.load(x_ptr + r[:, None] * row_stride + offs_c[None, :], mask=mask,
-                       other=0.0)
-        acc += tl.sum(tile.to(tl.float32), axis=0)
-    return acc
-
-
-@triton.jit
-def _row_sums_kernel(
-    x0_ptr, x1_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr,
-    rows0, row_stride0, rows_per_split0, rows1, row_stride1, rows_per_split1,
-    x_offset0, x_offset1, x_offset2, x_offset3, x_offset4,
-    cols0, cols1, cols2, cols3, cols4, out_split_stride,
-    FIRST_OF_X1: tl.constexpr, ROWS_TILE: tl.constexpr, COLS_TILE: tl.constexpr,
-):
-    """Program (column block, output k, span of rows); outputs from FIRST_OF_X1 on read
-    x1, the others x0."""
-    block = tl.program_id(0)
-    k = tl.program_id(1)
-    split = tl.program_id(2).to(tl.int64)  # which span of rows (each into its own row)
-    from_x1 = k >= FIRST_OF_X1
-    rows = tl.where(from_x1, rows1, rows0)
-    row_stride = tl.where(from_x1, row_stride1, row_stride0).to(tl.int64)
-    rows_per_split = tl.where(from_x1, rows_per_split1, rows_per_split0)
-    x_offset = _pick(k, x_offset0, x_offset1, x_offset2, x_offset3, x_offset4).to(tl.int64)
-    cols = _pick(k, cols0, cols1, cols2, cols3, cols4)
+def _sum_output(x_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr, k, block, split,
+                rows, row_stride, rows_per_split, x_offset, cols, out_split_stride,
+                ROWS_TILE: tl.constexpr, COLS_TILE: tl.constexpr):
+    """Output k's columns block*COLS_TILE on, over the rows of span `split`."""
     offs_c = block * COLS_TILE + tl.arange(0, COLS_TILE)
     mask_c = offs_c < cols
     first = split * rows_per_split
     end = tl.minimum(first + rows_per_split, rows)
     if (block * COLS_TILE < cols) & (first < rows):  # a source may have fewer spans
-        if from_x1:
-            acc = _span_sum(x1_ptr + x_offset, first, end, offs_c, mask_c, row_stride,
-                            ROWS_TILE, COLS_TILE)
-        else:
-            acc = _span_sum(x0_ptr + x_offset, first, end, offs_c, mask_c, row_stride,
-                            ROWS_TILE, COLS_TILE)
+        offs_r = tl.arange(0, ROWS_TILE)
+        acc = tl.zeros([COLS_TILE], dtype=tl.float32)
+        for start in range(first, end, ROWS_TILE):
+            r = start + offs_r
+            mask = (r < end)[:, None] & mask_c[None, :]
+            tile = tl.load(x_ptr + x_offset + r[:, None] * row_stride + offs_c[None, :],
+                           mask=mask, other=0.0)
+            acc += tl.sum(tile.to(tl.float32), axis=0)
         at = split * out_split_stride + offs_c
         # each output's own store: their dtypes may differ (dB and dC)
         if k == 0:
@@ -96,6 +73,33 @@ def _row_sums_kernel(
             tl.store(out3_ptr + at, acc, mask=mask_c)
         else:
             tl.store(out4_ptr + at, acc, mask=mask_c)
+
+
+@triton.jit
+def _row_sums_kernel(
+    x0_ptr, x1_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr,
+    rows0, row_stride0, rows_per_split0, rows1, row_stride1, rows_per_split1,
+    x_offset0, x_offset1, x_offset2, x_offset3, x_offset4,
+    cols0, cols1, cols2, cols3, cols4, out_split_stride,
+    FIRST_OF_X1: tl.constexpr, ROWS_TILE0: tl.constexpr, COLS_TILE0: tl.constexpr,
+    ROWS_TILE1: tl.constexpr, COLS_TILE1: tl.constexpr,
+):
+    """Program (column block, output k, span of rows); outputs from FIRST_OF_X1 on read
+    x1 in tiles of their own (a narrow buffer beside a wide one keeps enough programs),
+    the others x0."""
+    block = tl.program_id(0)
+    k = tl.program_id(1)
+    split = tl.program_id(2).to(tl.int64)  # which span of rows (each into its own row)
+    x_offset = _pick(k, x_offset0, x_offset1, x_offset2, x_offset3, x_offset4).to(tl.int64)
+    cols = _pick(k, cols0, cols1, cols2, cols3, cols4)
+    if k >= FIRST_OF_X1:
+        _sum_output(x1_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr, k, block,
+                    split, rows1, row_stride1.to(tl.int64), rows_per_split1, x_offset, cols,
+                    out_split_stride, ROWS_TILE1, COLS_TILE1)
+    else:
+        _sum_output(x0_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr, k, block,
+                    split, rows0, row_stride0.to(tl.int64), rows_per_split0, x_offset, cols,
+                    out_split_stride, ROWS_TILE0, COLS_TILE0)
 
 
 _row_sums_launcher = CachedLaunch(_row_sums_kernel)
@@ -120,25 +124,33 @@ def _splits(rows: int, column_blocks: int) -> int:
     return max(1, min(most, triton.cdiv(2 * _MIN_PROGRAMS, column_blocks)))
 
 
+def _tiles(outputs: list[Output]) -> tuple[int, int, int]:
+    """(columns, rows) of a program's tile for a source's outputs, and its column blocks."""
+    widest = max(cols for _, _, cols in outputs)
+    cols_tile = _cols_tile(widest)
+    return cols_tile, max(16, min(128, _TILE_ELEMENTS // cols_tile)), triton.cdiv(
+        widest, cols_tile)
+
+
 def _launch(sources: list[Source], rows_per_split: list[int], splits: int,
             out_split_stride: int) -> None:
     outputs = [o for *_, outs in sources for o in outs]
     padded = outputs + [outputs[-1]] * (_MAX_OUTPUTS - len(outputs))
     first_of_x1 = len(sources[0][3]) if len(sources) == 2 else _MAX_OUTPUTS
-    x0, rows0, stride0, _ = sources[0]
-    x1, rows1, stride1, _ = sources[-1]
-    split0, split1 = rows_per_split[0], rows_per_split[-1]
-    widest = max(cols for _, _, cols in outputs)
-    tile = _cols_tile(widest)
-    rows_tile = max(16, min(128, _TILE_ELEMENTS // tile))
-    grid = (triton.cdiv(widest, tile), len(outputs), splits)
-    scalars = (rows0, stride0, split0, rows1, stride1, split1,
+    x0, rows0, stride0, outs0 = sources[0]
+    x1, rows1, stride1, outs1 = sources[-1]
+    (cols_tile0, rows_tile0, blocks0), (cols_tile1, rows_tile1, blocks1) = (
+        _tiles(outs0), _tiles(outs1))
+    grid = (max(blocks0, blocks1), len(outputs), splits)
+    scalars = (rows0, stride0, rows_per_split[0], rows1, stride1, rows_per_split[-1],
                *[at for _, at, _ in padded], *[cols for _, _, cols in padded],
                out_split_stride)
+    tiles = dict(ROWS_TILE0=rows_tile0, COLS_TILE0=cols_tile0, ROWS_TILE1=rows_tile1,
+                 COLS_TILE1=cols_tile1)
     _row_sums_launcher.keyed(
-        (scalars, first_of_x1, tile, grid), grid, (x0, x1, *[out for out, _, _ in padded]),
-        lambda: (scalars, dict(FIRST_OF_X1=first_of_x1, ROWS_TILE=rows_tile,
-                               COLS_TILE=tile, num_warps=4)))
+        (scalars, first_of_x1, grid, *tiles.values()), grid,
+        (x0, x1, *[out for out, _, _ in padded]),
+        lambda: (scalars, dict(FIRST_OF_X1=first_of_x1, **tiles, num_warps=4)))
 
 
 def sum_rows_into(x: torch.Tensor, rows: int, row_stride: int,
@@ -159,9 +171,7 @@ def sum_sources(sources: list[Source]) -> None:
             or len(outputs) > _MAX_OUTPUTS):
         raise ValueError("sum_sources: one or two sources, each with outputs, "
                          f"{_MAX_OUTPUTS} outputs at most")
-    widest = max(cols for _, _, cols in outputs)
-    blocks = triton.cdiv(widest, _cols_tile(widest))
-    splits = [_splits(rows, blocks) for _, rows, _, _ in sources]
+    splits = [_splits(rows, _tiles(outs)[2]) for _, rows, _, outs in sources]
     if max(splits) == 1:
         _launch(sources, [rows for _, rows, _, _ in sources], 1, 0)
         return
