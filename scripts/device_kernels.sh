@@ -40,7 +40,8 @@ for section in "$@"; do
              tests/kernels/test_triton_fwd_variants.py tests/kernels/test_triton_kept_states.py \
              tests/kernels/test_triton_tile_scans.py tests/kernels/test_triton_bwd_options.py \
              tests/kernels/test_triton_bwd_serial.py tests/kernels/test_serial_waves.py \
-             tests/kernels/test_triton_replay.py tests/kernels/test_triton_sums.py > "$log" 2>&1 ;;
+             tests/kernels/test_triton_replay.py tests/kernels/test_triton_sums.py \
+             tests/kernels/test_triton_chunks_carried.py > "$log" 2>&1 ;;
     table) timeout 300 $K scripts/bench_selective_scan.py > "$log" 2>&1 ;;
     table-noreplay) timeout 300 $K scripts/bench_selective_scan.py --no-replay > "$log" 2>&1 ;;
     table-public) timeout 300 $K scripts/bench_selective_scan.py --api public > "$log" 2>&1 ;;

@@ -1,7 +1,7 @@
 """Where a short training call's host time goes, and backwards of one chunk (GPU machine).
 
-    python scripts/profile_backward_thread.py                # both parts
-    python scripts/profile_backward_thread.py --part phases  # or: --part chunks
+    python scripts/profile_backward_thread.py                # phases
+    python scripts/profile_backward_thread.py --part phases  # or: chunks, boundary
 
 phases: a training call of the public `selective_scan` (`.backward(dout)`, the leaves'
 .grad reset, as do_bench's grad_to_none) on bench rows 3 and 4, timed by clock stamps:
@@ -14,6 +14,9 @@ the same with the engine on the calling thread (`set_multithreading_enabled(Fals
 chunks: the backward host function alone on short sequences by its chunk (the default
 64, or the whole sequence in one chunk: no boundary-state launches), GPU time (CUDA
 graph replay) and do_bench, and its results against the default's.
+
+boundary: the same by how the chunk-boundary states are found, "tile" (an aggregate
+launch and a carry launch) against "carried" (one launch walking each row's chunks).
 """
 
 from __future__ import annotations
@@ -214,16 +217,36 @@ def chunks(shape, dtype) -> str:
     return "  " + "  ".join(cells)
 
 
+BOUNDARY_SHAPES = [(2, 512, 512), (2, 768, 384), (8, 512, 256), (2, 1024, 128),
+                   (2, 512, 1024), (4, 256, 1024), (2, 256, 2048), (1, 48, 1024)]
+
+
+def boundaries(shape, dtype) -> str:
+    x = make_inputs(*shape, dtype)
+    dout = torch.randn_like(x["u"])
+    base = bwd(dout, **x, boundary="tile")
+    cells = []
+    for boundary in ("tile", "carried"):
+        def run(boundary=boundary):
+            bwd(dout, **x, boundary=boundary)
+        err = max(rel(g, r) for g, r in zip(bwd(dout, **x, boundary=boundary), base)
+                  if g is not None)
+        graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
+        bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
+        cells.append(f"{boundary}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
+    return "  " + "  ".join(cells)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["phases", "chunks", "both"], default="phases")
+    p.add_argument("--part", choices=["phases", "chunks", "boundary"], default="phases")
     p.add_argument("--rounds", type=int, default=1, help="phases: rounds over the rows")
     p.add_argument("--rows", default="3,4")
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
     shapes = list(ANCHORS)
     dtypes = (torch.float32, torch.bfloat16)
-    if args.part in ("phases", "both"):
+    if args.part == "phases":
         print("host us of a public training call, medians (phases)")
         for round_ in range(args.rounds):
             for row in (int(r) for r in args.rows.split(",")):
@@ -235,7 +258,13 @@ def main() -> int:
                     print(phases(shape, dtype))
                     print(floor(shape, dtype))
                     print(replay_parts(shape, dtype))
-    if args.part in ("chunks", "both"):
+    if args.part == "boundary":
+        print("backward host function by boundary states, us (graph: GPU time; bench: "
+              "do_bench)")
+        for shape in BOUNDARY_SHAPES:
+            for dtype in dtypes:
+                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + boundaries(shape, dtype))
+    if args.part == "chunks":
         print("backward host function by chunk, us (graph: GPU time; bench: do_bench)")
         for shape in SHORT_SHAPES:
             for dtype in dtypes:

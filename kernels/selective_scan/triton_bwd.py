@@ -36,6 +36,7 @@ from .triton_tile_scans import _adjoint_scan_by_groups, _group_size, _scan_tile
 from .triton_bwd_channel import (_cache_boundaries, _channel_A, _channel_boundaries,
                                  _channel_vectors, _load_z)
 from .triton_chunks import chunk_boundary_states
+from .triton_chunks_carried import carried_boundary_states
 from .serial_planning import serial_plan
 from .bwd_options import auto_boundary, resolve_options
 from .triton_fwd_serial import serial_boundary_states
@@ -289,10 +290,11 @@ def selective_scan_bwd_triton(
     shape, None for an absent optional. Keyword-only sizes as in the forward. `maxnreg`
     caps the main kernel's registers a thread (more resident warps, maybe spills).
     `boundary`: how the states at the chunk boundaries are found, "serial"
-    (triton_fwd_serial's aggregate kernel), "tile" (triton_chunks' (N, CHUNK) tile kernel)
-    or "auto" (`auto_boundary`). `states`: the forward's (keep_states=True), the states
-    leaving each chunk; given, "serial" boundaries compute only the adjoint's ("auto" then
-    takes "serial"; an explicit "tile" ignores them). The main kernel's options, defaults
+    (triton_fwd_serial's aggregate kernel), "tile" (triton_chunks' (N, CHUNK) tile kernel),
+    "carried" (triton_chunks_carried's walk over a row's chunks: one launch, for few
+    chunks) or "auto" (`auto_boundary`). `states`: the forward's (keep_states=True), the
+    states leaving each chunk; given, "serial" boundaries compute only the adjoint's
+    ("auto" then takes "serial"; an explicit "tile" or "carried" ignores them). The main kernel's options, defaults
     as measured (kernels README): `prefetch` loads each channel's vectors a channel ahead;
     with it, `ahead` also A (1) and the boundary states (2) (None: 2 for fp32, 0 for 2-byte
     inputs) and `cache_ahead` asks for the boundary states in L1 a channel ahead, holding
@@ -318,7 +320,8 @@ def selective_scan_bwd_triton(
     multi = plan.n_chunks > 1
     if boundary == "auto":  # kept states are the "serial" forward's
         boundary = ("serial" if states is not None
-                    else auto_boundary(batch * dim, length, dim // groups, u.dtype))
+                    else auto_boundary(batch * dim, length, dim // groups, u.dtype,
+                                       plan.n_chunks))
     if multi and boundary == "serial":
         splan = serial_plan(batch, dim, groups, length, u.dtype, chunk=plan.chunk)
         want = (batch, dim, plan.n_chunks, n_state)
@@ -330,7 +333,9 @@ def selective_scan_bwd_triton(
         H, Q = serial_boundary_states(u, delta, z, dout, A, B, C, delta_bias,
                                       delta_softplus, reverse, splan, H=states)
     elif multi:
-        H, Q = chunk_boundary_states(
+        boundary_states = (carried_boundary_states if boundary == "carried"
+                           else chunk_boundary_states)
+        H, Q = boundary_states(
             u, delta, z, dout, A, B, C, delta_bias, delta_softplus, reverse, plan,
             forward=True, adjoint=True,
         )

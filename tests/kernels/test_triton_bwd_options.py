@@ -1,5 +1,5 @@
 """The backward host function's options against the reference: how the chunk-boundary
-states are found ("serial", "tile", the "auto" rule), a register cap, the main kernel's
+states are found ("serial", "tile", "carried", the "auto" rule), a register cap, the main kernel's
 read-ahead (`prefetch`, `ahead`, `cache_ahead`) and its adjoint's decays (`adjoint`);
 bad values refused. The default path is tested in test_triton.py."""
 
@@ -32,7 +32,7 @@ from test_triton import (  # noqa: E402, F401  (_fast_interpreter: fixture)
 MULTI_CHUNK_CASES = [(c, p) for c, p in CASES if p.get("chunk", 1 << 30) < c.length]
 
 
-@pytest.mark.parametrize("boundary", ["serial", "tile"])
+@pytest.mark.parametrize("boundary", ["serial", "tile", "carried"])
 @pytest.mark.parametrize(("case", "plan"), MULTI_CHUNK_CASES,
                          ids=[c.id for c, _ in MULTI_CHUNK_CASES])
 def test_backward_boundary_states_either_way(case: ScanCase, plan: dict, boundary: str) -> None:
@@ -59,7 +59,8 @@ def test_auto_boundary_rule(sequences: int, length: int, per_group: int, dtype: 
                             expected: str) -> None:
     # measured (--bwd-variants, session 16): row 6's 48 channels lose with "serial" in
     # fp32 only, as the forward does; the lengths and sizes as the forward's (session 23)
-    assert bwd_options.auto_boundary(sequences, length, per_group, dtype) == expected
+    n_chunks = -(-length // 64)  # the backward's chunk
+    assert bwd_options.auto_boundary(sequences, length, per_group, dtype, n_chunks) == expected
 
 
 @pytest.mark.parametrize("case", [

@@ -1,0 +1,159 @@
+"""Chunk-boundary states of short rows in one launch: the aggregates carried in turn.
+
+`triton_chunks.chunk_boundary_states` finds the states at the chunk boundaries in two
+launches: every chunk's aggregate from a zero start, in parallel, then the carry over
+chunks. A short row has few chunks (a backward of 512 positions has 8), and there the
+second launch costs more host time than the carry's GPU work: a short training call is
+host-bound, and its backward runs on the autograd engine's device thread, where a launch
+costs ~15-30 us of host time on the H200 machine (session 41,
+`scripts/profile_backward_thread.py`). Here a program takes one channel and walks its
+chunks in the direction of flow, carrying the state: the same aggregates, then
+h = decay(chunk) * h + aggregate, stored at each chunk's end. The forward states and the
+adjoint's run in programs of their own (grid axis 1), so that both walks run side by side.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import CachedLaunch
+from .triton_common import LaunchPlan, _load_dt, _load_state_tile, _next_pow2
+
+# Rows of at most this many chunks take the carried walk (more: the two-launch passes,
+# whose chunks run in parallel). Chosen with scripts/profile_backward_thread.py --part
+# boundary (session 41).
+CARRIED_MAX_CHUNKS = 16
+
+
+@triton.jit
+def _walk_forward(u_ptr, delta_ptr, B_ptr, bias_ptr, H_ptr, last_ptr, A2, b, d, g, row,
+                  length, n_chunks, offs_n, mask_n, s_ub, s_ud, s_ul, s_db, s_dd, s_dl,
+                  s_Bb, s_Bg, s_Bn, s_Bl, N, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr):
+    """H[row, c]: the forward state at the end of chunk c in scan order."""
+    h = tl.zeros(A2.shape, dtype=tl.float32)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i if REVERSE else i
+        offs_l = c * CHUNK + tl.arange(0, CHUNK)
+        mask_l = offs_l < length
+        Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l,
+                              mask_n[:, None] & mask_l[None, :])
+        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                      HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
+                    other=0.0).to(tl.float32)
+        # each drive decays over the positions after it in scan order (exclusive)
+        after = tl.cumsum(dt, axis=0, reverse=not REVERSE) - dt
+        local = tl.sum(tl.exp2(A2[:, None] * after[None, :]) * Bt * (dt * u)[None, :], axis=1)
+        h = tl.exp2(A2 * tl.sum(dt, axis=0)) * h + local
+        tl.store(H_ptr + (row * n_chunks + c) * N + offs_n, h, mask=mask_n)
+    if STORE_LAST:
+        tl.store(last_ptr + row * N + offs_n, h, mask=mask_n)
+
+
+@triton.jit
+def _walk_adjoint(delta_ptr, z_ptr, dout_ptr, C_ptr, bias_ptr, Q_ptr, A2, b, d, g, row,
+                  length, n_chunks, offs_n, mask_n, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+                  s_ob, s_od, s_ol, s_Cb, s_Cg, s_Cn, s_Cl, N, CHUNK: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                  REVERSE: tl.constexpr):
+    """Q[row, c]: the adjoint leaving chunk c at its first position in scan order, times
+    that position's decay (what enters the chunk before it in scan order)."""
+    q = tl.zeros(A2.shape, dtype=tl.float32)
+    for i in range(n_chunks):
+        c = i if REVERSE else n_chunks - 1 - i  # against scan order
+        offs_l = c * CHUNK + tl.arange(0, CHUNK)
+        mask_l = offs_l < length
+        Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
+                              mask_n[:, None] & mask_l[None, :])
+        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                      HAS_BIAS, SOFTPLUS)
+        dy = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
+                     other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
+                         other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        # each term decays from its position to the chunk's far end against scan order
+        upto = tl.cumsum(dt, axis=0, reverse=REVERSE)
+        local = tl.sum(tl.exp2(A2[:, None] * upto[None, :]) * Ct * dy[None, :], axis=1)
+        q = tl.exp2(A2 * tl.sum(dt, axis=0)) * q + local
+        tl.store(Q_ptr + (row * n_chunks + c) * N + offs_n, q, mask=mask_n)
+
+
+@triton.jit
+def _carried_boundary_kernel(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, H_ptr, Q_ptr, last_ptr,
+    dim, per_group, length, n_chunks,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    N, NP: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, DO_FWD: tl.constexpr,
+    DO_BWD: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr,
+):
+    """Row program_id(0) = batch * dim + channel; program_id(1): the forward states (0,
+    where DO_FWD) or the adjoint's (1, or 0 without DO_FWD)."""
+    row = tl.program_id(0).to(tl.int64)
+    b = row // dim
+    d = row % dim
+    g = d // per_group
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    A2 = tl.load(A_ptr + d * N + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+    if DO_FWD and tl.program_id(1) == 0:
+        _walk_forward(u_ptr, delta_ptr, B_ptr, bias_ptr, H_ptr, last_ptr, A2, b, d, g, row,
+                      length, n_chunks, offs_n, mask_n, s_ub, s_ud, s_ul, s_db, s_dd, s_dl,
+                      s_Bb, s_Bg, s_Bn, s_Bl, N, CHUNK, HAS_BIAS, SOFTPLUS, REVERSE,
+                      STORE_LAST)
+    elif DO_BWD:
+        _walk_adjoint(delta_ptr, z_ptr, dout_ptr, C_ptr, bias_ptr, Q_ptr, A2, b, d, g, row,
+                      length, n_chunks, offs_n, mask_n, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+                      s_ob, s_od, s_ol, s_Cb, s_Cg, s_Cn, s_Cl, N, CHUNK, HAS_BIAS, SOFTPLUS,
+                      HAS_Z, REVERSE)
+
+
+_carried_boundary_launcher = CachedLaunch(_carried_boundary_kernel)
+
+
+def carried_boundary_states(
+    u: torch.Tensor | None, delta: torch.Tensor, z: torch.Tensor | None,
+    dout: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    delta_bias: torch.Tensor | None, delta_softplus: bool, reverse: bool, plan: LaunchPlan,
+    forward: bool, adjoint: bool, last_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(H, Q) as `triton_chunks.chunk_boundary_states` returns them (each (batch, dim,
+    n_chunks, N) fp32 or None where not asked; last_state, given, gets the state leaving
+    the row), in one launch; for rows of up to CARRIED_MAX_CHUNKS chunks."""
+    batch, dim, length = delta.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    nc = plan.n_chunks
+    dev = delta.device
+    H = torch.empty(batch, dim, nc, n_state, device=dev, dtype=torch.float32) if forward else None
+    Q = torch.empty(batch, dim, nc, n_state, device=dev, dtype=torch.float32) if adjoint else None
+    dummy = H if H is not None else Q
+    uu = u if u is not None else delta
+    zz = z if z is not None else delta
+    oo = dout if dout is not None else delta
+    store_last = forward and last_state is not None
+    tensors = (uu, delta, zz, oo, A, B, C, delta_bias if delta_bias is not None else dummy,
+               H if H is not None else dummy, Q if Q is not None else dummy,
+               last_state if store_last else dummy)
+    # what the scalars and options are made of (CachedLaunch.keyed)
+    key = (plan.chunk, nc, delta.shape, groups, n_state, uu.stride(), delta.stride(),
+           zz.stride(), oo.stride(), B.stride(), C.stride(), delta_bias is None,
+           delta_softplus, z is None, forward, adjoint, reverse, store_last)
+
+    def scalars_and_options() -> tuple[tuple, dict]:
+        scalars = (dim, dim // groups, length, nc, *uu.stride(), *delta.stride(),
+                   *zz.stride(), *oo.stride(), *B.stride(), *C.stride())
+        return scalars, dict(
+            N=n_state, NP=_next_pow2(n_state), CHUNK=plan.chunk,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            DO_FWD=forward, DO_BWD=adjoint, REVERSE=reverse, STORE_LAST=store_last,
+            num_warps=plan.num_warps)
+
+    _carried_boundary_launcher.keyed(key, (batch * dim, int(forward) + int(adjoint)),
+                                     tensors, scalars_and_options)
+    return H, Q
