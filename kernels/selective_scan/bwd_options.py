@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .serial_planning import serial_applies
-from .triton_chunks_carried import CARRIED_MAX_CHUNKS
+from .triton_chunks_carried import CARRIED_MAX_CHUNKS, CARRIED_MIN_SEQUENCES
 
 BOUNDARIES = ("auto", "serial", "tile", "carried")
 ADJOINTS = ("auto", "groups", "shifted")
@@ -16,15 +16,16 @@ MAINS = ("auto", "serial", "tile")
 def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtype,
                   n_chunks: int) -> str:
     """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
-    dim), else "carried" for rows of up to CARRIED_MAX_CHUNKS chunks (one launch against
-    two: triton_chunks_carried.py), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
+    dim), else "carried" for many rows of few chunks (one launch against two, where the
+    walk's latency hides: triton_chunks_carried.py), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
     row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
     bf16; the lengths from 2048 on: with the forward's (session 23). fp32 groups that are
     not whole warps stay on "tile" (session 16; not measured again since session 25)."""
     fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
     if serial_applies(sequences, length, per_group) and not fp32_part_warps:
         return "serial"
-    return "carried" if n_chunks <= CARRIED_MAX_CHUNKS else "tile"
+    few_chunks = n_chunks <= CARRIED_MAX_CHUNKS and sequences >= CARRIED_MIN_SEQUENCES
+    return "carried" if few_chunks else "tile"
 
 
 def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:

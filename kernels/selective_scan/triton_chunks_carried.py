@@ -21,10 +21,16 @@ import triton.language as tl
 from .launch import CachedLaunch
 from .triton_common import LaunchPlan, _load_dt, _load_state_tile, _next_pow2
 
-# Rows of at most this many chunks take the carried walk (more: the two-launch passes,
-# whose chunks run in parallel). Chosen with scripts/profile_backward_thread.py --part
-# boundary (session 41).
-CARRIED_MAX_CHUNKS = 16
+# "auto" takes the walk for rows of at most CARRIED_MAX_CHUNKS chunks where at least
+# CARRIED_MIN_SEQUENCES rows (batch * dim) fill the GPU; otherwise the two-launch passes,
+# whose chunks run in parallel. Measured on an H200 (scripts/profile_backward_thread.py
+# --part boundary, session 41, the backward's GPU time in CUDA-graph replay, tile ->
+# carried): 8 chunks or fewer, 1024-4096 rows: level in fp32 ((2, 512, 512) 54.9 ->
+# 54.8 us), 8-20% less in bf16 ((8, 512, 256) 91.9 -> 73.7); 16 chunks: fp32 5% more
+# ((2, 512, 1024) 92.6 -> 96.9), bf16 12% less; 32 chunks: 28% more in fp32; 48 rows of
+# 16 chunks: twice the time (14.7 -> 28.4), the walk's latency unhidden.
+CARRIED_MAX_CHUNKS = 8
+CARRIED_MIN_SEQUENCES = 512
 
 
 @triton.jit
@@ -125,7 +131,8 @@ def carried_boundary_states(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(H, Q) as `triton_chunks.chunk_boundary_states` returns them (each (batch, dim,
     n_chunks, N) fp32 or None where not asked; last_state, given, gets the state leaving
-    the row), in one launch; for rows of up to CARRIED_MAX_CHUNKS chunks."""
+    the row), in one launch; for rows of few chunks (CARRIED_MAX_CHUNKS: "auto"'s rule),
+    any number of chunks correct."""
     batch, dim, length = delta.shape
     groups, n_state = B.shape[1], A.shape[1]
     nc = plan.n_chunks

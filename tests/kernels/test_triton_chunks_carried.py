@@ -28,7 +28,7 @@ CASES = [
     ScanCase(2, 4, 71, 5, has_z=True, has_bias=True, softplus=True, reverse=True),
     ScanCase(1, 6, 100, 16, groups=3, has_z=True),
     ScanCase(1, 4, 48, 4, dtype=torch.bfloat16, has_z=True, softplus=True),
-    ScanCase(1, 2, 256, 3, has_bias=True, reverse=True),  # CARRIED_MAX_CHUNKS chunks
+    ScanCase(1, 2, 256, 3, has_bias=True, reverse=True),  # 16 chunks
 ]
 
 
@@ -111,11 +111,15 @@ def test_carried_forward_states_are_the_reference_scans_states(case: ScanCase) -
         torch.testing.assert_close(H[:, :, c], want.float(), rtol=1e-4, atol=1e-4)
 
 
-def test_auto_takes_the_walk_for_rows_of_few_chunks() -> None:
+def test_auto_takes_the_walk_for_many_rows_of_few_chunks() -> None:
     from medmamba_kernels.selective_scan import bwd_options
 
     most = triton_chunks_carried.CARRIED_MAX_CHUNKS
-    assert bwd_options.auto_boundary(1024, 512, 512, torch.float32, 8) == "carried"
-    assert bwd_options.auto_boundary(1024, 64 * most, 512, torch.float32, most) == "carried"
-    assert bwd_options.auto_boundary(1024, 64 * most + 1, 512, torch.float32,
+    least = triton_chunks_carried.CARRIED_MIN_SEQUENCES
+    assert bwd_options.auto_boundary(1024, 512, 512, torch.float32, 8) == "carried"  # row 4
+    assert bwd_options.auto_boundary(least, 64 * most, 512, torch.float32, most) == "carried"
+    # more chunks, or too few rows to hide the walk's latency (measured: 48 rows)
+    assert bwd_options.auto_boundary(least, 64 * most + 1, 512, torch.float32,
                                      most + 1) == "tile"
+    assert bwd_options.auto_boundary(least - 1, 64 * most, 512, torch.float32,
+                                     most) == "tile"
