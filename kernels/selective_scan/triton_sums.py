@@ -80,16 +80,22 @@ def _row_sums_kernel(
     x0_ptr, x1_ptr, out0_ptr, out1_ptr, out2_ptr, out3_ptr, out4_ptr,
     rows0, row_stride0, rows_per_split0, rows1, row_stride1, rows_per_split1,
     x_offset0, x_offset1, x_offset2, x_offset3, x_offset4,
-    cols0, cols1, cols2, cols3, cols4, out_split_stride,
+    cols0, cols1, cols2, cols3, cols4, blocks0, blocks1, blocks2, blocks3, blocks4,
+    start1, start2, start3, start4, out_split_stride,
     FIRST_OF_X1: tl.constexpr, ROWS_TILE0: tl.constexpr, COLS_TILE0: tl.constexpr,
     ROWS_TILE1: tl.constexpr, COLS_TILE1: tl.constexpr,
 ):
-    """Program (column block, output k, span of rows); outputs from FIRST_OF_X1 on read
+    """Program (output k, span of rows, column block), programs of output k from start_k
+    on (one grid axis: only the programs that have work); outputs from FIRST_OF_X1 on read
     x1 in tiles of their own (a narrow buffer beside a wide one keeps enough programs),
     the others x0."""
-    block = tl.program_id(0)
-    k = tl.program_id(1)
-    split = tl.program_id(2).to(tl.int64)  # which span of rows (each into its own row)
+    pid = tl.program_id(0)
+    k = ((pid >= start1).to(tl.int32) + (pid >= start2).to(tl.int32)
+         + (pid >= start3).to(tl.int32) + (pid >= start4).to(tl.int32))
+    local = pid - _pick(k, 0, start1, start2, start3, start4)
+    blocks = _pick(k, blocks0, blocks1, blocks2, blocks3, blocks4)
+    block = local % blocks
+    split = (local // blocks).to(tl.int64)  # which span of rows (each into its own row)
     x_offset = _pick(k, x_offset0, x_offset1, x_offset2, x_offset3, x_offset4).to(tl.int64)
     cols = _pick(k, cols0, cols1, cols2, cols3, cols4)
     if k >= FIRST_OF_X1:
@@ -124,33 +130,39 @@ def _splits(rows: int, column_blocks: int) -> int:
     return max(1, min(most, triton.cdiv(2 * _MIN_PROGRAMS, column_blocks)))
 
 
-def _tiles(outputs: list[Output]) -> tuple[int, int, int]:
-    """(columns, rows) of a program's tile for a source's outputs, and its column blocks."""
-    widest = max(cols for _, _, cols in outputs)
-    cols_tile = _cols_tile(widest)
-    return cols_tile, max(16, min(128, _TILE_ELEMENTS // cols_tile)), triton.cdiv(
-        widest, cols_tile)
+def _tiles(outputs: list[Output]) -> tuple[int, int]:
+    """(columns, rows) of a program's tile for a source's outputs."""
+    cols_tile = _cols_tile(max(cols for _, _, cols in outputs))
+    return cols_tile, max(16, min(128, _TILE_ELEMENTS // cols_tile))
 
 
-def _launch(sources: list[Source], rows_per_split: list[int], splits: int,
-            out_split_stride: int) -> None:
-    outputs = [o for *_, outs in sources for o in outs]
+def _launch(sources: list[Source], splits: list[int], out_split_stride: int) -> None:
+    """One launch over `sources`, source s in splits[s] spans of rows (a span's sums into
+    its own row of the outputs, `out_split_stride` elements apart)."""
+    outputs, counts, tiles = [], [], []
+    for (_, rows, _, outs), n_split in zip(sources, splits):
+        cols_tile, rows_tile = _tiles(outs)
+        tiles += [cols_tile, rows_tile]
+        for out, at, cols in outs:
+            outputs.append((out, at, cols, triton.cdiv(cols, cols_tile)))
+            counts.append(outputs[-1][3] * n_split)
+    starts = [sum(counts[:k]) for k in range(1, _MAX_OUTPUTS)]
     padded = outputs + [outputs[-1]] * (_MAX_OUTPUTS - len(outputs))
     first_of_x1 = len(sources[0][3]) if len(sources) == 2 else _MAX_OUTPUTS
-    x0, rows0, stride0, outs0 = sources[0]
-    x1, rows1, stride1, outs1 = sources[-1]
-    (cols_tile0, rows_tile0, blocks0), (cols_tile1, rows_tile1, blocks1) = (
-        _tiles(outs0), _tiles(outs1))
-    grid = (max(blocks0, blocks1), len(outputs), splits)
-    scalars = (rows0, stride0, rows_per_split[0], rows1, stride1, rows_per_split[-1],
-               *[at for _, at, _ in padded], *[cols for _, _, cols in padded],
-               out_split_stride)
-    tiles = dict(ROWS_TILE0=rows_tile0, COLS_TILE0=cols_tile0, ROWS_TILE1=rows_tile1,
-                 COLS_TILE1=cols_tile1)
+    x0, rows0, stride0, _ = sources[0]
+    x1, rows1, stride1, _ = sources[-1]
+    grid = (sum(counts),)
+    scalars = (rows0, stride0, triton.cdiv(rows0, splits[0]),
+               rows1, stride1, triton.cdiv(rows1, splits[-1]),
+               *[at for _, at, _, _ in padded], *[cols for _, _, cols, _ in padded],
+               *[blocks for *_, blocks in padded], *starts, out_split_stride)
+    cols_tile0, rows_tile0 = tiles[:2]
+    cols_tile1, rows_tile1 = tiles[-2:]
+    constexprs = dict(FIRST_OF_X1=first_of_x1, ROWS_TILE0=rows_tile0, COLS_TILE0=cols_tile0,
+                      ROWS_TILE1=rows_tile1, COLS_TILE1=cols_tile1)
     _row_sums_launcher.keyed(
-        (scalars, first_of_x1, grid, *tiles.values()), grid,
-        (x0, x1, *[out for out, _, _ in padded]),
-        lambda: (scalars, dict(FIRST_OF_X1=first_of_x1, **tiles, num_warps=4)))
+        (scalars, *constexprs.values()), grid, (x0, x1, *[o[0] for o in padded]),
+        lambda: (scalars, dict(constexprs, num_warps=4)))
 
 
 def sum_rows_into(x: torch.Tensor, rows: int, row_stride: int,
@@ -171,25 +183,30 @@ def sum_sources(sources: list[Source]) -> None:
             or len(outputs) > _MAX_OUTPUTS):
         raise ValueError("sum_sources: one or two sources, each with outputs, "
                          f"{_MAX_OUTPUTS} outputs at most")
-    splits = [_splits(rows, _tiles(outs)[2]) for _, rows, _, outs in sources]
+    splits = [_splits(rows, triton.cdiv(max(c for *_, c in outs), _tiles(outs)[0]))
+              for _, rows, _, outs in sources]
     if max(splits) == 1:
-        _launch(sources, [rows for _, rows, _, _ in sources], 1, 0)
+        _launch(sources, splits, 0)
         return
-    # each output's span sums at a 16-byte aligned column of the scratch's rows
+    # a tall source's outputs: each's span sums at a 16-byte aligned column of the
+    # scratch's rows, then summed; the others' sums go to their outputs at once
+    tall = [outs for (*_, outs), n in zip(sources, splits) if n > 1]
     starts = [0]
-    for _, _, cols in outputs:
+    for _, _, cols in (o for outs in tall for o in outs):
         starts.append(starts[-1] + -(-cols // 4) * 4)
     width = starts[-1]
     spans = torch.empty(max(splits), width, device=outputs[0][0].device,
                         dtype=torch.float32)
     into_spans, from_spans, k = [], [], 0
     for (x, rows, row_stride, outs), n_split in zip(sources, splits):
+        if n_split == 1:
+            into_spans.append((x, rows, row_stride, outs))
+            continue
         into_spans.append((x, rows, row_stride,
                            [(spans[:, starts[k + i]:], at, cols)
                             for i, (_, at, cols) in enumerate(outs)]))
         from_spans.append((spans, n_split, width,
                            [(out, starts[k + i], cols) for i, (out, _, cols) in enumerate(outs)]))
         k += len(outs)
-    _launch(into_spans, [triton.cdiv(rows, n) for (_, rows, _, _), n in zip(sources, splits)],
-            max(splits), width)
-    _launch(from_spans, splits, 1, 0)
+    _launch(into_spans, splits, width)
+    _launch(from_spans, [1] * len(from_spans), 0)
