@@ -197,24 +197,29 @@ def host_us(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def chunks(shape, dtype) -> str:
+def backward_by(shape, dtype, name: str, values: list) -> str:
+    """The backward host function with its keyword `name` at each of `values`: GPU time
+    (CUDA graph replay), do_bench, and the largest relative difference of its gradients
+    from the first value's."""
     x = make_inputs(*shape, dtype)
-    out, _ = fwd(**x)
-    dout = torch.randn_like(out)
-    whole = max(16, 1 << (shape[2] - 1).bit_length())
-    base = bwd(dout, **x)
+    dout = torch.randn_like(x["u"])
+    base = bwd(dout, **x, **{name: values[0]})
     cells = []
-    for chunk in sorted({64, 128, 256, whole}):
-        if chunk > whole:
-            continue
-        def run(chunk=chunk):
-            bwd(dout, **x, chunk=chunk)
-        err = max(rel(g, r) for g, r in zip(bwd(dout, **x, chunk=chunk), base)
-                  if g is not None)
+    for value in values:
+        def run(options={name: value}):
+            return bwd(dout, **x, **options)
+        err = max(rel(g, r) for g, r in zip(run(), base) if g is not None)
         graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
         bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
-        cells.append(f"chunk {chunk}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
+        cells.append(f"{name} {value}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
     return "  " + "  ".join(cells)
+
+
+def chunks(shape, dtype) -> str:
+    """By chunk: the default 64, up to one chunk of the whole sequence."""
+    whole = max(16, 1 << (shape[2] - 1).bit_length())
+    return backward_by(shape, dtype, "chunk", [c for c in (64, 128, 256, 512) if c < whole]
+                       + [whole])
 
 
 BOUNDARY_SHAPES = [(2, 512, 512), (2, 768, 384), (8, 512, 256), (2, 1024, 128),
@@ -222,19 +227,7 @@ BOUNDARY_SHAPES = [(2, 512, 512), (2, 768, 384), (8, 512, 256), (2, 1024, 128),
 
 
 def boundaries(shape, dtype) -> str:
-    x = make_inputs(*shape, dtype)
-    dout = torch.randn_like(x["u"])
-    base = bwd(dout, **x, boundary="tile")
-    cells = []
-    for boundary in ("tile", "carried"):
-        def run(boundary=boundary):
-            bwd(dout, **x, boundary=boundary)
-        err = max(rel(g, r) for g, r in zip(bwd(dout, **x, boundary=boundary), base)
-                  if g is not None)
-        graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
-        bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
-        cells.append(f"{boundary}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
-    return "  " + "  ".join(cells)
+    return backward_by(shape, dtype, "boundary", ["tile", "carried"])
 
 
 def main() -> int:

@@ -17,7 +17,8 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
                   n_chunks: int) -> str:
     """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
     dim), else "carried" for many rows of few chunks (one launch against two, where the
-    walk's latency hides: triton_chunks_carried.py), else "tile". Measured with bench_selective_scan.py --bwd-variants (session 16):
+    walk's latency hides: triton_chunks_carried.py, measured in session 41), else "tile".
+    "serial" measured with bench_selective_scan.py --bwd-variants (session 16):
     row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
     bf16; the lengths from 2048 on: with the forward's (session 23). fp32 groups that are
     not whole warps stay on "tile" (session 16; not measured again since session 25)."""

@@ -294,8 +294,9 @@ def selective_scan_bwd_triton(
     "carried" (triton_chunks_carried's walk over a row's chunks: one launch, for few
     chunks) or "auto" (`auto_boundary`). `states`: the forward's (keep_states=True), the
     states leaving each chunk; given, "serial" boundaries compute only the adjoint's
-    ("auto" then takes "serial"; an explicit "tile" or "carried" ignores them). The main kernel's options, defaults
-    as measured (kernels README): `prefetch` loads each channel's vectors a channel ahead;
+    ("auto" then takes "serial"; an explicit "tile" or "carried" ignores them). The main
+    kernel's options, defaults as measured (kernels README): `prefetch` loads each
+    channel's vectors a channel ahead;
     with it, `ahead` also A (1) and the boundary states (2) (None: 2 for fp32, 0 for 2-byte
     inputs) and `cache_ahead` asks for the boundary states in L1 a channel ahead, holding
     no register (None: where `ahead` < 2). `adjoint`: where the adjoint scan gets each

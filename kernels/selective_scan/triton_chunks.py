@@ -18,11 +18,13 @@ import triton.language as tl
 from .launch import CachedLaunch
 from .triton_common import (
     LaunchPlan,
+    _adjoint_aggregate,
     _affine_combine,
     _cdiv,
     _channel_range,
     _check_power_of_two,
     _chunk_tile,
+    _forward_aggregate,
     _load_dt,
     _load_state_tile,
     _next_pow2,
@@ -64,21 +66,14 @@ def _chunk_aggregate_kernel(
         if DO_FWD:
             u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
                         other=0.0).to(tl.float32)
-            # decay of the positions after t in scan order
-            after = tl.cumsum(dt, axis=0, reverse=not REVERSE) - dt
-            w = tl.exp2(A2[:, None] * after[None, :]) * Bt
-            tl.store(E_ptr + row * N + offs_n, tl.sum(w * (dt * u)[None, :], axis=1), mask=mask_n)
+            tl.store(E_ptr + row * N + offs_n, _forward_aggregate(Bt, dt, u, A2, REVERSE),
+                     mask=mask_n)
         if DO_BWD:
-            dy = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
-                         other=0.0).to(tl.float32)
-            if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                             other=0.0).to(tl.float32)
-                dy = dy * zz * tl.sigmoid(zz)
-            # the adjoint runs against scan order: decay from t to the chunk's far end
-            upto = tl.cumsum(dt, axis=0, reverse=REVERSE)
-            w = tl.exp2(A2[:, None] * upto[None, :]) * Ct
-            tl.store(Q_ptr + row * N + offs_n, tl.sum(w * dy[None, :], axis=1), mask=mask_n)
+            # the adjoint runs against scan order
+            local = _adjoint_aggregate(Ct, dt, dout_ptr + b * s_ob + d * s_od,
+                                       z_ptr + b * s_zb + d * s_zd, offs_l, mask_l, s_ol,
+                                       s_zl, A2, HAS_Z, REVERSE)
+            tl.store(Q_ptr + row * N + offs_n, local, mask=mask_n)
 
 
 _chunk_aggregate_kernel_launcher = CachedLaunch(_chunk_aggregate_kernel)

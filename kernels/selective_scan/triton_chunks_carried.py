@@ -4,9 +4,9 @@
 launches: every chunk's aggregate from a zero start, in parallel, then the carry over
 chunks. A short row has few chunks (a backward of 512 positions has 8), and there the
 second launch costs more host time than the carry's GPU work: a short training call is
-host-bound, and its backward runs on the autograd engine's device thread, where a launch
-costs ~15-30 us of host time on the H200 machine (session 41,
-`scripts/profile_backward_thread.py`). Here a program takes one channel and walks its
+host-bound, and its backward runs on the autograd engine's device thread, where our
+Python runs about half as fast (session 40) and a launch costs 9-16 us of host time on
+the calling thread of the H200 machine (session 41, `scripts/profile_backward_thread.py`). Here a program takes one channel and walks its
 chunks in the direction of flow, carrying the state: the same aggregates, then
 h = decay(chunk) * h + aggregate, stored at each chunk's end. The forward states and the
 adjoint's run in programs of their own (grid axis 1), so that both walks run side by side.
@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .triton_common import LaunchPlan, _load_dt, _load_state_tile, _next_pow2
+from .triton_common import (LaunchPlan, _adjoint_aggregate, _forward_aggregate, _load_dt,
+                            _load_state_tile, _next_pow2)
 
 # "auto" takes the walk for rows of at most CARRIED_MAX_CHUNKS chunks where at least
 # CARRIED_MIN_SEQUENCES rows (batch * dim) fill the GPU; otherwise the two-launch passes,
@@ -28,9 +29,24 @@ from .triton_common import LaunchPlan, _load_dt, _load_state_tile, _next_pow2
 # carried): 8 chunks or fewer, 1024-4096 rows: level in fp32 ((2, 512, 512) 54.9 ->
 # 54.8 us), 8-20% less in bf16 ((8, 512, 256) 91.9 -> 73.7); 16 chunks: fp32 5% more
 # ((2, 512, 1024) 92.6 -> 96.9), bf16 12% less; 32 chunks: 28% more in fp32; 48 rows of
-# 16 chunks: twice the time (14.7 -> 28.4), the walk's latency unhidden.
+# 16 chunks: twice the time (14.7 -> 28.4), the walk's latency unhidden. 512 rows lies
+# between 48 (slower) and 1024 (level or faster); nothing between was measured.
 CARRIED_MAX_CHUNKS = 8
 CARRIED_MIN_SEQUENCES = 512
+
+
+@triton.jit
+def _chunk_loads(c, state_ptr, delta_ptr, bias_ptr, b, d, g, length, offs_n, mask_n,
+                 s_db, s_dd, s_dl, s_b, s_g, s_n, s_l, CHUNK: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Chunk c's positions and mask, its (NP, CHUNK) tile of B or C, channel d's dt."""
+    offs_l = c * CHUNK + tl.arange(0, CHUNK)
+    mask_l = offs_l < length
+    tile = _load_state_tile(state_ptr, b, g, s_b, s_g, s_n, s_l, offs_n, offs_l,
+                            mask_n[:, None] & mask_l[None, :])
+    dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
+                  HAS_BIAS, SOFTPLUS)
+    return offs_l, mask_l, tile, dt
 
 
 @triton.jit
@@ -42,18 +58,12 @@ def _walk_forward(u_ptr, delta_ptr, B_ptr, bias_ptr, H_ptr, last_ptr, A2, b, d, 
     h = tl.zeros(A2.shape, dtype=tl.float32)
     for i in range(n_chunks):
         c = n_chunks - 1 - i if REVERSE else i
-        offs_l = c * CHUNK + tl.arange(0, CHUNK)
-        mask_l = offs_l < length
-        Bt = _load_state_tile(B_ptr, b, g, s_Bb, s_Bg, s_Bn, s_Bl, offs_n, offs_l,
-                              mask_n[:, None] & mask_l[None, :])
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
+        offs_l, mask_l, Bt, dt = _chunk_loads(c, B_ptr, delta_ptr, bias_ptr, b, d, g, length,
+                                              offs_n, mask_n, s_db, s_dd, s_dl, s_Bb, s_Bg,
+                                              s_Bn, s_Bl, CHUNK, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + b * s_ub + d * s_ud + offs_l * s_ul, mask=mask_l,
                     other=0.0).to(tl.float32)
-        # each drive decays over the positions after it in scan order (exclusive)
-        after = tl.cumsum(dt, axis=0, reverse=not REVERSE) - dt
-        local = tl.sum(tl.exp2(A2[:, None] * after[None, :]) * Bt * (dt * u)[None, :], axis=1)
-        h = tl.exp2(A2 * tl.sum(dt, axis=0)) * h + local
+        h = tl.exp2(A2 * tl.sum(dt, axis=0)) * h + _forward_aggregate(Bt, dt, u, A2, REVERSE)
         tl.store(H_ptr + (row * n_chunks + c) * N + offs_n, h, mask=mask_n)
     if STORE_LAST:
         tl.store(last_ptr + row * N + offs_n, h, mask=mask_n)
@@ -70,21 +80,12 @@ def _walk_adjoint(delta_ptr, z_ptr, dout_ptr, C_ptr, bias_ptr, Q_ptr, A2, b, d, 
     q = tl.zeros(A2.shape, dtype=tl.float32)
     for i in range(n_chunks):
         c = i if REVERSE else n_chunks - 1 - i  # against scan order
-        offs_l = c * CHUNK + tl.arange(0, CHUNK)
-        mask_l = offs_l < length
-        Ct = _load_state_tile(C_ptr, b, g, s_Cb, s_Cg, s_Cn, s_Cl, offs_n, offs_l,
-                              mask_n[:, None] & mask_l[None, :])
-        dt = _load_dt(delta_ptr + b * s_db + d * s_dd, bias_ptr, d, offs_l, mask_l, s_dl,
-                      HAS_BIAS, SOFTPLUS)
-        dy = tl.load(dout_ptr + b * s_ob + d * s_od + offs_l * s_ol, mask=mask_l,
-                     other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + d * s_zd + offs_l * s_zl, mask=mask_l,
-                         other=0.0).to(tl.float32)
-            dy = dy * zz * tl.sigmoid(zz)
-        # each term decays from its position to the chunk's far end against scan order
-        upto = tl.cumsum(dt, axis=0, reverse=REVERSE)
-        local = tl.sum(tl.exp2(A2[:, None] * upto[None, :]) * Ct * dy[None, :], axis=1)
+        offs_l, mask_l, Ct, dt = _chunk_loads(c, C_ptr, delta_ptr, bias_ptr, b, d, g, length,
+                                              offs_n, mask_n, s_db, s_dd, s_dl, s_Cb, s_Cg,
+                                              s_Cn, s_Cl, CHUNK, HAS_BIAS, SOFTPLUS)
+        local = _adjoint_aggregate(Ct, dt, dout_ptr + b * s_ob + d * s_od,
+                                   z_ptr + b * s_zb + d * s_zd, offs_l, mask_l, s_ol, s_zl,
+                                   A2, HAS_Z, REVERSE)
         q = tl.exp2(A2 * tl.sum(dt, axis=0)) * q + local
         tl.store(Q_ptr + (row * n_chunks + c) * N + offs_n, q, mask=mask_n)
 

@@ -292,6 +292,30 @@ def _load_dt_u(u_ptr, delta_ptr, bias_ptr, b, d, offs_l, mask_l, s_ub, s_ud, s_u
 
 
 @triton.jit
+def _forward_aggregate(Bt, dt, u, A2, REVERSE: tl.constexpr):
+    """The forward state one chunk leaves from a zero start, (NP,): each drive decays
+    over the positions after it in scan order (exclusive)."""
+    after = tl.cumsum(dt, axis=0, reverse=not REVERSE) - dt
+    w = tl.exp2(A2[:, None] * after[None, :]) * Bt
+    return tl.sum(w * (dt * u)[None, :], axis=1)
+
+
+@triton.jit
+def _adjoint_aggregate(Ct, dt, dout_row, z_row, offs_l, mask_l, s_ol, s_zl,
+                       A2, HAS_Z: tl.constexpr, REVERSE: tl.constexpr):
+    """The adjoint one chunk passes on against scan order from a zero start, times the
+    decay of its first position in scan order, (NP,): dy = dout silu(z) C, each term
+    decayed from its position to the chunk's far end against scan order (inclusive)."""
+    dy = tl.load(dout_row + offs_l * s_ol, mask=mask_l, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_row + offs_l * s_zl, mask=mask_l, other=0.0).to(tl.float32)
+        dy = dy * zz * tl.sigmoid(zz)
+    upto = tl.cumsum(dt, axis=0, reverse=REVERSE)
+    w = tl.exp2(A2[:, None] * upto[None, :]) * Ct
+    return tl.sum(w * dy[None, :], axis=1)
+
+
+@triton.jit
 def _load_channel(u_ptr, delta_ptr, A_ptr, bias_ptr, b, d, offs_n, mask_n, offs_l, mask_l,
                   s_ub, s_ud, s_ul, s_db, s_dd, s_dl, N,
                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
