@@ -26,8 +26,8 @@ from .triton_common import (LaunchPlan, _adjoint_aggregate, _forward_aggregate, 
 # CARRIED_MIN_SEQUENCES rows (batch * dim) fill the GPU; otherwise the two-launch passes,
 # whose chunks run in parallel. Measured on an H200 (scripts/profile_backward_thread.py
 # --part boundary, session 41, the backward's GPU time in CUDA-graph replay, tile ->
-# carried): 8 chunks or fewer, 1024-4096 rows: level in fp32 ((2, 512, 512) 54.9 ->
-# 54.8 us), 8-20% less in bf16 ((8, 512, 256) 91.9 -> 73.7); 16 chunks: fp32 5% more
+# carried): 8 chunks or fewer, 1024-4096 rows: fp32 level to 9% less ((2, 512, 512) 54.9
+# -> 54.8 us), bf16 12-20% less ((8, 512, 256) 91.9 -> 73.7); 16 chunks: fp32 5% more
 # ((2, 512, 1024) 92.6 -> 96.9), bf16 12% less; 32 chunks: 28% more in fp32; 48 rows of
 # 16 chunks: twice the time (14.7 -> 28.4), the walk's latency unhidden. 512 rows lies
 # between 48 (slower) and 1024 (level or faster); nothing between was measured.
