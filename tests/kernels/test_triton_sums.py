@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from medmamba_kernels.selective_scan import bwd_state_grads  # noqa: E402
 from medmamba_kernels.selective_scan.triton_sums import (  # noqa: E402
@@ -108,6 +108,32 @@ def test_partial_grads_are_the_rows_sums_each_its_own_allocation(has_d, has_bias
         _close(dC, dB_part[1].sum(0))
     grads = [g for g in (dA, dD, dbias, dB, dC) if g is not None]
     assert len({g.untyped_storage().data_ptr() for g in grads}) == len(grads)
+
+
+def test_launches_hold_only_programs_with_work(monkeypatch) -> None:
+    # a tall, narrow buffer (spans) beside a short, wide one: every program launched sums
+    # some output's columns; a grid boxed over the widest output, the most spans and every
+    # output ran tens of thousands of empty programs on bench row 2 (session 41)
+    from medmamba_kernels.selective_scan import triton_sums
+
+    grids = []
+    real = triton_sums._row_sums_launcher.keyed
+    monkeypatch.setattr(triton_sums._row_sums_launcher, "keyed",
+                        lambda key, grid, *rest: (grids.append(grid), real(key, grid, *rest)))
+    narrow = torch.randn(600, 50).to(DEVICE)
+    wide = torch.randn(2, 3, 5000).to(DEVICE)
+    outs = [torch.empty(w, device=DEVICE) for w in (40, 10, 5000, 5000)]
+    sum_sources([(narrow, 600, 50, [(outs[0], 0, 40), (outs[1], 40, 10)]),
+                 (wide, 3, 5000, [(outs[2], 0, 5000), (outs[3], 15000, 5000)])])
+    narrow_tile, wide_tile = _cols_tile(40), _cols_tile(5000)
+    spans = _splits(600, triton.cdiv(40, narrow_tile))
+    assert spans > 1 and _splits(3, triton.cdiv(5000, wide_tile)) == 1
+    work = (spans * (triton.cdiv(40, narrow_tile) + triton.cdiv(10, narrow_tile))
+            + 2 * triton.cdiv(5000, wide_tile))
+    assert grids[0] == (work,)  # the spans, and the short buffer's sums at once
+    assert grids[1] == (triton.cdiv(40, _cols_tile(40)) + triton.cdiv(10, _cols_tile(40)),)
+    _close(outs[0], narrow[:, :40].sum(0))
+    _close(outs[3], wide[1].sum(0))
 
 
 def test_column_tiles_leave_enough_programs_for_tall_buffers() -> None:
