@@ -165,12 +165,6 @@ def _launch(sources: list[Source], splits: list[int], out_split_stride: int) -> 
         lambda: (scalars, dict(constexprs, num_warps=4)))
 
 
-def sum_rows_into(x: torch.Tensor, rows: int, row_stride: int,
-                  outputs: list[Output]) -> None:
-    """`sum_sources([(x, rows, row_stride, outputs)])`: one buffer's sums."""
-    sum_sources([(x, rows, row_stride, outputs)])
-
-
 def sum_sources(sources: list[Source]) -> None:
     """For each source (x, rows, row_stride, outputs) and each (out, x_offset, cols) of
     its outputs: out.view(-1)[:cols] = sum over r < rows of

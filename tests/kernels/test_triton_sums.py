@@ -15,7 +15,7 @@ triton = pytest.importorskip("triton")
 
 from medmamba_kernels.selective_scan import bwd_state_grads  # noqa: E402
 from medmamba_kernels.selective_scan.triton_sums import (  # noqa: E402
-    _cols_tile, _splits, sum_rows_into, sum_sources)
+    _cols_tile, _splits, sum_sources)
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
@@ -33,7 +33,8 @@ def test_row_sums_into_nan_poisoned_outputs_match_torch(rows, widths) -> None:
     x = torch.randn(rows, row_stride, generator=gen).to(DEVICE)
     offsets = [sum(widths[:k]) for k in range(len(widths))]
     outs = [torch.full((w,), float("nan"), device=DEVICE) for w in widths]
-    sum_rows_into(x, rows, row_stride, [(o, at, w) for o, at, w in zip(outs, offsets, widths)])
+    outputs = [(o, at, w) for o, at, w in zip(outs, offsets, widths)]
+    sum_sources([(x, rows, row_stride, outputs)])
     for out, at, width in zip(outs, offsets, widths):
         _close(out, x[:, at:at + width].sum(0))
 
@@ -44,7 +45,7 @@ def test_two_outputs_far_apart_as_db_and_dc_match_torch(rows) -> None:
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(2, rows, 13, generator=gen).to(DEVICE)
     first, second = (torch.full((13,), float("nan"), device=DEVICE) for _ in range(2))
-    sum_rows_into(x, rows, 13, [(first, 0, 13), (second, rows * 13, 13)])
+    sum_sources([(x, rows, 13, [(first, 0, 13), (second, rows * 13, 13)])])
     _close(first, x[0].sum(0))
     _close(second, x[1].sum(0))
 
@@ -54,7 +55,7 @@ def test_outputs_of_other_dtypes_get_the_fp32_sum_rounded() -> None:
     x = torch.randn(2, 5, 700, generator=gen).to(DEVICE)  # (outputs, rows, columns)
     first = torch.full((700,), float("nan"), device=DEVICE, dtype=torch.bfloat16)
     second = torch.full((700,), float("nan"), device=DEVICE, dtype=torch.float16)
-    sum_rows_into(x, 5, 700, [(first, 0, 700), (second, 5 * 700, 700)])
+    sum_sources([(x, 5, 700, [(first, 0, 700), (second, 5 * 700, 700)])])
     _close(first, x[0].sum(0))
     _close(second, x[1].sum(0))
 
@@ -153,7 +154,7 @@ def test_more_than_five_outputs_or_two_buffers_is_an_error() -> None:
     x = torch.zeros(2, 8, device=DEVICE)
     out = torch.empty(2, device=DEVICE)
     with pytest.raises(ValueError, match="5 outputs at most"):
-        sum_rows_into(x, 2, 8, [(out, 0, 2)] * 6)
+        sum_sources([(x, 2, 8, [(out, 0, 2)] * 6)])
     with pytest.raises(ValueError, match="one or two sources"):
         sum_sources([(x, 2, 8, [(out, 0, 2)])] * 3)
     with pytest.raises(ValueError, match="each with outputs"):
