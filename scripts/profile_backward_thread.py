@@ -1,7 +1,8 @@
-"""Where a short training call's host time goes, and backwards of one chunk (GPU machine).
+"""Where a short training call's host time goes, and short scans by chunk and boundary states
+(GPU machine).
 
     python scripts/profile_backward_thread.py                # phases
-    python scripts/profile_backward_thread.py --part phases  # or: chunks, boundary
+    python scripts/profile_backward_thread.py --part phases  # or: chunks, boundary, forward
 
 phases: a training call of the public `selective_scan` (`.backward(dout)`, the leaves'
 .grad reset, as do_bench's grad_to_none) on bench rows 3 and 4, timed by clock stamps:
@@ -17,6 +18,10 @@ graph replay) and do_bench, and its results against the default's.
 
 boundary: the same by how the chunk-boundary states are found, "tile" (an aggregate
 launch and a carry launch) against "carried" (one launch walking each row's chunks).
+
+forward: the same for the forward host function on multi-chunk rows that do not run
+"serial" (chunks of 128): "chunked" by boundary states, and in fp32 "deferred" (the
+default there), GPU time, do_bench and the output's difference from the first setting's.
 """
 
 from __future__ import annotations
@@ -230,9 +235,33 @@ def boundaries(shape, dtype) -> str:
     return backward_by(shape, dtype, "boundary", ["tile", "carried"])
 
 
+FORWARD_SHAPES = [(2, 512, 640), (2, 512, 1024), (8, 512, 1024), (4, 384, 768),
+                  (2, 384, 1536), (2, 256, 2048), (2, 128, 1024), (1, 64, 1024)]
+
+
+def forward_by(shape, dtype) -> str:
+    """The forward host function at each setting: GPU time (CUDA graph replay), do_bench,
+    and the largest relative difference of its output from the first setting's."""
+    x = make_inputs(*shape, dtype)
+    settings = [("tile", dict(variant="chunked", boundary="tile")),
+                ("carried", dict(variant="chunked", boundary="carried"))]
+    if dtype == torch.float32:
+        settings.append(("deferred", dict(variant="deferred")))
+    base = fwd(**x, **settings[0][1])[0]
+    cells = []
+    for label, options in settings:
+        def run(options=options):
+            return fwd(**x, **options)
+        err = rel(run()[0], base)
+        graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
+        bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
+        cells.append(f"{label}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
+    return "  " + "  ".join(cells)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["phases", "chunks", "boundary"], default="phases")
+    p.add_argument("--part", choices=["phases", "chunks", "boundary", "forward"], default="phases")
     p.add_argument("--rounds", type=int, default=1, help="phases: rounds over the rows")
     p.add_argument("--rows", default="3,4")
     args = p.parse_args()
@@ -257,6 +286,12 @@ def main() -> int:
         for shape in BOUNDARY_SHAPES:
             for dtype in dtypes:
                 print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + boundaries(shape, dtype))
+    if args.part == "forward":
+        print("forward host function by boundary states (chunked) and variant, us (graph: "
+              "GPU time; bench: do_bench)")
+        for shape in FORWARD_SHAPES:
+            for dtype in dtypes:
+                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + forward_by(shape, dtype))
     if args.part == "chunks":
         print("backward host function by chunk, us (graph: GPU time; bench: do_bench)")
         for shape in SHORT_SHAPES:

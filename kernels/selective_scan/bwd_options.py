@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .serial_planning import serial_applies
-from .triton_chunks_carried import CARRIED_MAX_CHUNKS, CARRIED_MIN_SEQUENCES
+from .triton_chunks_carried import walk_pays
 
 BOUNDARIES = ("auto", "serial", "tile", "carried")
 ADJOINTS = ("auto", "groups", "shifted")
@@ -25,8 +25,7 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
     fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
     if serial_applies(sequences, length, per_group) and not fp32_part_warps:
         return "serial"
-    few_chunks = n_chunks <= CARRIED_MAX_CHUNKS and sequences >= CARRIED_MIN_SEQUENCES
-    return "carried" if few_chunks else "tile"
+    return "carried" if walk_pays(sequences, n_chunks, True) else "tile"
 
 
 def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:

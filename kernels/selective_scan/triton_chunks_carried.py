@@ -33,6 +33,15 @@ from .triton_common import (LaunchPlan, _adjoint_aggregate, _forward_aggregate, 
 # between 48 (slower) and 1024 (level or faster); nothing between was measured.
 CARRIED_MAX_CHUNKS = 8
 CARRIED_MIN_SEQUENCES = 512
+# The forward's chunks are 128 positions (the backward's 64): TO BE MEASURED
+FORWARD_CARRIED_MAX_CHUNKS = 8
+
+
+def walk_pays(sequences: int, n_chunks: int, backward: bool) -> bool:
+    """Whether "auto" walks the chunks (one launch) rather than taking the two-launch
+    passes: few chunks a row, many rows (sequences: batch * dim)."""
+    most = CARRIED_MAX_CHUNKS if backward else FORWARD_CARRIED_MAX_CHUNKS
+    return n_chunks <= most and sequences >= CARRIED_MIN_SEQUENCES
 
 
 @triton.jit

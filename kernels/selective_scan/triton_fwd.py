@@ -79,12 +79,14 @@ from .triton_common import (
 )
 from .triton_tile_scans import _group_size, _scan_tile
 from .triton_chunks import chunk_boundary_states
+from .triton_chunks_carried import carried_boundary_states, walk_pays
 from .triton_fwd_deferred import deferred_forward
 from .triton_fwd_rows import launch_rows_output, rows_boundary_states, rows_offsets_fit
 from .serial_planning import serial_applies
 from .triton_fwd_serial import serial_forward
 
 VARIANTS = ("auto", "chunked", "deferred", "reload", "rows", "serial")
+BOUNDARIES = ("auto", "tile", "carried")
 # One chunk of at most this many positions: the (N, L) tile kernel beats "rows" in 2-byte
 # inputs (session 34, short_rows_call9.log, bf16, GPU time in CUDA-graph replay, us, rows
 # -> tile: (2, 1024, 64) 10.3 -> 6.1, (8, 256, 64) 10.2 -> 6.1; do_bench 19.4 -> 10.3,
@@ -214,6 +216,7 @@ def selective_scan_fwd_triton(
     ti: int | None = None,
     maxnreg: int | None = None,
     keep_states: bool = False,
+    boundary: str = "auto",
 ) -> tuple[torch.Tensor, ...]:
     """Forward host function (contract: interface.py's docstring).
 
@@ -226,7 +229,10 @@ def selective_scan_fwd_triton(
     `serial_plan`): it reads `chunk`, `num_warps` and `channel_block` (its channels a
     program), not `carry_block`. `ti`: positions per load of "serial" (default: its plan's,
     serial_planning's `_default_ti`); `maxnreg`: its output kernel's register cap (None:
-    the compiler's choice).
+    the compiler's choice). `boundary`: how "chunked" and "reload" find the states
+    entering their chunks: "tile" (triton_chunks: an aggregate launch, then the carry),
+    "carried" (triton_chunks_carried: one launch walking each row's chunks) or "auto"
+    (`walk_pays`).
     Returns (out, last_state fp32 (batch, dim, N)); with `keep_states`, also the states
     leaving every chunk of the backward's plan (`backward_states`) or None where the
     forward does not produce them: passed to the backward, they spare it a pass.
@@ -235,6 +241,8 @@ def selective_scan_fwd_triton(
     groups, n_state = B.shape[1], A.shape[1]
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     plan = plan_launch(batch, dim, groups, length, chunk, channel_block, carry_block,
                        num_warps, n_state)
     asked = variant
@@ -275,7 +283,11 @@ def selective_scan_fwd_triton(
         H = rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus, reverse, plan,
                                  last_state)
     elif multi:
-        H, _ = chunk_boundary_states(
+        if boundary == "auto":
+            boundary = "carried" if walk_pays(batch * dim, plan.n_chunks, False) else "tile"
+        boundary_states = (carried_boundary_states if boundary == "carried"
+                           else chunk_boundary_states)
+        H, _ = boundary_states(
             u, delta, None, None, A, B, C, delta_bias, delta_softplus, reverse, plan,
             forward=True, adjoint=False, last_state=last_state,
         )

@@ -123,3 +123,11 @@ def test_auto_takes_the_walk_for_many_rows_of_few_chunks() -> None:
                                      most + 1) == "tile"
     assert bwd_options.auto_boundary(least - 1, 64 * most, 512, torch.float32,
                                      most) == "tile"
+
+
+def test_the_forward_walks_its_chunks_of_128_by_its_own_limit() -> None:
+    most = triton_chunks_carried.FORWARD_CARRIED_MAX_CHUNKS
+    least = triton_chunks_carried.CARRIED_MIN_SEQUENCES
+    assert triton_chunks_carried.walk_pays(least, most, backward=False)
+    assert not triton_chunks_carried.walk_pays(least, most + 1, backward=False)
+    assert not triton_chunks_carried.walk_pays(least - 1, most, backward=False)

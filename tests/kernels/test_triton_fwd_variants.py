@@ -3,7 +3,8 @@ sequential reference, and the choice "auto" makes between them.
 
 test_triton.py runs the default ("auto") with gradients; the variants differ in the
 forward only (the backward is shared; its boundary states by "serial" are tested there),
-so out and last_state are compared here. Cases span several chunks (one-chunk sequences
+so out and last_state are compared here, also for "chunked" by how it finds its chunks'
+entering states. Cases span several chunks (one-chunk sequences
 take the output kernel in every variant; "reload", "rows" and "serial" change that kernel,
 so one-chunk cases are here too); "serial" meets partial blocks of positions at L = 70,
 343 and 45.
@@ -269,6 +270,41 @@ def test_serial_with_a_chunk_shorter_than_a_load() -> None:
     want = selective_scan_reference(**inputs, **flags)
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), **flags, variant="serial", chunk=4)
     assert relative_error(got, want) <= TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("boundary", ["tile", "carried"])
+@pytest.mark.parametrize(("case", "plan"), CASES, ids=[c.id for c, _ in CASES])
+def test_chunked_forward_by_boundary_states_matches_reference(
+        boundary: str, case: ScanCase, plan: dict) -> None:
+    # the entering states by the two-launch passes or by the walk over each row's chunks
+    inputs = case.inputs(DEVICE)
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse}
+    want, want_last = selective_scan_reference(**inputs, **flags, return_last_state=True)
+    x = _four_d(inputs)
+    out = torch.full(x["u"].shape, float("nan"), dtype=x["u"].dtype, device=DEVICE)
+    got, last = selective_scan_fwd_triton(**x, **flags, out=out, variant="chunked",
+                                          boundary=boundary, **plan)
+    tol = TOLERANCE[case.dtype]
+    errors = {"out": relative_error(got, want), "last_state": relative_error(last, want_last)}
+    assert all(e <= tol for e in errors.values()), f"{boundary} {case.id}: {errors}"
+
+
+@pytest.mark.parametrize(("sequences", "walks"), [(1, False), (4, True)])
+def test_auto_walks_the_chunks_where_the_rule_says(
+        monkeypatch: pytest.MonkeyPatch, sequences: int, walks: bool) -> None:
+    # the rule itself is walk_pays (test_triton_chunks_carried.py); here its dispatch
+    monkeypatch.setattr(triton_fwd, "walk_pays", lambda n, chunks, bwd: n >= 4 and not bwd)
+    walk_calls = _record_calls(monkeypatch, "carried_boundary_states")
+    tile_calls = _record_calls(monkeypatch, "chunk_boundary_states")
+    x = _four_d(ScanCase(1, sequences, 64, 4, dtype=torch.bfloat16).inputs(DEVICE))
+    selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, chunk=16)
+    assert (len(walk_calls), len(tile_calls)) == ((1, 0) if walks else (0, 1))
+
+
+def test_unknown_boundary_is_refused() -> None:
+    x = _four_d(ScanCase(1, 2, 8, 2).inputs(DEVICE))
+    with pytest.raises(ValueError, match="^boundary: expected one of"):
+        selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, boundary="walk")
 
 
 def test_unknown_variant_is_refused() -> None:
