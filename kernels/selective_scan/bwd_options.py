@@ -17,7 +17,8 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
                   n_chunks: int) -> str:
     """"serial" by the forward's rule (serial_planning.serial_applies; sequences: batch *
     dim), else "carried" for many rows of few chunks (one launch against two, where the
-    walk's latency hides: triton_chunks_carried.py, measured in session 41), else "tile".
+    walk's latency hides: triton_chunks_carried.walk_pays, measured in sessions 41-42),
+    else "tile".
     "serial" measured with bench_selective_scan.py --bwd-variants (session 16):
     row 1 3.55 -> 3.05 ms fp32, row 6 (48 channels) 10.21 -> 10.35 fp32 but 9.72 -> 9.40
     bf16; the lengths from 2048 on: with the forward's (session 23). fp32 groups that are
@@ -25,7 +26,7 @@ def auto_boundary(sequences: int, length: int, per_group: int, dtype: torch.dtyp
     fp32_part_warps = dtype == torch.float32 and per_group % 32 != 0
     if serial_applies(sequences, length, per_group) and not fp32_part_warps:
         return "serial"
-    return "carried" if walk_pays(sequences, n_chunks, True) else "tile"
+    return "carried" if walk_pays(sequences, n_chunks, True, dtype.itemsize) else "tile"
 
 
 def auto_main(sequences: int, length: int, per_group: int, dtype: torch.dtype) -> str:

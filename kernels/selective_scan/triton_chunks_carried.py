@@ -22,26 +22,32 @@ from .launch import CachedLaunch
 from .triton_common import (LaunchPlan, _adjoint_aggregate, _forward_aggregate, _load_dt,
                             _load_state_tile, _next_pow2)
 
-# "auto" takes the walk for rows of at most CARRIED_MAX_CHUNKS chunks where at least
-# CARRIED_MIN_SEQUENCES rows (batch * dim) fill the GPU; otherwise the two-launch passes,
-# whose chunks run in parallel. Measured on an H200 (scripts/profile_backward_thread.py
-# --part boundary, session 41, the backward's GPU time in CUDA-graph replay, tile ->
-# carried): 8 chunks or fewer, 1024-4096 rows: fp32 level to 9% less ((2, 512, 512) 54.9
-# -> 54.8 us), bf16 12-20% less ((8, 512, 256) 91.9 -> 73.7); 16 chunks: fp32 5% more
-# ((2, 512, 1024) 92.6 -> 96.9), bf16 12% less; 32 chunks: 28% more in fp32; 48 rows of
-# 16 chunks: twice the time (14.7 -> 28.4), the walk's latency unhidden. 512 rows lies
-# between 48 (slower) and 1024 (level or faster); nothing between was measured.
-CARRIED_MAX_CHUNKS = 8
-CARRIED_MIN_SEQUENCES = 512
-# The forward's chunks are 128 positions (the backward's 64): TO BE MEASURED
-FORWARD_CARRIED_MAX_CHUNKS = 8
+# Where "auto" walks the chunks: (most chunks a row, fewest rows) pairs, any one met, by
+# direction and bytes an element of the inputs; elsewhere the two-launch passes, whose
+# chunks run in parallel. GPU time in CUDA-graph replay on an H200, tile -> carried, us.
+# Backward (chunks of 64; scripts/profile_backward_thread.py --part boundary, sessions
+# 41-42): 8 chunks or fewer, 1024-4096 rows: fp32 level to 9% less ((2, 512, 512) 55.4 ->
+# 54.4), bf16 12-20% less ((8, 512, 256) 91.3 -> 73.6); 16 chunks, 1024 rows: fp32 2-5%
+# more ((2, 512, 1024) 93.6 -> 95.8), bf16 11-12% less (86.9 -> 76.7); 32 chunks: fp32
+# 23-28% more, bf16 5% more; 48 rows of 16 chunks: 1.8x, the walk's latency unhidden.
+# Forward (chunks of 128; --part forward, session 42): 5-6 chunks, 1024-1536 rows: 2-3%
+# less fp32, 6-7% less bf16 ((4, 384, 768) 37.6 -> 34.9); 8 chunks: fp32 5-7% more, bf16
+# 3% more to 5% less; 12-16 chunks 13-35% more; 256 rows of 8 chunks 38-54% more. The
+# 512 rows lie between 48 (slower) and 1024 (faster) and were not measured; fp16 is
+# taken to follow bf16 (the same kernels on 2-byte loads).
+_WALK_PAYS = {
+    (True, 4): ((8, 512),),
+    (True, 2): ((8, 512), (16, 1024)),
+    (False, 4): ((6, 1024),),
+    (False, 2): ((6, 1024),),
+}
 
 
-def walk_pays(sequences: int, n_chunks: int, backward: bool) -> bool:
+def walk_pays(sequences: int, n_chunks: int, backward: bool, element_size: int) -> bool:
     """Whether "auto" walks the chunks (one launch) rather than taking the two-launch
-    passes: few chunks a row, many rows (sequences: batch * dim)."""
-    most = CARRIED_MAX_CHUNKS if backward else FORWARD_CARRIED_MAX_CHUNKS
-    return n_chunks <= most and sequences >= CARRIED_MIN_SEQUENCES
+    passes (sequences: batch * dim; element_size: bytes an element of u)."""
+    return any(n_chunks <= most and sequences >= fewest
+               for most, fewest in _WALK_PAYS[backward, 4 if element_size >= 4 else 2])
 
 
 @triton.jit
@@ -141,7 +147,7 @@ def carried_boundary_states(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(H, Q) as `triton_chunks.chunk_boundary_states` returns them (each (batch, dim,
     n_chunks, N) fp32 or None where not asked; last_state, given, gets the state leaving
-    the row), in one launch; for rows of few chunks (CARRIED_MAX_CHUNKS: "auto"'s rule),
+    the row), in one launch; for rows of few chunks (`walk_pays`: "auto"'s rule),
     any number of chunks correct."""
     batch, dim, length = delta.shape
     groups, n_state = B.shape[1], A.shape[1]

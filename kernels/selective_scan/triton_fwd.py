@@ -21,8 +21,11 @@ Five variants, three launches each for a sequence of several chunks (maths in RE
 "auto" (the default, `auto_variant`) takes "serial" where
 serial_planning.serial_applies: sequences of at least SERIAL_MIN_LENGTH positions and
 SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (measured in sessions 23 and
-25: serial_planning.py); otherwise "deferred" for fp32 inputs,
-and for fp16/bf16 "rows" when the sequence is one chunk of more than TILE_MAX_LENGTH
+25: serial_planning.py); otherwise "deferred" for fp32 inputs (but "chunked" where its
+entering states come from one walk over each row's chunks, `walk_pays`: two launches to
+three, and 2-4% less GPU time on 5-6 chunks of 1024-1536 rows, (2, 512, 640) 25.7
+against 26.8 us, (4, 384, 768) 39.0 against 39.8; session 42, `forward_call2.log` of
+scripts/results/kernel_h200_2026-12-03_s42/), and for fp16/bf16 "rows" when the sequence is one chunk of more than TILE_MAX_LENGTH
 positions (64 < L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
 (`rows_offsets_fit`), "chunked" otherwise.
 Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
@@ -127,7 +130,9 @@ def auto_variant(dtype: torch.dtype, n_chunks: int, sequences: int, length: int,
     if serial_applies(sequences, length, per_group):
         return "serial"
     if dtype == torch.float32:
-        return "deferred"
+        # where the walk pays, "chunked" takes two launches to "deferred"'s three
+        walks = n_chunks > 1 and walk_pays(sequences, n_chunks, False, 4)
+        return "chunked" if walks else "deferred"
     return "rows" if n_chunks == 1 and length > TILE_MAX_LENGTH else "chunked"
 
 
@@ -284,7 +289,8 @@ def selective_scan_fwd_triton(
                                  last_state)
     elif multi:
         if boundary == "auto":
-            boundary = "carried" if walk_pays(batch * dim, plan.n_chunks, False) else "tile"
+            boundary = "carried" if walk_pays(batch * dim, plan.n_chunks, False,
+                                            u.element_size()) else "tile"
         boundary_states = (carried_boundary_states if boundary == "carried"
                            else chunk_boundary_states)
         H, _ = boundary_states(

@@ -114,20 +114,24 @@ def test_carried_forward_states_are_the_reference_scans_states(case: ScanCase) -
 def test_auto_takes_the_walk_for_many_rows_of_few_chunks() -> None:
     from medmamba_kernels.selective_scan import bwd_options
 
-    most = triton_chunks_carried.CARRIED_MAX_CHUNKS
-    least = triton_chunks_carried.CARRIED_MIN_SEQUENCES
+    def boundary(sequences: int, n_chunks: int, dtype: torch.dtype) -> str:
+        return bwd_options.auto_boundary(sequences, 64 * n_chunks, 512, dtype, n_chunks)
+
     assert bwd_options.auto_boundary(1024, 512, 512, torch.float32, 8) == "carried"  # row 4
-    assert bwd_options.auto_boundary(least, 64 * most, 512, torch.float32, most) == "carried"
-    # more chunks, or too few rows to hide the walk's latency (measured: 48 rows)
-    assert bwd_options.auto_boundary(least, 64 * most + 1, 512, torch.float32,
-                                     most + 1) == "tile"
-    assert bwd_options.auto_boundary(least - 1, 64 * most, 512, torch.float32,
-                                     most) == "tile"
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert boundary(512, 8, dtype) == "carried"
+        # too few rows to hide the walk's latency (measured: 48 rows)
+        assert boundary(511, 8, dtype) == "tile"
+    # 9-16 chunks: faster in 2-byte inputs on 1024 rows, slower in fp32; 32: slower
+    assert boundary(1024, 16, torch.bfloat16) == boundary(1024, 16, torch.float16) == "carried"
+    assert boundary(1024, 9, torch.float32) == boundary(1024, 17, torch.bfloat16) == "tile"
+    assert boundary(1023, 16, torch.bfloat16) == "tile"
 
 
 def test_the_forward_walks_its_chunks_of_128_by_its_own_limit() -> None:
-    most = triton_chunks_carried.FORWARD_CARRIED_MAX_CHUNKS
-    least = triton_chunks_carried.CARRIED_MIN_SEQUENCES
-    assert triton_chunks_carried.walk_pays(least, most, backward=False)
-    assert not triton_chunks_carried.walk_pays(least, most + 1, backward=False)
-    assert not triton_chunks_carried.walk_pays(least - 1, most, backward=False)
+    walk_pays = triton_chunks_carried.walk_pays
+    for element_size in (4, 2):
+        assert walk_pays(1024, 6, False, element_size)
+        # 8 chunks: mixed; 12 or more: slower; 256 rows: slower
+        assert not walk_pays(1024, 7, False, element_size)
+        assert not walk_pays(1023, 6, False, element_size)

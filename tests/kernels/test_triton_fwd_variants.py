@@ -293,12 +293,19 @@ def test_chunked_forward_by_boundary_states_matches_reference(
 def test_auto_walks_the_chunks_where_the_rule_says(
         monkeypatch: pytest.MonkeyPatch, sequences: int, walks: bool) -> None:
     # the rule itself is walk_pays (test_triton_chunks_carried.py); here its dispatch
-    monkeypatch.setattr(triton_fwd, "walk_pays", lambda n, chunks, bwd: n >= 4 and not bwd)
+    monkeypatch.setattr(triton_fwd, "walk_pays", lambda n, chunks, bwd, size: n >= 4 and not bwd)
     walk_calls = _record_calls(monkeypatch, "carried_boundary_states")
     tile_calls = _record_calls(monkeypatch, "chunk_boundary_states")
     x = _four_d(ScanCase(1, sequences, 64, 4, dtype=torch.bfloat16).inputs(DEVICE))
     selective_scan_fwd_triton(**x, delta_softplus=False, reverse=False, chunk=16)
     assert (len(walk_calls), len(tile_calls)) == ((1, 0) if walks else (0, 1))
+
+
+def test_auto_takes_chunked_for_fp32_where_the_walk_pays() -> None:
+    # two launches against "deferred"'s three, and level or faster (session 42)
+    assert triton_fwd.auto_variant(torch.float32, 5, 1024, 640, 512) == "chunked"
+    assert triton_fwd.auto_variant(torch.float32, 8, 1024, 1024, 512) == "deferred"
+    assert triton_fwd.auto_variant(torch.float32, 5, 256, 640, 128) == "deferred"
 
 
 def test_unknown_boundary_is_refused() -> None:
