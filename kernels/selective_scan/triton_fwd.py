@@ -25,9 +25,10 @@ SERIAL_MIN_ELEMENTS in all, at least 32 channels a group (measured in sessions 2
 entering states come from one walk over each row's chunks, `walk_pays`: two launches to
 three, and 2-4% less GPU time on 5-6 chunks of 1024-1536 rows, (2, 512, 640) 25.7
 against 26.8 us, (4, 384, 768) 39.0 against 39.8; session 42, `forward_call2.log` of
-scripts/results/kernel_h200_2026-12-03_s42/), and for fp16/bf16 "rows" when the sequence is one chunk of more than TILE_MAX_LENGTH
-positions (64 < L <= 512) and B/C's state strides keep its 32-bit offsets below 2**31
-(`rows_offsets_fit`), "chunked" otherwise.
+scripts/results/kernel_h200_2026-12-03_s42/), and for fp16/bf16 "rows" when the
+sequence is one chunk of more than TILE_MAX_LENGTH positions (64 < L <= 512) and B/C's
+state strides keep its 32-bit offsets below 2**31 (`rows_offsets_fit`), "chunked"
+otherwise.
 Measured on an H200 with scripts/bench_selective_scan.py --fwd-variants (session 16, raw
 log scripts/results/kernel_h200_2026-11-30_s16/fwd_variants_call8_caps.log; (2, 256,
 4096) fp32 "serial" has since come down to 0.055 ms of GPU time against 0.067 for
