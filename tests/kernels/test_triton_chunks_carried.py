@@ -1,7 +1,7 @@
 """The carried walk over a short row's chunks (triton_chunks_carried) against the two-launch
 aggregate and carry (triton_chunks.chunk_boundary_states) and against the states the
 reference scan passes at each chunk's end: forward states, the adjoint's, both, the last
-state; reverse, z, bias, softplus, groups, strided inputs, a partial last chunk, bf16.
+state; reverse, z, bias, softplus, groups, strided inputs, a partial last chunk, bf16 and fp16.
 The whole backward, which runs it, is tested in test_triton.py and test_triton_bwd_options.py."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ CASES = [
     ScanCase(2, 4, 71, 5, has_z=True, has_bias=True, softplus=True, reverse=True),
     ScanCase(1, 6, 100, 16, groups=3, has_z=True),
     ScanCase(1, 4, 48, 4, dtype=torch.bfloat16, has_z=True, softplus=True),
+    ScanCase(2, 3, 40, 4, dtype=torch.float16, has_bias=True, reverse=True),  # "auto": as bf16
     ScanCase(1, 2, 256, 3, has_bias=True, reverse=True),  # 16 chunks
 ]
 

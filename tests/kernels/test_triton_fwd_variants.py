@@ -40,6 +40,7 @@ CASES = [
      {"chunk": 64}),
     (_all(ScanCase(2, 4, 343, 16, dtype=torch.bfloat16, groups=2)), {"chunk": 64}),
     (_all(ScanCase(1, 2, 200, 4, dtype=torch.bfloat16, reverse=True)), {"chunk": 32}),
+    (ScanCase(2, 3, 150, 8, dtype=torch.float16, has_z=True, softplus=True), {"chunk": 32}),
     (_all(ScanCase(2, 3, 45, 16, groups=3, last_state=True)), {"chunk": 64, "channel_block": 1}),
     # N not a power of two: padded states must stay 0
     (_all(ScanCase(1, 3, 90, 5, reverse=True)), {"chunk": 32}),
