@@ -3,6 +3,7 @@
     git archive REV kernels | tar -x -C .devdata/old        (here, before the device call)
     python scripts/bench_host_ab.py .devdata/old/kernels [--rows 3,4,2] [--rounds 15]
     python scripts/bench_host_ab.py .devdata/old/kernels --public   # public training calls
+    python scripts/bench_host_ab.py .devdata/old/kernels --shapes "2,512,640;4,384,768"
 
 On the GPU machine. Both packages are imported in one process (the earlier one under the
 name `medmamba_kernels_old`), and each round times every (row, dtype, call, version) in
@@ -92,6 +93,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("old", help="the earlier kernels package (a copy of kernels/)")
     p.add_argument("--rows", default="3,4,2", help="bench rows (1-6), comma-separated")
+    p.add_argument("--shapes", default=None,
+                   help='other shapes instead of bench rows: "batch,dim,L;batch,dim,L"')
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--public", action="store_true",
                    help="the public call's training call, and the engine's floor")
@@ -109,11 +112,14 @@ def main() -> int:
             return _Floor.apply(*kwargs.values())
 
         versions = {"old": load_old_public(args.old), "new": selective_scan, "floor": floor}
-    shapes = list(ANCHORS)
+    if args.shapes:
+        rows = {text: tuple(int(v) for v in text.split(",")) for text in args.shapes.split(";")}
+    else:
+        rows = {int(r): list(ANCHORS)[int(r) - 1] for r in args.rows.split(",")}
     cases = {}
-    for row in (int(r) for r in args.rows.split(",")):
+    for row, shape in rows.items():
         for dtype in (torch.float32, torch.bfloat16):
-            x = make_inputs(*shapes[row - 1], dtype)
+            x = make_inputs(*shape, dtype)
             dout = torch.randn_like(x["u"])
             for version, functions in versions.items():
                 if args.public:
@@ -130,7 +136,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for fn, times in cases.values():
             times.append(host_us(fn))
-    print(f"{'row':<5}{'dtype':<10}{'call':<6}{'old min':>9}{'new min':>9}{'new/old':>9}"
+    width = max(5, *(len(str(row)) + 2 for row in rows))
+    print(f"{'row':<{width}}{'dtype':<10}{'call':<6}{'old min':>9}{'new min':>9}{'new/old':>9}"
           f"{'old med':>9}{'new med':>9}   (host us a call, {args.rounds} rounds)")
     for (row, dtype, name, version), (_, times) in cases.items():
         if version != "new":
@@ -138,7 +145,8 @@ def main() -> int:
         old = sorted(cases[(row, dtype, name, "old")][1])
         new = sorted(times)
         floor = sorted(cases.get((row, dtype, name, "floor"), (None, [0.0]))[1])
-        print(f"{row:<5}{dtype:<10}{name:<6}{old[0]:>9.1f}{new[0]:>9.1f}{new[0] / old[0]:>9.2f}"
+        print(f"{row:<{width}}{dtype:<10}{name:<6}{old[0]:>9.1f}{new[0]:>9.1f}"
+              f"{new[0] / old[0]:>9.2f}"
               f"{old[len(old) // 2]:>9.1f}{new[len(new) // 2]:>9.1f}"
               + (f"   floor min {floor[0]:.1f} med {floor[len(floor) // 2]:.1f}"
                  if args.public else ""), flush=True)
