@@ -280,23 +280,19 @@ def main() -> int:
                     print(phases(shape, dtype))
                     print(floor(shape, dtype))
                     print(replay_parts(shape, dtype))
-    if args.part == "boundary":
-        print("backward host function by boundary states, us (graph: GPU time; bench: "
-              "do_bench)")
-        for shape in BOUNDARY_SHAPES:
+    by_shape = {  # part: (what is timed, shapes, the line's cells)
+        "boundary": ("backward host function by boundary states", BOUNDARY_SHAPES,
+                     boundaries),
+        "forward": ("forward host function by boundary states (chunked) and variant",
+                    FORWARD_SHAPES, forward_by),
+        "chunks": ("backward host function by chunk", SHORT_SHAPES, chunks),
+    }
+    if args.part in by_shape:
+        title, part_shapes, cells = by_shape[args.part]
+        print(f"{title}, us (graph: GPU time; bench: do_bench)")
+        for shape in part_shapes:
             for dtype in dtypes:
-                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + boundaries(shape, dtype))
-    if args.part == "forward":
-        print("forward host function by boundary states (chunked) and variant, us (graph: "
-              "GPU time; bench: do_bench)")
-        for shape in FORWARD_SHAPES:
-            for dtype in dtypes:
-                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + forward_by(shape, dtype))
-    if args.part == "chunks":
-        print("backward host function by chunk, us (graph: GPU time; bench: do_bench)")
-        for shape in SHORT_SHAPES:
-            for dtype in dtypes:
-                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + chunks(shape, dtype))
+                print(f"{str(shape):<18} {str(dtype)[6:]:<9}" + cells(shape, dtype))
     return 0
 
 
