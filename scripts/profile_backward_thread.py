@@ -202,22 +202,29 @@ def host_us(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def backward_by(shape, dtype, name: str, values: list) -> str:
-    """The backward host function with its keyword `name` at each of `values`: GPU time
-    (CUDA graph replay), do_bench, and the largest relative difference of its gradients
-    from the first value's."""
-    x = make_inputs(*shape, dtype)
-    dout = torch.randn_like(x["u"])
-    base = bwd(dout, **x, **{name: values[0]})
+def _cells(settings: list, call, difference) -> str:
+    """Each (label, options) of `settings`: `call(**options)`'s GPU time (CUDA graph
+    replay), do_bench, and `difference` of its result from the first setting's."""
+    base = call(**settings[0][1])
     cells = []
-    for value in values:
-        def run(options={name: value}):
-            return bwd(dout, **x, **options)
-        err = max(rel(g, r) for g, r in zip(run(), base) if g is not None)
+    for label, options in settings:
+        def run(options=options):
+            return call(**options)
+        err = difference(run(), base)
         graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
         bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
-        cells.append(f"{name} {value}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
+        cells.append(f"{label}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
     return "  " + "  ".join(cells)
+
+
+def backward_by(shape, dtype, name: str, values: list) -> str:
+    """The backward host function with its keyword `name` at each of `values`, and the
+    largest relative difference of its gradients from the first value's (`_cells`)."""
+    x = make_inputs(*shape, dtype)
+    dout = torch.randn_like(x["u"])
+    return _cells([(f"{name} {value}", {name: value}) for value in values],
+                  lambda **options: bwd(dout, **x, **options),
+                  lambda got, base: max(rel(g, r) for g, r in zip(got, base) if g is not None))
 
 
 def chunks(shape, dtype) -> str:
@@ -240,23 +247,15 @@ FORWARD_SHAPES = [(2, 512, 640), (2, 512, 1024), (8, 512, 1024), (4, 384, 768),
 
 
 def forward_by(shape, dtype) -> str:
-    """The forward host function at each setting: GPU time (CUDA graph replay), do_bench,
-    and the largest relative difference of its output from the first setting's."""
+    """The forward host function at each setting, and the relative difference of its
+    output from the first setting's (`_cells`)."""
     x = make_inputs(*shape, dtype)
     settings = [("tile", dict(variant="chunked", boundary="tile")),
                 ("carried", dict(variant="chunked", boundary="carried"))]
     if dtype == torch.float32:
         settings.append(("deferred", dict(variant="deferred")))
-    base = fwd(**x, **settings[0][1])[0]
-    cells = []
-    for label, options in settings:
-        def run(options=options):
-            return fwd(**x, **options)
-        err = rel(run()[0], base)
-        graph = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e3
-        bench = do_bench(run, warmup=10, rep=40, return_mode="median") * 1e3
-        cells.append(f"{label}: graph {graph:6.1f} bench {bench:6.1f} (err {err:.0e})")
-    return "  " + "  ".join(cells)
+    return _cells(settings, lambda **options: fwd(**x, **options),
+                  lambda got, base: rel(got[0], base[0]))
 
 
 def main() -> int:

@@ -296,13 +296,13 @@ def selective_scan_bwd_triton(
     states leaving each chunk; given, "serial" boundaries compute only the adjoint's
     ("auto" then takes "serial"; an explicit "tile" or "carried" ignores them). The main
     kernel's options, defaults as measured (kernels README): `prefetch` loads each
-    channel's vectors a channel ahead;
-    with it, `ahead` also A (1) and the boundary states (2) (None: 2 for fp32, 0 for 2-byte
-    inputs) and `cache_ahead` asks for the boundary states in L1 a channel ahead, holding
-    no register (None: where `ahead` < 2). `adjoint`: where the adjoint scan gets each
-    position's successor decay, "groups" (`_adjoint_scan_by_groups`, from the decays),
-    "shifted" (dt loaded at shifted positions) or "auto" ("groups"). `unmasked`: whole
-    chunks (L a multiple of the chunk) built without position masks (None: 4-byte inputs).
+    channel's vectors a channel ahead; with it, `ahead` also A (1) and the boundary states
+    (2) (None: 2 for fp32, 0 for 2-byte inputs) and `cache_ahead` asks for the boundary
+    states in L1 a channel ahead, holding no register (None: where `ahead` < 2).
+    `adjoint`: where the adjoint scan gets each position's successor decay, "groups"
+    (`_adjoint_scan_by_groups`, from the decays), "shifted" (dt loaded at shifted
+    positions) or "auto" ("groups"). `unmasked`: whole chunks (L a multiple of the chunk)
+    built without position masks (None: 4-byte inputs).
     `main`: the kernel that writes the gradients from the boundary states, "tile"
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, 32 channels a program; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_options`:

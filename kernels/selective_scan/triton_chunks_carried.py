@@ -9,10 +9,10 @@ Python runs about half as fast (session 40) and a launch costs 9-16 us of host t
 the calling thread of the H200 machine (session 41, `scripts/profile_backward_thread.py`).
 Here a program takes one channel and walks its chunks in the direction of flow, carrying
 the state: the same aggregates, then h = decay(chunk) * h + aggregate, stored at each
-chunk's end. The forward states and the
-adjoint's run in programs of their own (grid axis 1), so that both walks run side by side.
-The forward's "chunked" variants take the walk too (triton_fwd's `boundary`), for its
-forward states alone; `walk_pays` holds where "auto" takes it in each direction.
+chunk's end. The forward states and the adjoint's run in programs of their own (grid
+axis 1), so that both walks run side by side. The forward's "chunked" variants take the
+walk too (triton_fwd's `boundary`), for its forward states alone; `walk_pays` holds where
+"auto" takes it in each direction.
 """
 
 from __future__ import annotations

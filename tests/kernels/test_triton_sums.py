@@ -132,7 +132,7 @@ def test_launches_hold_only_programs_with_work(monkeypatch) -> None:
     work = (spans * (triton.cdiv(40, narrow_tile) + triton.cdiv(10, narrow_tile))
             + 2 * triton.cdiv(5000, wide_tile))
     assert grids[0] == (work,)  # the spans, and the short buffer's sums at once
-    assert grids[1] == (triton.cdiv(40, _cols_tile(40)) + triton.cdiv(10, _cols_tile(40)),)
+    assert grids[1] == (triton.cdiv(40, narrow_tile) + triton.cdiv(10, narrow_tile),)
     _close(outs[0], narrow[:, :40].sum(0))
     _close(outs[3], wide[1].sum(0))
 
