@@ -12,6 +12,7 @@ Run from the repository root on a CUDA machine (the package need not be installe
     python scripts/bench_selective_scan.py --host     # GPU time alone (CUDA graph) vs host time a call
     python scripts/bench_selective_scan.py --carry    # the carry over chunks alone, by config
     python scripts/bench_selective_scan.py --train-chunks   # training calls by backward chunk
+    python scripts/bench_selective_scan.py --mamba .devdata/mamba_ssm   # + mamba_ssm, same run
 
 Timings are `triton.testing.do_bench` medians (ms) of the host functions (with --api public:
 of the public `selective_scan`, forward+backward through the autograd engine), z-gated,
@@ -21,12 +22,18 @@ The exploration options (--sweep, --fwd-variants, --bwd-variants, --host, --carr
 --short-rows) live in bench_scan_variants.py, the "serial" variant's (--serial-options,
 --serial-passes, --train-chunks) in bench_serial_variants.py; the anchors, inputs and
 timing helpers in scan_bench_common.py.
+
+With --mamba DIR (sources unpacked by scripts/mamba_reference.py), mamba_ssm's own CUDA
+scan is checked and timed in the same process, the same way (with --api public its
+`selective_scan_fn`, with the host functions its extension's fwd and bwd), and each row
+adds its ms and our speed-up over it measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -36,7 +43,7 @@ from bench_scan_variants import (BWD_CONFIGS, _named_configs, compare_bwd_varian
 from bench_serial_variants import (compare_serial_options, compare_serial_passes,
                                    compare_train_chunks)
 from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, public_row_calls,
-                               reference, rel, row_calls, set_replays)
+                               reference, rel, row_calls, set_replays, training_inputs)
 
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
     x = make_inputs(batch, dim, length, dtype, groups, seed)
@@ -78,6 +85,59 @@ def check_chunking(batch, dim, length, dtype):
     return ok
 
 
+def check_mamba(selective_scan_fn) -> bool:
+    """mamba_ssm's call against our sequential reference (is it called as we think?)."""
+    ok = True
+    for dtype in (torch.float32, torch.bfloat16):
+        x = make_inputs(2, 64, 1000, dtype, seed=3)
+        flags = {"delta_softplus": x.pop("delta_softplus")}
+        x.pop("reverse")
+        leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+        dout = torch.randn_like(x["u"])
+        out = selective_scan_fn(**leaves, **flags)
+        out.backward(dout)
+        ref = {k: v.detach().double().requires_grad_() for k, v in x.items()}
+        ref_out = reference(**ref, **flags)
+        ref_out.backward(dout.double())
+        errs = {"out": rel(out, ref_out)}
+        errs.update({k: rel(leaves[k].grad, ref[k].grad) for k in x})
+        worst = max(errs, key=errs.get)
+        good = errs[worst] < (1e-4 if dtype == torch.float32 else 2e-2)
+        ok &= good
+        print(f"check mamba_ssm B2-D64-L1000-{str(dtype)[6:]:<17} {'ok  ' if good else 'FAIL'} "
+              f"worst {worst}={errs[worst]:.1e}")
+    return ok
+
+
+def mamba_calls(selective_scan_fn, shape, dtype, api):
+    """(run_fwd, run_fwd_bwd, leaves) of mamba_ssm on a bench row: with api="public" its
+    selective_scan_fn as public_row_calls times ours; else its extension's fwd and bwd,
+    as row_calls times our host functions (the backward's inputs from its forward)."""
+    import selective_scan_cuda
+
+    x, leaves, flags, dout = training_inputs(shape, dtype)
+    softplus = flags["delta_softplus"]
+    if api == "public":
+        def run_fwd():
+            with torch.no_grad():
+                selective_scan_fn(**x, delta_softplus=softplus)
+
+        def run_fwd_bwd():
+            selective_scan_fn(**leaves, delta_softplus=softplus).backward(dout)
+
+        return run_fwd, run_fwd_bwd, list(leaves.values())
+    inputs = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def run_fwd_host():
+        return selective_scan_cuda.fwd(*inputs, softplus)
+
+    def run_fwd_bwd_host():
+        out, states, _ = run_fwd_host()
+        selective_scan_cuda.bwd(*inputs, dout, states, out, None, softplus, False)
+
+    return run_fwd_host, run_fwd_bwd_host, None
+
+
 def copy_bandwidth():
     from triton.testing import do_bench
 
@@ -99,7 +159,10 @@ def floors(batch, dim, length, dtype, bw):
     return fwd_bytes / bw * 1e3, (fwd_bytes + bwd_bytes) / bw * 1e3
 
 
-def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="host"):
+def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="host",
+              mamba=None):
+    """(fwd ms, f+b ms, fwd %floor, f+b %floor, fwd x anchor, f+b x anchor), then with
+    `mamba` (its selective_scan_fn) its fwd and f+b ms in this run and our speed-ups."""
     from triton.testing import do_bench
 
     leaves = None
@@ -108,12 +171,21 @@ def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="
     else:
         run_fwd, run_fwd_bwd = row_calls(shape, dtype, layout, reverse)
     rep = 30 if quick else 100
-    t_f = do_bench(run_fwd, warmup=10, rep=rep, return_mode="median")
-    t_fb = do_bench(run_fwd_bwd, warmup=10, rep=rep, grad_to_none=leaves, return_mode="median")
+
+    def times(run_fwd, run_fwd_bwd, leaves):
+        return (do_bench(run_fwd, warmup=10, rep=rep, return_mode="median"),
+                do_bench(run_fwd_bwd, warmup=10, rep=rep, grad_to_none=leaves,
+                         return_mode="median"))
+
+    t_f, t_fb = times(run_fwd, run_fwd_bwd, leaves)
     fl_f, fl_fb = floors(*shape, dtype, bw)
     a = ANCHORS[shape]
     a_f, a_fb = (a[0], a[1]) if dtype == torch.float32 else (a[2], a[3])
-    return t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb
+    row = (t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb)
+    if mamba is None:
+        return row
+    m_f, m_fb = times(*mamba_calls(mamba, shape, dtype, api))
+    return row + (m_f, m_f / t_f, m_fb, m_fb / t_fb)
 
 
 def main() -> int:
@@ -166,6 +238,9 @@ def main() -> int:
                    help="one-chunk forwards of short sequences by variant and warps")
     p.add_argument("--train-chunks", action="store_true",
                    help="a training call (forward keeping states, backward) by backward chunk")
+    p.add_argument("--mamba", type=Path, default=None, metavar="DIR",
+                   help="also check and time mamba_ssm's CUDA scan, built from the sources "
+                        "that scripts/mamba_reference.py prepare unpacked into DIR")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -180,6 +255,9 @@ def main() -> int:
               [torch.float32, torch.bfloat16]}[args.dtype]
     if args.api == "public" and args.layout != "contiguous":
         p.error("--api public times contiguous inputs only")
+    if args.mamba is not None and (args.reverse or args.layout != "contiguous"):
+        p.error("--mamba times forward scans of contiguous inputs only (mamba_ssm has no "
+                "reverse)")
     if args.only is not None:
         shapes = [shapes[args.only - 1]]
         if args.profile:
@@ -228,6 +306,12 @@ def main() -> int:
         return 0
 
     ok = True
+    mamba = None
+    if args.mamba is not None:
+        from mamba_reference import selective_scan_fn
+
+        mamba = selective_scan_fn(args.mamba)
+        ok &= check_mamba(mamba)
     if args.only is None:
         for dt in (torch.float32, torch.bfloat16):
             ok &= check(2, 64, 1000, dt)
@@ -242,12 +326,17 @@ def main() -> int:
           + ("; reverse=True" if args.reverse else ""))
     header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
               f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
+    if mamba is not None:  # mamba_ssm in this run: its ms and our speed-up over it
+        header += f"{'m fwd':>8}{'x run':>7}{'m f+b':>8}{'x run':>7}"
     lines = []
     for dt in dtypes:
         for shape in shapes:
-            r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse, args.api)
+            r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse, args.api,
+                          mamba)
             lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
                          f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
+            if mamba is not None:
+                lines[-1] += f"{r[6]:>8.3f}{r[7]:>6.1f}x{r[8]:>8.3f}{r[9]:>6.1f}x"
             print(lines[-1], flush=True)
     print()
     print(header)

@@ -28,6 +28,10 @@
 #   train      ... --train-chunks (a training call by backward chunk and register cap)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
+#   mamba      scripts/mamba_reference.py build: mamba_ssm's CUDA scan from its sdist, checked
+#              (carry .devdata/mamba_ssm, unpacked here by `mamba_reference.py prepare`)
+#   table-mamba, table-public-mamba   the table and table-public, with mamba_ssm timed
+#              beside ours in the same run (after `mamba`, or building it first)
 # Each section's log goes to $OUT/<section>$LOG_TAG.log; its tail is printed. KERNELS_DIR
 # (default ./kernels) runs other kernels, e.g. .devdata/old/kernels of device_kernel_ab.sh.
 set -o pipefail
@@ -66,6 +70,11 @@ for section in "$@"; do
     passes) timeout 300 $K scripts/bench_selective_scan.py --serial-passes \
               ${PASS_LABELS:+--pass-configs "$PASS_LABELS"} > "$log" 2>&1 ;;
     train) timeout 560 $K scripts/bench_selective_scan.py --train-chunks > "$log" 2>&1 ;;
+    mamba) timeout 540 $K scripts/mamba_reference.py build > "$log" 2>&1 ;;
+    table-mamba) timeout 400 $K scripts/bench_selective_scan.py --mamba .devdata/mamba_ssm \
+                   > "$log" 2>&1 ;;
+    table-public-mamba) timeout 400 $K scripts/bench_selective_scan.py --api public \
+                          --mamba .devdata/mamba_ssm > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

@@ -17,7 +17,7 @@ GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_s
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
             "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
             "study_split_backward", "study_split_backward_sass", "bench_mamba_layout",
-            "bench_replay_ab"]
+            "bench_replay_ab", "mamba_reference"]
 
 
 @pytest.mark.slow
@@ -112,3 +112,80 @@ def test_study_split_backward_forms_the_backward_coupling_exactly_in_float64() -
     split = study.split_terms(A, dt, dy, B, C, a, v, h, g, chunk)
     for got, want in zip(split, direct):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _mamba_reference():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import mamba_reference
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return mamba_reference
+
+
+def _fake_sdist(tmp_path: Path, leave_out: str = "") -> Path:
+    """A tarball laid out as mamba_ssm's sdist: the CUDA sources, the Python files the
+    reference imports, and files it must not unpack."""
+    import tarfile
+
+    ref = _mamba_reference()
+    tree = tmp_path / "tree" / ref.SDIST
+    wanted = [ref.CUDA_DIR + s for s in ref.SOURCES] + [ref.CUDA_DIR + "static_switch.h"]
+    for inside in [*wanted, *ref.PYTHON_FILES, "mamba_ssm/__init__.py", "setup.py",
+                   "csrc/other/kernel.cu"]:
+        if inside != leave_out:
+            (tree / inside).parent.mkdir(parents=True, exist_ok=True)
+            (tree / inside).write_text(f"// {inside}\n")
+    archive = tmp_path / "sdist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=ref.SDIST)
+    return archive
+
+
+def test_mamba_reference_unpacks_only_the_selective_scan_and_replaces_the_folder(
+        tmp_path: Path) -> None:
+    ref = _mamba_reference()
+    target = tmp_path / "mamba_ssm"
+    (target / "stale").mkdir(parents=True)
+    ref.unpack(_fake_sdist(tmp_path), target)
+    unpacked = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    expected = sorted([ref.CUDA_DIR + s for s in ref.SOURCES]
+                      + [ref.CUDA_DIR + "static_switch.h", *ref.PYTHON_FILES])
+    assert unpacked == expected
+    assert (target / ref.CUDA_DIR / "selective_scan.cpp").read_text().startswith("// csrc/")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mamba_ssm")] == []
+
+
+def test_mamba_reference_names_what_the_sdist_lacks_and_leaves_no_folder(
+        tmp_path: Path) -> None:
+    ref = _mamba_reference()
+    missing = ref.CUDA_DIR + "selective_scan_bwd_bf16_real.cu"
+    with pytest.raises(ValueError, match="missing .*selective_scan_bwd_bf16_real.cu"):
+        ref.unpack(_fake_sdist(tmp_path, leave_out=missing), tmp_path / "mamba_ssm")
+    assert not (tmp_path / "mamba_ssm").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mamba_ssm")] == []
+
+
+def test_mamba_reference_imports_the_scan_without_the_package_init(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # mamba_ssm's __init__ imports its model zoo; the reference must not run it
+    ref = _mamba_reference()
+    package = tmp_path / "mamba_ssm"
+    (package / "ops").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the package init ran')\n")
+    (package / "ops" / "selective_scan_interface.py").write_text(
+        "import selective_scan_cuda\n"
+        "def selective_scan_fn(*args):\n    return selective_scan_cuda.fwd(*args)\n")
+    import types
+
+    extension = types.ModuleType("selective_scan_cuda")
+    extension.fwd = lambda *args: ("fwd", args)
+    for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", extension)
+    try:
+        fn = ref.selective_scan_fn(tmp_path)
+        assert fn(1, 2) == ("fwd", (1, 2))
+    finally:
+        for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+            del sys.modules[name]
