@@ -45,6 +45,33 @@ from bench_serial_variants import (compare_serial_options, compare_serial_passes
 from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, public_row_calls,
                                reference, rel, row_calls, set_replays, training_inputs)
 
+def tolerance(dtype: torch.dtype) -> float:
+    """Largest relative error a check accepts against the float64 reference."""
+    return 1e-4 if dtype == torch.float32 else 2e-2
+
+
+def reference_run(x: dict, dout: torch.Tensor) -> dict:
+    """The float64 reference on inputs x (tensors and flags by name): out, last state and
+    each tensor input's gradient by name, the truth the checks compare against."""
+    ref_in = {k: (v.detach().double().requires_grad_() if torch.is_tensor(v) else v)
+              for k, v in x.items()}
+    ref_out, ref_last = reference(**ref_in, return_last_state=True)
+    ref_out.backward(dout.double())
+    grads = {k: v.grad for k, v in ref_in.items() if torch.is_tensor(v)}
+    return {"out": ref_out, "last": ref_last, **grads}
+
+
+def verdict(desc: str, dtype: torch.dtype, results: dict, truth: dict) -> bool:
+    """Print one check line (the worst relative error) and say whether every result is
+    finite and within the dtype's tolerance of its truth."""
+    errs = {k: rel(v, truth[k]) for k, v in results.items()}
+    finite = all(torch.isfinite(t).all().item() for t in results.values())
+    ok = finite and max(errs.values()) < tolerance(dtype)
+    worst = max(errs, key=errs.get)
+    print(f"check {desc:<34} {'ok  ' if ok else 'FAIL'} worst {worst}={errs[worst]:.1e}")
+    return ok
+
+
 def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, seed=1):
     x = make_inputs(batch, dim, length, dtype, groups, seed)
     x["reverse"] = reverse
@@ -54,20 +81,11 @@ def check(batch, dim, length, dtype, groups=1, reverse=False, noncontig=False, s
     out, last = fwd(**x)
     dout = torch.randn_like(out)
     grads = bwd(dout, **x)
-    ref_in = {k: (v.double().requires_grad_() if torch.is_tensor(v) else v) for k, v in x.items()}
-    ref_out, ref_last = reference(**ref_in, return_last_state=True)
-    ref_out.backward(dout.double())
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-    errs = {"out": rel(out, ref_out), "last": rel(last, ref_last)}
-    errs.update({n: rel(gr, ref_in[n].grad) for n, gr in zip(names, grads)})
-    finite = all(torch.isfinite(t).all().item() for t in (out, last, *grads))
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    ok = finite and max(errs.values()) < tol
+    results = {"out": out, "last": last, **dict(zip(names, grads))}
     desc = f"B{batch}-D{dim}-L{length}-G{groups}-{str(dtype)[6:]}{'-rev' if reverse else ''}"
     desc += "-noncontig" if noncontig else ""
-    worst = max(errs, key=errs.get)
-    print(f"check {desc:<34} {'ok  ' if ok else 'FAIL'} worst {worst}={errs[worst]:.1e}")
-    return ok
+    return verdict(desc, dtype, results, reference_run(x, dout))
 
 
 def check_chunking(batch, dim, length, dtype):
@@ -79,7 +97,7 @@ def check_chunking(batch, dim, length, dtype):
     g1 = bwd(dout, **x)
     g2 = bwd(dout, **x, chunk=32)
     errs = [rel(out1, out2), rel(last1, last2)] + [rel(a, b) for a, b in zip(g1, g2)]
-    ok = max(errs) < (1e-4 if dtype == torch.float32 else 2e-2)
+    ok = max(errs) < tolerance(dtype)
     print(f"check default chunk vs 32 B{batch}-D{dim}-L{length} {'ok  ' if ok else 'FAIL'} "
           f"worst {max(errs):.1e}")
     return ok
@@ -96,16 +114,9 @@ def check_mamba(selective_scan_fn) -> bool:
         dout = torch.randn_like(x["u"])
         out = selective_scan_fn(**leaves, **flags)
         out.backward(dout)
-        ref = {k: v.detach().double().requires_grad_() for k, v in x.items()}
-        ref_out = reference(**ref, **flags)
-        ref_out.backward(dout.double())
-        errs = {"out": rel(out, ref_out)}
-        errs.update({k: rel(leaves[k].grad, ref[k].grad) for k in x})
-        worst = max(errs, key=errs.get)
-        good = errs[worst] < (1e-4 if dtype == torch.float32 else 2e-2)
-        ok &= good
-        print(f"check mamba_ssm B2-D64-L1000-{str(dtype)[6:]:<17} {'ok  ' if good else 'FAIL'} "
-              f"worst {worst}={errs[worst]:.1e}")
+        results = {"out": out, **{k: leaf.grad for k, leaf in leaves.items()}}
+        truth = reference_run({**x, **flags}, dout)
+        ok &= verdict(f"mamba_ssm B2-D64-L1000-{str(dtype)[6:]}", dtype, results, truth)
     return ok
 
 

@@ -189,3 +189,39 @@ def test_mamba_reference_imports_the_scan_without_the_package_init(tmp_path: Pat
     finally:
         for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
             del sys.modules[name]
+
+
+def test_bench_checks_hold_results_to_the_float64_reference_by_dtype(capsys) -> None:
+    # the bench's checks (ours and mamba_ssm's) share reference_run and verdict: a result
+    # equal to the truth passes, one off by more than the dtype's tolerance or not finite
+    # fails, and the printed line names the worst result
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_selective_scan as bench
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    import torch
+
+    gen = torch.Generator().manual_seed(4)
+    batch, dim, n_state, length = 1, 3, 4, 9
+    x = {name: torch.randn(*shape, generator=gen) for name, shape in (
+        ("u", (batch, dim, length)), ("delta", (batch, dim, length)),
+        ("B", (batch, n_state, length)), ("C", (batch, n_state, length)),
+        ("D", (dim,)), ("z", (batch, dim, length)), ("delta_bias", (dim,)))}
+    x["A"] = -torch.rand(dim, n_state, generator=gen)
+    x.update(delta_softplus=True, reverse=False)
+    dout = torch.randn(batch, dim, length, generator=gen)
+    truth = bench.reference_run(x, dout)
+    assert set(truth) == {"out", "last", "u", "delta", "A", "B", "C", "D", "z", "delta_bias"}
+    assert all(t.dtype == torch.float64 for k, t in truth.items() if k != "last")
+    results = {k: v.float() for k, v in truth.items()}
+    assert bench.verdict("exact", torch.float32, results, truth)
+    off = dict(results)
+    off["B"] = results["B"] * (1 + 5e-3)  # within bf16's tolerance, not fp32's
+    assert not bench.verdict("off", torch.float32, off, truth)
+    assert bench.verdict("off", torch.bfloat16, off, truth)
+    poisoned = {**results, "z": results["z"].clone().fill_(float("nan"))}
+    assert not bench.verdict("nan", torch.bfloat16, poisoned, truth)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("check exact") and " ok " in lines[0]
+    assert lines[1].startswith("check off") and "FAIL worst B=5.0e-03" in lines[1]
