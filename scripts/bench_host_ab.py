@@ -11,9 +11,10 @@ turn: the host microseconds to issue one call (launches queued, the GPU synchron
 before each batch of calls). The host is shared and noisy (session 32 read the same
 call at 0.072 and 0.146 ms a few seconds apart), so it prints the minimum over rounds
 (the call's own cost) and the median, in us, and the ratio of the minima. With
---public, the calls are the public `selective_scan`'s training call (`.backward(dout)`
-through the autograd engine, the leaves' .grad reset first) and, for scale, a Function
-that only allocates what the scan's does (profile_backward_thread's `_Floor`).
+--public, the calls are the public `selective_scan`'s inference call (grad mode off) and
+training call (`.backward(dout)` through the autograd engine, the leaves' .grad reset
+first) and, for scale, a Function that only allocates what the scan's does
+(profile_backward_thread's `_Floor`).
 """
 
 from __future__ import annotations
@@ -56,15 +57,23 @@ def load_old_public(path: str):
         torch.library.custom_op = real
 
 
-def public_calls(scan, leaves: dict, flags: dict, dout: torch.Tensor) -> dict:
-    """A public training call of `scan` (selective_scan or a stand-in Function's apply)."""
+def public_calls(scan, leaves: dict, flags: dict, dout: torch.Tensor,
+                 inference: bool = True) -> dict:
+    """A public training call of `scan` (selective_scan or a stand-in Function's apply),
+    and with `inference` an inference call (grad mode off) on the leaves' values."""
+    values = {k: v.detach() for k, v in leaves.items()}
+
+    def infer():
+        with torch.no_grad():
+            scan(**values, **flags)
+
     def run():
         for leaf in leaves.values():
             leaf.grad = None
         out = scan(**leaves, **flags)
         (out[0] if isinstance(out, tuple) else out).backward(dout)
 
-    return {"train": run}
+    return {"infer": infer, "train": run} if inference else {"train": run}
 
 
 def calls(fwd, bwd, x: dict, dout: torch.Tensor) -> dict:
@@ -97,7 +106,7 @@ def main() -> int:
                    help='other shapes instead of bench rows: "batch,dim,L;batch,dim,L"')
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--public", action="store_true",
-                   help="the public call's training call, and the engine's floor")
+                   help="the public call's inference and training calls, the engine's floor")
     args = p.parse_args()
     from medmamba_kernels.selective_scan.interface import selective_scan
     from medmamba_kernels.selective_scan.triton_bwd import selective_scan_bwd_triton
@@ -126,7 +135,8 @@ def main() -> int:
                     flags = {k: x[k] for k in ("delta_softplus", "reverse")}
                     leaves = {k: v.detach().requires_grad_() for k, v in x.items()
                               if k not in flags}
-                    made = public_calls(functions, leaves, flags, dout)
+                    made = public_calls(functions, leaves, flags, dout,
+                                        inference=version != "floor")
                 else:
                     made = calls(*functions, x, dout)
                 for name, fn in made.items():
@@ -144,12 +154,12 @@ def main() -> int:
             continue
         old = sorted(cases[(row, dtype, name, "old")][1])
         new = sorted(times)
-        floor = sorted(cases.get((row, dtype, name, "floor"), (None, [0.0]))[1])
+        floor = sorted(cases.get((row, dtype, name, "floor"), (None, []))[1])
         print(f"{row:<{width}}{dtype:<10}{name:<6}{old[0]:>9.1f}{new[0]:>9.1f}"
               f"{new[0] / old[0]:>9.2f}"
               f"{old[len(old) // 2]:>9.1f}{new[len(new) // 2]:>9.1f}"
               + (f"   floor min {floor[0]:.1f} med {floor[len(floor) // 2]:.1f}"
-                 if args.public else ""), flush=True)
+                 if floor else ""), flush=True)
     return 0
 
 

@@ -16,6 +16,7 @@
 #   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
 #   public     ... --public: the same for the public selective_scan (eager autograd)
 #   autograd   ... --autograd --top 0: host us of a training call's pieces (engine vs ours)
+#   public-infer  ... --inference --rows 2,3,4: the public inference call taken apart
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
 #   carrycap   scripts/bench_serial_carry.py: the rows' fwd and fwd+bwd by the carry block's cap
@@ -56,6 +57,8 @@ for section in "$@"; do
     times) timeout 120 $K scripts/profile_host_overhead.py --rows 1,5 --top 0 > "$log" 2>&1 ;;
     hostprof) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 25 > "$log" 2>&1 ;;
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
+    public-infer) timeout 150 $K scripts/profile_host_overhead.py --rows 2,3,4 --top 25 --inference \
+        > "$log" 2>&1 ;;
     autograd) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --autograd --top 0 \
                 > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;

@@ -3,6 +3,7 @@
     python scripts/profile_host_overhead.py            # rows 3 and 4, fp32 and bf16
     python scripts/profile_host_overhead.py --top 30
     python scripts/profile_host_overhead.py --public    # through the public selective_scan
+    python scripts/profile_host_overhead.py --inference # the public inference call, taken apart
 
 Prints the host microseconds of one Triton launch (an empty kernel with 5 and with 45
 arguments: the launcher's own cost), then per row and dtype the host time of one forward
@@ -21,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from scan_bench_common import (ANCHORS, host_ms, package_launchers, public_row_calls, row_calls,
-                               set_replays, training_inputs)
+from scan_bench_common import (ANCHORS, fwd, host_ms, package_launchers, public_row_calls,
+                               row_calls, set_replays, training_inputs)
 
 
 @triton.jit
@@ -124,14 +125,14 @@ def profile(fn, top: int, calls: int = 100) -> str:
     return buf.getvalue()
 
 
-def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20) -> str:
+def kernel_times(run_fwd, run_fwd_bwd, calls: int = 20, names=("fwd", "f+b")) -> str:
     """GPU microseconds a call, kernel by kernel (torch.profiler), forward and f+b, with
     the span a call takes on the GPU and its idle part (meaningful where the GPU, not the
     host, is the bottleneck; a kernel launched with PDL would count its wait as busy)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     lines = []
-    for name, fn in (("fwd", run_fwd), ("f+b", run_fwd_bwd)):
+    for name, fn in zip(names, (run_fwd, run_fwd_bwd)):
         fn()
         torch.cuda.synchronize()
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -230,6 +231,50 @@ def autograd_trace(shape, dtype, calls: int = 20) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
 
 
+def replay_state(host_function) -> str:
+    """What the replay of the one signature `host_function` has seen holds: its
+    allocations, scratch bytes and launches, or why it was not recorded."""
+    if len(host_function.records) != 1:
+        return f"{len(host_function.records)} signatures recorded (expected 1)"
+    key, replay = next(iter(host_function.records.items()))
+    if replay is None:
+        return f"not replayed: {host_function.unreplayable.get(key, '?')}"
+    return (f"replayed: {len(replay.allocations)} allocations, {replay.scratch_bytes} "
+            f"scratch bytes, {len(replay.launches)} launches")
+
+
+def inference_breakdown(shape, dtype, top: int) -> str:
+    """The public inference call's host time taken apart: the call; the forward host
+    function alone (replayed); the public wrapper alone (host function stubbed: it returns
+    ready outputs); the replay's state; the kernels' GPU time; a profile of the call."""
+    from medmamba_kernels.selective_scan import interface
+
+    run_public = public_row_calls(shape, dtype)[0]
+    x, _, flags, _ = training_inputs(shape, dtype)
+    fwd.forget()
+    for _ in range(4):
+        run_public()
+    state = replay_state(fwd)
+    outputs = fwd(**x, **flags)
+
+    def run_host():
+        fwd(**x, **flags)
+
+    public, host = host_us(run_public), host_us(run_host)
+    real = interface._triton_host_functions
+    interface._triton_host_functions = lambda: (lambda *args: outputs, None)
+    try:
+        wrapper = host_us(run_public)
+    finally:
+        interface._triton_host_functions = real
+    lines = [f"public {public:.1f} us = host function {host:.1f} + wrapper {wrapper:.1f} "
+             f"(+ {public - host - wrapper:.1f}); {state}",
+             kernel_times(run_public, run_host, names=("public", "host"))]
+    if top:
+        lines.append(profile(run_public, top))
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="3,4", help="bench rows (1-6), comma-separated")
@@ -237,6 +282,8 @@ def main() -> int:
     p.add_argument("--launcher-only", action="store_true")
     p.add_argument("--public", action="store_true",
                    help="profile the public selective_scan (eager autograd) instead")
+    p.add_argument("--inference", action="store_true",
+                   help="the public inference call taken apart (inference_breakdown) only")
     p.add_argument("--autograd", action="store_true",
                    help="host us of a training call's pieces (autograd_costs) only")
     args = p.parse_args()
@@ -248,6 +295,10 @@ def main() -> int:
     shapes = list(ANCHORS)
     for row in (int(r) for r in args.rows.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
+            if args.inference:
+                print(f"\n== row {row} {str(dtype)[6:]} inference: "
+                      + inference_breakdown(shapes[row - 1], dtype, args.top))
+                continue
             if args.autograd:
                 print(f"row {row} {str(dtype)[6:]}, host us a call: "
                       + autograd_costs(shapes[row - 1], dtype))

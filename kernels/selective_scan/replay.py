@@ -35,6 +35,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .replay_results import build, renumbered, result_spec, returned_allocations
+
 _MAX_SIGNATURES = 512
 _RECORD_AT = 2  # the sighting of a signature that is recorded (the first compiles)
 _SCRATCH_ALIGN = 256  # bytes: each scratch allocation's start in the shared buffer
@@ -173,8 +175,8 @@ class _Replay:
     """A recorded call: allocations, launches, and how to build the returned structure."""
 
     def __init__(self, recorder: _Recorder, result: Any, inputs: list[torch.Tensor]) -> None:
-        spec = _result_spec(result, recorder, inputs)
-        returned = _returned_allocations(spec)
+        spec = result_spec(result, recorder.allocations, inputs)
+        returned = returned_allocations(spec)
         # returned allocations are made as they were; the rest (scratch, seen only by the
         # kernels as addresses) are carved from one buffer: an allocation costs ~4 us of
         # host time on the H200 machine
@@ -202,7 +204,7 @@ class _Replay:
                           tuple((pos, *base(index, offset)) for pos, index, offset in patches))
                          for raw, addresses, tail, patches, _ in recorder.launches]
         self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
-        self.result = _renumbered(spec, where)
+        self.result = renumbered(spec, where)
         # the common result, a flat tuple of whole allocations and Nones (absent
         # gradients): indices, no recursion
         flat = self.result[0] == "tuple" and all(
@@ -228,23 +230,7 @@ class _Replay:
                 *arguments, *tail)
         if self.flat_result is not None:
             return tuple([None if j is None else allocations[j] for j in self.flat_result])
-        return _build(self.result, inputs, allocations)
-
-
-def _returned_allocations(spec: tuple) -> set[int]:
-    """The recorded allocations a result spec returns (whole or as a view)."""
-    if spec[0] == "tuple":
-        return set().union(*(_returned_allocations(s) for s in spec[1]))
-    return {spec[1]} if spec[0] in ("allocation", "view") else set()
-
-
-def _renumbered(spec: tuple, where: list) -> tuple:
-    """`spec` with recorded allocation indices replaced by own-allocation indices."""
-    if spec[0] == "tuple":
-        return ("tuple", tuple(_renumbered(s, where) for s in spec[1]))
-    if spec[0] in ("allocation", "view"):
-        return (spec[0], where[spec[1]][1], *spec[2:])
-    return spec
+        return build(self.result, inputs, allocations)
 
 
 def _contiguous_strides(shape: tuple) -> tuple:
@@ -258,47 +244,6 @@ def _contiguous_strides(shape: tuple) -> tuple:
 def _strided(shape, stride, dtype, device, zeroed) -> torch.Tensor:
     t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
     return t.zero_() if zeroed else t
-
-
-def _result_spec(result: Any, recorder: _Recorder, inputs: list[torch.Tensor]) -> Any:
-    """How to build `result` again: tensors by where they lie (an input, a whole
-    allocation, or a view of one), tuples element by element, other values as they are.
-    Raises ValueError where a tensor lies elsewhere."""
-    if isinstance(result, tuple):
-        return ("tuple", tuple(_result_spec(r, recorder, inputs) for r in result))
-    if not isinstance(result, torch.Tensor):
-        return ("value", result)
-    for i, t in enumerate(inputs):
-        if result is t:
-            return ("input", i)
-    address = result.data_ptr()
-    for j in range(len(recorder.allocations) - 1, -1, -1):
-        alloc = recorder.allocations[j]
-        if alloc.address <= address < alloc.address + max(alloc.nbytes, 1):
-            if result.dtype != alloc.dtype:
-                break
-            whole = (address == alloc.address and tuple(result.shape) == alloc.shape
-                     and tuple(result.stride()) == alloc.stride)
-            if whole:
-                return ("allocation", j)
-            offset = (address - alloc.address) // result.element_size()
-            return ("view", j, tuple(result.shape), tuple(result.stride()), offset)
-    raise ValueError("a returned tensor is neither an argument nor an allocation")
-
-
-def _build(spec: tuple, inputs: list, allocations: list) -> Any:
-    kind = spec[0]
-    if kind == "tuple":
-        return tuple(_build(s, inputs, allocations) for s in spec[1])
-    if kind == "value":
-        return spec[1]
-    if kind == "input":
-        return inputs[spec[1]]
-    if kind == "allocation":
-        return allocations[spec[1]]
-    _, j, shape, stride, offset = spec
-    base = allocations[j]
-    return base.as_strided(shape, stride, base.storage_offset() + offset)
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list] | None:
@@ -325,12 +270,17 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list] | None:
 def replayed(fn: Callable) -> Callable:
     """`fn` (a host function: allocations and CachedLaunch launches only, decided by its
     arguments' signature) replayed from its third call of a signature on; see the module
-    docstring. `.records` holds each signature's replay or None (not replayable);
-    `.forget()` drops them; `.enabled = False` runs `fn` every time."""
+    docstring. `.records` holds each signature's replay or None (not replayable), and
+    `.unreplayable` why not; `.forget()` drops them; `.enabled = False` runs `fn` every
+    time. `.alias(name, *args, **kwargs)` lets a caller reach the replay of the call with
+    these arguments by a key of its own, `.by_alias(name)` (the caller's key must cover
+    everything this signature does: see inference_shortcut.py)."""
     from . import launch
 
     seen: dict[tuple, int] = {}
     records: dict[tuple, _Replay | None] = {}
+    unreplayable: dict[tuple, str] = {}  # benches print why a signature runs fn
+    aliases: dict[Any, _Replay | None] = {}
     runtime = launch.knobs_runtime()  # where Triton keeps its launch hooks
 
     @functools.wraps(fn)
@@ -355,21 +305,49 @@ def replayed(fn: Callable) -> Callable:
             seen[key] = count
             return fn(*args, **kwargs)
         seen.pop(key, None)
-        result, replay = _record(fn, args, kwargs, tensors)
+        result, replay, why = _record(fn, args, kwargs, tensors)
         if len(records) >= _MAX_SIGNATURES:
             records.clear()
+            unreplayable.clear()
         records[key] = replay
+        if why is not None:
+            unreplayable[key] = why
         return result
 
+    def alias(name: Any, *args, **kwargs) -> None:
+        """Remember `name` for the signature of these arguments once its replay, or its
+        verdict of unreplayable, exists; until then nothing."""
+        signature = _signature(args, kwargs) if wrapper.enabled else None
+        if signature is None or not signature[1]:
+            return
+        device = launch.current_device(signature[1][0])
+        key = (signature[0], device)
+        if device is not None and key in records:
+            if len(aliases) >= _MAX_SIGNATURES:
+                aliases.clear()
+            aliases[name] = records[key]
+
+    def by_alias(name: Any) -> _Replay | None:
+        """The replay known by `name`, None where there is none (unknown, unreplayable,
+        replays off, or a launch hook installed)."""
+        if not wrapper.enabled or launch.launch_hooks_installed(runtime):
+            return None
+        return aliases.get(name)
+
     wrapper.records = records
+    wrapper.unreplayable = unreplayable
+    wrapper.aliases = aliases
+    wrapper.alias = alias
+    wrapper.by_alias = by_alias
     wrapper.enabled = True  # benches turn it off to measure the host functions themselves
-    wrapper.forget = lambda: (seen.clear(), records.clear())  # tests: start afresh
+    wrapper.forget = lambda: (seen.clear(), records.clear(), unreplayable.clear(),
+                              aliases.clear())
     return wrapper
 
 
 def _record(fn: Callable, args: tuple, kwargs: dict,
-            tensors: list[torch.Tensor]) -> tuple[Any, _Replay | None]:
-    """(fn's result, its replay or None where it cannot be replayed)."""
+            tensors: list[torch.Tensor]) -> tuple[Any, _Replay | None, str | None]:
+    """(fn's result, its replay, None) or (fn's result, None, why it cannot be replayed)."""
     recorder = _Recorder(tensors)
     token = _RECORDER.set(recorder)
     try:
@@ -378,8 +356,8 @@ def _record(fn: Callable, args: tuple, kwargs: dict,
     finally:
         _RECORDER.reset(token)
     if recorder.failure is not None:
-        return result, None
+        return result, None, recorder.failure
     try:
-        return result, _Replay(recorder, result, tensors)
-    except ValueError:
-        return result, None
+        return result, _Replay(recorder, result, tensors), None
+    except ValueError as error:
+        return result, None, str(error)

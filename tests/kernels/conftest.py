@@ -18,3 +18,11 @@ def _fresh_replays():
         module = sys.modules.get(f"medmamba_kernels.selective_scan.{name}")
         if module is not None:
             getattr(module, attribute).forget()
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The package's kernels stood in for on the CPU, each launch logged (the log)."""
+    from stand_in_launches import stand_in_launches
+
+    yield from stand_in_launches(monkeypatch)

@@ -15,7 +15,7 @@ def tensors_in(structure) -> list[torch.Tensor]:
     return [structure] if isinstance(structure, torch.Tensor) else []
 
 
-def _canonical(entries: list, inputs: list, outputs: list) -> list:
+def canonical_launches(entries: list, inputs: list, outputs: list) -> list:
     """Each launch with every address named by the tensor it points into: ("in", i, byte
     offset), ("out", j, offset) or ("scratch", k, offset), k counted from the call's first
     launch; other values as they are."""
@@ -37,7 +37,7 @@ def _canonical(entries: list, inputs: list, outputs: list) -> list:
     return canonical
 
 
-def _assert_same_launches(replayed_launches: list, recorded: list) -> None:
+def assert_same_launches(replayed_launches: list, recorded: list) -> None:
     """Equal, but for scratch: a replay keeps each scratch buffer to the end, where the
     recorded call may have freed one and been handed its memory again, so one recorded
     scratch address may stand for several of the replay's, never the other way round."""
@@ -68,7 +68,7 @@ class _KeepAllocations(TorchDispatchMode):
         return out
 
 
-def _calls(fn, log: list, make_args, n: int = 3) -> list:
+def calls_on_fresh_arguments(fn, log: list, make_args, n: int = 3) -> list:
     """n calls of fn on fresh arguments: for each, (launches, inputs, outputs, result)."""
     calls = []
     for seed in range(n):
@@ -82,10 +82,10 @@ def _calls(fn, log: list, make_args, n: int = 3) -> list:
 
 
 def assert_replay_repeats_recording(fn, log, make_args) -> list:
-    (_, _, _, _), recorded, replayed_call = _calls(fn, log, make_args)
+    (_, _, _, _), recorded, replayed_call = calls_on_fresh_arguments(fn, log, make_args)
     assert len(fn.records) == 1 and next(iter(fn.records.values())) is not None
     assert [e[0] for e in recorded[0]] == ["run"] * len(recorded[0])
-    _assert_same_launches(_canonical(*replayed_call[:3]), _canonical(*recorded[:3]))
+    assert_same_launches(canonical_launches(*replayed_call[:3]), canonical_launches(*recorded[:3]))
     for old, new in zip(recorded[2], replayed_call[2]):
         assert (new.shape, new.stride(), new.dtype) == (old.shape, old.stride(), old.dtype)
     old_storages = {t.untyped_storage().data_ptr() for t in recorded[2]}

@@ -12,9 +12,6 @@ change of shape, stride, dtype, alignment or flag.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import pytest
 import torch
 
@@ -22,61 +19,10 @@ from medmamba_kernels.selective_scan import launch as launch_module
 from medmamba_kernels.selective_scan import triton_bwd, triton_fwd
 from medmamba_kernels.selective_scan.launch import CachedLaunch
 from medmamba_kernels.selective_scan.replay import replayed
-from replay_launch_log import STREAM, assert_replay_repeats_recording
+from replay_launch_log import assert_replay_repeats_recording
+from stand_in_launches import StandInJit
 
 N_STATE = 16
-
-
-class _Compiled:
-    """A compiled kernel as Triton 3.4-3.9 expose it, whose launch function logs."""
-
-    packed_metadata = ("packed",)
-
-    def __init__(self, name: str, log: list) -> None:
-        self.function = name
-        self._log = log
-
-    def __getitem__(self, grid):
-        return lambda *args: self._log.append(("runner", self.function, grid, args))
-
-    def run(self, gx, gy, gz, stream, function, packed, *rest):
-        addresses = list(rest[3:])
-        self._log.append(("run", function, (gx, gy, gz), stream, addresses))
-
-
-class _StandInJit:
-    def __init__(self, jit, log: list) -> None:
-        self.fn = jit.fn if hasattr(jit, "fn") else jit
-        self._name = self.fn.__name__
-        self._log = log
-
-    def __getitem__(self, grid):
-        def call(*args, **kwargs):
-            self._log.append(("triton", self._name, grid, args, kwargs))
-            return _Compiled(self._name, self._log)
-        return call
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """The package's kernels stood in for, CPU tensors launched as a GPU's would be; the
-    log of launches. Caches start empty and are restored afterwards."""
-    log: list = []
-    package = importlib.import_module("medmamba_kernels.selective_scan")
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for launcher in [v for v in vars(module).values() if isinstance(v, CachedLaunch)]:
-            monkeypatch.setattr(launcher, "_fn", _StandInJit(launcher._fn, log))
-            for cache in ("_runners", "_keyed", "_resident"):
-                monkeypatch.setattr(launcher, cache, {})
-    monkeypatch.setattr(launch_module, "current_device", lambda tensor: 0)
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: STREAM,
-                        raising=False)
-    for fn in (triton_fwd.selective_scan_fwd_triton, triton_bwd.selective_scan_bwd_triton):
-        fn.forget()
-    yield log
-    for fn in (triton_fwd.selective_scan_fwd_triton, triton_bwd.selective_scan_bwd_triton):
-        fn.forget()
 
 
 def _inputs(batch, dim, length, dtype=torch.float32, groups=1, optional=True, seed=0):
@@ -213,7 +159,7 @@ def _toy_kernel(x_ptr, n, BLOCK):  # noqa: N803 (Triton's style)
 
 
 def _toy(log: list, computes: bool):
-    launcher = CachedLaunch(_StandInJit(_toy_kernel, log))
+    launcher = CachedLaunch(StandInJit(_toy_kernel, log))
 
     @replayed
     def host(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -232,6 +178,8 @@ def test_a_host_function_that_computes_with_torch_is_not_replayed(launches) -> N
     for _ in range(4):
         host(torch.zeros(64), torch.zeros(64))
     assert list(host.records.values()) == [None]
+    assert [why.split(" ran ")[1] for why in host.unreplayable.values()] == ["on the device"]
+    assert "aten.add_" in next(iter(host.unreplayable.values()))
 
 
 def test_two_arguments_at_one_address_are_not_replayed(launches) -> None:
@@ -240,11 +188,13 @@ def test_two_arguments_at_one_address_are_not_replayed(launches) -> None:
     for _ in range(3):
         host(x, x)
     assert list(host.records.values()) == [None]
+    assert list(host.unreplayable.values()) == [
+        "launch argument 0: address of no single argument or allocation"]
     host2 = _toy(launches, computes=False)
     for _ in range(3):
         host2(torch.zeros(64), torch.zeros(64))
     replay = next(iter(host2.records.values()))
-    assert replay is not None
+    assert replay is not None and not host2.unreplayable
     start = len(launches)
     y = torch.zeros(64)
     out = host2(y, y)  # recorded apart, replayed on one tensor twice: both addresses y's
@@ -254,7 +204,7 @@ def test_two_arguments_at_one_address_are_not_replayed(launches) -> None:
 def test_interpreted_launches_are_never_recorded(monkeypatch) -> None:
     log: list = []
 
-    class Interpreted(_StandInJit):
+    class Interpreted(StandInJit):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: log.append("interpreted")
 
@@ -268,6 +218,7 @@ def test_interpreted_launches_are_never_recorded(monkeypatch) -> None:
     for _ in range(4):
         host(torch.zeros(8))
     assert log == ["interpreted"] * 4 and list(host.records.values()) == [None]
+    assert len(host.unreplayable) == 1
 
 
 def test_off_the_gpu_nothing_is_recorded() -> None:
@@ -284,7 +235,7 @@ def test_off_the_gpu_nothing_is_recorded() -> None:
 
 def test_launches_at_offsets_into_arguments_and_allocations_keep_their_offsets(
         launches) -> None:
-    launcher = CachedLaunch(_StandInJit(_toy_kernel, launches))
+    launcher = CachedLaunch(StandInJit(_toy_kernel, launches))
 
     @replayed
     def host(x: torch.Tensor) -> torch.Tensor:
@@ -305,7 +256,7 @@ def test_launches_at_offsets_into_arguments_and_allocations_keep_their_offsets(
 
 @pytest.mark.parametrize("fill", ["zeros", "zero_", "fill_", "fill_ 1", "zero_ late"])
 def test_zeroed_scratch_is_zeroed_again_only_before_its_first_launch(launches, fill) -> None:
-    launcher = CachedLaunch(_StandInJit(_toy_kernel, launches))
+    launcher = CachedLaunch(StandInJit(_toy_kernel, launches))
 
     @replayed
     def host(x: torch.Tensor) -> torch.Tensor:

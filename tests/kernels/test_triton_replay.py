@@ -93,3 +93,17 @@ def test_training_steps_through_the_public_function_are_replayed() -> None:
     assert None not in FWD.records.values() and None not in BWD.records.values()
     for later in grads[1:]:
         _assert_identical(later, grads[0])
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "-".join(map(str, c)))
+def test_repeated_public_inference_calls_take_the_shortcut_bit_for_bit(case) -> None:
+    # inference_shortcut.py: from the third no-grad call on, the public signature runs the
+    # forward's replay directly; B and C given 3-D (unsqueezed views on the long way)
+    x = _inputs(*case)
+    if x["B"].shape[1] == 1:
+        x["B"], x["C"] = x["B"][:, 0], x["C"][:, 0]
+    with torch.no_grad():
+        calls = [selective_scan(**x, return_last_state=True) for _ in range(4)]
+    assert FWD.aliases and None not in FWD.aliases.values()
+    for later in calls[1:]:
+        _assert_identical(later, calls[0])

@@ -1,0 +1,89 @@
+"""Repeated eager inference calls of `selective_scan`, straight to their replay.
+
+An inference call (grad mode off) on the Triton backend checks its arguments, normalises
+them, dispatches and then calls the forward host function, whose replay (replay.py) is
+found by the host function's own signature: two signatures a call, and on the H200
+machine's host the public layers cost ~13-19 us of a short row's ~75 (session 44,
+`profile_host_overhead.py --inference`). Once such a call has run with a normalisation of
+views alone (B and C unsqueezed, nothing cast), its public signature names the replay
+(`alias`): the next calls with that signature skip the checks, the normalisation and the
+dispatch and run the replay directly.
+
+The public signature covers what those layers decide from: each tensor argument's exact
+type, shape, strides, dtype, device and 16-byte alignment, the flags (exactly bool), the
+backend asked for and the current CUDA device. Whatever passed the checks once passes
+them again with the same signature, and the host function sees the same signature as it
+did then (unsqueezing keeps the addresses the replay patches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def _signature(tensors: tuple, flags: tuple) -> tuple[tuple, list, list] | None:
+    """(key, the tensors, their addresses) of a public call, None where an argument is of
+    a kind the shortcut does not take (a tensor subclass, a flag that is not a bool)."""
+    for flag in flags:
+        if type(flag) is not bool and not isinstance(flag, str):
+            return None
+    key: list = [*flags]
+    present, addresses = [], []
+    for x in tensors:
+        if x is None:
+            key.append(None)
+            continue
+        if type(x) is not torch.Tensor:
+            return None
+        address = x.data_ptr()
+        key += (x.shape, x.stride(), x.dtype, x.device, address & 15)
+        present.append(x)
+        addresses.append(address)
+    return tuple(key), present, addresses
+
+
+class InferenceShortcuts:
+    """Public inference signatures -> the forward host function's replay (`run`),
+    learnt from calls that went the long way (`learn`)."""
+
+    def __init__(self) -> None:
+        self._host: Any = None  # the replayed forward host function, once seen
+        self._current_device: Callable[[torch.Tensor], int | None] | None = None
+
+    def run(self, tensors: tuple, flags: tuple) -> tuple | None:
+        """(out, last_state) of a known inference call, run by its replay; None where
+        the call must go the long way (unknown, not replayable, off the GPU)."""
+        host, u = self._host, tensors[0]
+        if host is None or not host.aliases or type(u) is not torch.Tensor:
+            return None
+        device = self._current_device(u)
+        found = None if device is None else _signature(tensors, flags)
+        if found is None:
+            return None
+        key, present, addresses = found
+        replay = host.by_alias((key, device))
+        if replay is None:
+            return None
+        return replay(present, addresses, present[0].device)
+
+    def learn(self, host: Any, tensors: tuple, flags: tuple, normalised: tuple,
+              host_flags: tuple) -> None:
+        """After a long-way inference call: let `tensors` and `flags` (as the caller
+        passed them) name the replay of `host` on `normalised` (what it was called with)
+        and `host_flags`, where the normalisation took views alone."""
+        for given, used in zip(tensors, normalised):
+            if given is not None and (used.data_ptr() != given.data_ptr()
+                                      or used.dtype != given.dtype):
+                return  # a cast: the host function saw another tensor
+        found = _signature(tensors, flags)
+        if found is None:
+            return
+        key, present, _ = found
+        from . import launch  # with the host functions: reached on the Triton path only
+
+        self._host, self._current_device = host, launch.current_device
+        device = self._current_device(present[0])
+        if device is not None and (key, device) not in host.aliases:  # an unreplayable one
+            host.alias((key, device), *normalised, *host_flags)
