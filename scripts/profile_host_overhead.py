@@ -244,8 +244,9 @@ def replay_state(host_function) -> str:
 
 
 def inference_breakdown(shape, dtype, top: int) -> str:
-    """The public inference call's host time taken apart: the call; the forward host
-    function alone (replayed); the public wrapper alone (host function stubbed: it returns
+    """The public inference call's host time taken apart: the call (its shortcut taken,
+    inference_shortcut.py); the long way (shortcut off); the forward host function alone
+    (replayed); the long way's public layers alone (host function stubbed: it returns
     ready outputs); the replay's state; the kernels' GPU time; a profile of the call."""
     from medmamba_kernels.selective_scan import interface
 
@@ -261,14 +262,16 @@ def inference_breakdown(shape, dtype, top: int) -> str:
         fwd(**x, **flags)
 
     public, host = host_us(run_public), host_us(run_host)
-    real = interface._triton_host_functions
-    interface._triton_host_functions = lambda: (lambda *args: outputs, None)
+    real = interface._triton_host_functions, interface._SHORTCUTS.run
+    interface._SHORTCUTS.run = lambda tensors, flags: None
     try:
-        wrapper = host_us(run_public)
+        long_way = host_us(run_public)
+        interface._triton_host_functions = lambda: (lambda *args: outputs, None)
+        layers = host_us(run_public)
     finally:
-        interface._triton_host_functions = real
-    lines = [f"public {public:.1f} us = host function {host:.1f} + wrapper {wrapper:.1f} "
-             f"(+ {public - host - wrapper:.1f}); {state}",
+        interface._triton_host_functions, interface._SHORTCUTS.run = real
+    lines = [f"public {public:.1f} us (long way {long_way:.1f} = host function {host:.1f} "
+             f"+ public layers {layers:.1f}); {state}",
              kernel_times(run_public, run_host, names=("public", "host"))]
     if top:
         lines.append(profile(run_public, top))
