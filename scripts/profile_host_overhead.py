@@ -243,6 +243,17 @@ def replay_state(host_function) -> str:
             f"scratch bytes, {len(replay.launches)} launches")
 
 
+class _NoShortcuts:
+    """inference_shortcut.InferenceShortcuts that never shortcuts: every call the long
+    way (and a stubbed host function is not asked for its replay)."""
+
+    def run(self, tensors, flags):
+        return None
+
+    def learn(self, *args):
+        return None
+
+
 def inference_breakdown(shape, dtype, top: int) -> str:
     """The public inference call's host time taken apart: the call (its shortcut taken,
     inference_shortcut.py); the long way (shortcut off); the forward host function alone
@@ -262,14 +273,14 @@ def inference_breakdown(shape, dtype, top: int) -> str:
         fwd(**x, **flags)
 
     public, host = host_us(run_public), host_us(run_host)
-    real = interface._triton_host_functions, interface._SHORTCUTS.run
-    interface._SHORTCUTS.run = lambda tensors, flags: None
+    real_host_functions, shortcuts = interface._triton_host_functions, interface._SHORTCUTS
+    interface._SHORTCUTS = _NoShortcuts()
     try:
         long_way = host_us(run_public)
         interface._triton_host_functions = lambda: (lambda *args: outputs, None)
         layers = host_us(run_public)
     finally:
-        interface._triton_host_functions, interface._SHORTCUTS.run = real
+        interface._triton_host_functions, interface._SHORTCUTS = real_host_functions, shortcuts
     lines = [f"public {public:.1f} us (long way {long_way:.1f} = host function {host:.1f} "
              f"+ public layers {layers:.1f}); {state}",
              kernel_times(run_public, run_host, names=("public", "host"))]
