@@ -15,7 +15,8 @@
 #   times      scripts/profile_host_overhead.py --rows 1,5: GPU time by kernel (torch.profiler)
 #   hostprof   scripts/profile_host_overhead.py --rows 3,4 --top 25: host time, cProfile
 #   public     ... --public: the same for the public selective_scan (eager autograd)
-#   autograd   ... --autograd --top 0: host us of a training call's pieces (engine vs ours)
+#   autograd   ... --autograd: host us of a training call's pieces (engine vs ours), replay
+#              states; AUTOGRAD_TOP=N adds the torch.profiler table of N rows
 #   public-infer  ... --inference --rows 2,3,4: the public inference call taken apart
 #   threshold  scripts/bench_serial_threshold.py: mid-length rows, "serial" from 16384 or 2048
 #   carry      ... --carry (the carry over chunks alone, by carry block)
@@ -59,7 +60,7 @@ for section in "$@"; do
     public) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --top 30 --public > "$log" 2>&1 ;;
     public-infer) timeout 150 $K scripts/profile_host_overhead.py --rows 2,3,4 --top 25 --inference \
         > "$log" 2>&1 ;;
-    autograd) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --autograd --top 0 \
+    autograd) timeout 120 $K scripts/profile_host_overhead.py --rows 3,4 --autograd --top "${AUTOGRAD_TOP:-0}" \
                 > "$log" 2>&1 ;;
     threshold) timeout 300 $K scripts/bench_serial_threshold.py > "$log" 2>&1 ;;
     carry) timeout 120 $K scripts/bench_selective_scan.py --carry > "$log" 2>&1 ;;

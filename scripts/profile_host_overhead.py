@@ -215,12 +215,12 @@ def autograd_costs(shape, dtype) -> str:
 
 
 def autograd_trace(shape, dtype, calls: int = 20) -> str:
-    """torch.profiler's table of training calls through the autograd Function: CPU ops and
-    CUDA runtime calls by own time."""
+    """torch.profiler's table of training calls through the autograd Function (the
+    leaves' .grad reset first): CPU ops and CUDA runtime calls by own time."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     _, leaves, flags, dout = training_inputs(shape, dtype)
-    run = _function_call(leaves, flags, dout, False)
+    run = _function_call(leaves, flags, dout, True)  # as do_bench times it: .grad reset
     for _ in range(3):
         run()
     torch.cuda.synchronize()
@@ -252,6 +252,21 @@ class _NoShortcuts:
 
     def learn(self, *args):
         return None
+
+
+def replay_states() -> str:
+    """Every signature the forward and backward host functions have seen recorded: its
+    replay's allocations and launches, or why it is not replayable."""
+    from medmamba_kernels.selective_scan import triton_bwd
+
+    lines = []
+    for name, host in (("fwd", fwd), ("bwd", triton_bwd.selective_scan_bwd_triton)):
+        for key, replay in host.records.items():
+            lines.append(f"  {name}: " + (
+                f"not replayed: {host.unreplayable.get(key, '?')}" if replay is None else
+                f"{len(replay.allocations)} allocations, {replay.scratch_bytes} scratch "
+                f"bytes, {len(replay.launches)} launches"))
+    return "\n".join(lines)
 
 
 def inference_breakdown(shape, dtype, top: int) -> str:
@@ -314,8 +329,13 @@ def main() -> int:
                       + inference_breakdown(shapes[row - 1], dtype, args.top))
                 continue
             if args.autograd:
+                from medmamba_kernels.selective_scan import triton_bwd
+
+                fwd.forget()  # replay_states then lists this row's signatures
+                triton_bwd.selective_scan_bwd_triton.forget()
                 print(f"row {row} {str(dtype)[6:]}, host us a call: "
                       + autograd_costs(shapes[row - 1], dtype))
+                print(replay_states())
                 if args.top:
                     print(autograd_trace(shapes[row - 1], dtype))
                 continue
