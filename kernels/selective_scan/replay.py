@@ -39,6 +39,7 @@ from .replay_results import build, renumbered, result_spec, returned_allocations
 
 _MAX_SIGNATURES = 512
 _RECORD_AT = 2  # the sighting of a signature that is recorded (the first compiles)
+_UNSEEN = object()  # `records` has no verdict on a signature yet
 _SCRATCH_ALIGN = 256  # bytes: each scratch allocation's start in the shared buffer
 
 _ALLOCATIONS = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,
@@ -309,6 +310,7 @@ def replayed(fn: Callable) -> Callable:
         if len(records) >= _MAX_SIGNATURES:
             records.clear()
             unreplayable.clear()
+            aliases.clear()
         records[key] = replay
         if why is not None:
             unreplayable[key] = why
@@ -321,11 +323,11 @@ def replayed(fn: Callable) -> Callable:
         if signature is None or not signature[1]:
             return
         device = launch.current_device(signature[1][0])
-        key = (signature[0], device)
-        if device is not None and key in records:
+        replay = records.get((signature[0], device), _UNSEEN)  # one look-up: no race
+        if device is not None and replay is not _UNSEEN:
             if len(aliases) >= _MAX_SIGNATURES:
                 aliases.clear()
-            aliases[name] = records[key]
+            aliases[name] = replay
 
     def by_alias(name: Any) -> _Replay | None:
         """The replay known by `name`, None where there is none (unknown, unreplayable,

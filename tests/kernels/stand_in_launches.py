@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
 import torch
 
 from medmamba_kernels.selective_scan import launch as launch_module
@@ -24,28 +27,31 @@ class Compiled:
         self.function = name
         self._log = log
 
-    def __getitem__(self, grid):
+    def __getitem__(self, grid: tuple) -> Callable[..., None]:
         return lambda *args: self._log.append(("runner", self.function, grid, args))
 
-    def run(self, gx, gy, gz, stream, function, packed, *rest):
+    def run(self, gx: int, gy: int, gz: int, stream: int, function: str, packed: tuple,
+            *rest: Any) -> None:
         addresses = list(rest[3:])
         self._log.append(("run", function, (gx, gy, gz), stream, addresses))
 
 
 class StandInJit:
-    def __init__(self, jit, log: list) -> None:
+    """A @triton.jit kernel whose launches log their arguments and compile to Compiled."""
+
+    def __init__(self, jit: Any, log: list) -> None:
         self.fn = jit.fn if hasattr(jit, "fn") else jit
         self._name = self.fn.__name__
         self._log = log
 
-    def __getitem__(self, grid):
-        def call(*args, **kwargs):
+    def __getitem__(self, grid: tuple) -> Callable[..., Compiled]:
+        def call(*args: Any, **kwargs: Any) -> Compiled:
             self._log.append(("triton", self._name, grid, args, kwargs))
             return Compiled(self._name, self._log)
         return call
 
 
-def stand_in_launches(monkeypatch):
+def stand_in_launches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
     """The package's kernels stood in for, CPU tensors launched as a GPU's would be;
     yields the log of launches (conftest's `launches` fixture). Caches start empty and
     are restored afterwards."""

@@ -89,13 +89,23 @@ def _changed(x: dict, what: str) -> dict:
         x["D"] = None
     elif what == "reverse":
         x["reverse"] = True
-    elif what == "subclass":
+    elif what == "dtype":
+        x.update({k: x[k].bfloat16() for k in ("u", "delta", "z", "B", "C")})
+    elif what == "B stride":
+        x["B"] = torch.cat([x["B"], x["B"]], dim=-1)[..., : x["B"].shape[-1]]
+    elif what == "Parameter u":
         x["u"] = torch.nn.Parameter(x["u"], requires_grad=False)
+    elif what == "subclass z":
+        x["z"] = x["z"].as_subclass(_Marked)
     return x
 
 
+class _Marked(torch.Tensor):
+    """A tensor subclass (its torch function runs): never shortcut."""
+
+
 @pytest.mark.parametrize("what", ["stride", "shape", "alignment", "absent D", "reverse",
-                                  "subclass"])
+                                  "dtype", "B stride", "Parameter u", "subclass z"])
 def test_a_call_the_signature_does_not_cover_is_checked(checks, launches, what) -> None:
     for seed in range(3):
         _infer(**_inputs(seed))
@@ -143,4 +153,55 @@ def test_a_normalisation_that_casts_is_never_shortcut(checks, launches) -> None:
     # D in bf16 is cast to fp32 by the normalisation: the host function sees another tensor
     for seed in range(4):
         _infer(**{**_inputs(seed), "D": torch.randn(8).bfloat16()})
+    assert len(checks) == 4
+
+
+def test_parameters_as_a_layer_passes_them_are_shortcut(checks, launches) -> None:
+    # the Mamba block passes D=self.D.float() and delta_bias=self.dt_bias.float(): the
+    # fp32 Parameters themselves
+    def parameters(seed: int) -> dict:
+        x = _inputs(seed)
+        for name in ("D", "delta_bias"):
+            x[name] = torch.nn.Parameter(x[name]).float()
+        return x
+
+    for seed in range(4):
+        _infer(**parameters(seed))
+    assert type(parameters(0)["D"]) is torch.nn.Parameter
+    assert len(checks) == 2
+
+
+def test_another_current_device_takes_the_long_way(checks, launches, monkeypatch) -> None:
+    for seed in range(3):
+        _infer(**_inputs(seed))
+    monkeypatch.setattr(launch_module, "current_device", lambda tensor: 1)
+    _infer(**_inputs(3))
+    assert len(checks) == 3
+
+
+def test_other_backends_never_read_the_tensors(checks, launches) -> None:
+    # vmap's batched tensors have no storage (data_ptr raises): the torch backend must
+    # run them whatever the shortcut has learnt
+    for seed in range(3):
+        _infer(**_inputs(seed))
+    x = {k: v[:1] if k in ("u", "delta", "B", "C") else v
+         for k, v in _inputs(3).items() if k in ("u", "delta", "A", "B", "C")}
+
+    def one(u: torch.Tensor) -> torch.Tensor:
+        return interface.selective_scan(**{**x, "u": u[None]}, delta_softplus=True,
+                                        backend="torch")[0]
+
+    with torch.no_grad():
+        batched = torch.func.vmap(one)(x["u"].expand(3, -1, -1))
+        alone = interface.selective_scan(**x, delta_softplus=True, backend="torch")
+    assert torch.allclose(batched[1], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_host_function_without_replays_is_never_learnt(checks, launches,
+                                                        monkeypatch) -> None:
+    outputs = (torch.zeros(2, 8, 40), torch.zeros(2, 8, N_STATE))
+    monkeypatch.setattr(interface, "_triton_host_functions",
+                        lambda: (lambda *args: outputs, None))
+    for seed in range(4):
+        assert _infer(**_inputs(seed)) is outputs[0]
     assert len(checks) == 4

@@ -95,15 +95,27 @@ def test_training_steps_through_the_public_function_are_replayed() -> None:
         _assert_identical(later, grads[0])
 
 
+@pytest.mark.parametrize("last_state", [False, True])
 @pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "-".join(map(str, c)))
-def test_repeated_public_inference_calls_take_the_shortcut_bit_for_bit(case) -> None:
+def test_repeated_public_inference_calls_take_the_shortcut_bit_for_bit(
+        case, last_state, monkeypatch) -> None:
     # inference_shortcut.py: from the third no-grad call on, the public signature runs the
-    # forward's replay directly; B and C given 3-D (unsqueezed views on the long way)
+    # forward's replay directly (the checks not called), on each call's own tensors (fresh
+    # copies each call), B and C given 3-D (unsqueezed views on the long way)
+    from medmamba_kernels.selective_scan import interface
+
+    checked = []
+    real = interface.check_and_normalise
+    monkeypatch.setattr(interface, "check_and_normalise",
+                        lambda *args: checked.append(1) or real(*args))
     x = _inputs(*case)
     if x["B"].shape[1] == 1:
         x["B"], x["C"] = x["B"][:, 0], x["C"][:, 0]
     with torch.no_grad():
-        calls = [selective_scan(**x, return_last_state=True) for _ in range(4)]
-    assert FWD.aliases and None not in FWD.aliases.values()
+        calls = [selective_scan(**{k: v.clone() if torch.is_tensor(v) else v
+                                   for k, v in x.items()}, return_last_state=last_state)
+                 for _ in range(4)]
+    assert len(checked) == 2 and FWD.aliases and None not in FWD.aliases.values()
     for later in calls[1:]:
-        _assert_identical(later, calls[0])
+        _assert_identical(later if last_state else (later,),
+                          calls[0] if last_state else (calls[0],))
