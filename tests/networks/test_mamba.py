@@ -157,3 +157,23 @@ def test_network_compiles_as_one_graph_on_the_triton_path(monkeypatch: pytest.Mo
         explained = torch._dynamo.explain(network)(x)
     assert explained.graph_break_count == 0, [r.reason.splitlines()[0] for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_repeated_inference_of_a_layer_takes_the_kernel_shortcut(dtype: torch.dtype) -> None:
+    # the layer passes D and dt_bias as `.float()` of fp32 Parameters: the kernel's
+    # inference shortcut (medmamba_kernels' inference_shortcut.py) must still take them
+    from medmamba_kernels.selective_scan import triton_fwd
+
+    host = triton_fwd.selective_scan_fwd_triton
+    host.forget()
+    torch.manual_seed(0)
+    layer = MambaLayer(32).cuda().eval()
+    x = torch.randn(2, 32, 6, 7, 8, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        outs = [layer(x.clone()) for _ in range(4)]
+    assert host.aliases and None not in host.aliases.values()
+    for later in outs[1:]:
+        assert torch.equal(later, outs[0])
+    host.forget()
