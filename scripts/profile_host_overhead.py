@@ -231,16 +231,30 @@ def autograd_trace(shape, dtype, calls: int = 20) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
 
 
-def replay_state(host_function) -> str:
-    """What the replay of the one signature `host_function` has seen holds: its
-    allocations, scratch bytes and launches, or why it was not recorded."""
-    if len(host_function.records) != 1:
-        return f"{len(host_function.records)} signatures recorded (expected 1)"
-    key, replay = next(iter(host_function.records.items()))
+def _described(host_function, key, replay) -> str:
+    """A recorded signature's replay (allocations, scratch bytes, launches), or why the
+    signature is not replayable."""
     if replay is None:
         return f"not replayed: {host_function.unreplayable.get(key, '?')}"
     return (f"replayed: {len(replay.allocations)} allocations, {replay.scratch_bytes} "
             f"scratch bytes, {len(replay.launches)} launches")
+
+
+def replay_state(host_function) -> str:
+    """The replay of the one signature `host_function` has seen (`_described`)."""
+    if len(host_function.records) != 1:
+        return f"{len(host_function.records)} signatures recorded (expected 1)"
+    return _described(host_function, *next(iter(host_function.records.items())))
+
+
+def replay_states() -> str:
+    """Every signature the forward and backward host functions have seen recorded."""
+    from medmamba_kernels.selective_scan import triton_bwd
+
+    return "\n".join(f"  {name}: " + _described(host, key, replay)
+                     for name, host in (("fwd", fwd),
+                                        ("bwd", triton_bwd.selective_scan_bwd_triton))
+                     for key, replay in host.records.items())
 
 
 class _NoShortcuts:
@@ -252,21 +266,6 @@ class _NoShortcuts:
 
     def learn(self, *args):
         return None
-
-
-def replay_states() -> str:
-    """Every signature the forward and backward host functions have seen recorded: its
-    replay's allocations and launches, or why it is not replayable."""
-    from medmamba_kernels.selective_scan import triton_bwd
-
-    lines = []
-    for name, host in (("fwd", fwd), ("bwd", triton_bwd.selective_scan_bwd_triton)):
-        for key, replay in host.records.items():
-            lines.append(f"  {name}: " + (
-                f"not replayed: {host.unreplayable.get(key, '?')}" if replay is None else
-                f"{len(replay.allocations)} allocations, {replay.scratch_bytes} scratch "
-                f"bytes, {len(replay.launches)} launches"))
-    return "\n".join(lines)
 
 
 def inference_breakdown(shape, dtype, top: int) -> str:
