@@ -45,6 +45,7 @@ from bench_serial_variants import (compare_serial_options, compare_serial_passes
 from scan_bench_common import (ANCHORS, N_STATE, bwd, fwd, make_inputs, public_row_calls,
                                reference, rel, row_calls, set_replays, training_inputs)
 
+
 def tolerance(dtype: torch.dtype) -> float:
     """Largest relative error a check accepts against the float64 reference."""
     return 1e-4 if dtype == torch.float32 else 2e-2
@@ -126,17 +127,11 @@ def mamba_calls(selective_scan_fn, shape, dtype, api):
     as row_calls times our host functions (the backward's inputs from its forward)."""
     import selective_scan_cuda
 
-    x, leaves, flags, dout = training_inputs(shape, dtype)
+    if api == "public":  # mamba_ssm has no reverse (main() refuses it with --mamba)
+        return public_row_calls(shape, dtype, scan=lambda reverse, **kwargs:
+                                selective_scan_fn(**kwargs))
+    x, _, flags, dout = training_inputs(shape, dtype)
     softplus = flags["delta_softplus"]
-    if api == "public":
-        def run_fwd():
-            with torch.no_grad():
-                selective_scan_fn(**x, delta_softplus=softplus)
-
-        def run_fwd_bwd():
-            selective_scan_fn(**leaves, delta_softplus=softplus).backward(dout)
-
-        return run_fwd, run_fwd_bwd, list(leaves.values())
     inputs = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
     def run_fwd_host():

@@ -175,14 +175,16 @@ def training_inputs(shape, dtype, reverse: bool = False):
     return x, leaves, flags, torch.randn(shape, device=DEVICE, dtype=dtype)
 
 
-def public_row_calls(shape, dtype, reverse: bool = False):
-    """(run_fwd, run_fwd_bwd, leaves) through the public `selective_scan` as a user calls
-    it, and as DESIGN.md 7's anchor timed mamba_ssm's `selective_scan_fn`: an inference
-    call, and a training call (inputs that require grad) with `.backward(dout)` through the
-    autograd engine. The training call accumulates into the leaves' .grad; pass `leaves`
-    to do_bench's grad_to_none to time it without the accumulation's adds."""
+def public_row_calls(shape, dtype, reverse: bool = False, scan=None):
+    """(run_fwd, run_fwd_bwd, leaves) through the public `selective_scan` (or `scan`,
+    called the same way) as a user calls it, and as DESIGN.md 7's anchor timed mamba_ssm's
+    `selective_scan_fn`: an inference call, and a training call (inputs that require grad)
+    with `.backward(dout)` through the autograd engine. The training call accumulates into
+    the leaves' .grad; pass `leaves` to do_bench's grad_to_none to time it without the
+    accumulation's adds."""
     from medmamba_kernels.selective_scan.interface import selective_scan
 
+    selective_scan = scan or selective_scan
     x, leaves, flags, dout = training_inputs(shape, dtype, reverse)
 
     def run_fwd():

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from . import launch
+
 # What a tensor argument may be: a Parameter (D, delta_bias of a layer, passed as
 # `.float()` of an fp32 one: itself) behaves as a Tensor in every op (its torch function is
 # disabled), other subclasses may not
@@ -59,7 +61,6 @@ class InferenceShortcuts:
 
     def __init__(self) -> None:
         self._host: Any = None  # the replayed forward host function, once seen
-        self._launch: Any = None  # launch.py, imported with it (current_device)
 
     def run(self, tensors: tuple, flags: tuple) -> tuple | None:
         """(out, last_state) of a known inference call, run by its replay; None where
@@ -68,7 +69,7 @@ class InferenceShortcuts:
         if (host is None or not host.aliases or type(u) is not torch.Tensor
                 or flags[3] not in _SHORTCUT_BACKENDS):
             return None
-        device = self._launch.current_device(u)
+        device = launch.current_device(u)
         try:
             found = None if device is None else _signature(tensors, flags)
         except RuntimeError:  # a tensor without storage (vmap, functionalisation)
@@ -98,9 +99,7 @@ class InferenceShortcuts:
         if found is None:
             return
         key, present, _ = found
-        from . import launch  # with the host functions: reached on the Triton path only
-
-        self._host, self._launch = host, launch
+        self._host = host
         device = launch.current_device(present[0])
         # once aliased (to a replay, or to None: unreplayable) there is nothing to learn
         if device is not None and (key, device) not in aliases:
