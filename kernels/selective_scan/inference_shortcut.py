@@ -83,11 +83,12 @@ class InferenceShortcuts:
         return replay(present, addresses, present[0].device)
 
     def learn(self, host: Any, tensors: tuple, flags: tuple, normalised: tuple,
-              host_flags: tuple) -> None:
+              host_flags: tuple, host_options: dict | None = None) -> None:
         """After a long-way inference call: let `tensors` and `flags` (as the caller
-        passed them) name the replay of `host` on `normalised` (what it was called with)
-        and `host_flags`, where the normalisation took views alone. A host function
-        without replay aliases (not `replay.replayed`) is never learnt."""
+        passed them) name the replay of `host` on `normalised` (what it was called with),
+        `host_flags` and the keywords `host_options`, where the normalisation took views
+        alone. A host function without replay aliases (not `replay.replayed`) is never
+        learnt."""
         aliases = getattr(host, "aliases", None)
         if aliases is None:
             return
@@ -103,4 +104,4 @@ class InferenceShortcuts:
         device = launch.current_device(present[0])
         # once aliased (to a replay, or to None: unreplayable) there is nothing to learn
         if device is not None and (key, device) not in aliases:
-            host.alias((key, device), *normalised, *host_flags)
+            host.alias((key, device), *normalised, *host_flags, **(host_options or {}))

@@ -28,7 +28,9 @@ recomputes from the inputs and gets no gradient for last_state. One exception to
 64-position chunk boundaries (`keep_states=True`: it then returns them as a third value,
 or None) where its "serial" variant produces them anyway, 4 N bytes a channel every 64
 positions (half of a bf16 u at N = 16), held until the backward, which then skips its
-forward aggregate pass. Host functions never modify their inputs.
+forward aggregate pass. Eager calls that do not ask for last_state pass the Triton forward
+`return_last_state=False` (None in its place; one allocation fewer in a replay). Host
+functions never modify their inputs.
 
 Eager calls on the Triton backend skip the op's Python dispatch (tens of microseconds, more
 than the GPU time of short rows): `_EagerTritonScan` runs the same host functions under
@@ -132,18 +134,16 @@ def _resolve(backend: Backend, device: torch.device) -> Backend:
     return backend
 
 
-def _without_autocast(fn: Callable[..., tuple], device_type: str, *args) -> tuple:
+def _without_autocast(fn: Callable[..., tuple], device_type: str, *args, **kwargs) -> tuple:
     # The scan runs on its input dtypes with an fp32 state whatever autocast says; entering
     # the context costs microseconds, so only when autocast is on.
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return fn(*args)
-    return fn(*args)
+            return fn(*args, **kwargs)
+    return fn(*args, **kwargs)
 
 
-# --------------------------------------------------------------------------------------
-# torch.library custom ops
-# --------------------------------------------------------------------------------------
+# ---- torch.library custom ops --------------------------------------------------------
 
 
 @torch.library.custom_op("medmamba::selective_scan_fwd", mutates_args=())
@@ -270,16 +270,19 @@ class _EagerTritonScan(torch.autograd.Function):
     which runs the same host functions."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                return_last_state):
         fwd, _ = _triton_host_functions()
         # the states at the backward's chunk boundaries, where the forward computes them
-        # anyway (fp32, 4 N bytes a channel every 64 positions): one pass fewer backward
+        # anyway (fp32, 4 N bytes a channel every 64 positions): one pass fewer backward;
+        # last_state None unless asked for (its buffer then joins the replay's scratch)
         out, last_state, states = _without_autocast(
-            functools.partial(fwd, keep_states=True), u.device.type, u, delta, A, B, C, D,
-            z, delta_bias, delta_softplus, reverse)
+            fwd, u.device.type, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+            reverse, keep_states=True, return_last_state=return_last_state)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.flags = (delta_softplus, reverse)
-        ctx.mark_non_differentiable(last_state)
+        if last_state is not None:
+            ctx.mark_non_differentiable(last_state)
         # last_state's gradient is unused: left None, not a (batch, dim, N) tensor of zeros
         # allocated and filled on the engine's thread every backward
         ctx.set_materialize_grads(False)
@@ -288,17 +291,15 @@ class _EagerTritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlast_state):
         if dout is None:  # no gradient reached out (grads are not materialised as zeros)
-            return (None,) * 10
+            return (None,) * 11
         _, bwd = _triton_host_functions()
         *inputs, states = ctx.saved_tensors
-        grads = _without_autocast(functools.partial(bwd, states=states), dout.device.type,
-                                  dout, *inputs, *ctx.flags)
-        return (*grads, None, None)
+        grads = _without_autocast(bwd, dout.device.type, dout, *inputs, *ctx.flags,
+                                  states=states)
+        return (*grads, None, None, None)
 
 
-# --------------------------------------------------------------------------------------
-# public function
-# --------------------------------------------------------------------------------------
+# ---- public function -----------------------------------------------------------------
 
 
 def selective_scan(
@@ -379,13 +380,16 @@ def selective_scan(
         if (chosen is Backend.TRITON and type(u) is torch.Tensor
                 and not torch.compiler.is_compiling()):
             if training:
-                out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse)
+                out, last_state = _EagerTritonScan.apply(*inputs, delta_softplus, reverse,
+                                                         return_last_state)
             else:  # inference: no graph to record
                 fwd, _ = _triton_host_functions()
+                options = {"return_last_state": return_last_state}
                 out, last_state = _without_autocast(fwd, u.device.type, *inputs,
-                                                    delta_softplus, reverse)
+                                                    delta_softplus, reverse, **options)
                 if inference:
-                    _SHORTCUTS.learn(fwd, given, flags, inputs, (delta_softplus, reverse))
+                    _SHORTCUTS.learn(fwd, given, flags, inputs, (delta_softplus, reverse),
+                                     options)
         else:
             out, last_state, _ = _scan_fwd_op(
                 u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chosen.value,

@@ -34,6 +34,7 @@ on the runner as `raw`.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Callable, Hashable
 
@@ -213,6 +214,32 @@ def _is_set(hook: Any) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
+# triton 3.6's CudaLauncher.__call__ parameters (then *args): its C launch function can be
+# called directly with the same arguments and the four it inserts (`_direct_launch`)
+_TRITON_36_CALL = ("self", "gridX", "gridY", "gridZ", "stream", "function")
+
+
+def _direct_launch(run: Any, packed: Any) -> tuple[Callable, tuple]:
+    """(what to call, the arguments between the kernel handle and the kernel's own):
+    triton 3.6's C launch function behind `run` with (cooperative grid, PDL, no global
+    scratch, no profile scratch, metadata, no launch metadata, no hooks), which is what
+    `run` passes it when the kernel needs no scratch, without `run`'s Python (~1 us a
+    launch); else `run` itself with (metadata, no launch metadata, no hooks)."""
+    through_run = (run, (packed, None, None, None))
+    code = getattr(getattr(type(run), "__call__", None), "__code__", None)
+    c_launch = getattr(run, "launch", None)
+    triton = importlib.import_module("triton") if code is not None else None
+    if (code is None or not callable(c_launch)
+            or not getattr(triton, "__version__", "").startswith("3.6.")
+            or code.co_varnames[:code.co_argcount] != _TRITON_36_CALL
+            or not code.co_flags & inspect.CO_VARARGS
+            or getattr(run, "global_scratch_size", None) != 0
+            or getattr(run, "profile_scratch_size", None) != 0):
+        return through_run
+    return c_launch, (run.launch_cooperative_grid, run.launch_pdl, None, None, packed,
+                      None, None, None)
+
+
 def _runner(compiled: Any, grid: tuple[int, int, int], device: int | None) -> Callable:
     """A launch of `compiled` on `grid`, called with (the arguments, the same with tensors
     as addresses, the trailing constexprs): its launch function with the addresses and the
@@ -227,15 +254,16 @@ def _runner(compiled: Any, grid: tuple[int, int, int], device: int | None) -> Ca
         return lambda args, addresses, tail: runner(*args, *tail)
     function = compiled.function
     current_stream = torch._C._cuda_getCurrentRawStream
+    call, between = _direct_launch(run, packed)
 
     def launch(args: tuple, addresses: list, tail: list) -> None:
         if launch_hooks_installed(runtime):
             runner(*args, *tail)
             return
-        run(grid[0], grid[1], grid[2], current_stream(device), function, packed, None, None,
-            None, *addresses, *tail)
+        call(grid[0], grid[1], grid[2], current_stream(device), function, *between,
+             *addresses, *tail)
 
-    # what replay.py repeats without the tensors: the launch function, grid, kernel and
-    # metadata, and the current stream at each call
-    launch.raw = (run, grid, function, packed, lambda: current_stream(device))
+    # what replay.py repeats without the tensors: the launch function, grid, kernel, the
+    # arguments before the kernel's own, and the device whose current stream it runs on
+    launch.raw = (call, grid, function, between, device)
     return launch

@@ -205,6 +205,9 @@ class _Replay:
                           tuple((pos, *base(index, offset)) for pos, index, offset in patches))
                          for raw, addresses, tail, patches, _ in recorder.launches]
         self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
+        # every launch of a call is on the device current for it: one stream look-up
+        devices = {raw[4] for raw, *_ in recorder.launches}
+        self.device = devices.pop() if len(devices) == 1 else None
         self.result = renumbered(spec, where)
         # the common result, a flat tuple of whole allocations and Nones (absent
         # gradients): indices, no recursion
@@ -223,15 +226,22 @@ class _Replay:
         if self.scratch_bytes:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=device)
             bases.append(scratch.data_ptr())
-        for (run, grid, function, packed, stream), template, tail, patches in self.launches:
+        stream = None if self.device is None else current_stream(self.device)
+        for (call, grid, function, between, device), template, tail, patches in self.launches:
             arguments = template.copy()
             for position, base, offset in patches:
                 arguments[position] = bases[base] + offset
-            run(grid[0], grid[1], grid[2], stream(), function, packed, None, None, None,
-                *arguments, *tail)
+            on = current_stream(device) if stream is None else stream
+            call(grid[0], grid[1], grid[2], on, function, *between, *arguments, *tail)
         if self.flat_result is not None:
             return tuple([None if j is None else allocations[j] for j in self.flat_result])
         return build(self.result, inputs, allocations)
+
+
+def current_stream(device: int) -> int:
+    """The raw current CUDA stream of `device` (looked up at each call: tests stand in
+    for it)."""
+    return torch._C._cuda_getCurrentRawStream(device)
 
 
 def _contiguous_strides(shape: tuple) -> tuple:

@@ -102,7 +102,7 @@ TILE_MAX_LENGTH = 64
 BACKWARD_CHUNK = _MAX_CHUNK[True]
 
 
-def _result(out: torch.Tensor, last_state: torch.Tensor, keep_states: bool,
+def _result(out: torch.Tensor, last_state: torch.Tensor | None, keep_states: bool,
             states: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     return (out, last_state, states) if keep_states else (out, last_state)
 
@@ -223,6 +223,7 @@ def selective_scan_fwd_triton(
     maxnreg: int | None = None,
     keep_states: bool = False,
     boundary: str = "auto",
+    return_last_state: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Forward host function (contract: interface.py's docstring).
 
@@ -241,7 +242,10 @@ def selective_scan_fwd_triton(
     (`walk_pays`).
     Returns (out, last_state fp32 (batch, dim, N)); with `keep_states`, also the states
     leaving every chunk of the backward's plan (`backward_states`) or None where the
-    forward does not produce them: passed to the backward, they spare it a pass.
+    forward does not produce them: passed to the backward, they spare it a pass. With
+    `return_last_state=False` last_state is None: the kernels still write it, but to a
+    buffer the call does not return, which a replay carves from its scratch (one
+    allocation fewer a call where there is scratch: replay.py).
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -272,6 +276,7 @@ def selective_scan_fwd_triton(
             f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}"
         )
     last_state = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+    returned_state = last_state if return_last_state else None
     if variant == "serial":
         keep = keep_states and (ti is None or ti <= BACKWARD_CHUNK)
         states = backward_states(u, A, B) if keep else None
@@ -279,12 +284,12 @@ def selective_scan_fwd_triton(
                        last_state, chunk=chunk, num_warps=num_warps, ti=ti,
                        block_d=channel_block, maxnreg=maxnreg, sub_states=states,
                        sub_chunk=BACKWARD_CHUNK)
-        return _result(out, last_state, keep_states, states)
+        return _result(out, returned_state, keep_states, states)
     multi = plan.n_chunks > 1
     if multi and variant == "deferred":
         deferred_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan,
                          out, last_state)
-        return _result(out, last_state, keep_states)
+        return _result(out, returned_state, keep_states)
     if multi and variant == "rows":
         H = rows_boundary_states(u, delta, A, B, delta_bias, delta_softplus, reverse, plan,
                                  last_state)
@@ -304,11 +309,11 @@ def selective_scan_fwd_triton(
         launch_rows_output(u, delta, z, A, B, C, D, delta_bias, H, out, plan,
                            delta_softplus=delta_softplus, reverse=reverse,
                            num_warps=num_warps)
-        return _result(out, last_state, keep_states)
+        return _result(out, returned_state, keep_states)
     # tile_pin: the trailing 0 (see the kernel's docstring)
     launch_output_kernel(
         _fwd_output_kernel_launcher, u, delta, z, A, B, C, D, delta_bias, H, out, plan,
         delta_softplus, reverse, key=variant, scalars=(0,),
         options=dict(NP=_next_pow2(n_state), BC_IN_LOOP=variant == "reload",
                      num_warps=plan.num_warps))
-    return _result(out, last_state, keep_states)
+    return _result(out, returned_state, keep_states)

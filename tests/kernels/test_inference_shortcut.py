@@ -201,7 +201,7 @@ def test_a_host_function_without_replays_is_never_learnt(checks, launches,
                                                         monkeypatch) -> None:
     outputs = (torch.zeros(2, 8, 40), torch.zeros(2, 8, N_STATE))
     monkeypatch.setattr(interface, "_triton_host_functions",
-                        lambda: (lambda *args: outputs, None))
+                        lambda: (lambda *args, **options: outputs, None))
     for seed in range(4):
         assert _infer(**_inputs(seed)) is outputs[0]
     assert len(checks) == 4

@@ -31,24 +31,29 @@ def _op(x: dict, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     return out, last
 
 
-def test_inference_matches_op() -> None:
+# without last_state the host function is told so (its buffer a scratch of the call)
+@pytest.mark.parametrize("with_last", [True, False])
+def test_inference_matches_op(with_last: bool) -> None:
     x = _four_d(CASE.inputs(DEVICE))
     with torch.no_grad():
-        out, last = selective_scan(**x, delta_softplus=True, reverse=True,
-                                   return_last_state=True, backend="triton")
+        got = selective_scan(**x, delta_softplus=True, reverse=True,
+                             return_last_state=with_last, backend="triton")
         want, want_last = _op(x)
+    out, last = got if with_last else (got, want_last)
     assert torch.equal(out, want) and torch.equal(last, want_last)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_gradients_match_op(autocast: bool) -> None:
+@pytest.mark.parametrize(("autocast", "with_last"), [(False, True), (True, True),
+                                                     (False, False)])
+def test_gradients_match_op(autocast: bool, with_last: bool) -> None:
     x = _four_d(CASE.inputs(DEVICE))
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     dout = torch.randn(x["u"].shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     with torch.autocast(DEVICE, enabled=autocast):
-        out, last = selective_scan(**leaves, delta_softplus=True, reverse=True,
-                                   return_last_state=True, backend="triton")
-    assert not last.requires_grad
+        got = selective_scan(**leaves, delta_softplus=True, reverse=True,
+                             return_last_state=with_last, backend="triton")
+    out, last = got if with_last else (got, None)
+    assert last is None or not last.requires_grad
     grads = torch.autograd.grad(out, list(leaves.values()), dout)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     want, _ = _op(ref_leaves, training=True)

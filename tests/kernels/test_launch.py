@@ -229,3 +229,44 @@ def test_a_triton_without_knobs_counts_as_hooked(monkeypatch) -> None:
     monkeypatch.delattr(triton, "knobs", raising=False)
     monkeypatch.setitem(sys.modules, "triton.knobs", None)
     assert launch_module.launch_hooks_installed()
+
+
+class _Launcher36:
+    """Shaped as triton 3.6's CudaLauncher: `__call__` inserts the cooperative-grid and
+    PDL flags and the two scratch buffers before the metadata, then calls `launch`."""
+
+    def __init__(self, log: list, scratch: int = 0) -> None:
+        self.log = log
+        self.global_scratch_size = scratch
+        self.profile_scratch_size = 0
+        self.launch_cooperative_grid = False
+        self.launch_pdl = True
+
+    def launch(self, *args):
+        self.log.append(args)
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):  # noqa: N803
+        scratch = "scratch" if self.global_scratch_size else None
+        self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid,
+                    self.launch_pdl, scratch, None, *args)
+
+
+@pytest.mark.parametrize(("version", "scratch", "direct"), [
+    ("3.6.0", 0, True), ("3.6.1", 0, True),
+    ("3.5.1", 0, False),  # the same __call__ may pass its launch function other arguments
+    ("3.6.0", 64, False),  # a kernel with global scratch: the launcher allocates it
+])
+def test_triton_36_launch_functions_are_called_as_the_launcher_would(
+        monkeypatch, version: str, scratch: int, direct: bool) -> None:
+    import triton
+
+    from medmamba_kernels.selective_scan import launch as launch_module
+
+    monkeypatch.setattr(triton, "__version__", version)
+    log: list = []
+    run = _Launcher36(log, scratch)
+    call, between = launch_module._direct_launch(run, ("packed",))
+    assert (call == run.launch) is direct and (call is run) is not direct
+    call(8, 1, 1, 1003, "handle", *between, 4096, 64, 16)
+    run(8, 1, 1, 1003, "handle", ("packed",), None, None, None, 4096, 64, 16)
+    assert log[0] == log[1]  # the launch function gets what the launcher would give it

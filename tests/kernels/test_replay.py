@@ -48,6 +48,8 @@ FORWARDS = [  # (batch, dim, L, dtype, keyword arguments): each variant and path
     (2, 64, 300, torch.bfloat16, {}),                       # "rows", one chunk
     (2, 16, 3000, torch.bfloat16, {}),                      # "chunked"
     (2, 8, 40, torch.float32, {"variant": "reload"}),
+    (2, 64, 4096, torch.bfloat16, {"return_last_state": False}),  # last_state as scratch
+    (2, 64, 300, torch.bfloat16, {"return_last_state": False}),
 ]
 
 
@@ -105,6 +107,22 @@ def test_a_replayed_backward_returns_its_own_gradients_with_the_inputs_shapes(
         assert [(g.shape, g.dtype) for g in grads] == wanted
         assert len({g.data_ptr() for g in grads}) == len(grads)
     assert not {g.data_ptr() for g in results[1]} & {g.data_ptr() for g in results[2]}
+
+
+@pytest.mark.parametrize("length", [4096, 300])  # "serial" (scratch already), "rows"
+def test_a_forward_not_asked_for_last_state_carves_it_from_the_scratch(
+        launches, length) -> None:
+    fwd = triton_fwd.selective_scan_fwd_triton
+    x = _inputs(2, 64, length, torch.bfloat16)
+    replays = {}
+    for wanted in (True, False):
+        fwd.forget()
+        results = [fwd(**x, return_last_state=wanted) for _ in range(3)]
+        (replays[wanted],) = fwd.records.values()
+        assert all((r[1] is not None) == wanted for r in results)
+    state_bytes = 2 * 64 * N_STATE * 4
+    assert len(replays[False].allocations) == len(replays[True].allocations) - 1
+    assert replays[False].scratch_bytes >= replays[True].scratch_bytes + state_bytes
 
 
 def test_a_forward_into_a_given_output_returns_that_output(launches) -> None:

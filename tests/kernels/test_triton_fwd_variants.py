@@ -331,3 +331,17 @@ def test_rows_of_one_warp_match_the_reference(monkeypatch: pytest.MonkeyPatch) -
     got, _ = selective_scan_fwd_triton(**_four_d(inputs), delta_softplus=True, reverse=False)
     assert rows_calls
     assert relative_error(got, want) <= TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("variant", ["serial", "deferred", "rows", "chunked"])
+def test_a_forward_not_asked_for_last_state_returns_the_same_output(variant: str) -> None:
+    # the kernels still write last_state, to a buffer the call does not return
+    case = ScanCase(2, 4, 150, 8, has_z=True, softplus=True)
+    x = _four_d(case.inputs(DEVICE))
+    flags = {"delta_softplus": case.softplus, "reverse": case.reverse, "variant": variant,
+             "chunk": 32}
+    out, last = selective_scan_fwd_triton(**x, **flags)
+    got = selective_scan_fwd_triton(**x, **flags, return_last_state=False)
+    assert got[1] is None and torch.equal(got[0], out)
+    kept = selective_scan_fwd_triton(**x, **flags, keep_states=True, return_last_state=False)
+    assert len(kept) == 3 and kept[1] is None and torch.equal(kept[0], out)
