@@ -32,6 +32,7 @@ adds its ms and our speed-up over it measured in this run.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -166,9 +167,11 @@ def floors(batch, dim, length, dtype, bw):
 
 
 def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="host",
-              mamba=None):
+              mamba=None, rounds=1):
     """(fwd ms, f+b ms, fwd %floor, f+b %floor, fwd x anchor, f+b x anchor), then with
-    `mamba` (its selective_scan_fn) its fwd and f+b ms in this run and our speed-ups."""
+    `mamba` (its selective_scan_fn) its fwd and f+b ms in this run and our speed-ups.
+    Each call is timed `rounds` times, ours and mamba_ssm's alternated, and the medians
+    kept: a host-bound cell moves with the host's speed, which drifts within a run."""
     from triton.testing import do_bench
 
     leaves = None
@@ -183,15 +186,26 @@ def bench_row(shape, dtype, bw, quick, layout="contiguous", reverse=False, api="
                 do_bench(run_fwd_bwd, warmup=10, rep=rep, grad_to_none=leaves,
                          return_mode="median"))
 
-    t_f, t_fb = times(run_fwd, run_fwd_bwd, leaves)
+    theirs_calls = None if mamba is None else mamba_calls(mamba, shape, dtype, api)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(times(run_fwd, run_fwd_bwd, leaves))
+        if theirs_calls is not None:
+            theirs.append(times(*theirs_calls))
+    t_f, t_fb = _medians(ours)
     fl_f, fl_fb = floors(*shape, dtype, bw)
     a = ANCHORS[shape]
     a_f, a_fb = (a[0], a[1]) if dtype == torch.float32 else (a[2], a[3])
     row = (t_f, t_fb, 100 * fl_f / t_f, 100 * fl_fb / t_fb, a_f / t_f, a_fb / t_fb)
     if mamba is None:
         return row
-    m_f, m_fb = times(*mamba_calls(mamba, shape, dtype, api))
+    m_f, m_fb = _medians(theirs)
     return row + (m_f, m_f / t_f, m_fb, m_fb / t_fb)
+
+
+def _medians(rounds: list[tuple]) -> tuple:
+    """The median of each column of per-round timings."""
+    return tuple(statistics.median(column) for column in zip(*rounds))
 
 
 def main() -> int:
@@ -244,6 +258,9 @@ def main() -> int:
                    help="one-chunk forwards of short sequences by variant and warps")
     p.add_argument("--train-chunks", action="store_true",
                    help="a training call (forward keeping states, backward) by backward chunk")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every call this many times, ours and mamba_ssm's alternated, "
+                        "and print the medians (host-bound rows drift within a run)")
     p.add_argument("--mamba", type=Path, default=None, metavar="DIR",
                    help="also check and time mamba_ssm's CUDA scan, built from the sources "
                         "that scripts/mamba_reference.py prepare unpacked into DIR")
@@ -328,8 +345,8 @@ def main() -> int:
         ok &= check_chunking(2, 64, 262144, torch.float32)
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write); {args.api} calls; "
-          f"z and dout {args.layout}"
-          + ("; reverse=True" if args.reverse else ""))
+          f"z and dout {args.layout}" + ("; reverse=True" if args.reverse else "")
+          + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else ""))
     header = (f"{'batch, dim, L':<18}{'dtype':<6}{'fwd ms':>9}{'%floor':>8}{'x mamba':>9}"
               f"{'f+b ms':>9}{'%floor':>8}{'x mamba':>9}")
     if mamba is not None:  # mamba_ssm in this run: its ms and our speed-up over it
@@ -338,7 +355,7 @@ def main() -> int:
     for dt in dtypes:
         for shape in shapes:
             r = bench_row(shape, dt, bw, args.quick, args.layout, args.reverse, args.api,
-                          mamba)
+                          mamba, args.rounds)
             lines.append(f"{str(shape)[1:-1]:<18}{str(dt)[6:]:<6}{r[0]:>9.3f}{r[2]:>7.0f}%"
                          f"{r[4]:>8.1f}x{r[1]:>9.3f}{r[3]:>7.0f}%{r[5]:>8.1f}x")
             if mamba is not None:

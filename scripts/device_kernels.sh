@@ -33,7 +33,8 @@
 #   mamba      scripts/mamba_reference.py build: mamba_ssm's CUDA scan from its sdist, checked
 #              (carry .devdata/mamba_ssm, unpacked here by `mamba_reference.py prepare`)
 #   table-mamba, table-public-mamba   the table and table-public, with mamba_ssm timed
-#              beside ours in the same run (after `mamba`, or building it first)
+#              beside ours in the same run (after `mamba`, or building it first); ROUNDS=K
+#              times each call K times, ours and mamba_ssm's alternated, medians printed
 # Each section's log goes to $OUT/<section>$LOG_TAG.log; its tail is printed. KERNELS_DIR
 # (default ./kernels) runs other kernels, e.g. .devdata/old/kernels of device_kernel_ab.sh.
 set -o pipefail
@@ -75,10 +76,10 @@ for section in "$@"; do
               ${PASS_LABELS:+--pass-configs "$PASS_LABELS"} > "$log" 2>&1 ;;
     train) timeout 560 $K scripts/bench_selective_scan.py --train-chunks > "$log" 2>&1 ;;
     mamba) timeout 540 $K scripts/mamba_reference.py build > "$log" 2>&1 ;;
-    table-mamba) timeout 400 $K scripts/bench_selective_scan.py --mamba .devdata/mamba_ssm \
-                   > "$log" 2>&1 ;;
-    table-public-mamba) timeout 400 $K scripts/bench_selective_scan.py --api public \
-                          --mamba .devdata/mamba_ssm > "$log" 2>&1 ;;
+    table-mamba) timeout 560 $K scripts/bench_selective_scan.py --mamba .devdata/mamba_ssm \
+                   --rounds "${ROUNDS:-1}" > "$log" 2>&1 ;;
+    table-public-mamba) timeout 560 $K scripts/bench_selective_scan.py --api public \
+                          --mamba .devdata/mamba_ssm --rounds "${ROUNDS:-1}" > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

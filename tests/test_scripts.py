@@ -225,3 +225,34 @@ def test_bench_checks_hold_results_to_the_float64_reference_by_dtype(capsys) -> 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("check exact") and " ok " in lines[0]
     assert lines[1].startswith("check off") and "FAIL worst B=5.0e-03" in lines[1]
+
+
+def test_bench_rows_alternate_ours_and_mamba_ssm_and_keep_the_medians(monkeypatch) -> None:
+    # do_bench stood in for: each call returns the next of a list of times, logging which
+    # call it timed; rounds must alternate ours and theirs and report per-column medians
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_selective_scan as bench
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    import torch
+
+    triton_testing = pytest.importorskip("triton.testing")
+    timed: list = []
+    times = iter([1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0, 5.0, 50.0, 6.0, 60.0])
+
+    def fake_do_bench(fn, **kwargs):
+        timed.append(fn())
+        return next(times)
+
+    monkeypatch.setattr(triton_testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(bench, "public_row_calls",
+                        lambda shape, dtype, reverse: (lambda: "ours f", lambda: "ours fb", []))
+    monkeypatch.setattr(bench, "mamba_calls", lambda fn, shape, dtype, api: (
+        lambda: "theirs f", lambda: "theirs fb", None))
+    shape = next(iter(bench.ANCHORS))
+    row = bench.bench_row(shape, torch.float32, 1e12, True, api="public", mamba=object(),
+                          rounds=3)
+    assert timed == ["ours f", "ours fb", "theirs f", "theirs fb"] * 3
+    assert (row[0], row[1]) == (3.0, 30.0)  # medians of 1, 3, 5 and 10, 30, 50
+    assert (row[6], row[8]) == (4.0, 40.0) and row[7] == 4.0 / 3.0
