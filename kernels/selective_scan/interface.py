@@ -295,7 +295,7 @@ class _EagerTritonScan(torch.autograd.Function):
         _, bwd = _triton_host_functions()
         *inputs, states = ctx.saved_tensors
         grads = _without_autocast(bwd, dout.device.type, dout, *inputs, *ctx.flags,
-                                  states=states)
+                                  states=states, gradients_share_storage=True)
         return (*grads, None, None, None)
 
 

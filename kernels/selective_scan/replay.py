@@ -22,7 +22,9 @@ The signature: each tensor argument's shape, strides, dtype, device and 16-byte 
 every other argument's type and value (None, bool, int, float or str; anything else is
 not replayed), and the current CUDA device. The replay makes every allocation up front
 and keeps it to the end, where `fn` may have freed scratch earlier (a little more peak
-memory, scratch only).
+memory, scratch only). Scratch comes from one buffer a call; a host function may also
+let callers take results that share storage (`replayed(shared=...)`: the backward's
+gradients, two allocations for eight), which replay_results.Replay makes.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .replay_results import build, renumbered, result_spec, returned_allocations
+from .replay_results import Replay
 
 _MAX_SIGNATURES = 512
 _RECORD_AT = 2  # the sighting of a signature that is recorded (the first compiles)
 _UNSEEN = object()  # `records` has no verdict on a signature yet
-_SCRATCH_ALIGN = 256  # bytes: each scratch allocation's start in the shared buffer
 
 _ALLOCATIONS = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,
                 torch.ops.aten.new_empty, torch.ops.aten.new_empty_strided}
@@ -172,91 +173,6 @@ class _Watch(TorchDispatchMode):
         return out
 
 
-class _Replay:
-    """A recorded call: allocations, launches, and how to build the returned structure."""
-
-    def __init__(self, recorder: _Recorder, result: Any, inputs: list[torch.Tensor]) -> None:
-        spec = result_spec(result, recorder.allocations, inputs)
-        returned = returned_allocations(spec)
-        # returned allocations are made as they were; the rest (scratch, seen only by the
-        # kernels as addresses) are carved from one buffer: an allocation costs ~4 us of
-        # host time on the H200 machine
-        self.allocations = []
-        self.scratch_bytes = 0
-        where = []  # per recorded allocation: ("own", index) or ("scratch", byte offset)
-        for j, a in enumerate(recorder.allocations):
-            if j in returned or a.zeroed:
-                where.append(("own", len(self.allocations)))
-                self.allocations.append((a.shape, a.stride, a.dtype, a.zeroed,
-                                         a.stride == _contiguous_strides(a.shape)))
-            else:
-                where.append(("scratch", self.scratch_bytes))
-                self.scratch_bytes += -(-a.nbytes // _SCRATCH_ALIGN) * _SCRATCH_ALIGN
-        n_inputs, n_own = len(inputs), len(self.allocations)
-        # bases: the inputs' addresses, the own allocations', then the scratch buffer's;
-        # a patch: (argument position, base index, offset from it)
-        def base(index: int, offset: int) -> tuple[int, int]:
-            if index < 0:
-                return ~index, offset
-            kind, at = where[index]
-            return (n_inputs + at, offset) if kind == "own" else (n_inputs + n_own, at + offset)
-
-        self.launches = [(raw, addresses, tail,
-                          tuple((pos, *base(index, offset)) for pos, index, offset in patches))
-                         for raw, addresses, tail, patches, _ in recorder.launches]
-        self.compiled = [entry[-1] for entry in recorder.launches]  # kept alive with it
-        # every launch of a call is on the device current for it: one stream look-up
-        devices = {raw[4] for raw, *_ in recorder.launches}
-        self.device = devices.pop() if len(devices) == 1 else None
-        self.result = renumbered(spec, where)
-        # the common result, a flat tuple of whole allocations and Nones (absent
-        # gradients): indices, no recursion
-        flat = self.result[0] == "tuple" and all(
-            r[0] == "allocation" or r == ("value", None) for r in self.result[1])
-        self.flat_result = ([r[1] if r[0] == "allocation" else None for r in self.result[1]]
-                            if flat else None)
-
-    def __call__(self, inputs: list[torch.Tensor], addresses: list[int],
-                 device: torch.device) -> Any:
-        allocations = [
-            (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype, device=device)
-            if contiguous else _strided(shape, stride, dtype, device, zeroed)
-            for shape, stride, dtype, zeroed, contiguous in self.allocations]
-        bases = addresses + [t.data_ptr() for t in allocations]
-        if self.scratch_bytes:
-            scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=device)
-            bases.append(scratch.data_ptr())
-        stream = None if self.device is None else current_stream(self.device)
-        for (call, grid, function, between, device), template, tail, patches in self.launches:
-            arguments = template.copy()
-            for position, base, offset in patches:
-                arguments[position] = bases[base] + offset
-            on = current_stream(device) if stream is None else stream
-            call(grid[0], grid[1], grid[2], on, function, *between, *arguments, *tail)
-        if self.flat_result is not None:
-            return tuple([None if j is None else allocations[j] for j in self.flat_result])
-        return build(self.result, inputs, allocations)
-
-
-def current_stream(device: int) -> int:
-    """The raw current CUDA stream of `device` (looked up at each call: tests stand in
-    for it)."""
-    return torch._C._cuda_getCurrentRawStream(device)
-
-
-def _contiguous_strides(shape: tuple) -> tuple:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
-
-
-def _strided(shape, stride, dtype, device, zeroed) -> torch.Tensor:
-    t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-    return t.zero_() if zeroed else t
-
-
 def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list] | None:
     """(key, tensor arguments in order, their addresses), None where an argument is of a
     kind not keyed. One flat key: hashing nested tuples took longer than building them."""
@@ -278,20 +194,26 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list] | None:
     return tuple(key), tensors, addresses
 
 
-def replayed(fn: Callable) -> Callable:
+def replayed(fn: Callable | None = None, *,
+             shared: tuple[str, tuple[tuple[int, ...], ...]] | None = None) -> Callable:
     """`fn` (a host function: allocations and CachedLaunch launches only, decided by its
     arguments' signature) replayed from its third call of a signature on; see the module
     docstring. `.records` holds each signature's replay or None (not replayable), and
     `.unreplayable` why not; `.forget()` drops them; `.enabled = False` runs `fn` every
     time. `.alias(name, *args, **kwargs)` lets a caller reach the replay of the call with
     these arguments by a key of its own, `.by_alias(name)` (the caller's key must cover
-    everything this signature does: see inference_shortcut.py)."""
+    everything this signature does: see inference_shortcut.py).
+    `shared=(keyword, groups)`: replays of calls passing `keyword=True` return the
+    results at each group's positions as views of one allocation where they can
+    (replay_results.Replay); `@replayed(shared=...)` as a decorator with arguments."""
+    if fn is None:
+        return functools.partial(replayed, shared=shared)
     from . import launch
 
     seen: dict[tuple, int] = {}
-    records: dict[tuple, _Replay | None] = {}
+    records: dict[tuple, Replay | None] = {}
     unreplayable: dict[tuple, str] = {}  # benches print why a signature runs fn
-    aliases: dict[Any, _Replay | None] = {}
+    aliases: dict[Any, Replay | None] = {}
     runtime = launch.knobs_runtime()  # where Triton keeps its launch hooks
 
     @functools.wraps(fn)
@@ -316,7 +238,8 @@ def replayed(fn: Callable) -> Callable:
             seen[key] = count
             return fn(*args, **kwargs)
         seen.pop(key, None)
-        result, replay, why = _record(fn, args, kwargs, tensors)
+        groups = shared[1] if shared is not None and kwargs.get(shared[0]) is True else ()
+        result, replay, why = _record(fn, args, kwargs, tensors, groups)
         if len(records) >= _MAX_SIGNATURES:
             records.clear()
             unreplayable.clear()
@@ -339,7 +262,7 @@ def replayed(fn: Callable) -> Callable:
                 aliases.clear()
             aliases[name] = replay
 
-    def by_alias(name: Any) -> _Replay | None:
+    def by_alias(name: Any) -> Replay | None:
         """The replay known by `name`, None where there is none (unknown, unreplayable,
         replays off, or a launch hook installed)."""
         if not wrapper.enabled or launch.launch_hooks_installed(runtime):
@@ -357,9 +280,11 @@ def replayed(fn: Callable) -> Callable:
     return wrapper
 
 
-def _record(fn: Callable, args: tuple, kwargs: dict,
-            tensors: list[torch.Tensor]) -> tuple[Any, _Replay | None, str | None]:
-    """(fn's result, its replay, None) or (fn's result, None, why it cannot be replayed)."""
+def _record(fn: Callable, args: tuple, kwargs: dict, tensors: list[torch.Tensor],
+            shared: tuple[tuple[int, ...], ...] = ()
+            ) -> tuple[Any, Replay | None, str | None]:
+    """(fn's result, its replay, None) or (fn's result, None, why it cannot be replayed);
+    `shared`: Replay's."""
     recorder = _Recorder(tensors)
     token = _RECORDER.set(recorder)
     try:
@@ -370,6 +295,6 @@ def _record(fn: Callable, args: tuple, kwargs: dict,
     if recorder.failure is not None:
         return result, None, recorder.failure
     try:
-        return result, _Replay(recorder, result, tensors), None
+        return result, Replay(recorder, result, tensors, shared), None
     except ValueError as error:
         return result, None, str(error)

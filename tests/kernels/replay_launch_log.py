@@ -15,6 +15,12 @@ def tensors_in(structure) -> list[torch.Tensor]:
     return [structure] if isinstance(structure, torch.Tensor) else []
 
 
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from t's first element to one past its last (outputs may be views of one
+    buffer: its storage is not theirs alone)."""
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
 def canonical_launches(entries: list, inputs: list, outputs: list) -> list:
     """Each launch with every address named by the tensor it points into: ("in", i, byte
     offset), ("out", j, offset) or ("scratch", k, offset), k counted from the call's first
@@ -28,8 +34,7 @@ def canonical_launches(entries: list, inputs: list, outputs: list) -> list:
         named = []
         for a in addresses:
             place = next(((role, i, a - t.data_ptr()) for role, i, t in regions
-                          if t.numel() and 0 <= a - t.data_ptr() < t.untyped_storage().nbytes()),
-                         None)
+                          if t.numel() and 0 <= a - t.data_ptr() < _extent(t)), None)
             if place is None and isinstance(a, int) and a > 2**32:  # an address of scratch
                 place = ("scratch", scratch.setdefault(a, len(scratch)), 0)
             named.append(place if place is not None else a)

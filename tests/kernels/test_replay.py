@@ -73,6 +73,9 @@ BACKWARDS = [  # (batch, dim, L, dtype, groups, optional inputs, keyword argumen
     (1, 32, 700, torch.float32, 1, True, {"boundary": "tile"}),
     (2, 64, 4096, torch.float32, 1, True, {"main": "serial"}),
     (2, 8, 50, torch.bfloat16, 1, True, {}),                    # one chunk
+    (2, 64, 4096, torch.float32, 1, True,                      # gradients as views
+     {"states": True, "gradients_share_storage": True}),
+    (2, 64, 1000, torch.float32, 2, False, {"gradients_share_storage": True}),
 ]
 
 
@@ -123,6 +126,35 @@ def test_a_forward_not_asked_for_last_state_carves_it_from_the_scratch(
     state_bytes = 2 * 64 * N_STATE * 4
     assert len(replays[False].allocations) == len(replays[True].allocations) - 1
     assert replays[False].scratch_bytes >= replays[True].scratch_bytes + state_bytes
+
+
+@pytest.mark.parametrize(("dtype", "bc_dtype"), [(torch.bfloat16, torch.bfloat16),
+                                                  (torch.bfloat16, torch.float32)])
+def test_replayed_gradients_share_storage_by_group_and_dtype_where_asked(
+        launches, dtype, bc_dtype) -> None:
+    x = _inputs(2, 64, 1000, dtype)
+    x["B"], x["C"] = x["B"].to(bc_dtype), x["C"].to(bc_dtype)
+    dout = torch.randn_like(x["u"])
+    backward = triton_bwd.selective_scan_bwd_triton
+    results = [backward(dout, **x, gradients_share_storage=True) for _ in range(3)]
+    separate = [backward(dout, **x) for _ in range(3)]
+    for grads in results[:2] + separate:  # recorded calls, and replays not asked to share
+        assert len({g.untyped_storage().data_ptr() for g in grads}) == 8
+    du, ddelta, dA, dB, dC, dD, dz, dbias = results[2]
+    wanted = [(x[k].shape, x[k].dtype) for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                  "delta_bias")]
+    assert [(g.shape, g.dtype) for g in results[2]] == wanted
+    assert all(g.is_contiguous() and g.data_ptr() % 16 == 0 for g in results[2])
+    spans = sorted((g.data_ptr(), g.data_ptr() + g.numel() * g.element_size())
+                   for g in results[2])
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # disjoint
+    storage = {k: g.untyped_storage().data_ptr() for k, g in zip("u delta A B C D z bias"
+                                                                  .split(), results[2])}
+    assert storage["u"] == storage["delta"] == storage["z"]
+    assert (storage["B"] == storage["C"] == storage["u"]) is (bc_dtype == dtype)
+    assert storage["A"] == storage["D"] == storage["bias"] != storage["u"]
+    records = backward.records.values()
+    assert sorted(len(r.carves) for r in records) == [0, 2 if bc_dtype == dtype else 3]
 
 
 def test_a_forward_into_a_given_output_returns_that_output(launches) -> None:

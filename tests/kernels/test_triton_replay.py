@@ -79,6 +79,31 @@ def test_replayed_forward_and_backward_give_what_the_host_functions_give(case) -
     _assert_identical(got_bwd, want_bwd)
 
 
+def _storages(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors if t is not None}
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3]],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_replayed_gradients_that_share_storage_are_the_same(case) -> None:
+    x = _inputs(*case)
+    dout = torch.randn_like(x["u"])
+    FWD.enabled = BWD.enabled = False
+    try:
+        states = FWD(**x, keep_states=True)[2]
+        want = BWD(dout, **x, states=states)
+    finally:
+        FWD.enabled = BWD.enabled = True
+    for _ in range(3):
+        got = BWD(dout, **x, states=states, gradients_share_storage=True)
+    assert None not in BWD.records.values()
+    _assert_identical(got, want)
+    du, ddelta, dA, dB, dC, dD, dz, dbias = got
+    assert len(_storages([du, ddelta, dB, dC, dz])) == 1  # the inputs share one dtype
+    assert len(_storages([dA, dD, dbias])) == 1
+    assert all(g.data_ptr() % 16 == 0 for g in got if g is not None)
+
+
 def test_training_steps_through_the_public_function_are_replayed() -> None:
     x = _inputs(2, 64, 4096, torch.bfloat16, 1, True, False)
     flags = {k: x.pop(k) for k in ("delta_softplus", "reverse")}
@@ -88,9 +113,11 @@ def test_training_steps_through_the_public_function_are_replayed() -> None:
         out = selective_scan(**leaves, **flags)
         out.float().square().sum().backward()
         grads.append([leaves[k].grad.clone() for k in leaves])
+        shared = _storages([leaves[k].grad for k in ("u", "delta", "B", "C", "z")])
         for v in leaves.values():
             v.grad = None
     assert None not in FWD.records.values() and None not in BWD.records.values()
+    assert len(shared) == 1  # the replayed backward's gradients are views of one buffer
     for later in grads[1:]:
         _assert_identical(later, grads[0])
 
