@@ -265,6 +265,8 @@ def main() -> int:
                    help="also check and time mamba_ssm's CUDA scan, built from the sources "
                         "that scripts/mamba_reference.py prepare unpacked into DIR")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -256,3 +256,16 @@ def test_bench_rows_alternate_ours_and_mamba_ssm_and_keep_the_medians(monkeypatc
     assert timed == ["ours f", "ours fb", "theirs f", "theirs fb"] * 3
     assert (row[0], row[1]) == (3.0, 30.0)  # medians of 1, 3, 5 and 10, 30, 50
     assert (row[6], row[8]) == (4.0, 40.0) and row[7] == 4.0 / 3.0
+
+
+def test_bench_refuses_fewer_than_one_round(monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_selective_scan as bench
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    monkeypatch.setattr(sys, "argv", ["bench_selective_scan.py", "--rounds", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err

@@ -34,7 +34,6 @@ on the runner as `raw`.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable, Hashable
 
@@ -228,9 +227,11 @@ def _direct_launch(run: Any, packed: Any) -> tuple[Callable, tuple]:
     through_run = (run, (packed, None, None, None))
     code = getattr(getattr(type(run), "__call__", None), "__code__", None)
     c_launch = getattr(run, "launch", None)
-    triton = importlib.import_module("triton") if code is not None else None
-    if (code is None or not callable(c_launch)
-            or not getattr(triton, "__version__", "").startswith("3.6.")
+    if code is None or not callable(c_launch):  # a stand-in, or not a compiled launcher
+        return through_run
+    import triton
+
+    if (not getattr(triton, "__version__", "").startswith("3.6.")
             or code.co_varnames[:code.co_argcount] != _TRITON_36_CALL
             or not code.co_flags & inspect.CO_VARARGS
             or getattr(run, "global_scratch_size", None) != 0

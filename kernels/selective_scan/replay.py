@@ -24,7 +24,7 @@ not replayed), and the current CUDA device. The replay makes every allocation up
 and keeps it to the end, where `fn` may have freed scratch earlier (a little more peak
 memory, scratch only). Scratch comes from one buffer a call; a host function may also
 let callers take results that share storage (`replayed(shared=...)`: the backward's
-gradients, two allocations for eight), which replay_results.Replay makes.
+parameters' gradients, one allocation for three), which replay_results.Replay makes.
 """
 
 from __future__ import annotations

@@ -74,7 +74,6 @@ def build(spec: tuple, inputs: list, allocations: list) -> Any:
     return base.as_strided(shape, stride, base.storage_offset() + offset)
 
 
-
 def _carves(spec: tuple, allocations: list, shared: tuple[tuple[int, ...], ...]
             ) -> tuple[dict[int, tuple[int, int]], list[tuple[int, torch.dtype]]]:
     """(recorded allocation -> (shared buffer, element offset), each buffer's (elements,
@@ -169,11 +168,12 @@ class Replay:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=device)
             bases.append(scratch.data_ptr())
         stream = None if self.device is None else current_stream(self.device)
-        for (call, grid, function, between, device), template, tail, patches in self.launches:
+        for (call, grid, function, between, on_device), template, tail, patches in (
+                self.launches):
             arguments = template.copy()
             for position, base, offset in patches:
                 arguments[position] = bases[base] + offset
-            on = current_stream(device) if stream is None else stream
+            on = current_stream(on_device) if stream is None else stream
             call(grid[0], grid[1], grid[2], on, function, *between, *arguments, *tail)
         if self.flat_result is not None:
             return tuple([None if j is None else allocations[j] for j in self.flat_result])

@@ -273,9 +273,11 @@ _bwd_kernel_launcher = CachedLaunch(_bwd_kernel)
 
 
 # allocations and launches only (sums too), decided by the arguments' signature; with
-# gradients_share_storage=True a replay returns (du, ddelta, dB, dC, dz) and (dA, dD,
-# ddelta_bias) as views of one allocation each, where their dtypes agree
-@replayed(shared=("gradients_share_storage", ((0, 1, 3, 4, 6), (2, 5, 7))))
+# gradients_share_storage=True a replay returns the parameters' gradients (dA, dD,
+# ddelta_bias) as views of one allocation where their dtypes agree. Not the activations':
+# the engine sums a second gradient into a first in place only where that first one's
+# storage has no other user (u and z reach a Mamba layer's scan and another op)
+@replayed(shared=("gradients_share_storage", ((2, 5, 7),)))
 def selective_scan_bwd_triton(
     dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
@@ -311,10 +313,10 @@ def selective_scan_bwd_triton(
     (`_bwd_kernel`), "serial" (triton_bwd_serial.py, 32 channels a program; the tile
     kernel's options above do not apply to it) or "auto" (`auto_main`); `serial_options`:
     keywords of its launch, triton_bwd_serial.serial_bwd_main (ti, programs, bc_ahead).
-    `gradients_share_storage`: the caller takes gradients that share storage (the eager
-    autograd Function: PyTorch's engine hands such views on and .grad keeps them), so a
-    replayed call may make two allocations for the eight (replay.py); the function
-    itself allocates each apart.
+    `gradients_share_storage`: the caller takes parameters' gradients that share storage
+    (the eager autograd Function: PyTorch's engine hands such views on and .grad keeps
+    them), so a replayed call may make one allocation for dA, dD and ddelta_bias
+    (replay.py); the function itself allocates each apart.
     """
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]

@@ -235,10 +235,10 @@ class _Launcher36:
     """Shaped as triton 3.6's CudaLauncher: `__call__` inserts the cooperative-grid and
     PDL flags and the two scratch buffers before the metadata, then calls `launch`."""
 
-    def __init__(self, log: list, scratch: int = 0) -> None:
+    def __init__(self, log: list, scratch: int = 0, profile_scratch: int = 0) -> None:
         self.log = log
         self.global_scratch_size = scratch
-        self.profile_scratch_size = 0
+        self.profile_scratch_size = profile_scratch
         self.launch_cooperative_grid = False
         self.launch_pdl = True
 
@@ -251,20 +251,30 @@ class _Launcher36:
                     self.launch_pdl, scratch, None, *args)
 
 
-@pytest.mark.parametrize(("version", "scratch", "direct"), [
-    ("3.6.0", 0, True), ("3.6.1", 0, True),
-    ("3.5.1", 0, False),  # the same __call__ may pass its launch function other arguments
-    ("3.6.0", 64, False),  # a kernel with global scratch: the launcher allocates it
+class _LauncherOtherCall(_Launcher36):
+    """A 3.6 launcher whose `__call__` takes its arguments otherwise (a patched Triton)."""
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, metadata, *args):  # noqa: N803
+        super().__call__(gridX, gridY, gridZ, stream, function, metadata, *args)
+
+
+@pytest.mark.parametrize(("version", "launcher", "direct"), [
+    ("3.6.0", {}, True), ("3.6.1", {}, True),
+    ("3.5.1", {}, False),  # the same __call__ may pass its launch function other arguments
+    ("3.6.0", {"scratch": 64}, False),  # global scratch: the launcher allocates it
+    ("3.6.0", {"profile_scratch": 64}, False),  # profile scratch: the same
+    ("3.6.0", {"other_call": True}, False),  # another __call__: not known to pass through
 ])
 def test_triton_36_launch_functions_are_called_as_the_launcher_would(
-        monkeypatch, version: str, scratch: int, direct: bool) -> None:
+        monkeypatch, version: str, launcher: dict, direct: bool) -> None:
     import triton
 
     from medmamba_kernels.selective_scan import launch as launch_module
 
     monkeypatch.setattr(triton, "__version__", version)
     log: list = []
-    run = _Launcher36(log, scratch)
+    kind = _LauncherOtherCall if launcher.pop("other_call", False) else _Launcher36
+    run = kind(log, **launcher)
     call, between = launch_module._direct_launch(run, ("packed",))
     assert (call == run.launch) is direct and (call is run) is not direct
     call(8, 1, 1, 1003, "handle", *between, 4096, 64, 16)
