@@ -6,6 +6,7 @@ removed in medmamba) would otherwise be found only on the device, at the cost of
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,15 @@ GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_s
             "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
             "study_split_backward", "study_split_backward_sass", "bench_mamba_layout",
             "bench_replay_ab", "mamba_reference"]
+
+
+def _script(name: str):
+    """The module scripts/<name>.py, imported without leaving scripts/ on sys.path."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
 
 
 @pytest.mark.slow
@@ -73,11 +83,7 @@ def test_ncu_source_table_ranks_instructions_and_opcodes(tmp_path: Path) -> None
 
 
 def test_study_serial_backward_counts_loop_bodies_but_not_the_trap_loop() -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        from study_serial_backward import loop_sizes
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    loop_sizes = _script("study_serial_backward").loop_sizes
     sass = "\n".join([
         "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
         ".L_x_0:",
@@ -94,11 +100,7 @@ def test_study_serial_backward_counts_loop_bodies_but_not_the_trap_loop() -> Non
 def test_study_split_backward_forms_the_backward_coupling_exactly_in_float64() -> None:
     # the telescoped form (study_split_backward.split_terms) against w = g a h_prev, both
     # in float64 from the same states: any slip in the identity's algebra is O(1) here
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import study_split_backward as study
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    study = _script("study_split_backward")
     import torch
 
     gen = torch.Generator().manual_seed(3)
@@ -115,12 +117,7 @@ def test_study_split_backward_forms_the_backward_coupling_exactly_in_float64() -
 
 
 def _mamba_reference():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import mamba_reference
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return mamba_reference
+    return _script("mamba_reference")
 
 
 def _fake_sdist(tmp_path: Path, leave_out: str = "") -> Path:
@@ -195,11 +192,7 @@ def test_bench_checks_hold_results_to_the_float64_reference_by_dtype(capsys) -> 
     # the bench's checks (ours and mamba_ssm's) share reference_run and verdict: a result
     # equal to the truth passes, one off by more than the dtype's tolerance or not finite
     # fails, and the printed line names the worst result
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import bench_selective_scan as bench
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    bench = _script("bench_selective_scan")
     import torch
 
     gen = torch.Generator().manual_seed(4)
@@ -230,11 +223,7 @@ def test_bench_checks_hold_results_to_the_float64_reference_by_dtype(capsys) -> 
 def test_bench_rows_alternate_ours_and_mamba_ssm_and_keep_the_medians(monkeypatch) -> None:
     # do_bench stood in for: each call returns the next of a list of times, logging which
     # call it timed; rounds must alternate ours and theirs and report per-column medians
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import bench_selective_scan as bench
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    bench = _script("bench_selective_scan")
     import torch
 
     triton_testing = pytest.importorskip("triton.testing")
@@ -259,11 +248,7 @@ def test_bench_rows_alternate_ours_and_mamba_ssm_and_keep_the_medians(monkeypatc
 
 
 def test_bench_refuses_fewer_than_one_round(monkeypatch, capsys) -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import bench_selective_scan as bench
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    bench = _script("bench_selective_scan")
     monkeypatch.setattr(sys, "argv", ["bench_selective_scan.py", "--rounds", "0"])
     with pytest.raises(SystemExit) as exit_info:
         bench.main()

@@ -4,6 +4,9 @@ kernel; any change Triton specialises on goes back through Triton."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -259,22 +262,23 @@ class _LauncherOtherCall(_Launcher36):
 
 
 @pytest.mark.parametrize(("version", "launcher", "direct"), [
-    ("3.6.0", {}, True), ("3.6.1", {}, True),
-    ("3.5.1", {}, False),  # the same __call__ may pass its launch function other arguments
-    ("3.6.0", {"scratch": 64}, False),  # global scratch: the launcher allocates it
-    ("3.6.0", {"profile_scratch": 64}, False),  # profile scratch: the same
-    ("3.6.0", {"other_call": True}, False),  # another __call__: not known to pass through
+    ("3.6.0", _Launcher36, True), ("3.6.1", _Launcher36, True),
+    # the same __call__ may pass its launch function other arguments
+    ("3.5.1", _Launcher36, False),
+    # global scratch: the launcher allocates it
+    ("3.6.0", functools.partial(_Launcher36, scratch=64), False),
+    ("3.6.0", functools.partial(_Launcher36, profile_scratch=64), False),  # the same
+    ("3.6.0", _LauncherOtherCall, False),  # another __call__: not known to pass through
 ])
 def test_triton_36_launch_functions_are_called_as_the_launcher_would(
-        monkeypatch, version: str, launcher: dict, direct: bool) -> None:
+        monkeypatch, version: str, launcher: Callable, direct: bool) -> None:
     import triton
 
     from medmamba_kernels.selective_scan import launch as launch_module
 
     monkeypatch.setattr(triton, "__version__", version)
     log: list = []
-    kind = _LauncherOtherCall if launcher.pop("other_call", False) else _Launcher36
-    run = kind(log, **launcher)
+    run = launcher(log)
     call, between = launch_module._direct_launch(run, ("packed",))
     assert (call == run.launch) is direct and (call is run) is not direct
     call(8, 1, 1, 1003, "handle", *between, 4096, 64, 16)
