@@ -30,6 +30,7 @@
 #   train      ... --train-chunks (a training call by backward chunk and register cap)
 #   layout     scripts/bench_bc_layout.py --kernels: B/C state-major against position-major
 #   inference  pytest -m gpu tests/inference
+#   bound      scripts/bench_arith_bound.py: each pass's arithmetic alone, the targets' bound
 #   mamba      scripts/mamba_reference.py build: mamba_ssm's CUDA scan from its sdist, checked
 #              (carry .devdata/mamba_ssm, unpacked here by `mamba_reference.py prepare`)
 #   table-mamba, table-public-mamba   the table and table-public, with mamba_ssm timed
@@ -80,6 +81,7 @@ for section in "$@"; do
                    --rounds "${ROUNDS:-1}" > "$log" 2>&1 ;;
     table-public-mamba) timeout 560 $K scripts/bench_selective_scan.py --api public \
                           --mamba .devdata/mamba_ssm --rounds "${ROUNDS:-1}" > "$log" 2>&1 ;;
+    bound) timeout 400 $K scripts/bench_arith_bound.py > "$log" 2>&1 ;;
     inference) timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference \
                  > "$log" 2>&1 ;;
     *) echo "unknown section $section"; exit 2 ;;

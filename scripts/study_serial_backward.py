@@ -94,19 +94,24 @@ def _sketch(u_ptr, dt_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, H_ptr, Q_ptr, K_ptr,
     tl.store(dA_ptr + pid * NP * BLOCK_D + tile, dA)
 
 
-def loop_sizes(sass: str) -> list[int]:
-    """Instructions of each loop body (from a label to the branch back to it), leaving
-    out the one-instruction trap loop after the kernel's exit."""
+def loop_bodies(sass: str) -> list[list[str]]:
+    """The instruction lines of each loop body (from a label to the branch back to it),
+    leaving out the one-instruction trap loop after the kernel's exit."""
     lines = sass.splitlines()
     labels = {m.group(1): n for n, line in enumerate(lines)
               if (m := re.match(r"^(\.L_x_\d+):", line))}
-    sizes = []
+    bodies = []
     for n, line in enumerate(lines):
         m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if m and labels.get(m.group(1), n) < n:
             body = lines[labels[m.group(1)]:n + 1]
-            sizes.append(sum(1 for b in body if re.match(r"^\s+/\*[0-9a-f]+\*/", b)))
-    return [size for size in sizes if size > 1]
+            bodies.append([b for b in body if re.match(r"^\s+/\*[0-9a-f]+\*/", b)])
+    return [body for body in bodies if len(body) > 1]
+
+
+def loop_sizes(sass: str) -> list[int]:
+    """Instructions of each loop body (loop_bodies)."""
+    return [len(body) for body in loop_bodies(sass)]
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_s
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
             "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
             "study_split_backward", "study_split_backward_sass", "bench_mamba_layout",
-            "bench_replay_ab", "mamba_reference"]
+            "bench_replay_ab", "mamba_reference", "bench_arith_bound"]
 
 
 def _script(name: str):
