@@ -18,7 +18,8 @@ GPU_ONLY = ["bench_networks", "measure_memory", "bench_window_forward", "bench_s
             "profile_gpu_step", "kernel_sass_stats", "profile_host_overhead", "ncu_source_table",
             "bench_serial_threshold", "bench_bc_layout", "study_serial_backward",
             "study_split_backward", "study_split_backward_sass", "bench_mamba_layout",
-            "bench_replay_ab", "mamba_reference", "bench_arith_bound"]
+            "bench_replay_ab", "mamba_reference", "bench_arith_bound",
+            "study_channel_sums_sass"]
 
 
 def _script(name: str):
@@ -254,3 +255,11 @@ def test_bench_refuses_fewer_than_one_round(monkeypatch, capsys) -> None:
         bench.main()
     assert exit_info.value.code == 2
     assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_study_channel_sums_counts_opcodes_without_predicates_or_modifiers() -> None:
+    opcode_counts = _script("study_channel_sums_sass").opcode_counts
+    body = ["        /*0010*/                   SHFL.BFLY PT, R2, R3, 0x10, 0x1f ;",
+            "        /*0020*/               @P0 FADD R2, R2, R3 ;",
+            "        /*0030*/                   FADD R4, R2, R5 ;"]
+    assert opcode_counts(body) == {"SHFL": 1, "FADD": 2}
