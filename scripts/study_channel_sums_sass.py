@@ -22,9 +22,8 @@ import collections
 import os
 import sys
 
-os.environ["TRITON_INTERPRET"] = "0"  # compiled, not interpreted, whatever the caller set
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+import triton
+import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel_sass_stats  # noqa: E402
@@ -76,6 +75,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--states", type=int, default=16)
     args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("study_channel_sums_sass.py: compiles for sm_90; unset TRITON_INTERPRET",
+              file=sys.stderr)
+        return 2
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     print(f"a position's sum over 32 channels of {args.states} states (one warp), sm_90:")
     for one_channel in (True, False):
