@@ -103,17 +103,26 @@ def _exp2_check_kernel(x_ptr, out_ptr, n, c0, c1, c2, c3, c4, c5, DEGREE: tl.con
 
 
 @triton.jit
+def _pass_operands(decay_ptr, drive_ptr, read_ptr, lane_ptr, STATES: tl.constexpr,
+                   LANES: tl.constexpr):
+    """A program's lanes, A log2(e), B and C as (STATES, 1) columns (one channel's states a
+    thread once broadcast against the lanes), and each lane's dt and u."""
+    lanes = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    states = tl.arange(0, STATES)
+    A = tl.load(decay_ptr + states)[:, None]
+    B = tl.load(drive_ptr + states)[:, None]
+    C = tl.load(read_ptr + states)[:, None]
+    dt = tl.load(lane_ptr + lanes)
+    return lanes, A, B, C, dt, dt * 3.0 + 0.5
+
+
+@triton.jit
 def _forward_arith_kernel(decay_ptr, drive_ptr, read_ptr, lane_ptr, out_ptr, n_steps,
                           c0, c1, c2, c3, c4, c5, STATES: tl.constexpr, LANES: tl.constexpr,
                           OUTPUT: tl.constexpr, EMULATED: tl.constexpr, DEGREE: tl.constexpr,
                           LAZY_SUMS: tl.constexpr):
-    lanes = tl.program_id(0) * LANES + tl.arange(0, LANES)
-    states = tl.arange(0, STATES)
-    A = tl.load(decay_ptr + states)[:, None]  # A log2(e), one channel's states a thread
-    B = tl.load(drive_ptr + states)[:, None]
-    C = tl.load(read_ptr + states)[:, None]
-    dt = tl.load(lane_ptr + lanes)
-    u = dt * 3.0 + 0.5
+    lanes, A, B, C, dt, u = _pass_operands(decay_ptr, drive_ptr, read_ptr, lane_ptr, STATES,
+                                           LANES)
     h = tl.zeros((STATES, LANES), tl.float32)
     y = tl.zeros((LANES,), tl.float32)
     y_by_state = tl.zeros((STATES, LANES), tl.float32)
@@ -136,13 +145,8 @@ def _backward_arith_kernel(decay_ptr, drive_ptr, read_ptr, lane_ptr, out_ptr, n_
                            c0, c1, c2, c3, c4, c5, STATES: tl.constexpr, LANES: tl.constexpr,
                            EMULATED: tl.constexpr, DEGREE: tl.constexpr,
                            LAZY_SUMS: tl.constexpr):
-    lanes = tl.program_id(0) * LANES + tl.arange(0, LANES)
-    states = tl.arange(0, STATES)
-    A = tl.load(decay_ptr + states)[:, None]
-    B = tl.load(drive_ptr + states)[:, None]
-    C = tl.load(read_ptr + states)[:, None]
-    dt = tl.load(lane_ptr + lanes)
-    u = dt * 3.0 + 0.5
+    lanes, A, B, C, dt, u = _pass_operands(decay_ptr, drive_ptr, read_ptr, lane_ptr, STATES,
+                                           LANES)
     h = tl.zeros((STATES, LANES), tl.float32)
     g = tl.zeros((STATES, LANES), tl.float32)
     dB = tl.zeros((STATES, LANES), tl.float32)
@@ -247,7 +251,7 @@ def loop_counts(compiled) -> dict[str, int]:
     counts, sass = kernel_sass_stats.stats(compiled)
     loop = max(loop_bodies(sass), key=len)
     return {"registers": counts["REG"], "stack": counts["STACK"], "instructions": len(loop),
-            "mufu": sum("MUFU." in line for line in loop)}
+            "mufu": kernel_sass_stats.opcode_counts("\n".join(loop))["MUFU"]}
 
 
 def max_sm_clock_hz() -> float | None:

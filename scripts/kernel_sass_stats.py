@@ -109,12 +109,18 @@ def _tool(name: str, cubin: bytes, *flags: str) -> str:
         os.unlink(f.name)
 
 
+def opcode_counts(sass: str) -> collections.Counter:
+    """SASS opcodes (without predicates or modifiers: SHFL.BFLY counts as SHFL) of
+    nvdisasm's instruction lines."""
+    return collections.Counter(re.findall(
+        r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M))
+
+
 def stats(kernel) -> tuple[dict, str]:
     cubin = kernel.asm["cubin"]
     res = _tool("cuobjdump", cubin, "--dump-resource-usage")
     sass = _tool("nvdisasm", cubin, "-c")
-    ops = collections.Counter(re.findall(
-        r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M))
+    ops = opcode_counts(sass)
     out = {k: int(re.search(rf"{k}:(\d+)", res).group(1)) for k in ("REG", "STACK", "SHARED")}
     out["total"] = sum(ops.values())
     out.update({k: ops.get(k, 0) for k in KEYS})

@@ -22,6 +22,7 @@ import collections
 import os
 import sys
 
+import torch
 import triton
 import triton.language as tl
 
@@ -44,31 +45,9 @@ def _channel_sums(x_ptr, out_ptr, n_steps, STATES: tl.constexpr, CHANNELS: tl.co
         tl.store(out_ptr + t * STATES + states, tl.sum(h, 1))
 
 
-def compile_sm90(one_channel_a_thread: bool, states: int, channels: int):
-    from triton.backends.compiler import GPUTarget
-
-    signature = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n_steps": "i32",
-                 "STATES": "constexpr", "CHANNELS": "constexpr",
-                 "ONE_CHANNEL_A_THREAD": "constexpr"}
-    constants = {(3,): states, (4,): channels, (5,): one_channel_a_thread}
-    aligned = [["tt.divisibility", 16]]
-    source = triton.compiler.ASTSource(fn=_channel_sums, signature=signature,
-                                       constexprs=constants, attrs={(0,): aligned,
-                                                                    (1,): aligned})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": channels // 32})
-
-
 def opcode_counts(body: list[str]) -> collections.Counter:
-    """SASS opcodes of a loop body's lines (predicates left out)."""
-    counts = collections.Counter()
-    for line in body:
-        words = line.split()[1:]
-        if words and words[0].startswith("@"):
-            words = words[1:]
-        if words:
-            counts[words[0].split(".")[0]] += 1
-    return counts
+    """SASS opcodes of a loop body's lines (kernel_sass_stats.opcode_counts)."""
+    return kernel_sass_stats.opcode_counts("\n".join(body))
 
 
 def main() -> int:
@@ -82,7 +61,10 @@ def main() -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     print(f"a position's sum over 32 channels of {args.states} states (one warp), sm_90:")
     for one_channel in (True, False):
-        _, sass = kernel_sass_stats.stats(compile_sm90(one_channel, args.states, 32))
+        values = {"x_ptr": torch.float32, "out_ptr": torch.float32, "n_steps": 1001,
+                  "STATES": args.states, "CHANNELS": 32, "ONE_CHANNEL_A_THREAD": one_channel}
+        compiled = kernel_sass_stats.compile_sm90(_channel_sums, values, num_warps=1)
+        _, sass = kernel_sass_stats.stats(compiled)
         body = max(loop_bodies(sass), key=len)
         counts = opcode_counts(body)
         layout = "one channel a thread" if one_channel else "Triton's loaded tile"
